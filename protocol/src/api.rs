@@ -1,0 +1,116 @@
+//! Client requests and responses (ALPN `agentd/1`). One bidirectional QUIC
+//! stream per call: the client writes one [`Request`] frame and finishes its
+//! side; the server answers with one [`ClientResponse`] frame, or, for
+//! [`ClientRequest::FollowEvents`], a frame per batch of new events until the
+//! client goes away.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, EventPayload};
+use crate::ids::{EventId, GroupId, NodeId, SessionId, ShardId};
+use crate::ApiError;
+
+/// The envelope of every client call; `version` is the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub version: u16,
+    pub body: ClientRequest,
+}
+
+impl Request {
+    pub fn new(body: ClientRequest) -> Self {
+        Self { version: crate::PROTOCOL_VERSION, body }
+    }
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Served by the shard leader: sees every acknowledged append.
+    Leader,
+    /// Served by the replica on the node that received the call, which may
+    /// lag behind the leader. Used to inspect one replica.
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Creates a session with a caller-chosen random id. Creating an existing
+    /// session again is not an error, so the call can be retried.
+    CreateSession { session_id: SessionId },
+    GetSession { session_id: SessionId },
+    /// Appends one event. `event_id` is the idempotency key: appending the
+    /// same id again returns the sequence number of the first append.
+    Append { session_id: SessionId, event_id: EventId, payload: EventPayload },
+    /// Reads up to `limit` events with `seq >= from_seq`.
+    ReadEvents { session_id: SessionId, from_seq: u64, limit: u32, consistency: Consistency },
+    /// Streams events with `seq >= from_seq`, then every new event as it commits.
+    FollowEvents { session_id: SessionId, from_seq: u64 },
+    ClusterStatus,
+}
+
+impl ClientRequest {
+    /// The session a request is about, if any; it decides the shard.
+    pub fn session_id(&self) -> Option<SessionId> {
+        match self {
+            ClientRequest::CreateSession { session_id }
+            | ClientRequest::GetSession { session_id }
+            | ClientRequest::Append { session_id, .. }
+            | ClientRequest::ReadEvents { session_id, .. }
+            | ClientRequest::FollowEvents { session_id, .. } => Some(*session_id),
+            ClientRequest::ClusterStatus => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    Session(SessionInfo),
+    Appended { seq: u64, duplicate: bool },
+    /// A page of events; `next_seq` is where the next read should start.
+    Events { events: Vec<Event>, next_seq: u64 },
+    ClusterStatus(ClusterStatus),
+    Error(ApiError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub session_id: SessionId,
+    pub shard: ShardId,
+    pub created_at_ms: u64,
+    /// Sequence number of the last committed event (0 when empty).
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub shards: u32,
+    pub replication_factor: u32,
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// What one node reports about itself and the groups it hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: NodeId,
+    pub addr: String,
+    /// False when the node could not be reached for this report.
+    pub reachable: bool,
+    pub groups: Vec<GroupStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub group: GroupId,
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    /// On the leader: how far behind the leader's last log index each replica is.
+    pub replica_lag: Vec<(NodeId, Option<u64>)>,
+}

@@ -1,0 +1,63 @@
+//! Node-to-node messages (ALPN `agentd-cluster/1`, mutual TLS) and the join
+//! exchange (ALPN `agentd-join/1`). Raft messages travel as opaque bytes: the
+//! `raft` crate encodes openraft's types, so this crate needs no openraft.
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ClientRequest, ClientResponse, NodeStatus};
+use crate::ids::{GroupId, NodeId};
+use crate::ApiError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterEnvelope {
+    pub version: u16,
+    pub from: NodeId,
+    pub body: ClusterRequest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftRpcKind {
+    AppendEntries,
+    Vote,
+    PreVote,
+    FullSnapshot,
+    TransferLeader,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterRequest {
+    Raft { group: GroupId, kind: RaftRpcKind, payload: Vec<u8> },
+    /// A client call relayed to the node that leads its shard.
+    Forward(ClientRequest),
+    /// This node's own status (the groups it hosts).
+    NodeStatus,
+    /// Asks the metadata leader to admit a node into the cluster.
+    AddNode { node_id: NodeId, addr: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterResponse {
+    /// An encoded openraft reply (success or openraft's own error).
+    Raft(Vec<u8>),
+    Forwarded(ClientResponse),
+    NodeStatus(NodeStatus),
+    NodeAdded,
+    Error(ApiError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub version: u16,
+    /// The secret half of the join token printed by `agentd start --init`.
+    pub secret: String,
+    pub node_id: NodeId,
+    /// The address the new node listens on, as the other nodes should dial it.
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinResponse {
+    /// The new node's identity, signed by the cluster CA.
+    Accepted { ca_cert_pem: String, node_cert_pem: String, node_key_pem: String },
+    Error(ApiError),
+}

@@ -1,0 +1,65 @@
+use serde::{Deserialize, Serialize};
+
+use crate::ids::NodeId;
+
+/// Errors from encoding, framing and parsing. Never a panic: every decoder
+/// in this crate turns bad bytes into one of these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("empty frame")]
+    EmptyFrame,
+    #[error("malformed message: {0}")]
+    Decode(String),
+    #[error("message could not be encoded: {0}")]
+    Encode(String),
+    #[error("{trailing} unexpected bytes after the message")]
+    TrailingBytes { trailing: usize },
+    #[error("invalid id {text:?}: expected {expected} followed by 32 hex digits")]
+    InvalidId { text: String, expected: &'static str },
+}
+
+/// An error answered to a caller over the wire. Each variant tells the caller
+/// what it can do next (retry, go elsewhere, fix the request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApiError {
+    #[error("unsupported protocol version {requested}; this node speaks {supported}")]
+    UnsupportedVersion { requested: u16, supported: u16 },
+    #[error("malformed request: {message}")]
+    Malformed { message: String },
+    #[error("invalid request: {message}")]
+    InvalidRequest { message: String },
+    #[error("payload of {bytes} bytes exceeds the limit of {max_bytes} bytes")]
+    PayloadTooLarge { bytes: u64, max_bytes: u64 },
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("not the leader of this shard; leader is {leader:?}")]
+    NotLeader { leader: Option<(NodeId, String)> },
+    #[error("this node holds no replica of {group}")]
+    NotReplica { group: String },
+    #[error("temporarily unavailable: {message}")]
+    Unavailable { message: String },
+    #[error("permission denied: {message}")]
+    PermissionDenied { message: String },
+    #[error("internal error: {message}")]
+    Internal { message: String },
+}
+
+impl ApiError {
+    /// Whether the same request may succeed if sent again later (possibly to
+    /// another node). Appends are idempotent by event id, so retrying them is safe.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ApiError::NotLeader { .. } | ApiError::Unavailable { .. })
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::FrameTooLarge { len, max } => ApiError::PayloadTooLarge { bytes: len as u64, max_bytes: max as u64 },
+            Error::InvalidId { .. } => ApiError::InvalidRequest { message: error.to_string() },
+            other => ApiError::Malformed { message: other.to_string() },
+        }
+    }
+}

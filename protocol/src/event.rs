@@ -1,0 +1,165 @@
+//! The session log's event vocabulary, after the Managed Agents API.
+//!
+//! Free-form JSON (tool input) is carried as [`JsonText`]: bincode cannot
+//! encode `serde_json::Value`, and storing text keeps the log byte-exact.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{EventId, SessionId};
+use crate::limits;
+use crate::ApiError;
+
+/// One committed event of a session log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub session_id: SessionId,
+    /// Assigned at commit: 1 for the first event, no gaps, no duplicates.
+    pub seq: u64,
+    pub id: EventId,
+    /// Milliseconds since the Unix epoch, stamped by the node that proposed it.
+    pub processed_at_ms: u64,
+    pub payload: EventPayload,
+}
+
+/// JSON stored as text. Always holds a syntactically valid JSON document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonText(String);
+
+impl JsonText {
+    pub fn parse(text: impl Into<String>) -> Result<Self, ApiError> {
+        let text = text.into();
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .map_err(|error| ApiError::InvalidRequest { message: format!("invalid JSON: {error}") })?;
+        Ok(Self(text))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContentBlock {
+    Text { text: String },
+}
+
+impl ContentBlock {
+    pub fn text(text: impl Into<String>) -> Self {
+        ContentBlock::Text { text: text.into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Confirmation {
+    Allow,
+    Deny,
+}
+
+/// Why a session went idle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    EndTurn,
+    /// Waiting for the client to answer these events (tool confirmations or
+    /// custom tool results).
+    RequiresAction { event_ids: Vec<EventId> },
+    RetriesExhausted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventPayload {
+    UserMessage { content: Vec<ContentBlock> },
+    UserInterrupt,
+    UserToolConfirmation { tool_use_id: EventId, result: Confirmation, deny_message: Option<String> },
+    UserCustomToolResult { custom_tool_use_id: EventId, content: Vec<ContentBlock>, is_error: bool },
+    AgentMessage { content: Vec<ContentBlock> },
+    AgentToolUse { name: String, input: JsonText },
+    AgentToolResult { tool_use_id: EventId, content: Vec<ContentBlock>, is_error: bool },
+    AgentCustomToolUse { name: String, input: JsonText },
+    SessionStatusRunning,
+    SessionStatusIdle { stop_reason: StopReason },
+    SessionStatusRescheduled,
+    SessionStatusTerminated,
+    SessionError { kind: String, message: String },
+    SpanModelRequestStart { model: String },
+    SpanModelRequestEnd { model_request_start_id: EventId, is_error: bool },
+    SessionUsage { input_tokens: u64, output_tokens: u64 },
+}
+
+impl EventPayload {
+    /// The Managed Agents API name of this event type.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventPayload::UserMessage { .. } => "user.message",
+            EventPayload::UserInterrupt => "user.interrupt",
+            EventPayload::UserToolConfirmation { .. } => "user.tool_confirmation",
+            EventPayload::UserCustomToolResult { .. } => "user.custom_tool_result",
+            EventPayload::AgentMessage { .. } => "agent.message",
+            EventPayload::AgentToolUse { .. } => "agent.tool_use",
+            EventPayload::AgentToolResult { .. } => "agent.tool_result",
+            EventPayload::AgentCustomToolUse { .. } => "agent.custom_tool_use",
+            EventPayload::SessionStatusRunning => "session.status_running",
+            EventPayload::SessionStatusIdle { .. } => "session.status_idle",
+            EventPayload::SessionStatusRescheduled => "session.status_rescheduled",
+            EventPayload::SessionStatusTerminated => "session.status_terminated",
+            EventPayload::SessionError { .. } => "session.error",
+            EventPayload::SpanModelRequestStart { .. } => "span.model_request_start",
+            EventPayload::SpanModelRequestEnd { .. } => "span.model_request_end",
+            EventPayload::SessionUsage { .. } => "session.usage",
+        }
+    }
+
+    /// Whether a client may append this event directly. Agent, session and
+    /// span events are written by the runtime only.
+    pub fn is_user_event(&self) -> bool {
+        matches!(
+            self,
+            EventPayload::UserMessage { .. }
+                | EventPayload::UserInterrupt
+                | EventPayload::UserToolConfirmation { .. }
+                | EventPayload::UserCustomToolResult { .. }
+        )
+    }
+
+    /// A user message with one text block.
+    pub fn user_text(text: impl Into<String>) -> Self {
+        EventPayload::UserMessage { content: vec![ContentBlock::text(text)] }
+    }
+
+    /// Checks what a client sent before it is proposed to the log.
+    pub fn validate_from_client(&self) -> Result<(), ApiError> {
+        if !self.is_user_event() {
+            return Err(ApiError::InvalidRequest {
+                message: format!("clients may only send user.* events, not {}", self.type_name()),
+            });
+        }
+        let encoded = crate::frame::encoded_len(self)?;
+        if encoded > limits::EVENT_PAYLOAD_BYTES_MAX {
+            return Err(ApiError::PayloadTooLarge { bytes: encoded as u64, max_bytes: limits::EVENT_PAYLOAD_BYTES_MAX as u64 });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_text_rejects_invalid_json() {
+        assert!(JsonText::parse(r#"{"command":"ls"}"#).is_ok());
+        assert!(matches!(JsonText::parse("{not json"), Err(ApiError::InvalidRequest { .. })));
+    }
+
+    #[test]
+    fn clients_cannot_forge_agent_events() {
+        let forged = EventPayload::AgentMessage { content: vec![ContentBlock::text("hi")] };
+        assert!(matches!(forged.validate_from_client(), Err(ApiError::InvalidRequest { .. })));
+        assert!(EventPayload::user_text("hello").validate_from_client().is_ok());
+    }
+
+    #[test]
+    fn oversized_payloads_are_refused() {
+        let big = EventPayload::user_text("x".repeat(limits::EVENT_PAYLOAD_BYTES_MAX + 1));
+        assert!(matches!(big.validate_from_client(), Err(ApiError::PayloadTooLarge { .. })));
+    }
+}

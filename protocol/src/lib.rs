@@ -1,0 +1,27 @@
+//! Wire and log types shared by every agentd crate.
+//!
+//! This crate is deliberately free of async code and IO: it defines what goes
+//! over the network and into the log (ids, events, requests, responses), how
+//! those values are framed and decoded, and the named limits that bound them.
+//! Decoding untrusted bytes returns [`Error`]; it never panics.
+
+pub mod api;
+pub mod cluster;
+mod error;
+pub mod event;
+pub mod frame;
+pub mod ids;
+pub mod limits;
+
+pub use error::{ApiError, Error};
+
+/// The protocol version spoken by this build. A request carrying another
+/// version is answered with [`ApiError::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// ALPN for client calls (sessions, events, status).
+pub const CLIENT_ALPN: &[u8] = b"agentd/1";
+/// ALPN for node-to-node traffic (Raft, forwarding); mutual TLS.
+pub const CLUSTER_ALPN: &[u8] = b"agentd-cluster/1";
+/// ALPN used once by a new node to obtain its certificate with a join token.
+pub const JOIN_ALPN: &[u8] = b"agentd-join/1";

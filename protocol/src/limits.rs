@@ -1,0 +1,32 @@
+//! Every bound in agentd, in one place. Units are last in names.
+
+/// Largest frame a client may send or receive (a page of events fits easily).
+pub const CLIENT_FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Largest frame between nodes. Snapshots travel in one frame, so this also
+/// bounds the size of one shard's snapshot.
+pub const CLUSTER_FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Largest encoded event payload accepted from a client.
+pub const EVENT_PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
+/// Most events returned by one read.
+pub const EVENTS_PER_PAGE_MAX: u32 = 1000;
+/// Default page size for reads that do not name one.
+pub const EVENTS_PER_PAGE_DEFAULT: u32 = 100;
+/// Most shards a cluster can be created with.
+pub const SHARDS_MAX: u32 = 4096;
+/// Default number of shards chosen at cluster init.
+pub const SHARDS_DEFAULT: u32 = 64;
+/// Default replicas per shard.
+pub const REPLICATION_FACTOR_DEFAULT: u32 = 3;
+/// Most voters in the metadata group; further nodes join it as learners.
+pub const METADATA_VOTERS_MAX: usize = 5;
+/// Longest text field (names, messages) in a request.
+pub const TEXT_BYTES_MAX: usize = 256 * 1024;
+/// Most entries the log store writes in one RocksDB batch (group commit).
+pub const WRITE_BATCH_ENTRIES_MAX: usize = 4096;
+/// Most appends waiting for the log writer before callers are slowed down.
+pub const WRITE_QUEUE_DEPTH_MAX: usize = 8192;
+/// Most concurrent streams one client connection may open.
+pub const CLIENT_STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// Events buffered per shard for live followers before a slow follower is
+/// told to re-read from the store.
+pub const FOLLOW_BUFFER_EVENTS_MAX: usize = 4096;

@@ -1,0 +1,86 @@
+//! Property tests: decoding arbitrary or corrupted bytes yields a typed error
+//! or a value, never a panic, and valid messages round-trip.
+
+use agentd_protocol::api::{ClientRequest, ClientResponse, Consistency, Request};
+use agentd_protocol::cluster::{ClusterEnvelope, ClusterRequest, JoinRequest, JoinResponse, RaftRpcKind};
+use agentd_protocol::event::{Event, EventPayload};
+use agentd_protocol::frame::{decode_body, decode_frame, encode_frame};
+use agentd_protocol::ids::{EventId, GroupId, SessionId, ShardId};
+use agentd_protocol::limits::CLIENT_FRAME_BYTES_MAX;
+use proptest::prelude::*;
+
+fn sample_requests(bits: u128, text: String, seq: u64) -> Vec<Request> {
+    let session_id = SessionId::from_random(bits);
+    vec![
+        Request::new(ClientRequest::CreateSession { session_id }),
+        Request::new(ClientRequest::Append {
+            session_id,
+            event_id: EventId::from_random(bits.rotate_left(7)),
+            payload: EventPayload::user_text(text),
+        }),
+        Request::new(ClientRequest::ReadEvents { session_id, from_seq: seq, limit: 10, consistency: Consistency::Local }),
+        Request::new(ClientRequest::FollowEvents { session_id, from_seq: seq }),
+        Request::new(ClientRequest::ClusterStatus),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode_body::<Request>(&bytes);
+        let _ = decode_body::<ClientResponse>(&bytes);
+        let _ = decode_body::<ClusterEnvelope>(&bytes);
+        let _ = decode_body::<JoinRequest>(&bytes);
+        let _ = decode_body::<JoinResponse>(&bytes);
+        let _ = decode_body::<Event>(&bytes);
+        let _ = decode_frame::<Request>(&bytes, CLIENT_FRAME_BYTES_MAX);
+    }
+
+    #[test]
+    fn valid_requests_round_trip(bits in any::<u128>(), text in ".{0,64}", seq in any::<u64>()) {
+        for request in sample_requests(bits, text.clone(), seq) {
+            let frame = encode_frame(&request, CLIENT_FRAME_BYTES_MAX).unwrap();
+            prop_assert_eq!(decode_frame::<Request>(&frame, CLIENT_FRAME_BYTES_MAX).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn corrupted_and_truncated_frames_never_panic(
+        bits in any::<u128>(),
+        text in ".{0,64}",
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        cut in any::<usize>(),
+    ) {
+        for request in sample_requests(bits, text.clone(), 1) {
+            let mut frame = encode_frame(&request, CLIENT_FRAME_BYTES_MAX).unwrap();
+            for (position, value) in &flips {
+                let index = position % frame.len();
+                frame[index] ^= value;
+            }
+            let _ = decode_frame::<Request>(&frame, CLIENT_FRAME_BYTES_MAX);
+            let _ = decode_frame::<Request>(&frame[..cut % (frame.len() + 1)], CLIENT_FRAME_BYTES_MAX);
+        }
+        let raft = ClusterEnvelope {
+            version: 1,
+            from: 7,
+            body: ClusterRequest::Raft { group: GroupId::Shard(ShardId(3)), kind: RaftRpcKind::Vote, payload: text.into_bytes() },
+        };
+        let frame = encode_frame(&raft, CLIENT_FRAME_BYTES_MAX).unwrap();
+        let _ = decode_frame::<ClusterEnvelope>(&frame[..cut % (frame.len() + 1)], CLIENT_FRAME_BYTES_MAX);
+    }
+}
+
+#[test]
+fn huge_length_prefixes_are_refused_before_allocation() {
+    // A vector claiming 2^62 elements inside a small body.
+    let mut body = vec![0u8]; // Request.version varint prefix follows
+    body.extend_from_slice(&[0xff; 16]);
+    assert!(decode_body::<Request>(&body).is_err());
+    let header = (u32::MAX).to_be_bytes();
+    assert!(matches!(
+        agentd_protocol::frame::body_len(header, CLIENT_FRAME_BYTES_MAX),
+        Err(agentd_protocol::Error::FrameTooLarge { .. })
+    ));
+}

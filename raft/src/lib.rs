@@ -1,0 +1,9 @@
+//! Replication for agentd: the openraft type configuration, the RocksDB log
+//! store and state machine, the QUIC Raft network and the multi-raft host.
+
+mod error;
+pub mod store;
+pub mod tls;
+pub mod types;
+
+pub use error::Error;

@@ -1,0 +1,1 @@
+//! RocksDB log store and state machine (being written).

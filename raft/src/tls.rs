@@ -1,0 +1,1 @@
+//! TLS identities for QUIC (being written).
