@@ -1,1 +1,17 @@
+//! The agentd node: the composition root that wires the replicated store,
+//! the QUIC endpoint and the client API together, plus the native client and
+//! the `agentd` command line. Embed a node with [`Node::start`].
 
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod identity;
+pub mod json;
+pub mod node;
+pub mod options;
+pub mod router;
+pub mod server;
+
+pub use client::{Client, ClientError};
+pub use node::{Node, NodeHandle};
+pub use options::{Bootstrap, NodeOptions, RaftTuning};

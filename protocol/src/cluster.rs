@@ -57,7 +57,8 @@ pub struct JoinRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JoinResponse {
-    /// The new node's identity, signed by the cluster CA.
-    Accepted { ca_cert_pem: String, node_cert_pem: String, node_key_pem: String },
+    /// The new node's identity, signed by the cluster CA, and the CA key so
+    /// that every node can admit further nodes (no single point of admission).
+    Accepted { ca_cert_pem: String, ca_key_pem: String, node_cert_pem: String, node_key_pem: String },
     Error(ApiError),
 }

@@ -1,1 +1,2 @@
 //! TLS identities for QUIC (being written).
+pub const SERVER_NAME: &str = "agentd.cluster";

@@ -74,7 +74,7 @@ pub enum CommandResponse {
     Rejected(ApiError),
 }
 
-pub type Raft = openraft::Raft<TypeConfig>;
+pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachine>;
 pub type Entry = alias::EntryOf<TypeConfig>;
 pub type LogId = alias::LogIdOf<TypeConfig>;
 pub type Vote = alias::VoteOf<TypeConfig>;

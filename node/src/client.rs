@@ -1,0 +1,293 @@
+//! The native client: QUIC, ALPN `agentd/1`, one stream per call. Knows
+//! several node addresses and moves to the next one when a node fails.
+//! Appends carry a client-chosen event id, so retrying them never creates a
+//! second event.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use agentd_protocol::api::{ClientRequest, ClientResponse, ClusterStatus, Consistency, Request, SessionInfo};
+use agentd_protocol::event::{Event, EventPayload};
+use agentd_protocol::ids::{EventId, SessionId};
+use agentd_protocol::limits::CLIENT_FRAME_BYTES_MAX;
+use agentd_protocol::{ApiError, CLIENT_ALPN};
+use agentd_raft::peers::resolve;
+use agentd_raft::tls::{client_config, ServerTrust, SERVER_NAME};
+use agentd_raft::wire::{read_frame, write_frame};
+use tokio::sync::Mutex;
+
+/// Errors of a client call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("cannot reach {addr}: {message}")]
+    Connect { addr: String, message: String },
+    #[error("connection to {addr} failed: {message}")]
+    Transport { addr: String, message: String },
+    #[error("gave up after {attempts} attempts; last error: {last}")]
+    Exhausted { attempts: u32, last: Box<ClientError> },
+    #[error("client setup: {0}")]
+    Setup(String),
+}
+
+impl ClientError {
+    /// Whether another attempt (perhaps on another node) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Api(error) => error.is_retryable() || matches!(error, ApiError::NotReplica { .. }),
+            ClientError::Connect { .. } | ClientError::Transport { .. } => true,
+            ClientError::Exhausted { .. } | ClientError::Setup(_) => false,
+        }
+    }
+}
+
+/// How long [`Client`] keeps retrying a call before giving up.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub deadline: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { deadline: Duration::from_secs(30), backoff_min: Duration::from_millis(20), backoff_max: Duration::from_millis(500) }
+    }
+}
+
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    addrs: Vec<String>,
+    current: Mutex<(usize, Option<quinn::Connection>)>,
+    retry: RetryPolicy,
+}
+
+impl Client {
+    /// A client for the cluster reachable at `addrs` (any node works).
+    pub fn new(addrs: Vec<String>, trust: ServerTrust) -> Result<Self, ClientError> {
+        if addrs.is_empty() {
+            return Err(ClientError::Setup("at least one node address is needed".into()));
+        }
+        let config = client_config(trust, CLIENT_ALPN).map_err(|error| ClientError::Setup(error.to_string()))?;
+        let bind = "0.0.0.0:0".parse().map_err(|_| ClientError::Setup("bad bind address".into()))?;
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|error| ClientError::Setup(error.to_string()))?;
+        endpoint.set_default_client_config(config);
+        Ok(Self { endpoint, addrs, current: Mutex::new((0, None)), retry: RetryPolicy::default() })
+    }
+
+    /// A client trusting the CA in `ca_pem` if given; without it, only
+    /// loopback addresses are accepted (development), without verification.
+    pub fn for_addrs(addrs: Vec<String>, ca_pem: Option<String>) -> Result<Self, ClientError> {
+        let trust = match ca_pem {
+            Some(pem) => ServerTrust::Ca(pem),
+            None => {
+                for addr in &addrs {
+                    let host = addr.rsplit_once(':').map(|(host, _)| host).unwrap_or(addr);
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                    if !loopback {
+                        return Err(ClientError::Setup(format!(
+                            "{addr} is not a loopback address: pass --ca CA.pem (the cluster CA, DATA/tls/ca.pem) to verify it"
+                        )));
+                    }
+                }
+                ServerTrust::InsecureLoopback
+            }
+        };
+        Self::new(addrs, trust)
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    async fn connection(&self) -> Result<(String, quinn::Connection), ClientError> {
+        let mut current = self.current.lock().await;
+        let addr = self.addrs[current.0 % self.addrs.len()].clone();
+        if let Some(connection) = current.1.as_ref().filter(|connection| connection.close_reason().is_none()) {
+            return Ok((addr, connection.clone()));
+        }
+        let connect_error = |message: String| ClientError::Connect { addr: addr.clone(), message };
+        let socket_addr = resolve(&addr).await.map_err(|error| connect_error(error.to_string()))?;
+        let connecting = self.endpoint.connect(socket_addr, SERVER_NAME).map_err(|error| connect_error(error.to_string()))?;
+        let connection = tokio::time::timeout(Duration::from_secs(5), connecting)
+            .await
+            .map_err(|_| connect_error("handshake timed out".into()))?
+            .map_err(|error| connect_error(error.to_string()))?;
+        current.1 = Some(connection.clone());
+        Ok((addr, connection))
+    }
+
+    /// Moves to the next node after a failure on `addr`.
+    async fn rotate(&self, failed: &str) {
+        let mut current = self.current.lock().await;
+        if self.addrs[current.0 % self.addrs.len()] == failed {
+            current.0 = (current.0 + 1) % self.addrs.len();
+            current.1 = None;
+        }
+    }
+
+    /// Opens a stream and sends one request on it.
+    async fn open(&self, request: ClientRequest) -> Result<(String, quinn::RecvStream), ClientError> {
+        let (addr, connection) = self.connection().await?;
+        let transport = |message: String| ClientError::Transport { addr: addr.clone(), message };
+        let (mut send, recv) = connection.open_bi().await.map_err(|error| transport(error.to_string()))?;
+        write_frame(&mut send, &Request::new(request), CLIENT_FRAME_BYTES_MAX)
+            .await
+            .map_err(|error| transport(error.to_string()))?;
+        send.finish().map_err(|error| transport(error.to_string()))?;
+        Ok((addr, recv))
+    }
+
+    /// One attempt on the current node.
+    pub async fn call_once(&self, request: ClientRequest) -> Result<ClientResponse, ClientError> {
+        let (addr, mut recv) = self.open(request).await?;
+        let result = tokio::time::timeout(Duration::from_secs(30), read_frame::<_, ClientResponse>(&mut recv, CLIENT_FRAME_BYTES_MAX))
+            .await
+            .map_err(|_| ClientError::Transport { addr: addr.clone(), message: "no answer within 30s".into() })?;
+        match result {
+            Ok(Some(ClientResponse::Error(error))) => Err(ClientError::Api(error)),
+            Ok(Some(response)) => Ok(response),
+            Ok(None) => Err(ClientError::Transport { addr, message: "stream closed without an answer".into() }),
+            Err(error) => Err(ClientError::Transport { addr, message: error.to_string() }),
+        }
+    }
+
+    /// Calls with retries on retryable errors, moving between nodes, until
+    /// the retry deadline.
+    pub async fn call(&self, request: ClientRequest) -> Result<ClientResponse, ClientError> {
+        let deadline = tokio::time::Instant::now() + self.retry.deadline;
+        let mut backoff = self.retry.backoff_min;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let error = match self.call_once(request.clone()).await {
+                Ok(response) => return Ok(response),
+                Err(error) if !error.is_retryable() => return Err(error),
+                Err(error) => error,
+            };
+            if let ClientError::Connect { addr, .. } | ClientError::Transport { addr, .. } = &error {
+                self.rotate(addr).await;
+            } else if matches!(&error, ClientError::Api(ApiError::NotReplica { .. })) {
+                let addr = self.addrs[self.current.lock().await.0 % self.addrs.len()].clone();
+                self.rotate(&addr).await;
+            }
+            if tokio::time::Instant::now() + backoff > deadline {
+                return Err(ClientError::Exhausted { attempts, last: Box::new(error) });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.retry.backoff_max);
+        }
+    }
+
+    pub async fn create_session(&self) -> Result<SessionInfo, ClientError> {
+        let session_id = SessionId::from_random(rand::random());
+        match self.call(ClientRequest::CreateSession { session_id }).await? {
+            ClientResponse::Session(info) => Ok(info),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn get_session(&self, session_id: SessionId) -> Result<SessionInfo, ClientError> {
+        match self.call(ClientRequest::GetSession { session_id }).await? {
+            ClientResponse::Session(info) => Ok(info),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Appends an event and returns its sequence number once committed.
+    pub async fn append(&self, session_id: SessionId, payload: EventPayload) -> Result<u64, ClientError> {
+        let event_id = EventId::from_random(rand::random());
+        self.append_with_id(session_id, event_id, payload).await
+    }
+
+    /// Appends with a caller-chosen idempotency key.
+    pub async fn append_with_id(&self, session_id: SessionId, event_id: EventId, payload: EventPayload) -> Result<u64, ClientError> {
+        match self.call(ClientRequest::Append { session_id, event_id, payload }).await? {
+            ClientResponse::Appended { seq, .. } => Ok(seq),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One page of events with `seq >= from_seq`.
+    pub async fn read_events(
+        &self,
+        session_id: SessionId,
+        from_seq: u64,
+        limit: u32,
+        consistency: Consistency,
+    ) -> Result<(Vec<Event>, u64), ClientError> {
+        let request = ClientRequest::ReadEvents { session_id, from_seq, limit, consistency };
+        let response = match consistency {
+            // A local read is about one node's replica: do not move elsewhere.
+            Consistency::Local => self.call_once(request).await?,
+            Consistency::Leader => self.call(request).await?,
+        };
+        match response {
+            ClientResponse::Events { events, next_seq } => Ok((events, next_seq)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every event of a session, read page by page.
+    pub async fn read_all(&self, session_id: SessionId, consistency: Consistency) -> Result<Vec<Event>, ClientError> {
+        let mut events = Vec::new();
+        let mut next = 1;
+        loop {
+            let (page, next_seq) = self.read_events(session_id, next, agentd_protocol::limits::EVENTS_PER_PAGE_MAX, consistency).await?;
+            if page.is_empty() {
+                return Ok(events);
+            }
+            events.extend(page);
+            next = next_seq;
+        }
+    }
+
+    /// Follows a session from `from_seq`: the stream yields batches of events
+    /// in order, each exactly once, until the server ends it.
+    pub async fn follow(&self, session_id: SessionId, from_seq: u64) -> Result<EventStream, ClientError> {
+        let (addr, recv) = self.open(ClientRequest::FollowEvents { session_id, from_seq }).await?;
+        Ok(EventStream { addr, recv, next_seq: from_seq.max(1) })
+    }
+
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
+        match self.call(ClientRequest::ClusterStatus).await? {
+            ClientResponse::ClusterStatus(status) => Ok(status),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// A live event stream; see [`Client::follow`].
+pub struct EventStream {
+    addr: String,
+    recv: quinn::RecvStream,
+    next_seq: u64,
+}
+
+impl EventStream {
+    /// The next batch, or `None` when the server ended the stream.
+    pub async fn next(&mut self) -> Option<Result<Vec<Event>, ClientError>> {
+        match read_frame::<_, ClientResponse>(&mut self.recv, CLIENT_FRAME_BYTES_MAX).await {
+            Ok(Some(ClientResponse::Events { events, next_seq })) => {
+                self.next_seq = next_seq;
+                Some(Ok(events))
+            }
+            Ok(Some(ClientResponse::Error(error))) => Some(Err(ClientError::Api(error))),
+            Ok(Some(other)) => Some(Err(unexpected(other))),
+            Ok(None) => None,
+            Err(error) => Some(Err(ClientError::Transport { addr: self.addr.clone(), message: error.to_string() })),
+        }
+    }
+
+    /// Where to resume after this stream fails.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+}
+
+fn unexpected(response: ClientResponse) -> ClientError {
+    ClientError::Api(ApiError::Internal { message: format!("unexpected response {response:?}") })
+}

@@ -1,0 +1,166 @@
+//! What a node keeps in its data directory besides the database: its TLS
+//! identity, the cluster CA, and the join token.
+//!
+//! ```text
+//! DATA/node.json        node id (a restart with another id is refused)
+//! DATA/tls/ca.pem       cluster CA certificate
+//! DATA/tls/ca.key       cluster CA key (every node can admit new nodes)
+//! DATA/tls/node.pem     this node's certificate
+//! DATA/tls/node.key     this node's key
+//! DATA/join-token       token that admits new nodes: agentd-join.SECRET.CA_FINGERPRINT
+//! DATA/db/              RocksDB
+//! ```
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use agentd_protocol::ids::NodeId;
+use agentd_raft::tls::{ClusterCa, NodeIdentity};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+const TOKEN_PREFIX: &str = "agentd-join";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub secret: String,
+    pub ca_fingerprint: String,
+}
+
+impl JoinToken {
+    pub fn generate(ca: &ClusterCa) -> Self {
+        Self { secret: format!("{:032x}", rand::random::<u128>()), ca_fingerprint: ca.fingerprint() }
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut parts = text.trim().split('.');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(TOKEN_PREFIX), Some(secret), Some(fingerprint), None)
+                if !secret.is_empty() && fingerprint.len() == 64 && fingerprint.chars().all(|c| c.is_ascii_hexdigit()) =>
+            {
+                Ok(Self { secret: secret.to_string(), ca_fingerprint: fingerprint.to_ascii_lowercase() })
+            }
+            _ => bail!("malformed join token: expected {TOKEN_PREFIX}.SECRET.CA_FINGERPRINT (see DATA/join-token on a cluster node)"),
+        }
+    }
+}
+
+impl std::fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{TOKEN_PREFIX}.{}.{}", self.secret, self.ca_fingerprint)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct NodeFile {
+    node_id: NodeId,
+}
+
+/// The files of one node's data directory.
+pub struct DataDir {
+    root: PathBuf,
+}
+
+/// Everything a started node needs from its data directory.
+pub struct Stored {
+    pub identity: NodeIdentity,
+    pub ca: ClusterCa,
+    pub token: JoinToken,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.root.join("db")
+    }
+
+    pub fn token_path(&self) -> PathBuf {
+        self.root.join("join-token")
+    }
+
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.root.join("tls").join("ca.pem")
+    }
+
+    /// Whether this directory already belongs to a cluster member.
+    pub fn is_initialised(&self) -> bool {
+        self.root.join("node.json").exists()
+    }
+
+    /// Loads a member's identity, checking it belongs to `node_id`.
+    pub fn load(&self, node_id: NodeId) -> Result<Stored> {
+        let node_file: NodeFile = serde_json::from_str(&read(&self.root.join("node.json"))?)
+            .with_context(|| format!("{} is corrupt", self.root.join("node.json").display()))?;
+        if node_file.node_id != node_id {
+            bail!(
+                "data directory {} belongs to node {}, not node {node_id}",
+                self.root.display(),
+                node_file.node_id
+            );
+        }
+        let tls = self.root.join("tls");
+        let ca = ClusterCa::from_pem(&read(&tls.join("ca.pem"))?, &read(&tls.join("ca.key"))?)?;
+        let identity = NodeIdentity {
+            ca_cert_pem: read(&tls.join("ca.pem"))?,
+            cert_pem: read(&tls.join("node.pem"))?,
+            key_pem: read(&tls.join("node.key"))?,
+        };
+        let token = JoinToken::parse(&read(&self.token_path())?)?;
+        Ok(Stored { identity, ca, token })
+    }
+
+    /// Writes a new member's files. `node.json` is written last, so a crash
+    /// part-way leaves a directory that is not yet considered initialised.
+    pub fn save(&self, node_id: NodeId, stored: &Stored) -> Result<()> {
+        let tls = self.root.join("tls");
+        fs::create_dir_all(&tls).with_context(|| format!("cannot create {}", tls.display()))?;
+        write_private(&tls.join("ca.pem"), &stored.ca.cert_pem())?;
+        write_private(&tls.join("ca.key"), &stored.ca.key_pem())?;
+        write_private(&tls.join("node.pem"), &stored.identity.cert_pem)?;
+        write_private(&tls.join("node.key"), &stored.identity.key_pem)?;
+        write_private(&self.token_path(), &format!("{}\n", stored.token))?;
+        write_private(&self.root.join("node.json"), &serde_json::to_string_pretty(&NodeFile { node_id })?)?;
+        Ok(())
+    }
+}
+
+fn read(path: &Path) -> Result<String> {
+    fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Writes a file readable only by its owner, durably.
+fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_tokens_parse_and_reject_garbage() {
+        let token = JoinToken { secret: "abc".into(), ca_fingerprint: "a".repeat(64) };
+        assert_eq!(JoinToken::parse(&token.to_string()).unwrap(), token);
+        for bad in ["", "agentd-join", "agentd-join.abc", "other.abc.aaaa", &format!("agentd-join..{}", "a".repeat(64))] {
+            assert!(JoinToken::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The composition root: [`Node::start`] opens the store, brings up the QUIC
+//! endpoint and every Raft group, and returns a [`NodeHandle`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentd_protocol::cluster::{ClusterRequest, ClusterResponse, JoinRequest, JoinResponse};
+use agentd_protocol::ids::{GroupId, NodeId, ShardId};
+use agentd_protocol::PROTOCOL_VERSION;
+use agentd_raft::host::RaftHost;
+use agentd_raft::peers::{resolve, Peers};
+use agentd_raft::placement;
+use agentd_raft::store::Db;
+use agentd_raft::tls::{client_config, ClusterCa, NodeIdentity, ServerTrust};
+use agentd_raft::types::{Command, NodeInfo};
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::task::JoinHandle;
+
+use crate::identity::{DataDir, JoinToken, Stored};
+use crate::options::{Bootstrap, NodeOptions};
+use crate::router::Router;
+use crate::server::{self, Admission};
+
+/// How often the placement reconciler runs.
+const RECONCILE_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a joining node keeps asking to be admitted.
+const ADMISSION_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Node;
+
+/// A running node. Dropping it does not stop the node; call [`NodeHandle::shutdown`].
+#[derive(Clone)]
+pub struct NodeHandle {
+    inner: Arc<NodeInner>,
+}
+
+struct NodeInner {
+    node_id: NodeId,
+    advertise: String,
+    endpoint: quinn::Endpoint,
+    host: RaftHost,
+    router: Router,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Node {
+    pub async fn start(options: NodeOptions) -> Result<NodeHandle> {
+        options.validate()?;
+        let data = DataDir::new(&options.data_dir);
+        std::fs::create_dir_all(data.root()).with_context(|| format!("cannot create {}", data.root().display()))?;
+        let advertise = options.advertise_addr();
+        let fresh = !data.is_initialised();
+        let stored = if fresh {
+            create_identity(&options, &data, &advertise).await?
+        } else {
+            if !matches!(options.bootstrap, Bootstrap::Restart) {
+                tracing::info!(dir = %data.root().display(), "data directory already initialised; restarting the existing member");
+            }
+            data.load(options.node_id)?
+        };
+
+        let db = Db::open(&data.db_path()).with_context(|| format!("cannot open the store in {}", data.db_path().display()))?;
+        let endpoint = quinn::Endpoint::server(stored.identity.server_config()?, options.listen)
+            .with_context(|| format!("cannot listen on {}", options.listen))?;
+        let peers = Peers::new(options.node_id, endpoint.clone(), stored.identity.cluster_client_config()?);
+        let host = RaftHost::new(options.node_id, db, peers, options.raft.openraft_config()?);
+        let metadata = host.open_group(GroupId::Metadata).await?;
+        let router = Router::new(host.clone(), advertise.clone());
+        let admission = Arc::new(Admission { ca: stored.ca, secret: stored.token.secret.clone() });
+
+        let mut tasks = vec![tokio::spawn(server::serve(endpoint.clone(), router.clone(), admission))];
+        if fresh {
+            match &options.bootstrap {
+                Bootstrap::Init { shards, replication_factor } => {
+                    init_cluster(&host, &advertise, *shards, *replication_factor).await?;
+                    eprintln!("agentd: cluster initialised; join token in {}", data.token_path().display());
+                }
+                Bootstrap::Join { seed, .. } => request_admission(&host, seed, &advertise).await?,
+                Bootstrap::Restart => unreachable!("create_identity refuses a restart of an empty directory"),
+            }
+        }
+        let _ = metadata;
+        tasks.push(tokio::spawn(reconcile_loop(host.clone())));
+        tasks.push(tokio::spawn(observe_terms(host.clone())));
+        tracing::info!(node = options.node_id, listen = %options.listen, "node started");
+        Ok(NodeHandle {
+            inner: Arc::new(NodeInner {
+                node_id: options.node_id,
+                advertise,
+                endpoint,
+                host,
+                router,
+                tasks: std::sync::Mutex::new(tasks),
+            }),
+        })
+    }
+}
+
+impl NodeHandle {
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    pub fn advertise_addr(&self) -> &str {
+        &self.inner.advertise
+    }
+
+    pub fn local_addr(&self) -> Result<std::net::SocketAddr> {
+        Ok(self.inner.endpoint.local_addr()?)
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    /// Stops accepting calls, stops every group and closes connections.
+    pub async fn shutdown(&self) {
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        for task in tasks {
+            task.abort();
+        }
+        self.inner.host.shutdown().await;
+        self.inner.endpoint.close(0u32.into(), b"node shutting down");
+        self.inner.endpoint.wait_idle().await;
+    }
+}
+
+async fn create_identity(options: &NodeOptions, data: &DataDir, advertise: &str) -> Result<Stored> {
+    let host_part = advertise.rsplit_once(':').map(|(host, _)| host).unwrap_or(advertise);
+    let host_part = host_part.trim_start_matches('[').trim_end_matches(']');
+    let stored = match &options.bootstrap {
+        Bootstrap::Restart => bail!(
+            "{} is not initialised: start the first node with --init, others with --join HOST:PORT --token TOKEN",
+            data.root().display()
+        ),
+        Bootstrap::Init { .. } => {
+            let ca = ClusterCa::generate()?;
+            let identity = ca.issue_node(options.node_id, host_part)?;
+            let token = JoinToken::generate(&ca);
+            Stored { identity, ca, token }
+        }
+        Bootstrap::Join { seed, token } => {
+            let token = JoinToken::parse(token)?;
+            join(seed, &token, options.node_id, advertise).await?
+        }
+    };
+    data.save(options.node_id, &stored)?;
+    Ok(stored)
+}
+
+/// Obtains this node's certificate from a cluster member. The server is
+/// trusted by the CA fingerprint inside the token, the node by the secret.
+async fn join(seed: &str, token: &JoinToken, node_id: NodeId, advertise: &str) -> Result<Stored> {
+    let config = client_config(ServerTrust::Fingerprint(token.ca_fingerprint.clone()), agentd_protocol::JOIN_ALPN)?;
+    let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
+    endpoint.set_default_client_config(config);
+    let addr = resolve(seed).await?;
+    let connection = tokio::time::timeout(Duration::from_secs(10), endpoint.connect(addr, agentd_raft::tls::SERVER_NAME)?)
+        .await
+        .map_err(|_| anyhow!("timed out connecting to {seed}"))?
+        .with_context(|| format!("cannot join through {seed}"))?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let request = JoinRequest { version: PROTOCOL_VERSION, secret: token.secret.clone(), node_id, addr: advertise.to_string() };
+    agentd_raft::wire::write_frame(&mut send, &request, 64 * 1024).await?;
+    send.finish()?;
+    let response: JoinResponse = agentd_raft::wire::read_frame(&mut recv, 64 * 1024)
+        .await?
+        .ok_or_else(|| anyhow!("{seed} closed the join stream without answering"))?;
+    connection.close(0u32.into(), b"joined");
+    match response {
+        JoinResponse::Accepted { ca_cert_pem, ca_key_pem, node_cert_pem, node_key_pem } => {
+            let ca = ClusterCa::from_pem(&ca_cert_pem, &ca_key_pem)?;
+            if ca.fingerprint() != token.ca_fingerprint {
+                bail!("{seed} sent a CA that does not match the join token");
+            }
+            let identity = NodeIdentity { ca_cert_pem, cert_pem: node_cert_pem, key_pem: node_key_pem };
+            Ok(Stored { identity, ca, token: token.clone() })
+        }
+        JoinResponse::Error(error) => bail!("{seed} refused to admit node {node_id}: {error}"),
+    }
+}
+
+async fn init_cluster(host: &RaftHost, advertise: &str, shards: u32, replication_factor: u32) -> Result<()> {
+    let metadata = host.open_group(GroupId::Metadata).await?;
+    let me = host.node_id();
+    metadata
+        .raft
+        .initialize(BTreeMap::from([(me, NodeInfo { addr: advertise.to_string() })]))
+        .await
+        .map_err(|error| anyhow!("cannot initialise the metadata group: {error}"))?;
+    wait_for_leadership(&metadata.raft, me).await?;
+    let propose = |command| placement::propose(&metadata, command);
+    propose(Command::InitCluster { shards, replication_factor }).await?;
+    propose(Command::AddNode { node_id: me, addr: advertise.to_string() }).await?;
+    for shard in 0..shards {
+        propose(Command::SetPlacement { shard: ShardId(shard), replicas: vec![me] }).await?;
+    }
+    placement::reconcile(host).await?;
+    Ok(())
+}
+
+async fn wait_for_leadership(raft: &agentd_raft::types::Raft, me: NodeId) -> Result<()> {
+    let mut metrics = raft.metrics();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while metrics.borrow().current_leader != Some(me) {
+            if metrics.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow!("this node did not become leader of its new cluster within 30s"))
+}
+
+/// Asks the cluster to add this node until it agrees (the seed may be
+/// electing a leader, or briefly unreachable).
+async fn request_admission(host: &RaftHost, seed: &str, advertise: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + ADMISSION_TIMEOUT;
+    let request = ClusterRequest::AddNode { node_id: host.node_id(), addr: advertise.to_string() };
+    loop {
+        let error = match host.peers().call(seed, request.clone(), Duration::from_secs(10)).await {
+            Ok(ClusterResponse::NodeAdded) => {
+                tracing::info!(%seed, "admitted to the cluster");
+                return Ok(());
+            }
+            Ok(ClusterResponse::Error(error)) if !error.is_retryable() => bail!("{seed} refused to add this node: {error}"),
+            Ok(other) => format!("{other:?}"),
+            Err(error) => error.to_string(),
+        };
+        if tokio::time::Instant::now() > deadline {
+            bail!("not admitted within {ADMISSION_TIMEOUT:?}: {error}");
+        }
+        tracing::info!(%seed, %error, "admission pending; retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn reconcile_loop(host: RaftHost) {
+    loop {
+        if let Err(error) = placement::reconcile(&host).await {
+            tracing::warn!(%error, "placement pass failed");
+        }
+        tokio::time::sleep(RECONCILE_INTERVAL).await;
+    }
+}
+
+/// Counts term changes (elections) and tracks how many groups this node leads.
+async fn observe_terms(host: RaftHost) {
+    let mut terms: BTreeMap<GroupId, u64> = BTreeMap::new();
+    loop {
+        let mut leading = 0u64;
+        for group in host.groups() {
+            let metrics = group.raft.metrics().borrow().clone();
+            if metrics.current_leader == Some(host.node_id()) {
+                leading += 1;
+            }
+            let previous = terms.insert(group.group, metrics.current_term);
+            if previous.is_some_and(|previous| previous != metrics.current_term) {
+                metrics::counter!("agentd_raft_term_changes_total").increment(1);
+            }
+        }
+        metrics::gauge!("agentd_groups_led").set(leading as f64);
+        metrics::gauge!("agentd_groups_hosted").set(terms.len() as f64);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,108 @@
+//! How a node is configured: by `agentd start` flags or by an embedding
+//! program building [`NodeOptions`] itself.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use agentd_protocol::ids::NodeId;
+use agentd_protocol::limits::{REPLICATION_FACTOR_DEFAULT, SHARDS_DEFAULT, SHARDS_MAX};
+use anyhow::{bail, Result};
+
+/// How a node comes up.
+#[derive(Debug, Clone)]
+pub enum Bootstrap {
+    /// Restart a node whose data directory already holds its identity.
+    Restart,
+    /// Create a new cluster with this node as its first member.
+    Init { shards: u32, replication_factor: u32 },
+    /// Join the cluster that `seed` belongs to, admitted by `token`.
+    Join { seed: String, token: String },
+}
+
+impl Bootstrap {
+    pub fn init_default() -> Self {
+        Bootstrap::Init { shards: SHARDS_DEFAULT, replication_factor: REPLICATION_FACTOR_DEFAULT }
+    }
+}
+
+/// Raft timing and log retention, shared by every group on the node.
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_logs: u64,
+    /// Entries kept in the log behind a snapshot (so lagging replicas can
+    /// catch up without a snapshot).
+    pub logs_to_keep: u64,
+}
+
+impl Default for RaftTuning {
+    // Many groups share each node, so heartbeats are sparser than openraft's
+    // defaults: 64 shards x 2 followers at 4 Hz is ~500 RPCs/s per leader node.
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            snapshot_logs: 5000,
+            logs_to_keep: 1000,
+        }
+    }
+}
+
+impl RaftTuning {
+    pub fn openraft_config(&self) -> Result<Arc<openraft::Config>> {
+        let config = openraft::Config {
+            cluster_name: "agentd".into(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            max_in_snapshot_log_to_keep: self.logs_to_keep,
+            // Snapshots travel in one frame; give a slow follower time to install one.
+            install_snapshot_timeout: 10_000,
+            send_snapshot_timeout: 10_000,
+            ..Default::default()
+        };
+        Ok(Arc::new(config.validate()?))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub node_id: NodeId,
+    /// Where the node's QUIC endpoint binds.
+    pub listen: SocketAddr,
+    /// The address other nodes and clients dial; defaults to `listen`.
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    pub bootstrap: Bootstrap,
+    pub raft: RaftTuning,
+}
+
+impl NodeOptions {
+    pub fn advertise_addr(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| self.listen.to_string())
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.node_id == 0 {
+            bail!("--node-id must be at least 1");
+        }
+        if let Bootstrap::Init { shards, replication_factor } = self.bootstrap {
+            if shards == 0 || shards > SHARDS_MAX {
+                bail!("--shards must be between 1 and {SHARDS_MAX}");
+            }
+            if replication_factor == 0 {
+                bail!("--replication must be at least 1");
+            }
+        }
+        if self.listen.ip().is_unspecified() && self.advertise.is_none() {
+            bail!("--listen {} is a wildcard address: pass --advertise HOST:PORT so other nodes can dial this one", self.listen);
+        }
+        Ok(())
+    }
+}

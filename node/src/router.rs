@@ -1,0 +1,290 @@
+//! Executes client requests: finds the shard, runs the request on this node
+//! if it leads the shard, or forwards it (one hop) to the node that does.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agentd_protocol::api::{ClientRequest, ClientResponse, ClusterStatus, Consistency, GroupStatus, NodeStatus};
+use agentd_protocol::cluster::{ClusterRequest, ClusterResponse};
+use agentd_protocol::ids::{shard_of, GroupId, NodeId, SessionId, ShardId};
+use agentd_protocol::limits::EVENTS_PER_PAGE_MAX;
+use agentd_protocol::ApiError;
+use agentd_raft::host::{GroupHandle, RaftHost};
+use agentd_raft::placement;
+use agentd_raft::types::{Command, CommandResponse};
+use openraft::raft::ReadPolicy;
+
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A cheap-to-clone handle that answers client requests on one node.
+#[derive(Clone)]
+pub struct Router {
+    host: RaftHost,
+    advertise: String,
+}
+
+impl Router {
+    pub fn new(host: RaftHost, advertise: String) -> Self {
+        Self { host, advertise }
+    }
+
+    pub fn host(&self) -> &RaftHost {
+        &self.host
+    }
+
+    /// Answers one request. `forwarded` requests came from another node and
+    /// are never forwarded again: they run here or fail with `NotLeader`.
+    pub async fn handle(&self, request: ClientRequest, forwarded: bool) -> ClientResponse {
+        let started = std::time::Instant::now();
+        let kind = request_kind(&request);
+        let response = match self.handle_inner(request, forwarded).await {
+            Ok(response) => response,
+            Err(error) => ClientResponse::Error(error),
+        };
+        metrics::histogram!("agentd_request_seconds", "kind" => kind).record(started.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn handle_inner(&self, request: ClientRequest, forwarded: bool) -> Result<ClientResponse, ApiError> {
+        let Some(session_id) = request.session_id() else {
+            return Ok(ClientResponse::ClusterStatus(self.cluster_status().await?));
+        };
+        let shard = self.shard_of(session_id)?;
+        let local = self.host.group(GroupId::Shard(shard));
+        if let ClientRequest::ReadEvents { consistency: Consistency::Local, from_seq, limit, .. } = request {
+            let group = local.ok_or_else(|| ApiError::NotReplica { group: shard.to_string() })?;
+            return read_events(&group, session_id, from_seq, limit);
+        }
+        if let Some(group) = local.as_ref().filter(|group| group.raft.is_leader()) {
+            return self.execute(group, shard, request).await;
+        }
+        if forwarded {
+            return Err(ApiError::NotLeader { leader: local.as_ref().and_then(|group| self.leader_of(group)) });
+        }
+        self.forward(local.as_ref(), shard, request).await
+    }
+
+    /// The shard of a session, from the shard count fixed at cluster init.
+    pub fn shard_of(&self, session_id: SessionId) -> Result<ShardId, ApiError> {
+        let metadata = self.metadata()?;
+        let (shards, _) = metadata
+            .state
+            .cluster_config()
+            .map_err(internal)?
+            .ok_or_else(|| ApiError::Unavailable { message: "this node has not learned the cluster configuration yet".into() })?;
+        Ok(shard_of(session_id, shards))
+    }
+
+    fn metadata(&self) -> Result<GroupHandle, ApiError> {
+        self.host
+            .group(GroupId::Metadata)
+            .ok_or_else(|| ApiError::Unavailable { message: "metadata group is not open on this node".into() })
+    }
+
+    async fn execute(&self, group: &GroupHandle, shard: ShardId, request: ClientRequest) -> Result<ClientResponse, ApiError> {
+        match request {
+            ClientRequest::CreateSession { session_id } => {
+                let command = Command::CreateSession { session_id, shard, created_at_ms: now_ms() };
+                match placement::propose(group, command).await? {
+                    CommandResponse::Session { info, .. } => Ok(ClientResponse::Session(info)),
+                    other => Err(unexpected(other)),
+                }
+            }
+            ClientRequest::Append { session_id, event_id, payload } => {
+                payload.validate_from_client()?;
+                let command = Command::Append { session_id, event_id, payload, processed_at_ms: now_ms() };
+                let started = std::time::Instant::now();
+                let response = placement::propose(group, command).await?;
+                metrics::histogram!("agentd_append_commit_seconds").record(started.elapsed().as_secs_f64());
+                match response {
+                    CommandResponse::Appended { seq, duplicate } => Ok(ClientResponse::Appended { seq, duplicate }),
+                    other => Err(unexpected(other)),
+                }
+            }
+            ClientRequest::GetSession { session_id } => {
+                ensure_linearizable(group).await?;
+                let info = group.state.session(session_id).map_err(internal)?;
+                info.map(ClientResponse::Session).ok_or_else(|| not_found(session_id))
+            }
+            ClientRequest::ReadEvents { session_id, from_seq, limit, .. } => {
+                ensure_linearizable(group).await?;
+                read_events(group, session_id, from_seq, limit)
+            }
+            ClientRequest::FollowEvents { .. } | ClientRequest::ClusterStatus => {
+                Err(ApiError::InvalidRequest { message: "this request cannot be executed as a single call".into() })
+            }
+        }
+    }
+
+    /// Forwards to the shard leader if this node knows it, else tries the
+    /// shard's replicas in placement order.
+    async fn forward(&self, local: Option<&GroupHandle>, shard: ShardId, request: ClientRequest) -> Result<ClientResponse, ApiError> {
+        let mut candidates: Vec<(NodeId, String)> = Vec::new();
+        if let Some(leader) = local.and_then(|group| self.leader_of(group)) {
+            candidates.push(leader);
+        }
+        let metadata = self.metadata()?;
+        let addresses: BTreeMap<NodeId, String> = metadata.state.nodes().map_err(internal)?.into_iter().collect();
+        let placements = metadata.state.placements().map_err(internal)?;
+        if let Some((_, replicas)) = placements.iter().find(|(placed, _)| *placed == shard) {
+            for replica in replicas {
+                if *replica != self.host.node_id() && !candidates.iter().any(|(node, _)| node == replica) {
+                    if let Some(addr) = addresses.get(replica) {
+                        candidates.push((*replica, addr.clone()));
+                    }
+                }
+            }
+        }
+        let mut last_error = ApiError::Unavailable { message: format!("no leader known for {shard}") };
+        let mut index = 0;
+        while index < candidates.len() {
+            let (node, addr) = candidates[index].clone();
+            index += 1;
+            match self.host.peers().call(&addr, ClusterRequest::Forward(request.clone()), FORWARD_TIMEOUT).await {
+                Ok(ClusterResponse::Forwarded(ClientResponse::Error(ApiError::NotLeader { leader }))) => {
+                    if let Some(leader) = leader.filter(|(id, _)| !candidates.iter().any(|(node, _)| node == id)) {
+                        candidates.push(leader);
+                    }
+                    last_error = ApiError::NotLeader { leader: None };
+                }
+                Ok(ClusterResponse::Forwarded(response)) => return Ok(response),
+                Ok(other) => last_error = ApiError::Internal { message: format!("node {node} answered {other:?}") },
+                Err(error) => last_error = ApiError::Unavailable { message: format!("node {node}: {error}") },
+            }
+        }
+        Err(match last_error {
+            ApiError::NotLeader { .. } => ApiError::Unavailable { message: format!("{shard} has no leader right now") },
+            other => other,
+        })
+    }
+
+    fn leader_of(&self, group: &GroupHandle) -> Option<(NodeId, String)> {
+        let metrics = group.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let node = metrics.membership_config.membership().get_node(&leader)?.clone();
+        Some((leader, node.addr))
+    }
+
+    /// Admits a node into the cluster, on the metadata leader.
+    pub async fn admit(&self, node_id: NodeId, addr: String, forwarded: bool) -> Result<(), ApiError> {
+        let metadata = self.metadata()?;
+        if metadata.raft.is_leader() {
+            return placement::admit_node(&metadata, node_id, addr).await;
+        }
+        let leader = self.leader_of(&metadata).filter(|_| !forwarded);
+        let Some((_, leader_addr)) = leader else {
+            return Err(ApiError::Unavailable { message: "metadata group has no leader reachable from here".into() });
+        };
+        match self.host.peers().call(&leader_addr, ClusterRequest::AddNode { node_id, addr }, FORWARD_TIMEOUT).await {
+            Ok(ClusterResponse::NodeAdded) => Ok(()),
+            Ok(ClusterResponse::Error(error)) => Err(error),
+            Ok(other) => Err(ApiError::Internal { message: format!("unexpected answer {other:?}") }),
+            Err(error) => Err(ApiError::Unavailable { message: error.to_string() }),
+        }
+    }
+
+    /// This node's own report: one entry per hosted group.
+    pub fn local_status(&self) -> NodeStatus {
+        let groups = self.host.groups().iter().map(group_status).collect();
+        NodeStatus { node_id: self.host.node_id(), addr: self.advertise.clone(), reachable: true, groups }
+    }
+
+    async fn cluster_status(&self) -> Result<ClusterStatus, ApiError> {
+        let metadata = self.metadata()?;
+        let (shards, replication_factor) = metadata.state.cluster_config().map_err(internal)?.unwrap_or((0, 0));
+        let mut nodes = Vec::new();
+        for (node_id, addr) in metadata.state.nodes().map_err(internal)? {
+            if node_id == self.host.node_id() {
+                nodes.push(self.local_status());
+                continue;
+            }
+            let status = match self.host.peers().call(&addr, ClusterRequest::NodeStatus, STATUS_TIMEOUT).await {
+                Ok(ClusterResponse::NodeStatus(status)) => status,
+                _ => NodeStatus { node_id, addr, reachable: false, groups: Vec::new() },
+            };
+            nodes.push(status);
+        }
+        Ok(ClusterStatus { shards, replication_factor, nodes })
+    }
+}
+
+fn group_status(group: &GroupHandle) -> GroupStatus {
+    let metrics = group.raft.metrics().borrow().clone();
+    let last_log_index = metrics.last_log_index;
+    let replica_lag = metrics
+        .replication
+        .as_ref()
+        .map(|replication| {
+            replication
+                .iter()
+                .map(|(node, matched)| {
+                    let matched = matched.as_ref().map(|log_id| log_id.index).unwrap_or(0);
+                    (*node, last_log_index.map(|last| last.saturating_sub(matched)))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let membership = metrics.membership_config.membership();
+    GroupStatus {
+        group: group.group,
+        role: format!("{:?}", metrics.state),
+        term: metrics.current_term,
+        leader: metrics.current_leader,
+        voters: membership.voter_ids().collect(),
+        learners: membership.learner_ids().collect(),
+        last_log_index,
+        last_applied_index: metrics.last_applied.as_ref().map(|log_id| log_id.index),
+        snapshot_index: metrics.snapshot.as_ref().map(|log_id| log_id.index),
+        purged_index: metrics.purged.as_ref().map(|log_id| log_id.index),
+        replica_lag,
+    }
+}
+
+fn read_events(group: &GroupHandle, session_id: SessionId, from_seq: u64, limit: u32) -> Result<ClientResponse, ApiError> {
+    let info = group.state.session(session_id).map_err(internal)?.ok_or_else(|| not_found(session_id))?;
+    let from_seq = from_seq.max(1);
+    let limit = limit.clamp(1, EVENTS_PER_PAGE_MAX);
+    let events = group.state.events(session_id, from_seq, limit).map_err(internal)?;
+    let next_seq = events.last().map(|event| event.seq + 1).unwrap_or(from_seq.min(info.last_seq + 1));
+    Ok(ClientResponse::Events { events, next_seq })
+}
+
+/// Makes sure this node is still the leader, so a read sees every
+/// acknowledged append.
+async fn ensure_linearizable(group: &GroupHandle) -> Result<(), ApiError> {
+    group
+        .raft
+        .ensure_linearizable(ReadPolicy::ReadIndex)
+        .await
+        .map(|_| ())
+        .map_err(|error| ApiError::Unavailable { message: format!("cannot confirm leadership: {error}") })
+}
+
+fn request_kind(request: &ClientRequest) -> &'static str {
+    match request {
+        ClientRequest::CreateSession { .. } => "create_session",
+        ClientRequest::GetSession { .. } => "get_session",
+        ClientRequest::Append { .. } => "append",
+        ClientRequest::ReadEvents { .. } => "read_events",
+        ClientRequest::FollowEvents { .. } => "follow_events",
+        ClientRequest::ClusterStatus => "cluster_status",
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
+}
+
+fn not_found(session_id: SessionId) -> ApiError {
+    ApiError::NotFound { what: format!("session {session_id}") }
+}
+
+fn internal(error: agentd_raft::Error) -> ApiError {
+    tracing::error!(%error, "storage read failed");
+    ApiError::Internal { message: error.to_string() }
+}
+
+fn unexpected(response: CommandResponse) -> ApiError {
+    ApiError::Internal { message: format!("unexpected command response {response:?}") }
+}

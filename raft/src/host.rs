@@ -1,0 +1,111 @@
+//! The multi-raft host: every Raft group (the metadata group and the shards)
+//! that one node replicates, sharing one RocksDB and one set of peer
+//! connections.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use agentd_protocol::cluster::{ClusterResponse, RaftRpcKind};
+use agentd_protocol::ids::{GroupId, NodeId};
+use agentd_protocol::ApiError;
+
+use crate::network::{serve_rpc, GroupNetwork};
+use crate::peers::Peers;
+use crate::store::{Db, StateReader};
+use crate::types::Raft;
+use crate::Error;
+
+/// One hosted group: its Raft handle and a reader of its applied state.
+#[derive(Clone)]
+pub struct GroupHandle {
+    pub group: GroupId,
+    pub raft: Raft,
+    pub state: StateReader,
+}
+
+/// A cheap-to-clone handle to the groups this node hosts.
+#[derive(Clone)]
+pub struct RaftHost {
+    inner: Arc<HostInner>,
+}
+
+struct HostInner {
+    node_id: NodeId,
+    db: Db,
+    peers: Peers,
+    config: Arc<openraft::Config>,
+    groups: RwLock<BTreeMap<GroupId, GroupHandle>>,
+    // Serialises group creation so a group is never opened twice.
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl RaftHost {
+    pub fn new(node_id: NodeId, db: Db, peers: Peers, config: Arc<openraft::Config>) -> Self {
+        Self {
+            inner: Arc::new(HostInner {
+                node_id,
+                db,
+                peers,
+                config,
+                groups: RwLock::new(BTreeMap::new()),
+                opening: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    pub fn peers(&self) -> &Peers {
+        &self.inner.peers
+    }
+
+    /// Opens (or returns the already open) group, recovering its state from disk.
+    pub async fn open_group(&self, group: GroupId) -> Result<GroupHandle, Error> {
+        let _opening = self.inner.opening.lock().await;
+        if let Some(handle) = self.group(group) {
+            return Ok(handle);
+        }
+        let log_store = self.inner.db.log_store(group);
+        let (state_machine, state) = self.inner.db.state_machine(group);
+        let network = GroupNetwork { peers: self.inner.peers.clone(), group };
+        let raft = Raft::new(self.inner.node_id, self.inner.config.clone(), network, log_store, state_machine)
+            .await
+            .map_err(|fatal| Error::Raft(format!("cannot start {group}: {fatal}")))?;
+        let handle = GroupHandle { group, raft, state };
+        self.inner.groups.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(group, handle.clone());
+        tracing::debug!(%group, "group opened");
+        Ok(handle)
+    }
+
+    pub fn group(&self, group: GroupId) -> Option<GroupHandle> {
+        self.inner.groups.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&group).cloned()
+    }
+
+    pub fn groups(&self) -> Vec<GroupHandle> {
+        self.inner.groups.read().unwrap_or_else(|poisoned| poisoned.into_inner()).values().cloned().collect()
+    }
+
+    /// Answers a Raft RPC from a peer. A group this node does not host yet is
+    /// refused; the sender backs off and retries, which is what a new replica
+    /// needs while its placement is still replicating to it.
+    pub async fn handle_rpc(&self, group: GroupId, kind: RaftRpcKind, payload: &[u8]) -> ClusterResponse {
+        let Some(handle) = self.group(group) else {
+            return ClusterResponse::Error(ApiError::NotReplica { group: group.to_string() });
+        };
+        match serve_rpc(&handle.raft, kind, payload).await {
+            Ok(response) => response,
+            Err(error) => ClusterResponse::Error(ApiError::Malformed { message: error.to_string() }),
+        }
+    }
+
+    /// Stops every group's Raft tasks.
+    pub async fn shutdown(&self) {
+        for handle in self.groups() {
+            if let Err(error) = handle.raft.shutdown().await {
+                tracing::warn!(group = %handle.group, %error, "group did not shut down cleanly");
+            }
+        }
+    }
+}
