@@ -360,6 +360,7 @@ async fn session(command: SessionCommand) -> Result<()> {
                 let mut stream = match client.follow(session, next).await {
                     Ok(stream) => stream,
                     Err(error) if error.is_retryable() => {
+                        client.note_failure(&error).await;
                         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                         continue;
                     }
@@ -371,7 +372,10 @@ async fn session(command: SessionCommand) -> Result<()> {
                             print(&events);
                             next = stream.next_seq();
                         }
-                        Err(error) if error.is_retryable() => break,
+                        Err(error) if error.is_retryable() => {
+                            client.note_failure(&error).await;
+                            break;
+                        }
                         Err(error) => return Err(error.into()),
                     }
                 }

@@ -120,6 +120,18 @@ impl Client {
         Ok((addr, connection))
     }
 
+    /// Moves to the next node if `error` means the current one cannot serve.
+    pub async fn note_failure(&self, error: &ClientError) {
+        match error {
+            ClientError::Connect { addr, .. } | ClientError::Transport { addr, .. } => self.rotate(addr).await,
+            ClientError::Api(ApiError::NotReplica { .. } | ApiError::Unavailable { .. }) => {
+                let addr = self.addrs[self.current.lock().await.0 % self.addrs.len()].clone();
+                self.rotate(&addr).await;
+            }
+            _ => {}
+        }
+    }
+
     /// Moves to the next node after a failure on `addr`.
     async fn rotate(&self, failed: &str) {
         let mut current = self.current.lock().await;
@@ -168,12 +180,7 @@ impl Client {
                 Err(error) if !error.is_retryable() => return Err(error),
                 Err(error) => error,
             };
-            if let ClientError::Connect { addr, .. } | ClientError::Transport { addr, .. } = &error {
-                self.rotate(addr).await;
-            } else if matches!(&error, ClientError::Api(ApiError::NotReplica { .. })) {
-                let addr = self.addrs[self.current.lock().await.0 % self.addrs.len()].clone();
-                self.rotate(&addr).await;
-            }
+            self.note_failure(&error).await;
             if tokio::time::Instant::now() + backoff > deadline {
                 return Err(ClientError::Exhausted { attempts, last: Box::new(error) });
             }

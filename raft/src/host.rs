@@ -68,7 +68,7 @@ impl RaftHost {
             return Ok(handle);
         }
         let log_store = self.inner.db.log_store(group);
-        let (state_machine, state) = self.inner.db.state_machine(group);
+        let (state_machine, state) = self.inner.db.state_machine(group)?;
         let network = GroupNetwork { peers: self.inner.peers.clone(), group };
         let raft = Raft::new(self.inner.node_id, self.inner.config.clone(), network, log_store, state_machine)
             .await

@@ -1,1 +1,230 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for the end-to-end tests: real `agentd` processes on loopback,
+//! each with its own data directory, killed with SIGKILL and restarted.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agentd_node::Client;
+use agentd_protocol::api::ClusterStatus;
+use anyhow::{bail, Context, Result};
+
+/// The `agentd` binary built by this workspace (or `AGENTD_BIN`).
+pub fn agentd_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("AGENTD_BIN") {
+        return PathBuf::from(path);
+    }
+    // Test binaries live in target/<profile>/deps; the binary one level up.
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    profile_dir.join("agentd")
+}
+
+/// A free UDP port on loopback (free when asked; the node binds it soon after).
+pub fn free_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    socket.local_addr().expect("local address").port()
+}
+
+pub struct NodeProcess {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+/// A cluster of real processes. Dropping it kills every process.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProcess>,
+    extra_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `size` nodes: node 1 with `--init`, the others with `--join`,
+    /// and waits until every shard has `min(size, replication)` voters.
+    pub async fn start(size: usize, extra_args: &[&str]) -> Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("agentd-e2e-").tempdir()?;
+        let mut cluster = Cluster { dir, nodes: Vec::new(), extra_args: extra_args.iter().map(|arg| arg.to_string()).collect() };
+        for index in 0..size {
+            let id = index as u64 + 1;
+            let addr = format!("127.0.0.1:{}", free_port());
+            let data_dir = cluster.dir.path().join(format!("n{id}"));
+            let log = cluster.dir.path().join(format!("n{id}.log"));
+            cluster.nodes.push(NodeProcess { id, addr, data_dir, log, child: None });
+            let bootstrap = if id == 1 {
+                vec!["--init".to_string()]
+            } else {
+                let token = std::fs::read_to_string(cluster.nodes[0].data_dir.join("join-token"))?;
+                vec!["--join".into(), cluster.nodes[0].addr.clone(), "--token".into(), token.trim().to_string()]
+            };
+            cluster.spawn(id, &bootstrap)?;
+            if id == 1 {
+                cluster.wait_for(Duration::from_secs(60), "node 1 to initialise", |_| true).await?;
+            }
+        }
+        let expected = size.min(3);
+        cluster.wait_replicated(expected, Duration::from_secs(120)).await?;
+        Ok(cluster)
+    }
+
+    fn node(&self, id: u64) -> &NodeProcess {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn spawn(&mut self, id: u64, bootstrap: &[String]) -> Result<()> {
+        let extra = self.extra_args.clone();
+        let node = &mut self.nodes[(id - 1) as usize];
+        let log = File::options().create(true).append(true).open(&node.log)?;
+        let child = Command::new(agentd_binary())
+            .arg("start")
+            .args(["--node-id", &id.to_string(), "--listen", &node.addr, "--data-dir"])
+            .arg(&node.data_dir)
+            .args(bootstrap)
+            .args(&extra)
+            .env("AGENTD_LOG", "info,openraft=warn,quinn=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", agentd_binary().display()))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs a node.
+    pub fn kill(&mut self, id: u64) -> Result<()> {
+        let node = &mut self.nodes[(id - 1) as usize];
+        if let Some(mut child) = node.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Restarts a killed node with only its id, address and data directory.
+    pub fn restart(&mut self, id: u64) -> Result<()> {
+        self.spawn(id, &[])
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|node| node.addr.clone()).collect()
+    }
+
+    /// A client that knows every node.
+    pub fn client(&self) -> Result<Client> {
+        Ok(Client::for_addrs(self.addrs(), None)?)
+    }
+
+    /// A client bound to one node (for reading that node's replica).
+    pub fn client_for(&self, id: u64) -> Result<Client> {
+        Ok(Client::for_addrs(vec![self.node(id).addr.clone()], None)?)
+    }
+
+    /// Cluster status as seen by the first running node.
+    pub async fn status(&self) -> Result<ClusterStatus> {
+        let node = self.nodes.iter().find(|node| node.is_running()).context("no node is running")?;
+        let client = Client::for_addrs(vec![node.addr.clone()], None)?
+            .with_retry(agentd_node::client::RetryPolicy { deadline: Duration::from_secs(2), ..Default::default() });
+        Ok(client.cluster_status().await?)
+    }
+
+    /// Waits until `check` holds for the cluster status, or fails with the
+    /// last status and the nodes' logs.
+    pub async fn wait_for(&self, timeout: Duration, what: &str, check: impl Fn(&ClusterStatus) -> bool) -> Result<ClusterStatus> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("no status");
+        loop {
+            match self.status().await {
+                Ok(status) if check(&status) => return Ok(status),
+                Ok(status) => last = format!("{status:?}"),
+                Err(error) => last = error.to_string(),
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self.nodes.iter().map(|node| format!("--- node {} log tail:\n{}", node.id, node.log_tail())).collect();
+                bail!("timed out after {timeout:?} waiting for {what}; last status: {}\n{}", truncate(&last, 4000), logs.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits until every shard has `voters` voters and a leader, and every
+    /// running node reports in.
+    pub async fn wait_replicated(&self, voters: usize, timeout: Duration) -> Result<ClusterStatus> {
+        let running = self.nodes.iter().filter(|node| node.is_running()).count();
+        self.wait_for(timeout, &format!("every group to have {voters} voters"), |status| {
+            status.shards > 0
+                && status.nodes.iter().filter(|node| node.reachable).count() >= running
+                && leader_views(status).len() == status.shards as usize + 1
+                && leader_views(status).iter().all(|group| group.voters.len() == voters)
+        })
+        .await
+    }
+
+    /// Waits until every running node's replica of every group has applied
+    /// everything its leader has.
+    pub async fn wait_converged(&self, timeout: Duration) -> Result<ClusterStatus> {
+        let running = self.nodes.iter().filter(|node| node.is_running()).count();
+        self.wait_for(timeout, "replicas to converge", |status| {
+            if status.nodes.iter().filter(|node| node.reachable).count() < running {
+                return false;
+            }
+            let leaders = leader_views(status);
+            leaders.len() == status.shards as usize + 1
+                && leaders.iter().all(|leader| {
+                    status.nodes.iter().filter(|node| node.reachable).all(|node| {
+                        node.groups
+                            .iter()
+                            .filter(|group| group.group == leader.group)
+                            .all(|group| group.last_applied_index >= leader.last_log_index)
+                    })
+                })
+        })
+        .await
+    }
+}
+
+/// Each group's status as reported by its leader (groups without a leader are absent).
+pub fn leader_views(status: &ClusterStatus) -> Vec<agentd_protocol::api::GroupStatus> {
+    let mut views = std::collections::BTreeMap::new();
+    for node in &status.nodes {
+        for group in &node.groups {
+            if group.leader == Some(node.node_id) {
+                views.insert(group.group, group.clone());
+            }
+        }
+    }
+    views.into_values().collect()
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((index, _)) => &text[..index],
+        None => text,
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Malformed, oversized, truncated and mis-versioned input sent to a node's
+//! port gets a typed error or a closed stream, and the node keeps serving.
+
+use std::time::Duration;
+
+use agentd_node::{Bootstrap, Client, ClientError, Node, NodeOptions, RaftTuning};
+use agentd_protocol::api::{ClientRequest, ClientResponse, Request};
+use agentd_protocol::event::{ContentBlock, EventPayload};
+use agentd_protocol::ids::{EventId, SessionId};
+use agentd_protocol::limits::{CLIENT_FRAME_BYTES_MAX, EVENT_PAYLOAD_BYTES_MAX};
+use agentd_protocol::{frame, ApiError, CLIENT_ALPN, CLUSTER_ALPN};
+use agentd_raft::tls::{client_config, ServerTrust, SERVER_NAME};
+use tokio::io::AsyncWriteExt;
+
+async fn raw_connection(addr: std::net::SocketAddr, alpn: &[u8]) -> anyhow::Result<quinn::Connection> {
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(client_config(ServerTrust::InsecureLoopback, alpn)?);
+    Ok(endpoint.connect(addr, SERVER_NAME)?.await?)
+}
+
+/// Sends raw bytes on a new stream and returns the decoded answer, if any.
+async fn send_raw(connection: &quinn::Connection, bytes: &[u8]) -> anyhow::Result<Option<ClientResponse>> {
+    let (mut send, mut recv) = connection.open_bi().await?;
+    send.write_all(bytes).await?;
+    let _ = send.finish();
+    let answer = tokio::time::timeout(Duration::from_secs(10), agentd_raft::wire::read_frame(&mut recv, CLIENT_FRAME_BYTES_MAX))
+        .await?;
+    Ok(answer.ok().flatten())
+}
+
+fn expect_error(answer: Option<ClientResponse>, what: &str) -> ApiError {
+    match answer {
+        Some(ClientResponse::Error(error)) => error,
+        other => panic!("{what}: expected a typed error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_typed_errors_and_the_node_keeps_serving() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = agentd_tests::free_port();
+    let node = Node::start(NodeOptions {
+        node_id: 1,
+        listen: format!("127.0.0.1:{port}").parse()?,
+        advertise: None,
+        data_dir: dir.path().join("n1"),
+        bootstrap: Bootstrap::Init { shards: 4, replication_factor: 1 },
+        raft: RaftTuning::default(),
+    })
+    .await?;
+    let addr = node.local_addr()?;
+    let connection = raw_connection(addr, CLIENT_ALPN).await?;
+
+    // A body that is not a request.
+    let mut garbage = 5u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xff; 5]);
+    assert!(matches!(expect_error(send_raw(&connection, &garbage).await?, "garbage"), ApiError::Malformed { .. }));
+
+    // A header announcing more than the frame limit.
+    let oversized = ((CLIENT_FRAME_BYTES_MAX + 1) as u32).to_be_bytes();
+    assert!(matches!(
+        expect_error(send_raw(&connection, &oversized).await?, "oversized"),
+        ApiError::PayloadTooLarge { .. }
+    ));
+
+    // A stream that ends inside a frame, and one that ends before any frame.
+    let mut truncated = 100u32.to_be_bytes().to_vec();
+    truncated.extend_from_slice(&[0u8; 10]);
+    assert!(matches!(expect_error(send_raw(&connection, &truncated).await?, "truncated"), ApiError::Malformed { .. }));
+    assert!(matches!(expect_error(send_raw(&connection, &[]).await?, "empty"), ApiError::Malformed { .. }));
+    assert!(matches!(expect_error(send_raw(&connection, &[0, 0]).await?, "half header"), ApiError::Malformed { .. }));
+
+    // An unknown protocol version.
+    let future = frame::encode_frame(&Request { version: 99, body: ClientRequest::ClusterStatus }, CLIENT_FRAME_BYTES_MAX)?;
+    assert!(matches!(
+        expect_error(send_raw(&connection, &future).await?, "version"),
+        ApiError::UnsupportedVersion { requested: 99, .. }
+    ));
+
+    // Well-formed requests that the API refuses.
+    let client = Client::for_addrs(vec![addr.to_string()], None)?;
+    let unknown = SessionId::from_random(7);
+    let refused = client.append(unknown, EventPayload::user_text("hello")).await;
+    assert!(matches!(refused, Err(ClientError::Api(ApiError::NotFound { .. }))), "{refused:?}");
+    let session = client.create_session().await?.session_id;
+    let forged = client
+        .append_with_id(session, EventId::from_random(1), EventPayload::AgentMessage { content: vec![ContentBlock::text("hi")] })
+        .await;
+    assert!(matches!(forged, Err(ClientError::Api(ApiError::InvalidRequest { .. }))), "{forged:?}");
+    let huge = client.append(session, EventPayload::user_text("x".repeat(EVENT_PAYLOAD_BYTES_MAX + 1))).await;
+    assert!(matches!(huge, Err(ClientError::Api(ApiError::PayloadTooLarge { .. }))), "{huge:?}");
+
+    // Cluster traffic without a node certificate is closed, not served.
+    let intruder = raw_connection(addr, CLUSTER_ALPN).await?;
+    let (mut send, mut recv) = intruder.open_bi().await?;
+    let _ = send.write_all(&garbage).await;
+    let _ = send.finish();
+    let read = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1024)).await?;
+    assert!(read.is_err(), "a certificate-less cluster connection must be closed, got {read:?}");
+
+    // An unknown ALPN does not even complete the handshake.
+    assert!(raw_connection(addr, b"http/1.1").await.is_err());
+
+    // The node still serves well-formed requests on the same connection.
+    assert_eq!(client.append(session, EventPayload::user_text("still here")).await?, 1);
+    let again = send_raw(&connection, &frame::encode_frame(&Request::new(ClientRequest::GetSession { session_id: session }), CLIENT_FRAME_BYTES_MAX)?)
+        .await?;
+    assert!(matches!(again, Some(ClientResponse::Session(info)) if info.last_seq == 1));
+    node.shutdown().await;
+    Ok(())
+}
