@@ -1,0 +1,260 @@
+//! The deterministic command logic of the state machine.
+//!
+//! An [`ApplyBatch`] turns committed entries into one RocksDB write batch and
+//! the responses to them. Several entries of one batch may touch the same
+//! session, so the batch keeps an overlay of what it has written: a read
+//! sees the batch's own earlier writes before falling back to the database.
+//! Everything a command depends on (timestamps included) is in the command,
+//! so every replica computes the same batch.
+
+use std::collections::HashMap;
+
+use agentd_protocol::event::{Event, EventPayload};
+use agentd_protocol::ids::{EventId, GroupId, NodeId, SessionId, ShardId};
+use agentd_protocol::ApiError;
+use openraft::EntryPayload;
+use rocksdb::WriteBatch;
+use serde::Serialize;
+
+use crate::store::codec::encode;
+use crate::store::group_state::{AppliedState, ClusterConfig, GroupState, SessionRecord};
+use crate::store::keys::{self, STATE_CF};
+use crate::types::{Command, CommandResponse, Entry, StoredMembership};
+use crate::Error;
+
+/// Entries applied but not yet written.
+pub(crate) struct ApplyBatch<'a> {
+    state: &'a GroupState,
+    batch: WriteBatch,
+    applied: AppliedState,
+    entries: usize,
+    sessions: HashMap<SessionId, SessionRecord>,
+    event_seqs: HashMap<(SessionId, EventId), u64>,
+    cluster_config: Option<ClusterConfig>,
+    events: Vec<Event>,
+}
+
+/// What a written batch changed, for publishing to readers.
+pub(crate) struct AppliedBatch {
+    pub(crate) applied: AppliedState,
+    pub(crate) events: Vec<Event>,
+}
+
+impl<'a> ApplyBatch<'a> {
+    /// Starts a batch on top of the state `applied` describes.
+    pub(crate) fn new(state: &'a GroupState, applied: AppliedState) -> ApplyBatch<'a> {
+        ApplyBatch {
+            state,
+            batch: WriteBatch::default(),
+            applied,
+            entries: 0,
+            sessions: HashMap::new(),
+            event_seqs: HashMap::new(),
+            cluster_config: None,
+            events: Vec::new(),
+        }
+    }
+
+    /// How many entries the batch holds.
+    pub(crate) fn len(&self) -> usize {
+        self.entries
+    }
+
+    /// Applies one entry; the response is for the proposer, if it waits.
+    pub(crate) fn apply(&mut self, entry: Entry) -> Result<CommandResponse, Error> {
+        if let Some(last) = &self.applied.last_applied {
+            assert!(
+                entry.log_id.index > last.index,
+                "entry {} applied after {last}",
+                entry.log_id
+            );
+        }
+        self.entries += 1;
+        self.applied.last_applied = Some(entry.log_id);
+        match entry.payload {
+            EntryPayload::Blank => Ok(CommandResponse::Done),
+            EntryPayload::Membership(membership) => {
+                self.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                Ok(CommandResponse::Done)
+            }
+            EntryPayload::Normal(command) => self.apply_command(command),
+        }
+    }
+
+    /// Writes the batch (unsynced: the log is the durable record, and openraft
+    /// re-applies from the persisted applied state after a crash).
+    pub(crate) fn commit(mut self) -> Result<AppliedBatch, Error> {
+        self.put(keys::applied_key(self.state.group()), &self.applied.clone())?;
+        self.state.db().write(self.batch)?;
+        Ok(AppliedBatch {
+            applied: self.applied,
+            events: self.events,
+        })
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: &impl Serialize) -> Result<(), Error> {
+        let value = encode(value)?;
+        self.batch.put_cf(self.state.db().cf(STATE_CF), key, value);
+        Ok(())
+    }
+
+    fn apply_command(&mut self, command: Command) -> Result<CommandResponse, Error> {
+        let group = self.state.group();
+        match (group, command) {
+            (
+                GroupId::Shard(this_shard),
+                Command::CreateSession {
+                    session_id,
+                    shard,
+                    created_at_ms,
+                },
+            ) if shard == this_shard => self.create_session(session_id, shard, created_at_ms),
+            (
+                GroupId::Shard(_),
+                Command::Append {
+                    session_id,
+                    event_id,
+                    payload,
+                    processed_at_ms,
+                },
+            ) => self.append(session_id, event_id, payload, processed_at_ms),
+            (
+                GroupId::Metadata,
+                Command::InitCluster {
+                    shards,
+                    replication_factor,
+                },
+            ) => self.init_cluster(ClusterConfig {
+                shards,
+                replication_factor,
+            }),
+            (GroupId::Metadata, Command::AddNode { node_id, addr }) => self.add_node(node_id, addr),
+            (GroupId::Metadata, Command::SetPlacement { shard, replicas }) => {
+                self.set_placement(shard, replicas)
+            }
+            // A command for another group is a routing bug upstream; refusing
+            // it keeps this group's state meaningful.
+            (group, command) => Ok(CommandResponse::Rejected(ApiError::InvalidRequest {
+                message: format!("{group} does not accept: {command}"),
+            })),
+        }
+    }
+
+    fn session(&self, session_id: SessionId) -> Result<Option<SessionRecord>, Error> {
+        match self.sessions.get(&session_id) {
+            Some(record) => Ok(Some(record.clone())),
+            None => self.state.session(session_id),
+        }
+    }
+
+    fn put_session(&mut self, session_id: SessionId, record: SessionRecord) -> Result<(), Error> {
+        self.put(keys::session_key(self.state.group(), session_id), &record)?;
+        self.sessions.insert(session_id, record);
+        Ok(())
+    }
+
+    fn event_seq(&self, session_id: SessionId, event_id: EventId) -> Result<Option<u64>, Error> {
+        match self.event_seqs.get(&(session_id, event_id)) {
+            Some(&seq) => Ok(Some(seq)),
+            None => self.state.event_seq(session_id, event_id),
+        }
+    }
+
+    fn create_session(
+        &mut self,
+        session_id: SessionId,
+        shard: ShardId,
+        created_at_ms: u64,
+    ) -> Result<CommandResponse, Error> {
+        if let Some(record) = self.session(session_id)? {
+            return Ok(CommandResponse::Session {
+                info: record.info(session_id),
+                created: false,
+            });
+        }
+        let record = SessionRecord {
+            shard,
+            created_at_ms,
+            last_seq: 0,
+        };
+        let info = record.info(session_id);
+        self.put_session(session_id, record)?;
+        Ok(CommandResponse::Session {
+            info,
+            created: true,
+        })
+    }
+
+    fn append(
+        &mut self,
+        session_id: SessionId,
+        event_id: EventId,
+        payload: EventPayload,
+        processed_at_ms: u64,
+    ) -> Result<CommandResponse, Error> {
+        let Some(mut record) = self.session(session_id)? else {
+            return Ok(CommandResponse::Rejected(ApiError::NotFound {
+                what: format!("session {session_id}"),
+            }));
+        };
+        // The event id is the idempotency key: a retried append gets the
+        // sequence number of the first one.
+        if let Some(seq) = self.event_seq(session_id, event_id)? {
+            return Ok(CommandResponse::Appended {
+                seq,
+                duplicate: true,
+            });
+        }
+        let seq = record.last_seq + 1;
+        let event = Event {
+            session_id,
+            seq,
+            id: event_id,
+            processed_at_ms,
+            payload,
+        };
+        let group = self.state.group();
+        self.put(keys::event_key(group, session_id, seq), &event)?;
+        self.put(keys::event_id_key(group, session_id, event_id), &seq)?;
+        self.event_seqs.insert((session_id, event_id), seq);
+        record.last_seq = seq;
+        self.put_session(session_id, record)?;
+        self.events.push(event);
+        Ok(CommandResponse::Appended {
+            seq,
+            duplicate: false,
+        })
+    }
+
+    fn init_cluster(&mut self, config: ClusterConfig) -> Result<CommandResponse, Error> {
+        let existing = match self.cluster_config {
+            Some(config) => Some(config),
+            None => self.state.cluster_config()?,
+        };
+        if let Some(existing) = existing {
+            return Ok(CommandResponse::Rejected(ApiError::InvalidRequest {
+                message: format!(
+                    "the cluster is already initialised with {} shards and replication factor {}",
+                    existing.shards, existing.replication_factor
+                ),
+            }));
+        }
+        self.put(keys::cluster_key(self.state.group()), &config)?;
+        self.cluster_config = Some(config);
+        Ok(CommandResponse::Done)
+    }
+
+    fn add_node(&mut self, node_id: NodeId, addr: String) -> Result<CommandResponse, Error> {
+        self.put(keys::node_key(self.state.group(), node_id), &addr)?;
+        Ok(CommandResponse::Done)
+    }
+
+    fn set_placement(
+        &mut self,
+        shard: ShardId,
+        replicas: Vec<NodeId>,
+    ) -> Result<CommandResponse, Error> {
+        self.put(keys::placement_key(self.state.group(), shard), &replicas)?;
+        Ok(CommandResponse::Done)
+    }
+}

@@ -1,0 +1,229 @@
+//! Typed access to one group's state machine records in the `state` column
+//! family. Shared by the state machine (which writes them) and the state
+//! reader (which serves queries from them).
+
+use agentd_protocol::api::SessionInfo;
+use agentd_protocol::event::Event;
+use agentd_protocol::ids::{EventId, GroupId, NodeId, SessionId, ShardId};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::store::codec::decode;
+use crate::store::keys::{self, STATE_CF};
+use crate::store::Db;
+use crate::types::{LogId, StoredMembership};
+use crate::Error;
+
+/// A record of a group's state: its key without the group prefix, and its
+/// value. A snapshot is the list of every record.
+pub(crate) type Record = (Vec<u8>, Vec<u8>);
+
+/// What the state machine has applied: the last log id and the membership
+/// in effect. Written in the same batch as the changes of the entries it
+/// covers, so the two never disagree after a crash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AppliedState {
+    pub(crate) last_applied: Option<LogId>,
+    pub(crate) membership: StoredMembership,
+}
+
+impl AppliedState {
+    /// The index the state reader publishes: 0 before anything is applied.
+    pub(crate) fn index(&self) -> u64 {
+        self.last_applied.as_ref().map_or(0, |log_id| log_id.index)
+    }
+}
+
+/// A session as stored; its id is in the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionRecord {
+    pub(crate) shard: ShardId,
+    pub(crate) created_at_ms: u64,
+    pub(crate) last_seq: u64,
+}
+
+impl SessionRecord {
+    pub(crate) fn info(&self, session_id: SessionId) -> SessionInfo {
+        SessionInfo {
+            session_id,
+            shard: self.shard,
+            created_at_ms: self.created_at_ms,
+            last_seq: self.last_seq,
+        }
+    }
+}
+
+/// The cluster's fixed shape, set once by the metadata group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ClusterConfig {
+    pub(crate) shards: u32,
+    pub(crate) replication_factor: u32,
+}
+
+/// The records of one group's state machine.
+#[derive(Clone)]
+pub(crate) struct GroupState {
+    db: Db,
+    group: GroupId,
+}
+
+impl GroupState {
+    pub(crate) fn new(db: Db, group: GroupId) -> GroupState {
+        GroupState { db, group }
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub(crate) fn group(&self) -> GroupId {
+        self.group
+    }
+
+    fn corrupt(&self, what: &str, message: String) -> Error {
+        Error::Corrupt {
+            what: format!("{what} of {}", self.group),
+            message,
+        }
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: impl FnOnce() -> String,
+    ) -> Result<Option<T>, Error> {
+        let Some(bytes) = self.db.get(STATE_CF, key)? else {
+            return Ok(None);
+        };
+        decode(|| format!("{} of {}", what(), self.group), &bytes).map(Some)
+    }
+
+    pub(crate) fn applied(&self) -> Result<AppliedState, Error> {
+        let applied = self.get(&keys::applied_key(self.group), || "applied state".into())?;
+        Ok(applied.unwrap_or_default())
+    }
+
+    pub(crate) fn session(&self, session_id: SessionId) -> Result<Option<SessionRecord>, Error> {
+        self.get(&keys::session_key(self.group, session_id), || {
+            format!("session {session_id}")
+        })
+    }
+
+    /// The sequence number an event id was appended at, if it was.
+    pub(crate) fn event_seq(
+        &self,
+        session_id: SessionId,
+        event_id: EventId,
+    ) -> Result<Option<u64>, Error> {
+        self.get(
+            &keys::event_id_key(self.group, session_id, event_id),
+            || format!("index of event {event_id} in session {session_id}"),
+        )
+    }
+
+    pub(crate) fn cluster_config(&self) -> Result<Option<ClusterConfig>, Error> {
+        self.get(&keys::cluster_key(self.group), || "cluster config".into())
+    }
+
+    /// Up to `limit` events of a session with `seq >= from_seq`, by seq.
+    pub(crate) fn events(
+        &self,
+        session_id: SessionId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, Error> {
+        let start = keys::event_key(self.group, session_id, from_seq);
+        let end = keys::events_end(self.group, session_id);
+        let pairs = self.db.scan(STATE_CF, &start, &end, limit)?;
+        let mut events = Vec::with_capacity(pairs.len());
+        for (key, value) in pairs {
+            let event: Event = decode(
+                || format!("event of session {session_id} in {}", self.group),
+                &value,
+            )?;
+            if key[..] != keys::event_key(self.group, session_id, event.seq)[..]
+                || event.session_id != session_id
+            {
+                return Err(self.corrupt(
+                    "events",
+                    format!(
+                        "event {} seq {} stored under key {key:02x?}",
+                        event.id, event.seq
+                    ),
+                ));
+            }
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    pub(crate) fn session_ids(&self) -> Result<Vec<SessionId>, Error> {
+        let (start, end) = keys::session_range(self.group);
+        let pairs = self.db.scan(STATE_CF, &start, &end, usize::MAX)?;
+        pairs
+            .iter()
+            .map(|(key, _)| {
+                keys::session_id_of(self.group, key).ok_or_else(|| {
+                    self.corrupt("sessions", format!("malformed session key {key:02x?}"))
+                })
+            })
+            .collect()
+    }
+
+    /// Every node record, by node id.
+    pub(crate) fn nodes(&self) -> Result<Vec<(NodeId, String)>, Error> {
+        let (start, end) = keys::node_range(self.group);
+        let pairs = self.db.scan(STATE_CF, &start, &end, usize::MAX)?;
+        pairs
+            .iter()
+            .map(|(key, value)| {
+                let node_id = keys::node_id_of(self.group, key).ok_or_else(|| {
+                    self.corrupt("nodes", format!("malformed node key {key:02x?}"))
+                })?;
+                let addr = decode(
+                    || format!("address of node {node_id} in {}", self.group),
+                    value,
+                )?;
+                Ok((node_id, addr))
+            })
+            .collect()
+    }
+
+    /// Every placement record, by shard.
+    pub(crate) fn placements(&self) -> Result<Vec<(ShardId, Vec<NodeId>)>, Error> {
+        let (start, end) = keys::placement_range(self.group);
+        let pairs = self.db.scan(STATE_CF, &start, &end, usize::MAX)?;
+        pairs
+            .iter()
+            .map(|(key, value)| {
+                let shard = keys::shard_of_placement(self.group, key).ok_or_else(|| {
+                    self.corrupt("placements", format!("malformed placement key {key:02x?}"))
+                })?;
+                let replicas = decode(|| format!("placement of {shard} in {}", self.group), value)?;
+                Ok((shard, replicas))
+            })
+            .collect()
+    }
+
+    /// Every record of the group, keys without the group prefix, read from one
+    /// consistent view, and the applied state among them.
+    pub(crate) fn export(&self) -> Result<(AppliedState, Vec<Record>), Error> {
+        let prefix = keys::group_prefix(self.group);
+        let pairs = self
+            .db
+            .scan(STATE_CF, &prefix, &keys::group_end(self.group), usize::MAX)?;
+        let applied_key = keys::applied_key(self.group);
+        let mut applied = AppliedState::default();
+        let mut records = Vec::with_capacity(pairs.len());
+        for (key, value) in pairs {
+            if key[..] == applied_key[..] {
+                applied = decode(|| format!("applied state of {}", self.group), &value)?;
+            }
+            let suffix = key.strip_prefix(prefix.as_slice()).ok_or_else(|| {
+                self.corrupt("state", format!("key {key:02x?} outside the group"))
+            })?;
+            records.push((suffix.to_vec(), value.into_vec()));
+        }
+        Ok((applied, records))
+    }
+}

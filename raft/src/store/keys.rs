@@ -1,0 +1,238 @@
+//! The on-disk key layout, in one place.
+//!
+//! One RocksDB instance holds every Raft group of a node. Every key of every
+//! column family starts with the group's [`GroupId::storage_key`] in
+//! big-endian order, so that a group's keys are contiguous and a whole group
+//! (or one part of it) can be scanned or deleted as a single range.
+//!
+//! | column family | key                                  | value                         |
+//! |---------------|--------------------------------------|-------------------------------|
+//! | `log`         | group, index (u64 BE)                | `Entry`                       |
+//! | `raft`        | group, tag                           | vote, committed or purged id  |
+//! | `state`       | group, tag, rest                     | state machine records         |
+//! | `snapshot`    | group                                | the group's current snapshot  |
+//!
+//! **Invariant:** after the group prefix, no key has more than
+//! [`SUFFIX_BYTES_MAX`] bytes. That is what lets [`group_end`] name a key that
+//! sorts after every key of a group, including the metadata group whose
+//! prefix is all ones and so has no successor of the same width.
+
+use agentd_protocol::ids::{EventId, GroupId, NodeId, SessionId, ShardId};
+
+pub(crate) const LOG_CF: &str = "log";
+pub(crate) const RAFT_CF: &str = "raft";
+pub(crate) const STATE_CF: &str = "state";
+pub(crate) const SNAPSHOT_CF: &str = "snapshot";
+pub(crate) const COLUMN_FAMILIES: [&str; 4] = [LOG_CF, RAFT_CF, STATE_CF, SNAPSHOT_CF];
+
+pub(crate) const GROUP_BYTES: usize = 4;
+const SESSION_BYTES: usize = 16;
+const EVENT_ID_BYTES: usize = 16;
+
+/// The longest key suffix after the group prefix: an event-id index key.
+pub(crate) const SUFFIX_BYTES_MAX: usize = 1 + SESSION_BYTES + EVENT_ID_BYTES;
+
+/// Tags of the `raft` column family.
+const VOTE_TAG: u8 = 1;
+const COMMITTED_TAG: u8 = 2;
+const PURGED_TAG: u8 = 3;
+
+/// Tags of the `state` column family. The applied-state record sorts first.
+const APPLIED_TAG: u8 = 0;
+const SESSION_TAG: u8 = 1;
+const EVENT_TAG: u8 = 2;
+const EVENT_ID_TAG: u8 = 3;
+const CLUSTER_TAG: u8 = 4;
+const NODE_TAG: u8 = 5;
+const PLACEMENT_TAG: u8 = 6;
+
+fn key(group: GroupId, parts: &[&[u8]]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(GROUP_BYTES + SUFFIX_BYTES_MAX);
+    key.extend_from_slice(&group.storage_key().to_be_bytes());
+    for part in parts {
+        key.extend_from_slice(part);
+    }
+    assert!(
+        key.len() <= GROUP_BYTES + SUFFIX_BYTES_MAX,
+        "key layout exceeds SUFFIX_BYTES_MAX"
+    );
+    key
+}
+
+/// The prefix shared by all keys of a group, in every column family.
+pub(crate) fn group_prefix(group: GroupId) -> Vec<u8> {
+    key(group, &[])
+}
+
+/// A key that sorts after every key of `group` and before every key of the
+/// next group: the prefix followed by more `0xff` bytes than any suffix has.
+pub(crate) fn group_end(group: GroupId) -> Vec<u8> {
+    let mut end = group_prefix(group);
+    end.resize(GROUP_BYTES + SUFFIX_BYTES_MAX + 1, 0xff);
+    end
+}
+
+/// A key that sorts after every key starting with `prefix` (at most
+/// [`SUFFIX_BYTES_MAX`] bytes past the group) and before any key whose
+/// prefix of the same length is greater.
+fn prefix_end(mut prefix: Vec<u8>) -> Vec<u8> {
+    prefix.resize(GROUP_BYTES + SUFFIX_BYTES_MAX + 1, 0xff);
+    prefix
+}
+
+pub(crate) fn log_key(group: GroupId, index: u64) -> Vec<u8> {
+    key(group, &[&index.to_be_bytes()])
+}
+
+/// The index of a log key of `group`, or `None` if the key has another shape.
+pub(crate) fn log_index(group: GroupId, key: &[u8]) -> Option<u64> {
+    let rest = key.strip_prefix(group_prefix(group).as_slice())?;
+    Some(u64::from_be_bytes(rest.try_into().ok()?))
+}
+
+/// The first log key after `index`, or the end of the group's log when
+/// `index` is the largest possible index.
+pub(crate) fn log_key_after(group: GroupId, index: u64) -> Vec<u8> {
+    match index.checked_add(1) {
+        Some(next) => log_key(group, next),
+        None => group_end(group),
+    }
+}
+
+pub(crate) fn vote_key(group: GroupId) -> Vec<u8> {
+    key(group, &[&[VOTE_TAG]])
+}
+
+pub(crate) fn committed_key(group: GroupId) -> Vec<u8> {
+    key(group, &[&[COMMITTED_TAG]])
+}
+
+pub(crate) fn purged_key(group: GroupId) -> Vec<u8> {
+    key(group, &[&[PURGED_TAG]])
+}
+
+pub(crate) fn snapshot_key(group: GroupId) -> Vec<u8> {
+    group_prefix(group)
+}
+
+pub(crate) fn applied_key(group: GroupId) -> Vec<u8> {
+    key(group, &[&[APPLIED_TAG]])
+}
+
+pub(crate) fn session_key(group: GroupId, session_id: SessionId) -> Vec<u8> {
+    key(group, &[&[SESSION_TAG], &session_id.0])
+}
+
+/// The range `[start, end)` of every session record of a group.
+pub(crate) fn session_range(group: GroupId) -> (Vec<u8>, Vec<u8>) {
+    let start = key(group, &[&[SESSION_TAG]]);
+    (start.clone(), prefix_end(start))
+}
+
+/// The session id of a session key, or `None` if the key has another shape.
+pub(crate) fn session_id_of(group: GroupId, key: &[u8]) -> Option<SessionId> {
+    let rest = key.strip_prefix(group_prefix(group).as_slice())?;
+    let id = rest.strip_prefix(&[SESSION_TAG])?;
+    Some(SessionId(id.try_into().ok()?))
+}
+
+pub(crate) fn event_key(group: GroupId, session_id: SessionId, seq: u64) -> Vec<u8> {
+    key(group, &[&[EVENT_TAG], &session_id.0, &seq.to_be_bytes()])
+}
+
+/// The end of the range of a session's events.
+pub(crate) fn events_end(group: GroupId, session_id: SessionId) -> Vec<u8> {
+    prefix_end(key(group, &[&[EVENT_TAG], &session_id.0]))
+}
+
+pub(crate) fn event_id_key(group: GroupId, session_id: SessionId, event_id: EventId) -> Vec<u8> {
+    key(group, &[&[EVENT_ID_TAG], &session_id.0, &event_id.0])
+}
+
+pub(crate) fn cluster_key(group: GroupId) -> Vec<u8> {
+    key(group, &[&[CLUSTER_TAG]])
+}
+
+pub(crate) fn node_key(group: GroupId, node_id: NodeId) -> Vec<u8> {
+    key(group, &[&[NODE_TAG], &node_id.to_be_bytes()])
+}
+
+/// The range `[start, end)` of every node record of a group.
+pub(crate) fn node_range(group: GroupId) -> (Vec<u8>, Vec<u8>) {
+    let start = key(group, &[&[NODE_TAG]]);
+    (start.clone(), prefix_end(start))
+}
+
+/// The node id of a node key, or `None` if the key has another shape.
+pub(crate) fn node_id_of(group: GroupId, key: &[u8]) -> Option<NodeId> {
+    let rest = key.strip_prefix(group_prefix(group).as_slice())?;
+    let id = rest.strip_prefix(&[NODE_TAG])?;
+    Some(NodeId::from_be_bytes(id.try_into().ok()?))
+}
+
+pub(crate) fn placement_key(group: GroupId, shard: ShardId) -> Vec<u8> {
+    key(group, &[&[PLACEMENT_TAG], &shard.0.to_be_bytes()])
+}
+
+/// The range `[start, end)` of every placement record of a group.
+pub(crate) fn placement_range(group: GroupId) -> (Vec<u8>, Vec<u8>) {
+    let start = key(group, &[&[PLACEMENT_TAG]]);
+    (start.clone(), prefix_end(start))
+}
+
+/// The shard of a placement key, or `None` if the key has another shape.
+pub(crate) fn shard_of_placement(group: GroupId, key: &[u8]) -> Option<ShardId> {
+    let rest = key.strip_prefix(group_prefix(group).as_slice())?;
+    let shard = rest.strip_prefix(&[PLACEMENT_TAG])?;
+    Some(ShardId(u32::from_be_bytes(shard.try_into().ok()?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_end_separates_adjacent_groups() {
+        let shard = GroupId::Shard(ShardId(7));
+        let next = GroupId::Shard(ShardId(8));
+        assert!(log_key(shard, u64::MAX) < group_end(shard));
+        assert!(event_id_key(shard, SessionId([0xff; 16]), EventId([0xff; 16])) < group_end(shard));
+        assert!(group_end(shard) < group_prefix(next));
+        // The metadata group has the largest prefix; its end still covers its keys.
+        let metadata = GroupId::Metadata;
+        assert!(log_key(metadata, u64::MAX) < group_end(metadata));
+        assert!(group_prefix(metadata) > group_end(GroupId::Shard(ShardId(u32::MAX - 1))));
+    }
+
+    #[test]
+    fn key_parsers_reject_other_shapes() {
+        let group = GroupId::Shard(ShardId(1));
+        assert_eq!(log_index(group, &log_key(group, 42)), Some(42));
+        assert_eq!(
+            log_index(group, &log_key(GroupId::Shard(ShardId(2)), 42)),
+            None
+        );
+        assert_eq!(log_index(group, &vote_key(group)), None);
+        let session = SessionId::from_random(5);
+        assert_eq!(
+            session_id_of(group, &session_key(group, session)),
+            Some(session)
+        );
+        assert_eq!(session_id_of(group, &node_key(group, 3)), None);
+        assert_eq!(node_id_of(group, &node_key(group, 3)), Some(3));
+        assert_eq!(
+            shard_of_placement(group, &placement_key(group, ShardId(9))),
+            Some(ShardId(9))
+        );
+    }
+
+    #[test]
+    fn events_of_a_session_are_bounded_by_events_end() {
+        let group = GroupId::Shard(ShardId(1));
+        let session = SessionId([0xff; 16]);
+        assert!(event_key(group, session, u64::MAX) < events_end(group, session));
+        assert!(
+            events_end(group, session) < event_id_key(group, SessionId([0; 16]), EventId([0; 16]))
+        );
+    }
+}

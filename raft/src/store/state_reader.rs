@@ -1,0 +1,102 @@
+//! Read access to one group's state for serving queries, separate from the
+//! state machine that openraft owns.
+
+use agentd_protocol::api::SessionInfo;
+use agentd_protocol::event::Event;
+use agentd_protocol::ids::{GroupId, NodeId, SessionId, ShardId};
+use agentd_protocol::limits::EVENTS_PER_PAGE_MAX;
+use tokio::sync::{broadcast, watch};
+
+use crate::store::group_state::GroupState;
+use crate::Error;
+
+/// Reads a group's state straight from RocksDB, and follows what its state
+/// machine applies. Cheap to clone.
+#[derive(Clone)]
+pub struct StateReader {
+    state: GroupState,
+    // Weak, so that subscribers see the channel close when the state machine
+    // is dropped instead of waiting forever.
+    events: broadcast::WeakSender<Event>,
+    applied: watch::Receiver<u64>,
+}
+
+impl StateReader {
+    pub(crate) fn new(
+        state: GroupState,
+        events: broadcast::WeakSender<Event>,
+        applied: watch::Receiver<u64>,
+    ) -> StateReader {
+        StateReader {
+            state,
+            events,
+            applied,
+        }
+    }
+
+    /// The group this reader reads.
+    pub fn group(&self) -> GroupId {
+        self.state.group()
+    }
+
+    pub fn session(&self, session_id: SessionId) -> Result<Option<SessionInfo>, Error> {
+        Ok(self
+            .state
+            .session(session_id)?
+            .map(|record| record.info(session_id)))
+    }
+
+    /// Up to `limit` events of a session with `seq >= from_seq`, ordered by
+    /// seq. At most [`EVENTS_PER_PAGE_MAX`] are returned whatever `limit` says.
+    pub fn events(
+        &self,
+        session_id: SessionId,
+        from_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Event>, Error> {
+        let limit = limit.min(EVENTS_PER_PAGE_MAX) as usize;
+        self.state.events(session_id, from_seq, limit)
+    }
+
+    /// Every event applied from now on. A receiver that falls more than
+    /// `FOLLOW_BUFFER_EVENTS_MAX` events behind gets `Lagged` and should
+    /// re-read from [`StateReader::events`]. Events that arrive by an
+    /// installed snapshot are not published (the applied index jumps
+    /// instead), so a follower that sees a gap in `seq` also re-reads. The
+    /// receiver is closed once the state machine is dropped.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        match self.events.upgrade() {
+            Some(sender) => sender.subscribe(),
+            None => broadcast::channel(1).1,
+        }
+    }
+
+    /// The index of the last applied log entry (0 before the first one),
+    /// updated after every applied batch and installed snapshot.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
+    /// The shard count and replication factor, once the cluster is initialised.
+    pub fn cluster_config(&self) -> Result<Option<(u32, u32)>, Error> {
+        Ok(self
+            .state
+            .cluster_config()?
+            .map(|config| (config.shards, config.replication_factor)))
+    }
+
+    /// Every node and its address, by node id.
+    pub fn nodes(&self) -> Result<Vec<(NodeId, String)>, Error> {
+        self.state.nodes()
+    }
+
+    /// The replica set of every placed shard, by shard.
+    pub fn placements(&self) -> Result<Vec<(ShardId, Vec<NodeId>)>, Error> {
+        self.state.placements()
+    }
+
+    /// Every session of the group, by id.
+    pub fn session_ids(&self) -> Result<Vec<SessionId>, Error> {
+        self.state.session_ids()
+    }
+}
