@@ -1,6 +1,7 @@
 //! The composition root: [`Node::start`] opens the store, brings up the QUIC
 //! endpoint and every Raft group, and returns a [`NodeHandle`].
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -203,7 +204,7 @@ async fn init_cluster(host: &RaftHost, advertise: &str, shards: u32, replication
 async fn wait_for_leadership(raft: &agentd_raft::types::Raft, me: NodeId) -> Result<()> {
     let mut metrics = raft.metrics();
     tokio::time::timeout(Duration::from_secs(30), async {
-        while metrics.borrow().current_leader != Some(me) {
+        while metrics.borrow_watched().current_leader != Some(me) {
             if metrics.changed().await.is_err() {
                 break;
             }
@@ -251,7 +252,7 @@ async fn observe_terms(host: RaftHost) {
     loop {
         let mut leading = 0u64;
         for group in host.groups() {
-            let metrics = group.raft.metrics().borrow().clone();
+            let metrics = group.raft.metrics().borrow_watched().clone();
             if metrics.current_leader == Some(host.node_id()) {
                 leading += 1;
             }

@@ -64,7 +64,11 @@ impl RaftTuning {
             max_in_snapshot_log_to_keep: self.logs_to_keep,
             // Snapshots travel in one frame; give a slow follower time to install one.
             install_snapshot_timeout: 10_000,
-            send_snapshot_timeout: 10_000,
+            // The state machine and the committed index are written without
+            // fsync (the log is the durable record), so a restarted leader
+            // must win a fresh election rather than resume from possibly
+            // stale state.
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         Ok(Arc::new(config.validate()?))

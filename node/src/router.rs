@@ -1,6 +1,7 @@
 //! Executes client requests: finds the shard, runs the request on this node
 //! if it leads the shard, or forwards it (one hop) to the node that does.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,11 +23,15 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Router {
     host: RaftHost,
     advertise: String,
+    // Admissions read the placement and then rewrite it; two at once would
+    // each start from the same placement and the later would undo the
+    // earlier, so the metadata leader runs them one at a time.
+    admissions: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Router {
     pub fn new(host: RaftHost, advertise: String) -> Self {
-        Self { host, advertise }
+        Self { host, advertise, admissions: Default::default() }
     }
 
     pub fn host(&self) -> &RaftHost {
@@ -160,7 +165,7 @@ impl Router {
     }
 
     fn leader_of(&self, group: &GroupHandle) -> Option<(NodeId, String)> {
-        let metrics = group.raft.metrics().borrow().clone();
+        let metrics = group.raft.metrics().borrow_watched().clone();
         let leader = metrics.current_leader?;
         let node = metrics.membership_config.membership().get_node(&leader)?.clone();
         Some((leader, node.addr))
@@ -170,6 +175,7 @@ impl Router {
     pub async fn admit(&self, node_id: NodeId, addr: String, forwarded: bool) -> Result<(), ApiError> {
         let metadata = self.metadata()?;
         if metadata.raft.is_leader() {
+            let _one_at_a_time = self.admissions.lock().await;
             return placement::admit_node(&metadata, node_id, addr).await;
         }
         let leader = self.leader_of(&metadata).filter(|_| !forwarded);
@@ -210,7 +216,7 @@ impl Router {
 }
 
 fn group_status(group: &GroupHandle) -> GroupStatus {
-    let metrics = group.raft.metrics().borrow().clone();
+    let metrics = group.raft.metrics().borrow_watched().clone();
     let last_log_index = metrics.last_log_index;
     let replica_lag = metrics
         .replication

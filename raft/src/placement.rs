@@ -4,6 +4,7 @@
 //! Moving a replica is "add learner, catch up, change voters" — the
 //! decisions are pure functions (tested below); [`reconcile`] carries them out.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -150,7 +151,7 @@ async fn reconcile_group(
     extra_learners: &BTreeSet<NodeId>,
     addresses: &BTreeMap<NodeId, String>,
 ) -> Result<(), Error> {
-    let membership = handle.raft.metrics().borrow().membership_config.clone();
+    let membership = handle.raft.metrics().borrow_watched().membership_config.clone();
     let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
     let learners: BTreeSet<NodeId> = membership.membership().learner_ids().collect();
     let address = |node: NodeId| NodeInfo { addr: addresses.get(&node).cloned().unwrap_or_default() };

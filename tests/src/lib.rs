@@ -2,7 +2,7 @@
 //! each with its own data directory, killed with SIGKILL and restarted.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,15 +10,17 @@ use agentd_node::Client;
 use agentd_protocol::api::ClusterStatus;
 use anyhow::{bail, Context, Result};
 
-/// The `agentd` binary built by this workspace (or `AGENTD_BIN`).
-pub fn agentd_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("AGENTD_BIN") {
-        return PathBuf::from(path);
-    }
-    // Test binaries live in target/<profile>/deps; the binary one level up.
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile directory");
-    profile_dir.join("agentd")
+/// The node binary the tests run: `agentd-e2e`, this package's copy of the
+/// `agentd` program, which cargo rebuilds before running this package's
+/// tests (so a test never runs a stale binary). `AGENTD_BIN` overrides it.
+/// A macro because cargo tells only integration tests where the binary is.
+#[macro_export]
+macro_rules! agentd_binary {
+    () => {
+        std::env::var_os("AGENTD_BIN")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_BIN_EXE_agentd-e2e")))
+    };
 }
 
 /// A free UDP port on loopback (free when asked; the node binds it soon after).
@@ -49,6 +51,7 @@ impl NodeProcess {
 
 /// A cluster of real processes. Dropping it kills every process.
 pub struct Cluster {
+    binary: PathBuf,
     pub dir: tempfile::TempDir,
     pub nodes: Vec<NodeProcess>,
     extra_args: Vec<String>,
@@ -57,9 +60,9 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `size` nodes: node 1 with `--init`, the others with `--join`,
     /// and waits until every shard has `min(size, replication)` voters.
-    pub async fn start(size: usize, extra_args: &[&str]) -> Result<Cluster> {
+    pub async fn start(binary: PathBuf, size: usize, extra_args: &[&str]) -> Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("agentd-e2e-").tempdir()?;
-        let mut cluster = Cluster { dir, nodes: Vec::new(), extra_args: extra_args.iter().map(|arg| arg.to_string()).collect() };
+        let mut cluster = Cluster { binary, dir, nodes: Vec::new(), extra_args: extra_args.iter().map(|arg| arg.to_string()).collect() };
         for index in 0..size {
             let id = index as u64 + 1;
             let addr = format!("127.0.0.1:{}", free_port());
@@ -88,9 +91,10 @@ impl Cluster {
 
     fn spawn(&mut self, id: u64, bootstrap: &[String]) -> Result<()> {
         let extra = self.extra_args.clone();
+        let binary = self.binary.clone();
         let node = &mut self.nodes[(id - 1) as usize];
         let log = File::options().create(true).append(true).open(&node.log)?;
-        let child = Command::new(agentd_binary())
+        let child = Command::new(&binary)
             .arg("start")
             .args(["--node-id", &id.to_string(), "--listen", &node.addr, "--data-dir"])
             .arg(&node.data_dir)
@@ -101,7 +105,7 @@ impl Cluster {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("cannot start {}", agentd_binary().display()))?;
+            .with_context(|| format!("cannot start {}", binary.display()))?;
         node.child = Some(child);
         Ok(())
     }
@@ -147,7 +151,7 @@ impl Cluster {
     /// last status and the nodes' logs.
     pub async fn wait_for(&self, timeout: Duration, what: &str, check: impl Fn(&ClusterStatus) -> bool) -> Result<ClusterStatus> {
         let deadline = Instant::now() + timeout;
-        let mut last = String::from("no status");
+        let mut last;
         loop {
             match self.status().await {
                 Ok(status) if check(&status) => return Ok(status),

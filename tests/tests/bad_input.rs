@@ -10,7 +10,6 @@ use agentd_protocol::ids::{EventId, SessionId};
 use agentd_protocol::limits::{CLIENT_FRAME_BYTES_MAX, EVENT_PAYLOAD_BYTES_MAX};
 use agentd_protocol::{frame, ApiError, CLIENT_ALPN, CLUSTER_ALPN};
 use agentd_raft::tls::{client_config, ServerTrust, SERVER_NAME};
-use tokio::io::AsyncWriteExt;
 
 async fn raw_connection(addr: std::net::SocketAddr, alpn: &[u8]) -> anyhow::Result<quinn::Connection> {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;

@@ -28,7 +28,7 @@ fn busiest_leader(status: &ClusterStatus) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_appends_survive_leader_kills() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(3, &["--shards", "8"]).await?;
+    let mut cluster = Cluster::start(agentd_tests::agentd_binary!(), 3, &["--shards", "8"]).await?;
     let client = Arc::new(cluster.client()?);
     let mut sessions = Vec::new();
     for _ in 0..SESSIONS {

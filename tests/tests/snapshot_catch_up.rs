@@ -11,7 +11,7 @@ use agentd_tests::{leader_views, Cluster};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_behind_the_purged_log_catches_up_from_a_snapshot() -> anyhow::Result<()> {
     let mut cluster =
-        Cluster::start(3, &["--shards", "2", "--snapshot-logs", "50", "--logs-to-keep", "5"]).await?;
+        Cluster::start(agentd_tests::agentd_binary!(), 3, &["--shards", "2", "--snapshot-logs", "50", "--logs-to-keep", "5"]).await?;
     let client = cluster.client()?;
     let session = client.create_session().await?.session_id;
     client.append(session, EventPayload::user_text("before the outage")).await?;
