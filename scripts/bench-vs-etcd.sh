@@ -182,6 +182,8 @@ run_etcd() {
   local clients=$1 events=$2 leader
   local output_file="$work_dir/etcd-$clients-clients.out"
   etcd_cluster_dir="$work_dir/etcd-$clients-clients"
+  # Every row starts from an empty cluster, even in a reused --work-dir.
+  rm -rf "$etcd_cluster_dir"
   "$repo/scripts/etcd-cluster.sh" start "$etcd_cluster_dir"
   leader=$(etcd_leader_endpoint)
   log "etcd: $clients client(s), $events writes, leader $leader"
@@ -213,6 +215,7 @@ start_agentd() {
   for port in "${agentd_ports[@]}"; do
     ! ss -Hlntu "sport = :$port" | grep -q . || die "port $port is in use (an agentd still running?)"
   done
+  rm -rf "$dir"
   mkdir -p "$dir"
   "$agentd_bin" start --node-id 1 --listen 127.0.0.1:7101 --data-dir "$dir/n1" --init \
     </dev/null >"$dir/n1.log" 2>&1 &
