@@ -4,7 +4,9 @@
 # being compiled from source (about 30 minutes cold on 2 cores).
 set -euo pipefail
 
-packages=(librocksdb-dev libclang-dev clang pkg-config etcd-server etcd-client)
+# protobuf-compiler, libprotobuf-dev: the etcd-client crate (tests/etcd-bench) generates its
+# gRPC code with protoc, which needs the well-known .proto files (a "Recommends" we skip).
+packages=(librocksdb-dev libclang-dev clang pkg-config etcd-server etcd-client protobuf-compiler libprotobuf-dev)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
