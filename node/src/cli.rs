@@ -194,7 +194,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Cluster(ClusterCommand::Status(target)) => cluster_status(target).await,
         Command::Session(command) => session(command).await,
         Command::Bench(BenchCommand::Append { target, clients, events, payload_bytes }) => {
-            let report = run_append(AppendBench { addrs: target.addr.clone(), ca_pem: target.ca_pem()?, clients, events, payload_bytes }).await?;
+            let report = run_append(AppendBench {
+                addrs: target.addr.clone(),
+                ca_pem: target.ca_pem()?,
+                clients,
+                events,
+                payload_bytes,
+            })
+            .await?;
             if target.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -286,7 +293,8 @@ async fn cluster_status(target: Target) -> Result<()> {
 
 /// For every group, the report of the node that leads it (or of any node if none does).
 fn leader_reports(status: &ClusterStatus) -> Vec<(u64, &agentd_protocol::api::GroupStatus)> {
-    let mut by_group: std::collections::BTreeMap<GroupId, (u64, &agentd_protocol::api::GroupStatus)> = Default::default();
+    let mut by_group: std::collections::BTreeMap<GroupId, (u64, &agentd_protocol::api::GroupStatus)> =
+        Default::default();
     for node in &status.nodes {
         for group in &node.groups {
             let leads = group.leader == Some(node.node_id);
@@ -339,7 +347,10 @@ async fn session(command: SessionCommand) -> Result<()> {
         SessionCommand::Create(target) => {
             let info = target.client()?.create_session().await?;
             if target.json {
-                println!("{}", json!({"session_id": info.session_id.to_string(), "shard": info.shard.0, "created_at_ms": info.created_at_ms}));
+                println!(
+                    "{}",
+                    json!({"session_id": info.session_id.to_string(), "shard": info.shard.0, "created_at_ms": info.created_at_ms})
+                );
             } else {
                 println!("{}", info.session_id);
             }
@@ -367,7 +378,9 @@ async fn session(command: SessionCommand) -> Result<()> {
                 let consistency = if local { Consistency::Local } else { Consistency::Leader };
                 let mut next = from;
                 loop {
-                    let (events, next_seq) = client.read_events(session, next, agentd_protocol::limits::EVENTS_PER_PAGE_MAX, consistency).await?;
+                    let (events, next_seq) = client
+                        .read_events(session, next, agentd_protocol::limits::EVENTS_PER_PAGE_MAX, consistency)
+                        .await?;
                     if events.is_empty() {
                         break;
                     }
@@ -377,31 +390,9 @@ async fn session(command: SessionCommand) -> Result<()> {
                 return Ok(());
             }
             // Follow, resuming from the last printed event if a node goes away.
-            let mut next = from;
+            let mut subscription = client.subscribe(session, from);
             loop {
-                let mut stream = match client.follow(session, next).await {
-                    Ok(stream) => stream,
-                    Err(error) if error.is_retryable() => {
-                        client.note_failure(&error).await;
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                        continue;
-                    }
-                    Err(error) => return Err(error.into()),
-                };
-                while let Some(batch) = stream.next().await {
-                    match batch {
-                        Ok(events) => {
-                            print(&events);
-                            next = stream.next_seq();
-                        }
-                        Err(error) if error.is_retryable() => {
-                            client.note_failure(&error).await;
-                            break;
-                        }
-                        Err(error) => return Err(error.into()),
-                    }
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                print(&subscription.next().await?);
             }
         }
     }

@@ -11,7 +11,7 @@ use agentd_protocol::event::{Event, EventPayload};
 use agentd_protocol::ids::{EventId, SessionId};
 use agentd_protocol::limits::CLIENT_FRAME_BYTES_MAX;
 use agentd_protocol::{ApiError, CLIENT_ALPN};
-use agentd_raft::peers::resolve;
+use agentd_raft::peers::{host_of, resolve};
 use agentd_raft::tls::{client_config, ServerTrust, SERVER_NAME};
 use agentd_raft::wire::{read_frame, write_frame};
 use tokio::sync::Mutex;
@@ -52,7 +52,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { deadline: Duration::from_secs(30), backoff_min: Duration::from_millis(20), backoff_max: Duration::from_millis(500) }
+        Self {
+            deadline: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(500),
+        }
     }
 }
 
@@ -83,8 +87,7 @@ impl Client {
             Some(pem) => ServerTrust::Ca(pem),
             None => {
                 for addr in &addrs {
-                    let host = addr.rsplit_once(':').map(|(host, _)| host).unwrap_or(addr);
-                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let host = host_of(addr);
                     let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
                     if !loopback {
                         return Err(ClientError::Setup(format!(
@@ -111,7 +114,8 @@ impl Client {
         }
         let connect_error = |message: String| ClientError::Connect { addr: addr.clone(), message };
         let socket_addr = resolve(&addr).await.map_err(|error| connect_error(error.to_string()))?;
-        let connecting = self.endpoint.connect(socket_addr, SERVER_NAME).map_err(|error| connect_error(error.to_string()))?;
+        let connecting =
+            self.endpoint.connect(socket_addr, SERVER_NAME).map_err(|error| connect_error(error.to_string()))?;
         let connection = tokio::time::timeout(Duration::from_secs(5), connecting)
             .await
             .map_err(|_| connect_error("handshake timed out".into()))?
@@ -156,9 +160,12 @@ impl Client {
     /// One attempt on the current node.
     pub async fn call_once(&self, request: ClientRequest) -> Result<ClientResponse, ClientError> {
         let (addr, mut recv) = self.open(request).await?;
-        let result = tokio::time::timeout(Duration::from_secs(30), read_frame::<_, ClientResponse>(&mut recv, CLIENT_FRAME_BYTES_MAX))
-            .await
-            .map_err(|_| ClientError::Transport { addr: addr.clone(), message: "no answer within 30s".into() })?;
+        let result = tokio::time::timeout(
+            Duration::from_secs(30),
+            read_frame::<_, ClientResponse>(&mut recv, CLIENT_FRAME_BYTES_MAX),
+        )
+        .await
+        .map_err(|_| ClientError::Transport { addr: addr.clone(), message: "no answer within 30s".into() })?;
         match result {
             Ok(Some(ClientResponse::Error(error))) => Err(ClientError::Api(error)),
             Ok(Some(response)) => Ok(response),
@@ -211,7 +218,12 @@ impl Client {
     }
 
     /// Appends with a caller-chosen idempotency key.
-    pub async fn append_with_id(&self, session_id: SessionId, event_id: EventId, payload: EventPayload) -> Result<u64, ClientError> {
+    pub async fn append_with_id(
+        &self,
+        session_id: SessionId,
+        event_id: EventId,
+        payload: EventPayload,
+    ) -> Result<u64, ClientError> {
         match self.call(ClientRequest::Append { session_id, event_id, payload }).await? {
             ClientResponse::Appended { seq, .. } => Ok(seq),
             other => Err(unexpected(other)),
@@ -243,7 +255,8 @@ impl Client {
         let mut events = Vec::new();
         let mut next = 1;
         loop {
-            let (page, next_seq) = self.read_events(session_id, next, agentd_protocol::limits::EVENTS_PER_PAGE_MAX, consistency).await?;
+            let (page, next_seq) =
+                self.read_events(session_id, next, agentd_protocol::limits::EVENTS_PER_PAGE_MAX, consistency).await?;
             if page.is_empty() {
                 return Ok(events);
             }
@@ -259,6 +272,12 @@ impl Client {
         Ok(EventStream { addr, recv, next_seq: from_seq.max(1) })
     }
 
+    /// Follows a session from `from_seq`, resuming on another node when the
+    /// serving node fails.
+    pub fn subscribe(&self, session_id: SessionId, from_seq: u64) -> Subscription<'_> {
+        Subscription { client: self, session_id, next_seq: from_seq.max(1), stream: None }
+    }
+
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
         match self.call(ClientRequest::ClusterStatus).await? {
             ClientResponse::ClusterStatus(status) => Ok(status),
@@ -267,7 +286,61 @@ impl Client {
     }
 }
 
-/// A live event stream; see [`Client::follow`].
+/// Follows a session across node failures; see [`Client::subscribe`].
+pub struct Subscription<'a> {
+    client: &'a Client,
+    session_id: SessionId,
+    next_seq: u64,
+    stream: Option<EventStream>,
+}
+
+impl Subscription<'_> {
+    /// The next batch of events. Reconnects (to another node if needed) and
+    /// resumes from the last delivered sequence number on retryable errors,
+    /// so batches are gap-free and never repeat an event.
+    pub async fn next(&mut self) -> Result<Vec<Event>, ClientError> {
+        loop {
+            let stream = match self.stream.as_mut() {
+                Some(stream) => stream,
+                None => match self.client.follow(self.session_id, self.next_seq).await {
+                    Ok(stream) => self.stream.insert(stream),
+                    Err(error) if error.is_retryable() => {
+                        self.client.note_failure(&error).await;
+                        tokio::time::sleep(self.client.retry.backoff_max).await;
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                },
+            };
+            match stream.next().await {
+                Some(Ok(events)) => {
+                    let fresh: Vec<Event> = events.into_iter().filter(|event| event.seq >= self.next_seq).collect();
+                    if let Some(last) = fresh.last() {
+                        self.next_seq = last.seq + 1;
+                        return Ok(fresh);
+                    }
+                }
+                Some(Err(error)) if error.is_retryable() => {
+                    self.client.note_failure(&error).await;
+                    self.stream = None;
+                }
+                Some(Err(error)) => return Err(error),
+                None => {
+                    // The serving node ended the stream (it is shutting down).
+                    self.stream = None;
+                    tokio::time::sleep(self.client.retry.backoff_min).await;
+                }
+            }
+        }
+    }
+
+    /// The sequence number the next delivered event will have.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+}
+
+/// A live event stream from one node; see [`Client::follow`].
 pub struct EventStream {
     addr: String,
     recv: quinn::RecvStream,

@@ -99,11 +99,7 @@ impl DataDir {
         let node_file: NodeFile = serde_json::from_str(&read(&self.root.join("node.json"))?)
             .with_context(|| format!("{} is corrupt", self.root.join("node.json").display()))?;
         if node_file.node_id != node_id {
-            bail!(
-                "data directory {} belongs to node {}, not node {node_id}",
-                self.root.display(),
-                node_file.node_id
-            );
+            bail!("data directory {} belongs to node {}, not node {node_id}", self.root.display(), node_file.node_id);
         }
         let tls = self.root.join("tls");
         let ca = ClusterCa::from_pem(&read(&tls.join("ca.pem"))?, &read(&tls.join("ca.key"))?)?;
@@ -159,7 +155,8 @@ mod tests {
     fn join_tokens_parse_and_reject_garbage() {
         let token = JoinToken { secret: "abc".into(), ca_fingerprint: "a".repeat(64) };
         assert_eq!(JoinToken::parse(&token.to_string()).unwrap(), token);
-        for bad in ["", "agentd-join", "agentd-join.abc", "other.abc.aaaa", &format!("agentd-join..{}", "a".repeat(64))] {
+        for bad in ["", "agentd-join", "agentd-join.abc", "other.abc.aaaa", &format!("agentd-join..{}", "a".repeat(64))]
+        {
             assert!(JoinToken::parse(bad).is_err(), "{bad}");
         }
     }

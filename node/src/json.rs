@@ -69,11 +69,9 @@ fn payload(payload: &EventPayload) -> Value {
 /// A one-line human summary of an event.
 pub fn summary(event: &Event) -> String {
     let detail = match &event.payload {
-        EventPayload::UserMessage { content: blocks } | EventPayload::AgentMessage { content: blocks } => blocks
-            .iter()
-            .map(|ContentBlock::Text { text }| text.as_str())
-            .collect::<Vec<_>>()
-            .join(" "),
+        EventPayload::UserMessage { content: blocks } | EventPayload::AgentMessage { content: blocks } => {
+            blocks.iter().map(|ContentBlock::Text { text }| text.as_str()).collect::<Vec<_>>().join(" ")
+        }
         other => payload(other).to_string(),
     };
     format!("{:>6}  {:<26} {}", event.seq, event.payload.type_name(), detail)

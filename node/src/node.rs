@@ -10,7 +10,7 @@ use agentd_protocol::cluster::{ClusterRequest, ClusterResponse, JoinRequest, Joi
 use agentd_protocol::ids::{GroupId, NodeId, ShardId};
 use agentd_protocol::PROTOCOL_VERSION;
 use agentd_raft::host::RaftHost;
-use agentd_raft::peers::{resolve, Peers};
+use agentd_raft::peers::{host_of, resolve, Peers};
 use agentd_raft::placement;
 use agentd_raft::store::Db;
 use agentd_raft::tls::{client_config, ClusterCa, NodeIdentity, ServerTrust};
@@ -61,7 +61,8 @@ impl Node {
             data.load(options.node_id)?
         };
 
-        let db = Db::open(&data.db_path()).with_context(|| format!("cannot open the store in {}", data.db_path().display()))?;
+        let db = Db::open(&data.db_path())
+            .with_context(|| format!("cannot open the store in {}", data.db_path().display()))?;
         let endpoint = quinn::Endpoint::server(stored.identity.server_config()?, options.listen)
             .with_context(|| format!("cannot listen on {}", options.listen))?;
         let peers = Peers::new(options.node_id, endpoint.clone(), stored.identity.cluster_client_config()?);
@@ -128,8 +129,7 @@ impl NodeHandle {
 }
 
 async fn create_identity(options: &NodeOptions, data: &DataDir, advertise: &str) -> Result<Stored> {
-    let host_part = advertise.rsplit_once(':').map(|(host, _)| host).unwrap_or(advertise);
-    let host_part = host_part.trim_start_matches('[').trim_end_matches(']');
+    let host_part = host_of(advertise);
     let stored = match &options.bootstrap {
         Bootstrap::Restart => bail!(
             "{} is not initialised: start the first node with --init, others with --join HOST:PORT --token TOKEN",
@@ -157,12 +157,14 @@ async fn join(seed: &str, token: &JoinToken, node_id: NodeId, advertise: &str) -
     let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
     endpoint.set_default_client_config(config);
     let addr = resolve(seed).await?;
-    let connection = tokio::time::timeout(Duration::from_secs(10), endpoint.connect(addr, agentd_raft::tls::SERVER_NAME)?)
-        .await
-        .map_err(|_| anyhow!("timed out connecting to {seed}"))?
-        .with_context(|| format!("cannot join through {seed}"))?;
+    let connection =
+        tokio::time::timeout(Duration::from_secs(10), endpoint.connect(addr, agentd_raft::tls::SERVER_NAME)?)
+            .await
+            .map_err(|_| anyhow!("timed out connecting to {seed}"))?
+            .with_context(|| format!("cannot join through {seed}"))?;
     let (mut send, mut recv) = connection.open_bi().await?;
-    let request = JoinRequest { version: PROTOCOL_VERSION, secret: token.secret.clone(), node_id, addr: advertise.to_string() };
+    let request =
+        JoinRequest { version: PROTOCOL_VERSION, secret: token.secret.clone(), node_id, addr: advertise.to_string() };
     agentd_raft::wire::write_frame(&mut send, &request, 64 * 1024).await?;
     send.finish()?;
     let response: JoinResponse = agentd_raft::wire::read_frame(&mut recv, 64 * 1024)
@@ -225,7 +227,9 @@ async fn request_admission(host: &RaftHost, seed: &str, advertise: &str) -> Resu
                 tracing::info!(%seed, "admitted to the cluster");
                 return Ok(());
             }
-            Ok(ClusterResponse::Error(error)) if !error.is_retryable() => bail!("{seed} refused to add this node: {error}"),
+            Ok(ClusterResponse::Error(error)) if !error.is_retryable() => {
+                bail!("{seed} refused to add this node: {error}")
+            }
             Ok(other) => format!("{other:?}"),
             Err(error) => error.to_string(),
         };

@@ -105,7 +105,10 @@ impl NodeOptions {
             }
         }
         if self.listen.ip().is_unspecified() && self.advertise.is_none() {
-            bail!("--listen {} is a wildcard address: pass --advertise HOST:PORT so other nodes can dial this one", self.listen);
+            bail!(
+                "--listen {} is a wildcard address: pass --advertise HOST:PORT so other nodes can dial this one",
+                self.listen
+            );
         }
         Ok(())
     }

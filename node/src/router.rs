@@ -73,11 +73,9 @@ impl Router {
     /// The shard of a session, from the shard count fixed at cluster init.
     pub fn shard_of(&self, session_id: SessionId) -> Result<ShardId, ApiError> {
         let metadata = self.metadata()?;
-        let (shards, _) = metadata
-            .state
-            .cluster_config()
-            .map_err(internal)?
-            .ok_or_else(|| ApiError::Unavailable { message: "this node has not learned the cluster configuration yet".into() })?;
+        let (shards, _) = metadata.state.cluster_config().map_err(internal)?.ok_or_else(|| ApiError::Unavailable {
+            message: "this node has not learned the cluster configuration yet".into(),
+        })?;
         Ok(shard_of(session_id, shards))
     }
 
@@ -87,7 +85,12 @@ impl Router {
             .ok_or_else(|| ApiError::Unavailable { message: "metadata group is not open on this node".into() })
     }
 
-    async fn execute(&self, group: &GroupHandle, shard: ShardId, request: ClientRequest) -> Result<ClientResponse, ApiError> {
+    async fn execute(
+        &self,
+        group: &GroupHandle,
+        shard: ShardId,
+        request: ClientRequest,
+    ) -> Result<ClientResponse, ApiError> {
         match request {
             ClientRequest::CreateSession { session_id } => {
                 let command = Command::CreateSession { session_id, shard, created_at_ms: now_ms() };
@@ -124,7 +127,12 @@ impl Router {
 
     /// Forwards to the shard leader if this node knows it, else tries the
     /// shard's replicas in placement order.
-    async fn forward(&self, local: Option<&GroupHandle>, shard: ShardId, request: ClientRequest) -> Result<ClientResponse, ApiError> {
+    async fn forward(
+        &self,
+        local: Option<&GroupHandle>,
+        shard: ShardId,
+        request: ClientRequest,
+    ) -> Result<ClientResponse, ApiError> {
         let mut candidates: Vec<(NodeId, String)> = Vec::new();
         if let Some(leader) = local.and_then(|group| self.leader_of(group)) {
             candidates.push(leader);
@@ -247,7 +255,12 @@ fn group_status(group: &GroupHandle) -> GroupStatus {
     }
 }
 
-fn read_events(group: &GroupHandle, session_id: SessionId, from_seq: u64, limit: u32) -> Result<ClientResponse, ApiError> {
+fn read_events(
+    group: &GroupHandle,
+    session_id: SessionId,
+    from_seq: u64,
+    limit: u32,
+) -> Result<ClientResponse, ApiError> {
     let info = group.state.session(session_id).map_err(internal)?.ok_or_else(|| not_found(session_id))?;
     let from_seq = from_seq.max(1);
     let limit = limit.clamp(1, EVENTS_PER_PAGE_MAX);

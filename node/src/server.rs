@@ -48,7 +48,9 @@ async fn serve_connection(connection: quinn::Connection, router: Router, admissi
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.protocol);
     match alpn.as_deref() {
-        Some(CLIENT_ALPN) => accept_streams(connection, move |send, recv| serve_client_stream(router.clone(), send, recv)).await,
+        Some(CLIENT_ALPN) => {
+            accept_streams(connection, move |send, recv| serve_client_stream(router.clone(), send, recv)).await
+        }
         Some(CLUSTER_ALPN) => {
             if peer_node_id(&connection).is_none() {
                 connection.close(1u32.into(), b"cluster traffic requires a node certificate");
@@ -58,7 +60,10 @@ async fn serve_connection(connection: quinn::Connection, router: Router, admissi
         }
         Some(JOIN_ALPN) => {
             let router = router.clone();
-            accept_streams(connection, move |send, recv| serve_join_stream(router.clone(), admission.clone(), send, recv)).await
+            accept_streams(connection, move |send, recv| {
+                serve_join_stream(router.clone(), admission.clone(), send, recv)
+            })
+            .await
         }
         _ => connection.close(2u32.into(), b"unknown ALPN"),
     }
@@ -107,7 +112,8 @@ fn cluster_error_frame(error: ApiError) -> Vec<u8> {
 }
 
 async fn serve_client_stream(router: Router, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let Some(request) = read_request::<Request>(&mut send, &mut recv, CLIENT_FRAME_BYTES_MAX, client_error_frame).await else {
+    let Some(request) = read_request::<Request>(&mut send, &mut recv, CLIENT_FRAME_BYTES_MAX, client_error_frame).await
+    else {
         return;
     };
     let response = if request.version != PROTOCOL_VERSION {
@@ -168,7 +174,9 @@ async fn follow(router: &Router, session_id: SessionId, from_seq: u64, send: &mu
                     // A gap or a lagging receiver: re-read from the store.
                     Ok(_) | Err(RecvError::Lagged(_)) => break,
                     Err(RecvError::Closed) => {
-                        return Err(ApiError::Unavailable { message: "shard closed on this node; resume elsewhere".into() })
+                        return Err(ApiError::Unavailable {
+                            message: "shard closed on this node; resume elsewhere".into(),
+                        })
                     }
                 }
             }
@@ -182,12 +190,16 @@ async fn follow(router: &Router, session_id: SessionId, from_seq: u64, send: &mu
 }
 
 async fn serve_cluster_stream(router: Router, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let Some(envelope) = read_request::<ClusterEnvelope>(&mut send, &mut recv, CLUSTER_FRAME_BYTES_MAX, cluster_error_frame).await
+    let Some(envelope) =
+        read_request::<ClusterEnvelope>(&mut send, &mut recv, CLUSTER_FRAME_BYTES_MAX, cluster_error_frame).await
     else {
         return;
     };
     let response = if envelope.version != PROTOCOL_VERSION {
-        ClusterResponse::Error(ApiError::UnsupportedVersion { requested: envelope.version, supported: PROTOCOL_VERSION })
+        ClusterResponse::Error(ApiError::UnsupportedVersion {
+            requested: envelope.version,
+            supported: PROTOCOL_VERSION,
+        })
     } else {
         match envelope.body {
             ClusterRequest::Raft { group, kind, payload } => router.host().handle_rpc(group, kind, &payload).await,
@@ -204,9 +216,17 @@ async fn serve_cluster_stream(router: Router, mut send: quinn::SendStream, mut r
     }
 }
 
-async fn serve_join_stream(router: Router, admission: Arc<Admission>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let error_frame = |error| agentd_protocol::frame::encode_frame(&JoinResponse::Error(error), JOIN_FRAME_BYTES_MAX).unwrap_or_default();
-    let Some(request) = read_request::<JoinRequest>(&mut send, &mut recv, JOIN_FRAME_BYTES_MAX, error_frame).await else {
+async fn serve_join_stream(
+    router: Router,
+    admission: Arc<Admission>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let error_frame = |error| {
+        agentd_protocol::frame::encode_frame(&JoinResponse::Error(error), JOIN_FRAME_BYTES_MAX).unwrap_or_default()
+    };
+    let Some(request) = read_request::<JoinRequest>(&mut send, &mut recv, JOIN_FRAME_BYTES_MAX, error_frame).await
+    else {
         return;
     };
     let response = match admit_join(&router, &admission, &request) {
@@ -239,11 +259,9 @@ fn admit_join(router: &Router, admission: &Admission, request: &JoinRequest) -> 
             });
         }
     }
-    let host = request.addr.rsplit_once(':').map(|(host, _)| host).unwrap_or(&request.addr);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
     let identity = admission
         .ca
-        .issue_node(request.node_id, host)
+        .issue_node(request.node_id, agentd_raft::peers::host_of(&request.addr))
         .map_err(|error| ApiError::Internal { message: error.to_string() })?;
     tracing::info!(node = request.node_id, addr = %request.addr, "issued certificate to joining node");
     Ok(JoinResponse::Accepted {

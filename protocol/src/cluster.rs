@@ -26,13 +26,20 @@ pub enum RaftRpcKind {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterRequest {
-    Raft { group: GroupId, kind: RaftRpcKind, payload: Vec<u8> },
+    Raft {
+        group: GroupId,
+        kind: RaftRpcKind,
+        payload: Vec<u8>,
+    },
     /// A client call relayed to the node that leads its shard.
     Forward(ClientRequest),
     /// This node's own status (the groups it hosts).
     NodeStatus,
     /// Asks the metadata leader to admit a node into the cluster.
-    AddNode { node_id: NodeId, addr: String },
+    AddNode {
+        node_id: NodeId,
+        addr: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +66,11 @@ pub struct JoinRequest {
 pub enum JoinResponse {
     /// The new node's identity, signed by the cluster CA, and the CA key so
     /// that every node can admit further nodes (no single point of admission).
-    Accepted { ca_cert_pem: String, ca_key_pem: String, node_cert_pem: String, node_key_pem: String },
+    Accepted {
+        ca_cert_pem: String,
+        ca_key_pem: String,
+        node_cert_pem: String,
+        node_key_pem: String,
+    },
     Error(ApiError),
 }

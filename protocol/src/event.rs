@@ -61,7 +61,9 @@ pub enum StopReason {
     EndTurn,
     /// Waiting for the client to answer these events (tool confirmations or
     /// custom tool results).
-    RequiresAction { event_ids: Vec<EventId> },
+    RequiresAction {
+        event_ids: Vec<EventId>,
+    },
     RetriesExhausted,
 }
 
@@ -134,7 +136,10 @@ impl EventPayload {
         }
         let encoded = crate::frame::encoded_len(self)?;
         if encoded > limits::EVENT_PAYLOAD_BYTES_MAX {
-            return Err(ApiError::PayloadTooLarge { bytes: encoded as u64, max_bytes: limits::EVENT_PAYLOAD_BYTES_MAX as u64 });
+            return Err(ApiError::PayloadTooLarge {
+                bytes: encoded as u64,
+                max_bytes: limits::EVENT_PAYLOAD_BYTES_MAX as u64,
+            });
         }
         Ok(())
     }

@@ -137,7 +137,13 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_typed_errors() {
-        for text in ["", "sesn_", "sevt_0123456789abcdef0011223344556677", "sesn_zz23456789abcdef0011223344556677", "sesn_é123456789abcdef001122334455667"] {
+        for text in [
+            "",
+            "sesn_",
+            "sevt_0123456789abcdef0011223344556677",
+            "sesn_zz23456789abcdef0011223344556677",
+            "sesn_é123456789abcdef001122334455667",
+        ] {
             assert!(matches!(text.parse::<SessionId>(), Err(Error::InvalidId { .. })), "{text}");
         }
     }
@@ -150,6 +156,9 @@ mod tests {
             assert!(shard_of(SessionId::from_random(bits * 7919), 64).0 < 64);
         }
         // Pinned so that a change of hash (which would strand existing sessions) fails loudly.
-        assert_eq!(shard_of(SessionId::from_random(1), 64), ShardId(shard_of(SessionId::from_random(1), 1 << 20).0 % 64));
+        assert_eq!(
+            shard_of(SessionId::from_random(1), 64),
+            ShardId(shard_of(SessionId::from_random(1), 1 << 20).0 % 64)
+        );
     }
 }

@@ -18,7 +18,12 @@ fn sample_requests(bits: u128, text: String, seq: u64) -> Vec<Request> {
             event_id: EventId::from_random(bits.rotate_left(7)),
             payload: EventPayload::user_text(text),
         }),
-        Request::new(ClientRequest::ReadEvents { session_id, from_seq: seq, limit: 10, consistency: Consistency::Local }),
+        Request::new(ClientRequest::ReadEvents {
+            session_id,
+            from_seq: seq,
+            limit: 10,
+            consistency: Consistency::Local,
+        }),
         Request::new(ClientRequest::FollowEvents { session_id, from_seq: seq }),
         Request::new(ClientRequest::ClusterStatus),
     ]

@@ -8,9 +8,9 @@ use crate::types::TypeConfig;
 /// What a caller of a failed proposal should be told.
 pub fn write_error(error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ApiError {
     match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => ApiError::NotLeader {
-            leader: forward.leader_id.zip(forward.leader_node.map(|node| node.addr)),
-        },
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            ApiError::NotLeader { leader: forward.leader_id.zip(forward.leader_node.map(|node| node.addr)) }
+        }
         // The entry may or may not commit under the new leader; appends are
         // idempotent by event id, so the caller retries with the same id.
         RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => {

@@ -7,9 +7,9 @@ pub mod tls;
 pub mod types;
 
 pub use error::Error;
-pub mod network;
-pub mod peers;
-pub mod wire;
 pub mod errors;
 pub mod host;
+pub mod network;
+pub mod peers;
 pub mod placement;
+pub mod wire;

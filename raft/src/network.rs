@@ -9,9 +9,9 @@ use agentd_protocol::cluster::{ClusterRequest, ClusterResponse, RaftRpcKind};
 use agentd_protocol::frame::{decode_body, encode_body};
 use agentd_protocol::ids::{GroupId, NodeId};
 use openraft::errors::{Fatal, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::storage::RaftStateMachine;
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::storage::RaftStateMachine;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -58,13 +58,18 @@ impl GroupClient {
     }
 
     /// Calls a request-response RPC whose remote result is `Result<Resp, RaftError>`.
-    async fn unary<Req, Resp>(&self, kind: RaftRpcKind, request: &Req, option: &RPCOption) -> Result<Resp, RPCError<TypeConfig>>
+    async fn unary<Req, Resp>(
+        &self,
+        kind: RaftRpcKind,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
     {
         let reply: Result<Resp, RaftError<TypeConfig>> =
-            self.rpc(kind, request, option.soft_ttl()).await.map_err(|error| Unreachable::from_string(error))?;
+            self.rpc(kind, request, option.soft_ttl()).await.map_err(Unreachable::from_string)?;
         // The only remote error of these RPCs is a fatal one: the peer's group is stopping.
         reply.map_err(|error| RPCError::Unreachable(Unreachable::from_string(format!("node {}: {error}", self.target))))
     }
@@ -113,7 +118,7 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             reply = send => {
-                let reply = reply.map_err(|error| Unreachable::from_string(error))?;
+                let reply = reply.map_err(Unreachable::from_string)?;
                 reply.map_err(|fatal| StreamingError::Unreachable(Unreachable::from_string(format!("remote node is stopping: {fatal}"))))
             }
         }
@@ -121,7 +126,11 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
 }
 
 /// Hands an incoming Raft RPC to the local group and encodes its reply.
-pub async fn serve_rpc<SM>(raft: &openraft::Raft<TypeConfig, SM>, kind: RaftRpcKind, payload: &[u8]) -> Result<ClusterResponse, Error>
+pub async fn serve_rpc<SM>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+    kind: RaftRpcKind,
+    payload: &[u8],
+) -> Result<ClusterResponse, Error>
 where
     SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
 {

@@ -124,3 +124,22 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, Error> {
 fn network_error<E: std::fmt::Display>(addr: &str) -> impl Fn(E) -> Error + '_ {
     move |error| Error::Network(format!("{addr}: {error}"))
 }
+
+/// The host part of `host:port` (brackets of an IPv6 literal removed).
+pub fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map(|(host, _)| host).unwrap_or(addr);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn host_of_strips_port_and_brackets() {
+        assert_eq!(host_of("127.0.0.1:7101"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:7101"), "::1");
+        assert_eq!(host_of("node-1.example:7101"), "node-1.example");
+        assert_eq!(host_of("localhost"), "localhost");
+    }
+}

@@ -31,7 +31,11 @@ pub enum MembershipStep {
 }
 
 /// The next step for a group, or `None` when it already matches.
-pub fn next_step(desired: &BTreeSet<NodeId>, voters: &BTreeSet<NodeId>, learners: &BTreeSet<NodeId>) -> Option<MembershipStep> {
+pub fn next_step(
+    desired: &BTreeSet<NodeId>,
+    voters: &BTreeSet<NodeId>,
+    learners: &BTreeSet<NodeId>,
+) -> Option<MembershipStep> {
     if desired.is_empty() {
         return None;
     }
@@ -46,7 +50,11 @@ pub fn next_step(desired: &BTreeSet<NodeId>, voters: &BTreeSet<NodeId>, learners
 
 /// The shards whose replica sets change when `node` joins: every shard with
 /// fewer than `replication_factor` replicas gains the node.
-pub fn place_new_node(placements: &[(ShardId, Vec<NodeId>)], node: NodeId, replication_factor: u32) -> Vec<(ShardId, Vec<NodeId>)> {
+pub fn place_new_node(
+    placements: &[(ShardId, Vec<NodeId>)],
+    node: NodeId,
+    replication_factor: u32,
+) -> Vec<(ShardId, Vec<NodeId>)> {
     placements
         .iter()
         .filter(|(_, replicas)| replicas.len() < replication_factor as usize && !replicas.contains(&node))
@@ -132,11 +140,18 @@ pub async fn reconcile(host: &RaftHost) -> Result<(), Error> {
                 if !handle.raft.is_leader() {
                     return;
                 }
-                let extra_learners = if handle.group == GroupId::Metadata { learners_for_metadata.clone() } else { BTreeSet::new() };
-                let step = tokio::time::timeout(RECONCILE_STEP_TIMEOUT, reconcile_group(&handle, &desired, &extra_learners, addresses)).await;
+                let extra_learners =
+                    if handle.group == GroupId::Metadata { learners_for_metadata.clone() } else { BTreeSet::new() };
+                let step = tokio::time::timeout(
+                    RECONCILE_STEP_TIMEOUT,
+                    reconcile_group(&handle, &desired, &extra_learners, addresses),
+                )
+                .await;
                 match step {
                     Ok(Ok(())) => {}
-                    Ok(Err(error)) => tracing::info!(group = %handle.group, %error, "placement step failed; will retry"),
+                    Ok(Err(error)) => {
+                        tracing::info!(group = %handle.group, %error, "placement step failed; will retry")
+                    }
                     Err(_) => tracing::info!(group = %handle.group, "placement step timed out; will retry"),
                 }
             }
@@ -159,23 +174,25 @@ async fn reconcile_group(
     // Nodes that only follow (metadata learners beyond the voter cap).
     for node in extra_learners.difference(desired) {
         if !voters.contains(node) && !learners.contains(node) {
-            handle.raft.add_learner(*node, address(*node), false).await.map_err(|error| Error::Raft(error.to_string()))?;
+            handle
+                .raft
+                .add_learner(*node, address(*node), false)
+                .await
+                .map_err(|error| Error::Raft(error.to_string()))?;
         }
     }
-    while let Some(step) = next_step(desired, &voters, &learners) {
-        match step {
-            MembershipStep::AddLearner(node) => {
-                tracing::info!(group = %handle.group, node, "adding learner");
-                handle.raft.add_learner(node, address(node), true).await.map_err(|error| Error::Raft(error.to_string()))?;
-                return Ok(());
-            }
-            MembershipStep::SetVoters(voters) => {
-                tracing::info!(group = %handle.group, ?voters, "changing voters");
-                handle.raft.change_membership(voters, false).await.map_err(|error| Error::Raft(error.to_string()))?;
-                metrics::counter!("agentd_placement_membership_changes_total").increment(1);
-                return Ok(());
-            }
+    // One step per pass: the next pass sees the membership this step made.
+    match next_step(desired, &voters, &learners) {
+        Some(MembershipStep::AddLearner(node)) => {
+            tracing::info!(group = %handle.group, node, "adding learner");
+            handle.raft.add_learner(node, address(node), true).await.map_err(|error| Error::Raft(error.to_string()))?;
         }
+        Some(MembershipStep::SetVoters(voters)) => {
+            tracing::info!(group = %handle.group, ?voters, "changing voters");
+            handle.raft.change_membership(voters, false).await.map_err(|error| Error::Raft(error.to_string()))?;
+            metrics::counter!("agentd_placement_membership_changes_total").increment(1);
+        }
+        None => {}
     }
     Ok(())
 }
@@ -204,9 +221,15 @@ mod tests {
 
     #[test]
     fn voters_change_once_every_replica_is_a_learner() {
-        assert_eq!(next_step(&set(&[1, 2, 3]), &set(&[1]), &set(&[2, 3])), Some(MembershipStep::SetVoters(set(&[1, 2, 3]))));
+        assert_eq!(
+            next_step(&set(&[1, 2, 3]), &set(&[1]), &set(&[2, 3])),
+            Some(MembershipStep::SetVoters(set(&[1, 2, 3])))
+        );
         // A move: 3 replaces 4.
-        assert_eq!(next_step(&set(&[1, 2, 3]), &set(&[1, 2, 4]), &set(&[3])), Some(MembershipStep::SetVoters(set(&[1, 2, 3]))));
+        assert_eq!(
+            next_step(&set(&[1, 2, 3]), &set(&[1, 2, 4]), &set(&[3])),
+            Some(MembershipStep::SetVoters(set(&[1, 2, 3])))
+        );
         assert_eq!(next_step(&set(&[1, 2, 3]), &set(&[1, 2, 3]), &set(&[])), None);
         assert_eq!(next_step(&set(&[]), &set(&[1]), &set(&[])), None);
     }

@@ -18,8 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use agentd_protocol::{CLIENT_ALPN, CLUSTER_ALPN, JOIN_ALPN};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PublicKeyData, SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PublicKeyData, SanType,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -67,38 +67,25 @@ pub struct ClusterCa {
 impl std::fmt::Debug for ClusterCa {
     /// Shows the fingerprint only; the key is secret.
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("ClusterCa")
-            .field("fingerprint", &self.fingerprint())
-            .finish_non_exhaustive()
+        formatter.debug_struct("ClusterCa").field("fingerprint", &self.fingerprint()).finish_non_exhaustive()
     }
 }
 
 impl ClusterCa {
     /// A new self-signed CA with an ECDSA P-256 key.
     pub fn generate() -> Result<ClusterCa, Error> {
-        let key =
-            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(certificate_error)?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(certificate_error)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, CA_COMMON_NAME);
+        params.distinguished_name.push(DnType::CommonName, CA_COMMON_NAME);
         // A path length of zero: the CA signs node certificates directly and
         // never intermediates, so a stolen node key cannot mint new nodes.
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         set_validity(&mut params)?;
         let cert = params.self_signed(&key).map_err(certificate_error)?;
-        Ok(ClusterCa {
-            cert_der: cert.der().clone(),
-            cert_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        })
+        Ok(ClusterCa { cert_der: cert.der().clone(), cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
     }
 
     /// Loads a CA saved with [`ClusterCa::cert_pem`] and [`ClusterCa::key_pem`].
@@ -114,23 +101,15 @@ impl ClusterCa {
         let (_, parsed) = x509_parser::parse_x509_certificate(&cert_der)
             .map_err(|error| Error::Certificate(format!("unreadable CA certificate: {error}")))?;
         if !parsed.is_ca() {
-            return Err(Error::Certificate(
-                "the certificate is not a CA certificate".to_owned(),
-            ));
+            return Err(Error::Certificate("the certificate is not a CA certificate".to_owned()));
         }
         // A key that does not match the certificate would sign node
         // certificates that no verifier accepts; refuse it at load time.
         if parsed.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
-            return Err(Error::Certificate(
-                "the CA key does not match the CA certificate".to_owned(),
-            ));
+            return Err(Error::Certificate("the CA key does not match the CA certificate".to_owned()));
         }
         let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(certificate_error)?;
-        Ok(ClusterCa {
-            cert_der,
-            cert_pem,
-            issuer,
-        })
+        Ok(ClusterCa { cert_der, cert_pem, issuer })
     }
 
     /// The CA certificate in PEM.
@@ -161,11 +140,8 @@ impl ClusterCa {
             Err(_) => {
                 // A malformed name would make the certificate unusable for
                 // that name only when someone dials it; refuse it up front.
-                DnsName::try_from(host).map_err(|_| {
-                    Error::Certificate(format!(
-                        "node host {host:?} is neither an IP nor a DNS name"
-                    ))
-                })?;
+                DnsName::try_from(host)
+                    .map_err(|_| Error::Certificate(format!("node host {host:?} is neither an IP nor a DNS name")))?;
                 dns_san(host)?
             }
         };
@@ -173,32 +149,20 @@ impl ClusterCa {
             subject_alt_names.push(host_san);
         }
 
-        let key =
-            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(certificate_error)?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(certificate_error)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("agentd node {node_id}"));
+        params.distinguished_name.push(DnType::CommonName, format!("agentd node {node_id}"));
         params.subject_alt_names = subject_alt_names;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         // Nodes both accept connections and dial their peers with the same
         // certificate, so it must be good for both ends of a handshake.
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params)?;
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(certificate_error)?;
-        Ok(NodeIdentity {
-            ca_cert_pem: self.cert_pem.clone(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        let cert = params.signed_by(&key, &self.issuer).map_err(certificate_error)?;
+        Ok(NodeIdentity { ca_cert_pem: self.cert_pem.clone(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 }
 
@@ -230,11 +194,7 @@ impl NodeIdentity {
             .with_client_cert_verifier(client_verifier)
             .with_single_cert(self.cert_chain()?, self.private_key()?)
             .map_err(tls_error)?;
-        tls.alpn_protocols = vec![
-            CLIENT_ALPN.to_vec(),
-            CLUSTER_ALPN.to_vec(),
-            JOIN_ALPN.to_vec(),
-        ];
+        tls.alpn_protocols = vec![CLIENT_ALPN.to_vec(), CLUSTER_ALPN.to_vec(), JOIN_ALPN.to_vec()];
         // 0-RTT stays disabled (rustls' default): early data can be replayed
         // by an attacker, and every request here may change cluster state.
         let quic = QuicServerConfig::try_from(tls).map_err(tls_error)?;
@@ -261,9 +221,8 @@ impl NodeIdentity {
             .into_iter()
             .next()
             .ok_or_else(|| Error::Certificate("no node certificate".to_owned()))?;
-        node_id_of(&certificate).ok_or_else(|| {
-            Error::Certificate("the node certificate names no single node id".to_owned())
-        })
+        node_id_of(&certificate)
+            .ok_or_else(|| Error::Certificate("the node certificate names no single node id".to_owned()))
     }
 
     /// The chain a node presents: its own certificate, then the CA, so that a
@@ -311,15 +270,10 @@ pub fn client_config(trust: ServerTrust, alpn: &[u8]) -> Result<quinn::ClientCon
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_error)?;
     let mut tls = match trust {
-        ServerTrust::Ca(ca_cert_pem) => builder
-            .with_root_certificates(root_store(&ca_cert_pem)?)
-            .with_no_client_auth(),
+        ServerTrust::Ca(ca_cert_pem) => builder.with_root_certificates(root_store(&ca_cert_pem)?).with_no_client_auth(),
         ServerTrust::Fingerprint(fingerprint) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(FingerprintVerifier::new(
-                &fingerprint,
-                provider,
-            )?))
+            .with_custom_certificate_verifier(Arc::new(FingerprintVerifier::new(&fingerprint, provider)?))
             .with_no_client_auth(),
         ServerTrust::InsecureLoopback => builder
             .dangerous()
@@ -345,17 +299,11 @@ struct FingerprintVerifier {
 impl FingerprintVerifier {
     fn new(fingerprint: &str, provider: Arc<CryptoProvider>) -> Result<Self, Error> {
         let fingerprint = fingerprint.trim().to_ascii_lowercase();
-        let is_sha256_hex =
-            fingerprint.len() == 64 && fingerprint.bytes().all(|byte| byte.is_ascii_hexdigit());
+        let is_sha256_hex = fingerprint.len() == 64 && fingerprint.bytes().all(|byte| byte.is_ascii_hexdigit());
         if !is_sha256_hex {
-            return Err(Error::Certificate(
-                "a CA fingerprint is 64 hex digits (SHA-256)".to_owned(),
-            ));
+            return Err(Error::Certificate("a CA fingerprint is 64 hex digits (SHA-256)".to_owned()));
         }
-        Ok(FingerprintVerifier {
-            fingerprint,
-            provider,
-        })
+        Ok(FingerprintVerifier { fingerprint, provider })
     }
 }
 
@@ -371,15 +319,12 @@ impl ServerCertVerifier for FingerprintVerifier {
         let ca = intermediates
             .iter()
             .find(|certificate| fingerprint_of(certificate) == self.fingerprint)
-            .ok_or(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::UnknownIssuer,
-            ))?;
+            .ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let verifier =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|error| rustls::Error::General(error.to_string()))?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|error| rustls::Error::General(error.to_string()))?;
         verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 
@@ -412,9 +357,7 @@ impl ServerCertVerifier for FingerprintVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -468,9 +411,7 @@ impl ServerCertVerifier for InsecureVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -485,9 +426,7 @@ fn crypto_provider() -> Arc<CryptoProvider> {
 fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_INTERVAL_MS)));
-    transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
-        IDLE_TIMEOUT_MS,
-    ))));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(IDLE_TIMEOUT_MS))));
     transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(BIDI_STREAMS_PER_CONNECTION_MAX));
     Arc::new(transport)
 }
@@ -527,9 +466,7 @@ fn single_certificate_pem(pem: &str) -> Result<String, Error> {
         .zip(pem.find(END))
         .filter(|(begin, end)| single_section && begin < end)
         .map(|(begin, end)| &pem[begin..end + END.len()])
-        .ok_or_else(|| {
-            Error::Certificate("expected PEM with exactly one certificate".to_owned())
-        })?;
+        .ok_or_else(|| Error::Certificate("expected PEM with exactly one certificate".to_owned()))?;
     Ok(format!("{section}\n"))
 }
 
@@ -547,18 +484,13 @@ fn parse_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, Error> 
 fn root_store(ca_cert_pem: &str) -> Result<RootCertStore, Error> {
     let mut roots = RootCertStore::empty();
     for certificate in parse_certificates(ca_cert_pem)? {
-        roots
-            .add(certificate)
-            .map_err(|error| Error::Certificate(format!("bad CA certificate: {error}")))?;
+        roots.add(certificate).map_err(|error| Error::Certificate(format!("bad CA certificate: {error}")))?;
     }
     Ok(roots)
 }
 
 fn fingerprint_of(certificate_der: &[u8]) -> String {
-    Sha256::digest(certificate_der)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    Sha256::digest(certificate_der).iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn node_dns_name(node_id: u64) -> String {
@@ -572,16 +504,10 @@ fn node_dns_name(node_id: u64) -> String {
 fn node_id_of(certificate_der: &[u8]) -> Option<u64> {
     let (_, certificate) = x509_parser::parse_x509_certificate(certificate_der).ok()?;
     let names = certificate.subject_alternative_name().ok()??;
-    let mut node_ids = names
-        .value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            x509_parser::extensions::GeneralName::DNSName(dns_name) => {
-                node_id_from_dns_name(dns_name)
-            }
-            _ => None,
-        });
+    let mut node_ids = names.value.general_names.iter().filter_map(|name| match name {
+        x509_parser::extensions::GeneralName::DNSName(dns_name) => node_id_from_dns_name(dns_name),
+        _ => None,
+    });
     let node_id = node_ids.next()?;
     node_ids.all(|other| other == node_id).then_some(node_id)
 }
@@ -589,9 +515,7 @@ fn node_id_of(certificate_der: &[u8]) -> Option<u64> {
 /// Parses `node-{id}.agentd.cluster`, accepting only the canonical decimal
 /// form that [`ClusterCa::issue_node`] writes (no sign, no leading zeros).
 fn node_id_from_dns_name(dns_name: &str) -> Option<u64> {
-    let digits = dns_name
-        .strip_prefix(NODE_NAME_PREFIX)?
-        .strip_suffix(NODE_NAME_SUFFIX)?;
+    let digits = dns_name.strip_prefix(NODE_NAME_PREFIX)?.strip_suffix(NODE_NAME_SUFFIX)?;
     let node_id = digits.parse::<u64>().ok()?;
     (node_id.to_string() == digits).then_some(node_id)
 }

@@ -39,14 +39,32 @@ impl fmt::Display for NodeInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     // Shard commands.
-    CreateSession { session_id: SessionId, shard: ShardId, created_at_ms: u64 },
-    Append { session_id: SessionId, event_id: EventId, payload: EventPayload, processed_at_ms: u64 },
+    CreateSession {
+        session_id: SessionId,
+        shard: ShardId,
+        created_at_ms: u64,
+    },
+    Append {
+        session_id: SessionId,
+        event_id: EventId,
+        payload: EventPayload,
+        processed_at_ms: u64,
+    },
     // Metadata commands.
     /// The first command of a cluster: fixes the shard count for its lifetime.
-    InitCluster { shards: u32, replication_factor: u32 },
-    AddNode { node_id: NodeId, addr: String },
+    InitCluster {
+        shards: u32,
+        replication_factor: u32,
+    },
+    AddNode {
+        node_id: NodeId,
+        addr: String,
+    },
     /// The desired replica set of a shard; shard leaders reconcile towards it.
-    SetPlacement { shard: ShardId, replicas: Vec<NodeId> },
+    SetPlacement {
+        shard: ShardId,
+        replicas: Vec<NodeId>,
+    },
 }
 
 impl fmt::Display for Command {

@@ -14,9 +14,7 @@ use agentd_raft::store::{Db, LogStore, StateMachine};
 use agentd_raft::types::{Command, CommandResponse, Entry, LogId, TypeConfig, Vote};
 use futures_util::stream;
 use openraft::entry::RaftEntry;
-use openraft::storage::{
-    IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine,
-};
+use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
 use openraft::{Membership, StorageError};
@@ -46,20 +44,11 @@ fn event_id(n: u128) -> EventId {
 }
 
 fn create(session_id: SessionId, created_at_ms: u64) -> Command {
-    Command::CreateSession {
-        session_id,
-        shard: SHARD,
-        created_at_ms,
-    }
+    Command::CreateSession { session_id, shard: SHARD, created_at_ms }
 }
 
 fn append_text(session_id: SessionId, event: EventId, text: &str, processed_at_ms: u64) -> Command {
-    Command::Append {
-        session_id,
-        event_id: event,
-        payload: EventPayload::user_text(text),
-        processed_at_ms,
-    }
+    Command::Append { session_id, event_id: event, payload: EventPayload::user_text(text), processed_at_ms }
 }
 
 fn tempdir() -> TempDir {
@@ -69,14 +58,8 @@ fn tempdir() -> TempDir {
 /// Appends entries and waits until the store reports them durable.
 async fn append_durably(store: &mut LogStore, entries: Vec<Entry>) {
     let (sender, receiver) = TypeConfig::oneshot();
-    store
-        .append(entries, IOFlushed::signal(sender))
-        .await
-        .expect("append");
-    receiver
-        .await
-        .expect("the callback is called")
-        .expect("the entries are durable");
+    store.append(entries, IOFlushed::signal(sender)).await.expect("append");
+    receiver.await.expect("the callback is called").expect("the entries are durable");
 }
 
 /// Opens a fresh database per build: the suite on the metadata group, whose
@@ -87,9 +70,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for FreshDbBuilde
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempdir();
         let db = Db::open(dir.path()).expect("open the database");
-        let (state_machine, _reader) = db
-            .state_machine(GroupId::Metadata)
-            .expect("open the state machine");
+        let (state_machine, _reader) = db.state_machine(GroupId::Metadata).expect("open the state machine");
         Ok((dir, db.log_store(GroupId::Metadata), state_machine))
     }
 }
@@ -104,19 +85,14 @@ struct SharedDbBuilder {
 impl StoreBuilder<TypeConfig, LogStore, StateMachine> for SharedDbBuilder {
     async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError<TypeConfig>> {
         let group = GroupId::Shard(ShardId(self.next_shard.fetch_add(1, Ordering::Relaxed)));
-        let (state_machine, _reader) = self
-            .db
-            .state_machine(group)
-            .expect("open the state machine");
+        let (state_machine, _reader) = self.db.state_machine(group).expect("open the state machine");
         Ok(((), self.db.log_store(group), state_machine))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite_with_a_fresh_db_per_test() {
-    Suite::test_all(FreshDbBuilder)
-        .await
-        .expect("conformance suite");
+    Suite::test_all(FreshDbBuilder).await.expect("conformance suite");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,10 +109,7 @@ async fn conformance_suite_with_many_groups_in_one_db() {
         store.save_vote(&Vote::new(7, 1)).await.expect("save vote");
     }
 
-    let builder = SharedDbBuilder {
-        db: db.clone(),
-        next_shard: AtomicU32::new(1),
-    };
+    let builder = SharedDbBuilder { db: db.clone(), next_shard: AtomicU32::new(1) };
     Suite::test_all(builder).await.expect("conformance suite");
 
     for group in neighbours {
@@ -144,16 +117,8 @@ async fn conformance_suite_with_many_groups_in_one_db() {
         let state = store.get_log_state().await.expect("log state");
         assert_eq!(state.last_purged_log_id, None, "{group}");
         assert_eq!(state.last_log_id, Some(log_id(1, 5)), "{group}");
-        assert_eq!(
-            store.try_get_log_entries(..).await.expect("read").len(),
-            5,
-            "{group}"
-        );
-        assert_eq!(
-            store.read_vote().await.expect("read vote"),
-            Some(Vote::new(7, 1)),
-            "{group}"
-        );
+        assert_eq!(store.try_get_log_entries(..).await.expect("read").len(), 5, "{group}");
+        assert_eq!(store.read_vote().await.expect("read vote"), Some(Vote::new(7, 1)), "{group}");
     }
 }
 
@@ -167,33 +132,13 @@ async fn adjacent_groups_do_not_see_each_other() {
     let mut store_b = db.log_store(group_b);
 
     append_durably(&mut store_a, (1..=5).map(blank).collect()).await;
-    store_a
-        .save_vote(&Vote::new(3, 1))
-        .await
-        .expect("save vote");
-    store_a
-        .save_committed(Some(log_id(1, 4)))
-        .await
-        .expect("save committed");
+    store_a.save_vote(&Vote::new(3, 1)).await.expect("save vote");
+    store_a.save_committed(Some(log_id(1, 4))).await.expect("save committed");
 
-    assert_eq!(
-        store_b
-            .get_log_state()
-            .await
-            .expect("log state")
-            .last_log_id,
-        None
-    );
-    assert!(store_b
-        .try_get_log_entries(..)
-        .await
-        .expect("read")
-        .is_empty());
+    assert_eq!(store_b.get_log_state().await.expect("log state").last_log_id, None);
+    assert!(store_b.try_get_log_entries(..).await.expect("read").is_empty());
     assert_eq!(store_b.read_vote().await.expect("read vote"), None);
-    assert_eq!(
-        store_b.read_committed().await.expect("read committed"),
-        None
-    );
+    assert_eq!(store_b.read_committed().await.expect("read committed"), None);
 
     // Deleting all of B, and purging A, touch only their own group.
     append_durably(&mut store_b, (1..=3).map(blank).collect()).await;
@@ -203,27 +148,17 @@ async fn adjacent_groups_do_not_see_each_other() {
     let indexes: Vec<u64> = entries_a.iter().map(|entry| entry.index()).collect();
     assert_eq!(indexes, vec![3, 4, 5]);
     let state_b = store_b.get_log_state().await.expect("log state");
-    assert_eq!(
-        (state_b.last_purged_log_id, state_b.last_log_id),
-        (None, None)
-    );
+    assert_eq!((state_b.last_purged_log_id, state_b.last_log_id), (None, None));
 
     let (mut state_machine_a, _) = db.state_machine(group_a).expect("state machine");
     let (mut state_machine_b, reader_b) = db.state_machine(group_b).expect("state machine");
     state_machine_a
         .apply_entries([normal(
             1,
-            Command::CreateSession {
-                session_id: session(1),
-                shard: ShardId(1),
-                created_at_ms: 10,
-            },
+            Command::CreateSession { session_id: session(1), shard: ShardId(1), created_at_ms: 10 },
         )])
         .expect("apply");
-    assert_eq!(
-        state_machine_b.applied_state().await.expect("applied").0,
-        None
-    );
+    assert_eq!(state_machine_b.applied_state().await.expect("applied").0, None);
     assert!(reader_b.session_ids().expect("session ids").is_empty());
 }
 
@@ -248,35 +183,16 @@ async fn sessions_and_events_are_applied_with_exact_responses() {
             normal(6, append_text(nobody, event_id(3), "lost", 1004)),
         ])
         .expect("apply");
-    let alice_info = |last_seq| SessionInfo {
-        session_id: alice,
-        shard: SHARD,
-        created_at_ms: 1000,
-        last_seq,
-    };
+    let alice_info = |last_seq| SessionInfo { session_id: alice, shard: SHARD, created_at_ms: 1000, last_seq };
     assert_eq!(
         responses,
         vec![
             CommandResponse::Done,
-            CommandResponse::Session {
-                info: alice_info(0),
-                created: true
-            },
-            CommandResponse::Appended {
-                seq: 1,
-                duplicate: false
-            },
-            CommandResponse::Appended {
-                seq: 2,
-                duplicate: false
-            },
-            CommandResponse::Appended {
-                seq: 1,
-                duplicate: true
-            },
-            CommandResponse::Rejected(ApiError::NotFound {
-                what: format!("session {nobody}")
-            }),
+            CommandResponse::Session { info: alice_info(0), created: true },
+            CommandResponse::Appended { seq: 1, duplicate: false },
+            CommandResponse::Appended { seq: 2, duplicate: false },
+            CommandResponse::Appended { seq: 1, duplicate: true },
+            CommandResponse::Rejected(ApiError::NotFound { what: format!("session {nobody}") }),
         ]
     );
 
@@ -293,31 +209,14 @@ async fn sessions_and_events_are_applied_with_exact_responses() {
     assert_eq!(
         responses,
         vec![
+            CommandResponse::Session { info: alice_info(2), created: false },
+            CommandResponse::Appended { seq: 2, duplicate: true },
             CommandResponse::Session {
-                info: alice_info(2),
-                created: false
-            },
-            CommandResponse::Appended {
-                seq: 2,
-                duplicate: true
-            },
-            CommandResponse::Session {
-                info: SessionInfo {
-                    session_id: bob,
-                    shard: SHARD,
-                    created_at_ms: 5002,
-                    last_seq: 0
-                },
+                info: SessionInfo { session_id: bob, shard: SHARD, created_at_ms: 5002, last_seq: 0 },
                 created: true
             },
-            CommandResponse::Appended {
-                seq: 1,
-                duplicate: false
-            },
-            CommandResponse::Appended {
-                seq: 3,
-                duplicate: false
-            },
+            CommandResponse::Appended { seq: 1, duplicate: false },
+            CommandResponse::Appended { seq: 3, duplicate: false },
         ]
     );
 
@@ -344,18 +243,9 @@ async fn sessions_and_events_are_applied_with_exact_responses() {
             payload: EventPayload::user_text("three"),
         },
     ];
-    assert_eq!(
-        reader.events(alice, 1, 100).expect("events"),
-        expected_alice
-    );
-    assert_eq!(
-        reader.events(alice, 0, 100).expect("events"),
-        expected_alice
-    );
-    assert_eq!(
-        reader.events(alice, 2, 1).expect("events"),
-        expected_alice[1..2]
-    );
+    assert_eq!(reader.events(alice, 1, 100).expect("events"), expected_alice);
+    assert_eq!(reader.events(alice, 0, 100).expect("events"), expected_alice);
+    assert_eq!(reader.events(alice, 2, 1).expect("events"), expected_alice[1..2]);
     assert_eq!(reader.events(alice, 4, 100).expect("events"), vec![]);
     assert_eq!(reader.events(bob, 1, 100).expect("events").len(), 1);
     assert_eq!(reader.events(nobody, 1, 100).expect("events"), vec![]);
@@ -370,39 +260,21 @@ async fn sessions_and_events_are_applied_with_exact_responses() {
     while let Ok(event) = events.try_recv() {
         published.push((event.session_id, event.seq));
     }
-    assert_eq!(
-        published,
-        vec![(alice, 1), (alice, 2), (bob, 1), (alice, 3)]
-    );
+    assert_eq!(published, vec![(alice, 1), (alice, 2), (bob, 1), (alice, 3)]);
     assert!(applied.has_changed().expect("state machine alive"));
     assert_eq!(*applied.borrow_and_update(), 11);
-    assert_eq!(
-        state_machine.applied_state().await.expect("applied").0,
-        Some(log_id(1, 11))
-    );
+    assert_eq!(state_machine.applied_state().await.expect("applied").0, Some(log_id(1, 11)));
 
     // A metadata command is refused by a shard.
     let responses = state_machine
-        .apply_entries([normal(
-            12,
-            Command::InitCluster {
-                shards: 4,
-                replication_factor: 3,
-            },
-        )])
+        .apply_entries([normal(12, Command::InitCluster { shards: 4, replication_factor: 3 })])
         .expect("apply");
-    assert!(matches!(
-        responses[..],
-        [CommandResponse::Rejected(ApiError::InvalidRequest { .. })]
-    ));
+    assert!(matches!(responses[..], [CommandResponse::Rejected(ApiError::InvalidRequest { .. })]));
     assert_eq!(reader.cluster_config().expect("cluster config"), None);
 
     // Dropping the state machine closes the followers' channel.
     drop(state_machine);
-    assert!(matches!(
-        events.recv().await,
-        Err(tokio::sync::broadcast::error::RecvError::Closed)
-    ));
+    assert!(matches!(events.recv().await, Err(tokio::sync::broadcast::error::RecvError::Closed)));
 }
 
 #[tokio::test]
@@ -416,12 +288,7 @@ async fn openraft_apply_records_membership_and_applied_state() {
         normal(2, create(session(1), 7)),
         normal(3, append_text(session(1), event_id(1), "hi", 8)),
     ];
-    state_machine
-        .apply(stream::iter(
-            entries.into_iter().map(|entry| Ok((entry, None))),
-        ))
-        .await
-        .expect("apply");
+    state_machine.apply(stream::iter(entries.into_iter().map(|entry| Ok((entry, None))))).await.expect("apply");
     let (last_applied, stored) = state_machine.applied_state().await.expect("applied");
     assert_eq!(last_applied, Some(log_id(1, 3)));
     assert_eq!(stored.log_id(), &Some(log_id(1, 1)));
@@ -437,55 +304,13 @@ async fn metadata_commands_build_the_cluster_map() {
     let (mut state_machine, reader) = db.state_machine(GroupId::Metadata).expect("state machine");
     let responses = state_machine
         .apply_entries([
-            normal(
-                1,
-                Command::InitCluster {
-                    shards: 4,
-                    replication_factor: 3,
-                },
-            ),
-            normal(
-                2,
-                Command::InitCluster {
-                    shards: 8,
-                    replication_factor: 1,
-                },
-            ),
-            normal(
-                3,
-                Command::AddNode {
-                    node_id: 20,
-                    addr: "10.0.0.20:7000".into(),
-                },
-            ),
-            normal(
-                4,
-                Command::AddNode {
-                    node_id: 3,
-                    addr: "10.0.0.3:7000".into(),
-                },
-            ),
-            normal(
-                5,
-                Command::AddNode {
-                    node_id: 20,
-                    addr: "10.0.0.21:7000".into(),
-                },
-            ),
-            normal(
-                6,
-                Command::SetPlacement {
-                    shard: ShardId(1),
-                    replicas: vec![3, 20],
-                },
-            ),
-            normal(
-                7,
-                Command::SetPlacement {
-                    shard: ShardId(0),
-                    replicas: vec![20],
-                },
-            ),
+            normal(1, Command::InitCluster { shards: 4, replication_factor: 3 }),
+            normal(2, Command::InitCluster { shards: 8, replication_factor: 1 }),
+            normal(3, Command::AddNode { node_id: 20, addr: "10.0.0.20:7000".into() }),
+            normal(4, Command::AddNode { node_id: 3, addr: "10.0.0.3:7000".into() }),
+            normal(5, Command::AddNode { node_id: 20, addr: "10.0.0.21:7000".into() }),
+            normal(6, Command::SetPlacement { shard: ShardId(1), replicas: vec![3, 20] }),
+            normal(7, Command::SetPlacement { shard: ShardId(0), replicas: vec![20] }),
             normal(8, create(session(1), 1)),
         ])
         .expect("apply");
@@ -494,73 +319,38 @@ async fn metadata_commands_build_the_cluster_map() {
         &responses[1],
         CommandResponse::Rejected(ApiError::InvalidRequest { message }) if message.contains("already initialised")
     ));
-    assert!(responses[2..7]
-        .iter()
-        .all(|response| *response == CommandResponse::Done));
-    assert!(matches!(
-        responses[7],
-        CommandResponse::Rejected(ApiError::InvalidRequest { .. })
-    ));
+    assert!(responses[2..7].iter().all(|response| *response == CommandResponse::Done));
+    assert!(matches!(responses[7], CommandResponse::Rejected(ApiError::InvalidRequest { .. })));
 
-    assert_eq!(
-        reader.cluster_config().expect("cluster config"),
-        Some((4, 3))
-    );
+    assert_eq!(reader.cluster_config().expect("cluster config"), Some((4, 3)));
     assert_eq!(
         reader.nodes().expect("nodes"),
-        vec![
-            (3, "10.0.0.3:7000".to_string()),
-            (20, "10.0.0.21:7000".to_string())
-        ]
+        vec![(3, "10.0.0.3:7000".to_string()), (20, "10.0.0.21:7000".to_string())]
     );
-    assert_eq!(
-        reader.placements().expect("placements"),
-        vec![(ShardId(0), vec![20]), (ShardId(1), vec![3, 20])]
-    );
+    assert_eq!(reader.placements().expect("placements"), vec![(ShardId(0), vec![20]), (ShardId(1), vec![3, 20])]);
     assert!(reader.session_ids().expect("session ids").is_empty());
 }
 
 #[tokio::test]
 async fn appended_entries_vote_and_state_survive_reopening() {
     let dir = tempdir();
-    let entries: Vec<Entry> = vec![
-        blank(1),
-        normal(2, create(session(1), 10)),
-        normal(3, append_text(session(1), event_id(1), "kept", 11)),
-    ];
+    let entries: Vec<Entry> =
+        vec![blank(1), normal(2, create(session(1), 10)), normal(3, append_text(session(1), event_id(1), "kept", 11))];
     {
         let db = Db::open(dir.path()).expect("open the database");
         let mut store = db.log_store(GROUP);
         append_durably(&mut store, entries.clone()).await;
-        store
-            .save_vote(&Vote::new_committed(2, 1))
-            .await
-            .expect("save vote");
-        store
-            .save_committed(Some(log_id(1, 3)))
-            .await
-            .expect("save committed");
+        store.save_vote(&Vote::new_committed(2, 1)).await.expect("save vote");
+        store.save_committed(Some(log_id(1, 3))).await.expect("save committed");
         let (mut state_machine, _) = db.state_machine(GROUP).expect("state machine");
         state_machine.apply_entries(entries.clone()).expect("apply");
     }
     let db = Db::open(dir.path()).expect("reopen the database");
     let mut store = db.log_store(GROUP);
-    assert_eq!(
-        store.try_get_log_entries(1..=3).await.expect("read"),
-        entries
-    );
-    assert_eq!(
-        store.read_vote().await.expect("read vote"),
-        Some(Vote::new_committed(2, 1))
-    );
-    assert_eq!(
-        store.read_committed().await.expect("read committed"),
-        Some(log_id(1, 3))
-    );
-    assert_eq!(
-        store.get_log_state().await.expect("log state").last_log_id,
-        Some(log_id(1, 3))
-    );
+    assert_eq!(store.try_get_log_entries(1..=3).await.expect("read"), entries);
+    assert_eq!(store.read_vote().await.expect("read vote"), Some(Vote::new_committed(2, 1)));
+    assert_eq!(store.read_committed().await.expect("read committed"), Some(log_id(1, 3)));
+    assert_eq!(store.get_log_state().await.expect("log state").last_log_id, Some(log_id(1, 3)));
     let (_state_machine, reader) = db.state_machine(GROUP).expect("state machine");
     assert_eq!(*reader.applied().borrow(), 3);
     assert_eq!(reader.events(session(1), 1, 10).expect("events").len(), 1);
@@ -593,10 +383,7 @@ async fn a_snapshot_moves_a_group_state_to_another_db_and_group() {
     let (mut source, source_reader) = source_db.state_machine(GROUP).expect("state machine");
     source
         .apply_entries([
-            Entry::new_membership(
-                log_id(1, 1),
-                Membership::new_with_defaults(vec![[1, 2].into()], []),
-            ),
+            Entry::new_membership(log_id(1, 1), Membership::new_with_defaults(vec![[1, 2].into()], [])),
             normal(2, create(session(1), 10)),
             normal(3, create(session(2), 11)),
             normal(4, append_text(session(1), event_id(1), "a", 12)),
@@ -604,102 +391,51 @@ async fn a_snapshot_moves_a_group_state_to_another_db_and_group() {
             normal(6, append_text(session(1), event_id(2), "c", 14)),
         ])
         .expect("apply");
-    let snapshot = source
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build snapshot");
+    let snapshot = source.get_snapshot_builder().await.build_snapshot().await.expect("build snapshot");
     assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 6)));
     // Applying after the builder was made does not change the built snapshot.
     let mut later_builder = source.get_snapshot_builder().await;
-    source
-        .apply_entries([normal(7, append_text(session(2), event_id(2), "d", 15))])
-        .expect("apply");
-    let later = later_builder
-        .build_snapshot()
-        .await
-        .expect("build snapshot");
+    source.apply_entries([normal(7, append_text(session(2), event_id(2), "d", 15))]).expect("apply");
+    let later = later_builder.build_snapshot().await.expect("build snapshot");
     assert_eq!(later.meta.last_log_id, Some(log_id(1, 6)));
-    let current = source
-        .get_current_snapshot()
-        .await
-        .expect("current snapshot")
-        .expect("a snapshot was built");
+    let current = source.get_current_snapshot().await.expect("current snapshot").expect("a snapshot was built");
     assert_eq!(current.meta, snapshot.meta);
 
     let target_group = GroupId::Shard(ShardId(9));
     {
         let target_db = Db::open(target_dir.path()).expect("open the target database");
-        let (mut target, target_reader) = target_db
-            .state_machine(target_group)
-            .expect("state machine");
+        let (mut target, target_reader) = target_db.state_machine(target_group).expect("state machine");
         // State the snapshot replaces.
         target
             .apply_entries([normal(
                 1,
-                Command::CreateSession {
-                    session_id: session(77),
-                    shard: ShardId(9),
-                    created_at_ms: 1,
-                },
+                Command::CreateSession { session_id: session(77), shard: ShardId(9), created_at_ms: 1 },
             )])
             .expect("apply");
-        target
-            .install_snapshot(&current.meta, current.snapshot.clone())
-            .await
-            .expect("install snapshot");
+        target.install_snapshot(&current.meta, current.snapshot.clone()).await.expect("install snapshot");
         assert_eq!(*target_reader.applied().borrow(), 6);
     }
 
     // Installing is durable: check through a reopened database.
     let target_db = Db::open(target_dir.path()).expect("reopen the target database");
-    let (mut target, target_reader) = target_db
-        .state_machine(target_group)
-        .expect("state machine");
+    let (mut target, target_reader) = target_db.state_machine(target_group).expect("state machine");
     assert_eq!(
         target.applied_state().await.expect("applied"),
-        (
-            snapshot.meta.last_log_id,
-            snapshot.meta.last_membership.clone()
-        )
+        (snapshot.meta.last_log_id, snapshot.meta.last_membership.clone())
     );
-    assert_eq!(
-        target_reader.session_ids().expect("session ids"),
-        vec![session(1), session(2)]
-    );
+    assert_eq!(target_reader.session_ids().expect("session ids"), vec![session(1), session(2)]);
     // The target holds the state as of the snapshot, under its own group.
-    let info = |id, created_at_ms, last_seq| SessionInfo {
-        session_id: id,
-        shard: SHARD,
-        created_at_ms,
-        last_seq,
-    };
-    assert_eq!(
-        target_reader.session(session(1)).expect("session"),
-        Some(info(session(1), 10, 2))
-    );
-    assert_eq!(
-        target_reader.session(session(2)).expect("session"),
-        Some(info(session(2), 11, 1))
-    );
+    let info = |id, created_at_ms, last_seq| SessionInfo { session_id: id, shard: SHARD, created_at_ms, last_seq };
+    assert_eq!(target_reader.session(session(1)).expect("session"), Some(info(session(1), 10, 2)));
+    assert_eq!(target_reader.session(session(2)).expect("session"), Some(info(session(2), 11, 1)));
     assert_eq!(target_reader.session(session(77)).expect("session"), None);
     assert_eq!(
         target_reader.events(session(1), 1, 10).expect("events"),
         source_reader.events(session(1), 1, 10).expect("events")
     );
-    assert_eq!(
-        target_reader
-            .events(session(2), 1, 10)
-            .expect("events")
-            .len(),
-        1
-    );
-    let installed = target
-        .get_current_snapshot()
-        .await
-        .expect("current snapshot")
-        .expect("the installed snapshot is current");
+    assert_eq!(target_reader.events(session(2), 1, 10).expect("events").len(), 1);
+    let installed =
+        target.get_current_snapshot().await.expect("current snapshot").expect("the installed snapshot is current");
     assert_eq!(installed.meta, snapshot.meta);
     assert_eq!(installed.snapshot, snapshot.snapshot);
 }
@@ -728,17 +464,10 @@ async fn corrupt_records_are_errors_not_panics() {
         let mut store = db.log_store(GROUP);
         append_durably(&mut store, (1..=3).map(blank).collect()).await;
         let (mut state_machine, _) = db.state_machine(GROUP).expect("state machine");
-        state_machine
-            .apply_entries([normal(1, create(session(1), 1))])
-            .expect("apply");
+        state_machine.apply_entries([normal(1, create(session(1), 1))]).expect("apply");
     }
     let garbage = b"\xff\xfe not bincode";
-    put_raw(
-        dir.path(),
-        "log",
-        &group_key(GROUP, &2u64.to_be_bytes()),
-        garbage,
-    );
+    put_raw(dir.path(), "log", &group_key(GROUP, &2u64.to_be_bytes()), garbage);
     put_raw(dir.path(), "raft", &group_key(GROUP, &[1]), garbage);
     let mut session_key = group_key(GROUP, &[1]);
     session_key.extend_from_slice(&session(1).0);
@@ -746,40 +475,22 @@ async fn corrupt_records_are_errors_not_panics() {
 
     let db = Db::open(dir.path()).expect("reopen the database");
     let mut store = db.log_store(GROUP);
-    let error = store
-        .try_get_log_entries(1..=3)
-        .await
-        .expect_err("a corrupt entry is an error");
+    let error = store.try_get_log_entries(1..=3).await.expect_err("a corrupt entry is an error");
     assert_eq!(error.kind(), io::ErrorKind::InvalidData);
     assert!(error.to_string().contains("log entry 2"), "{error}");
     // Entries around the corrupt one are still readable.
     assert_eq!(store.try_get_log_entries(3..).await.expect("read").len(), 1);
-    let error = store
-        .read_vote()
-        .await
-        .expect_err("a corrupt vote is an error");
+    let error = store.read_vote().await.expect_err("a corrupt vote is an error");
     assert_eq!(error.kind(), io::ErrorKind::InvalidData);
 
     let (_state_machine, reader) = db.state_machine(GROUP).expect("state machine");
-    assert!(matches!(
-        reader.session(session(1)),
-        Err(agentd_raft::Error::Corrupt { .. })
-    ));
+    assert!(matches!(reader.session(session(1)), Err(agentd_raft::Error::Corrupt { .. })));
 
     // A corrupt last entry makes the log state unreadable rather than wrong.
     drop((store, reader, _state_machine, db));
-    put_raw(
-        dir.path(),
-        "log",
-        &group_key(GROUP, &3u64.to_be_bytes()),
-        garbage,
-    );
+    put_raw(dir.path(), "log", &group_key(GROUP, &3u64.to_be_bytes()), garbage);
     let db = Db::open(dir.path()).expect("reopen the database");
-    let error = db
-        .log_store(GROUP)
-        .get_log_state()
-        .await
-        .expect_err("a corrupt last entry is an error");
+    let error = db.log_store(GROUP).get_log_state().await.expect_err("a corrupt last entry is an error");
     assert_eq!(error.kind(), io::ErrorKind::InvalidData);
 }
 
@@ -788,17 +499,9 @@ async fn corrupt_snapshot_data_is_refused() {
     let dir = tempdir();
     let db = Db::open(dir.path()).expect("open the database");
     let (mut state_machine, _) = db.state_machine(GROUP).expect("state machine");
-    let meta = agentd_raft::types::SnapshotMeta {
-        last_log_id: Some(log_id(1, 5)),
-        last_membership: Default::default(),
-    };
-    let error = state_machine
-        .install_snapshot(&meta, b"garbage".to_vec())
-        .await
-        .expect_err("garbage is refused");
+    let meta =
+        agentd_raft::types::SnapshotMeta { last_log_id: Some(log_id(1, 5)), last_membership: Default::default() };
+    let error = state_machine.install_snapshot(&meta, b"garbage".to_vec()).await.expect_err("garbage is refused");
     assert_eq!(error.kind(), io::ErrorKind::InvalidData);
-    assert_eq!(
-        state_machine.applied_state().await.expect("applied").0,
-        None
-    );
+    assert_eq!(state_machine.applied_state().await.expect("applied").0, None);
 }

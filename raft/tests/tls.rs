@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use agentd_protocol::{CLIENT_ALPN, CLUSTER_ALPN, JOIN_ALPN};
-use agentd_raft::tls::{
-    client_config, peer_node_id, ClusterCa, NodeIdentity, ServerTrust, SERVER_NAME,
-};
+use agentd_raft::tls::{client_config, peer_node_id, ClusterCa, NodeIdentity, ServerTrust, SERVER_NAME};
 use agentd_raft::Error;
 
 /// Bounds every network wait, so that a broken handshake fails the test
@@ -55,10 +53,7 @@ impl Server {
     }
 
     async fn accepted(self) -> Result<Accepted, quinn::ConnectionError> {
-        tokio::time::timeout(STEP_TIMEOUT, self.accepted)
-            .await
-            .expect("server timed out")
-            .unwrap()
+        tokio::time::timeout(STEP_TIMEOUT, self.accepted).await.expect("server timed out").unwrap()
     }
 }
 
@@ -81,12 +76,8 @@ async fn connect(
     server_name: &str,
 ) -> Result<quinn::Connection, quinn::ConnectionError> {
     let endpoint = quinn::Endpoint::client(format!("{LOOPBACK}:0").parse().unwrap()).unwrap();
-    let connecting = endpoint
-        .connect_with(config, server.address(), server_name)
-        .unwrap();
-    tokio::time::timeout(STEP_TIMEOUT, connecting)
-        .await
-        .expect("client timed out")
+    let connecting = endpoint.connect_with(config, server.address(), server_name).unwrap();
+    tokio::time::timeout(STEP_TIMEOUT, connecting).await.expect("client timed out")
 }
 
 /// True when the connection is rejected, whether during the client's
@@ -108,10 +99,7 @@ async fn echo(connection: &quinn::Connection, bytes: &[u8]) -> Vec<u8> {
     let (mut send, mut receive) = connection.open_bi().await.unwrap();
     send.write_all(bytes).await.unwrap();
     send.finish().unwrap();
-    tokio::time::timeout(STEP_TIMEOUT, receive.read_to_end(64 * 1024))
-        .await
-        .expect("echo timed out")
-        .unwrap()
+    tokio::time::timeout(STEP_TIMEOUT, receive.read_to_end(64 * 1024)).await.expect("echo timed out").unwrap()
 }
 
 #[tokio::test]
@@ -123,18 +111,9 @@ async fn nodes_connect_with_mutual_tls_and_see_each_others_ids() {
     assert_eq!(node_b.node_id().unwrap(), 2);
 
     let server = Server::start(&node_a);
-    let connection = connect(
-        &server,
-        node_b.cluster_client_config().unwrap(),
-        SERVER_NAME,
-    )
-    .await
-    .unwrap();
+    let connection = connect(&server, node_b.cluster_client_config().unwrap(), SERVER_NAME).await.unwrap();
     assert_eq!(peer_node_id(&connection), Some(1));
-    assert_eq!(
-        echo(&connection, b"append entries").await,
-        b"append entries"
-    );
+    assert_eq!(echo(&connection, b"append entries").await, b"append entries");
 
     let accepted = server.accepted().await.unwrap();
     assert_eq!(accepted.peer_node_id, Some(2));
@@ -193,8 +172,7 @@ async fn joining_node_rejects_a_wrong_fingerprint() {
     let node = ca.issue_node(1, LOOPBACK).unwrap();
     let server = Server::start(&node);
 
-    let config =
-        client_config(ServerTrust::Fingerprint(other_ca.fingerprint()), JOIN_ALPN).unwrap();
+    let config = client_config(ServerTrust::Fingerprint(other_ca.fingerprint()), JOIN_ALPN).unwrap();
     assert!(connect(&server, config, SERVER_NAME).await.is_err());
     assert!(server.accepted().await.is_err());
 }
@@ -213,10 +191,7 @@ async fn fingerprint_does_not_vouch_for_another_server_name() {
 fn malformed_fingerprint_is_an_error() {
     for fingerprint in ["", "abc", &"zz".repeat(32), &"é".repeat(32)] {
         let result = client_config(ServerTrust::Fingerprint(fingerprint.to_owned()), JOIN_ALPN);
-        assert!(
-            matches!(result, Err(Error::Certificate(_))),
-            "{fingerprint:?}"
-        );
+        assert!(matches!(result, Err(Error::Certificate(_))), "{fingerprint:?}");
     }
 }
 
@@ -230,16 +205,8 @@ async fn node_of_another_cluster_is_rejected() {
 
     // The intruder trusts our CA, so only the server's check of the client
     // certificate stands in its way.
-    let intruder = NodeIdentity {
-        ca_cert_pem: ca.cert_pem(),
-        ..intruder
-    };
-    let connection = connect(
-        &server,
-        intruder.cluster_client_config().unwrap(),
-        SERVER_NAME,
-    )
-    .await;
+    let intruder = NodeIdentity { ca_cert_pem: ca.cert_pem(), ..intruder };
+    let connection = connect(&server, intruder.cluster_client_config().unwrap(), SERVER_NAME).await;
     assert!(is_rejected(connection).await);
     assert!(server.accepted().await.is_err());
 }
@@ -298,9 +265,7 @@ async fn ca_loaded_from_pem_issues_trusted_nodes() {
 fn fingerprint_is_lowercase_sha256_hex() {
     let fingerprint = ClusterCa::generate().unwrap().fingerprint();
     assert_eq!(fingerprint.len(), 64);
-    assert!(fingerprint
-        .bytes()
-        .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte)));
+    assert!(fingerprint.bytes().all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte)));
 }
 
 #[test]
@@ -315,11 +280,7 @@ fn bad_ca_pem_is_an_error() {
 
     let cases: [(&str, &str, &str); 8] = [
         ("garbage certificate", garbage, &ca.key_pem()),
-        (
-            "DER that is no certificate",
-            not_a_certificate,
-            &ca.key_pem(),
-        ),
+        ("DER that is no certificate", not_a_certificate, &ca.key_pem()),
         ("empty certificate", "", &ca.key_pem()),
         ("garbage key", &ca.cert_pem(), "not a key"),
         ("mismatched key", &ca.cert_pem(), &other_ca.key_pem()),
@@ -330,10 +291,7 @@ fn bad_ca_pem_is_an_error() {
     ];
     for (case, cert_pem, key_pem) in cases {
         let result = ClusterCa::from_pem(cert_pem, key_pem);
-        assert!(
-            matches!(result, Err(Error::Certificate(_))),
-            "{case}: {result:?}"
-        );
+        assert!(matches!(result, Err(Error::Certificate(_))), "{case}: {result:?}");
     }
 }
 
@@ -341,18 +299,9 @@ fn bad_ca_pem_is_an_error() {
 fn bad_identity_pem_is_an_error() {
     let ca = ClusterCa::generate().unwrap();
     let node = ca.issue_node(1, LOOPBACK).unwrap();
-    let bad_cert = NodeIdentity {
-        cert_pem: "garbage".to_owned(),
-        ..node.clone()
-    };
-    let bad_key = NodeIdentity {
-        key_pem: "garbage".to_owned(),
-        ..node.clone()
-    };
-    let bad_ca = NodeIdentity {
-        ca_cert_pem: String::new(),
-        ..node
-    };
+    let bad_cert = NodeIdentity { cert_pem: "garbage".to_owned(), ..node.clone() };
+    let bad_key = NodeIdentity { key_pem: "garbage".to_owned(), ..node.clone() };
+    let bad_ca = NodeIdentity { ca_cert_pem: String::new(), ..node };
     for identity in [&bad_cert, &bad_key, &bad_ca] {
         assert!(identity.server_config().is_err(), "{identity:?}");
         assert!(identity.cluster_client_config().is_err(), "{identity:?}");
@@ -367,11 +316,5 @@ fn node_host_must_be_an_ip_or_dns_name() {
     assert!(ca.issue_node(1, "").is_err());
     assert!(ca.issue_node(1, "not a host").is_err());
     assert!(ca.issue_node(1, "::1").is_ok());
-    assert!(
-        ca.issue_node(u64::MAX, "node.example")
-            .unwrap()
-            .node_id()
-            .unwrap()
-            == u64::MAX
-    );
+    assert!(ca.issue_node(u64::MAX, "node.example").unwrap().node_id().unwrap() == u64::MAX);
 }

@@ -62,7 +62,12 @@ impl Cluster {
     /// and waits until every shard has `min(size, replication)` voters.
     pub async fn start(binary: PathBuf, size: usize, extra_args: &[&str]) -> Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("agentd-e2e-").tempdir()?;
-        let mut cluster = Cluster { binary, dir, nodes: Vec::new(), extra_args: extra_args.iter().map(|arg| arg.to_string()).collect() };
+        let mut cluster = Cluster {
+            binary,
+            dir,
+            nodes: Vec::new(),
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+        };
         for index in 0..size {
             let id = index as u64 + 1;
             let addr = format!("127.0.0.1:{}", free_port());
@@ -149,7 +154,12 @@ impl Cluster {
 
     /// Waits until `check` holds for the cluster status, or fails with the
     /// last status and the nodes' logs.
-    pub async fn wait_for(&self, timeout: Duration, what: &str, check: impl Fn(&ClusterStatus) -> bool) -> Result<ClusterStatus> {
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&ClusterStatus) -> bool,
+    ) -> Result<ClusterStatus> {
         let deadline = Instant::now() + timeout;
         let mut last;
         loop {
@@ -159,8 +169,16 @@ impl Cluster {
                 Err(error) => last = error.to_string(),
             }
             if Instant::now() > deadline {
-                let logs: Vec<String> = self.nodes.iter().map(|node| format!("--- node {} log tail:\n{}", node.id, node.log_tail())).collect();
-                bail!("timed out after {timeout:?} waiting for {what}; last status: {}\n{}", truncate(&last, 4000), logs.join("\n"));
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|node| format!("--- node {} log tail:\n{}", node.id, node.log_tail()))
+                    .collect();
+                bail!(
+                    "timed out after {timeout:?} waiting for {what}; last status: {}\n{}",
+                    truncate(&last, 4000),
+                    logs.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

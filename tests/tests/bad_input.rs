@@ -22,8 +22,9 @@ async fn send_raw(connection: &quinn::Connection, bytes: &[u8]) -> anyhow::Resul
     let (mut send, mut recv) = connection.open_bi().await?;
     send.write_all(bytes).await?;
     let _ = send.finish();
-    let answer = tokio::time::timeout(Duration::from_secs(10), agentd_raft::wire::read_frame(&mut recv, CLIENT_FRAME_BYTES_MAX))
-        .await?;
+    let answer =
+        tokio::time::timeout(Duration::from_secs(10), agentd_raft::wire::read_frame(&mut recv, CLIENT_FRAME_BYTES_MAX))
+            .await?;
     Ok(answer.ok().flatten())
 }
 
@@ -70,7 +71,8 @@ async fn bad_input_gets_typed_errors_and_the_node_keeps_serving() -> anyhow::Res
     assert!(matches!(expect_error(send_raw(&connection, &[0, 0]).await?, "half header"), ApiError::Malformed { .. }));
 
     // An unknown protocol version.
-    let future = frame::encode_frame(&Request { version: 99, body: ClientRequest::ClusterStatus }, CLIENT_FRAME_BYTES_MAX)?;
+    let future =
+        frame::encode_frame(&Request { version: 99, body: ClientRequest::ClusterStatus }, CLIENT_FRAME_BYTES_MAX)?;
     assert!(matches!(
         expect_error(send_raw(&connection, &future).await?, "version"),
         ApiError::UnsupportedVersion { requested: 99, .. }
@@ -83,7 +85,11 @@ async fn bad_input_gets_typed_errors_and_the_node_keeps_serving() -> anyhow::Res
     assert!(matches!(refused, Err(ClientError::Api(ApiError::NotFound { .. }))), "{refused:?}");
     let session = client.create_session().await?.session_id;
     let forged = client
-        .append_with_id(session, EventId::from_random(1), EventPayload::AgentMessage { content: vec![ContentBlock::text("hi")] })
+        .append_with_id(
+            session,
+            EventId::from_random(1),
+            EventPayload::AgentMessage { content: vec![ContentBlock::text("hi")] },
+        )
         .await;
     assert!(matches!(forged, Err(ClientError::Api(ApiError::InvalidRequest { .. }))), "{forged:?}");
     let huge = client.append(session, EventPayload::user_text("x".repeat(EVENT_PAYLOAD_BYTES_MAX + 1))).await;
@@ -102,8 +108,11 @@ async fn bad_input_gets_typed_errors_and_the_node_keeps_serving() -> anyhow::Res
 
     // The node still serves well-formed requests on the same connection.
     assert_eq!(client.append(session, EventPayload::user_text("still here")).await?, 1);
-    let again = send_raw(&connection, &frame::encode_frame(&Request::new(ClientRequest::GetSession { session_id: session }), CLIENT_FRAME_BYTES_MAX)?)
-        .await?;
+    let again = send_raw(
+        &connection,
+        &frame::encode_frame(&Request::new(ClientRequest::GetSession { session_id: session }), CLIENT_FRAME_BYTES_MAX)?,
+    )
+    .await?;
     assert!(matches!(again, Some(ClientResponse::Session(info)) if info.last_seq == 1));
     node.shutdown().await;
     Ok(())

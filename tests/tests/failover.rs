@@ -78,12 +78,20 @@ async fn acknowledged_appends_survive_leader_kills() -> anyhow::Result<()> {
         for (session_id, acks) in &acknowledged_by_session {
             let events = reader.read_all(*session_id, Consistency::Local).await?;
             let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
-            assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>(), "node {node}: gaps or disorder in {session_id}");
+            assert_eq!(
+                seqs,
+                (1..=events.len() as u64).collect::<Vec<_>>(),
+                "node {node}: gaps or disorder in {session_id}"
+            );
             let ids: HashSet<EventId> = events.iter().map(|event| event.id).collect();
             assert_eq!(ids.len(), events.len(), "node {node}: an event appears twice in {session_id}");
             for (event_id, seq) in acks {
                 let event = events.get((*seq - 1) as usize);
-                assert_eq!(event.map(|event| event.id), Some(*event_id), "node {node}: acknowledged event {event_id} at seq {seq} of {session_id}");
+                assert_eq!(
+                    event.map(|event| event.id),
+                    Some(*event_id),
+                    "node {node}: acknowledged event {event_id} at seq {seq} of {session_id}"
+                );
             }
             // Every acknowledged append is present; nothing else was written by this test.
             assert_eq!(events.len(), acks.len(), "node {node}: {session_id} holds events that were never acknowledged");

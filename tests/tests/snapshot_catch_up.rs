@@ -10,8 +10,12 @@ use agentd_tests::{leader_views, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_behind_the_purged_log_catches_up_from_a_snapshot() -> anyhow::Result<()> {
-    let mut cluster =
-        Cluster::start(agentd_tests::agentd_binary!(), 3, &["--shards", "2", "--snapshot-logs", "50", "--logs-to-keep", "5"]).await?;
+    let mut cluster = Cluster::start(
+        agentd_tests::agentd_binary!(),
+        3,
+        &["--shards", "2", "--snapshot-logs", "50", "--logs-to-keep", "5"],
+    )
+    .await?;
     let client = cluster.client()?;
     let session = client.create_session().await?.session_id;
     client.append(session, EventPayload::user_text("before the outage")).await?;
@@ -20,7 +24,8 @@ async fn a_node_behind_the_purged_log_catches_up_from_a_snapshot() -> anyhow::Re
     cluster.kill(3)?;
     let mut acknowledged = vec![1u64];
     for number in 0..300 {
-        acknowledged.push(client.append(session, EventPayload::user_text(format!("while node 3 is down {number}"))).await?);
+        acknowledged
+            .push(client.append(session, EventPayload::user_text(format!("while node 3 is down {number}"))).await?);
     }
     // The leader of the session's shard must have purged entries node 3 never saw.
     let status = cluster.status().await?;

@@ -63,11 +63,7 @@ impl<'a> ApplyBatch<'a> {
     /// Applies one entry; the response is for the proposer, if it waits.
     pub(crate) fn apply(&mut self, entry: Entry) -> Result<CommandResponse, Error> {
         if let Some(last) = &self.applied.last_applied {
-            assert!(
-                entry.log_id.index > last.index,
-                "entry {} applied after {last}",
-                entry.log_id
-            );
+            assert!(entry.log_id.index > last.index, "entry {} applied after {last}", entry.log_id);
         }
         self.entries += 1;
         self.applied.last_applied = Some(entry.log_id);
@@ -86,10 +82,7 @@ impl<'a> ApplyBatch<'a> {
     pub(crate) fn commit(mut self) -> Result<AppliedBatch, Error> {
         self.put(keys::applied_key(self.state.group()), &self.applied.clone())?;
         self.state.db().write(self.batch)?;
-        Ok(AppliedBatch {
-            applied: self.applied,
-            events: self.events,
-        })
+        Ok(AppliedBatch { applied: self.applied, events: self.events })
     }
 
     fn put(&mut self, key: Vec<u8>, value: &impl Serialize) -> Result<(), Error> {
@@ -101,37 +94,19 @@ impl<'a> ApplyBatch<'a> {
     fn apply_command(&mut self, command: Command) -> Result<CommandResponse, Error> {
         let group = self.state.group();
         match (group, command) {
-            (
-                GroupId::Shard(this_shard),
-                Command::CreateSession {
-                    session_id,
-                    shard,
-                    created_at_ms,
-                },
-            ) if shard == this_shard => self.create_session(session_id, shard, created_at_ms),
-            (
-                GroupId::Shard(_),
-                Command::Append {
-                    session_id,
-                    event_id,
-                    payload,
-                    processed_at_ms,
-                },
-            ) => self.append(session_id, event_id, payload, processed_at_ms),
-            (
-                GroupId::Metadata,
-                Command::InitCluster {
-                    shards,
-                    replication_factor,
-                },
-            ) => self.init_cluster(ClusterConfig {
-                shards,
-                replication_factor,
-            }),
-            (GroupId::Metadata, Command::AddNode { node_id, addr }) => self.add_node(node_id, addr),
-            (GroupId::Metadata, Command::SetPlacement { shard, replicas }) => {
-                self.set_placement(shard, replicas)
+            (GroupId::Shard(this_shard), Command::CreateSession { session_id, shard, created_at_ms })
+                if shard == this_shard =>
+            {
+                self.create_session(session_id, shard, created_at_ms)
             }
+            (GroupId::Shard(_), Command::Append { session_id, event_id, payload, processed_at_ms }) => {
+                self.append(session_id, event_id, payload, processed_at_ms)
+            }
+            (GroupId::Metadata, Command::InitCluster { shards, replication_factor }) => {
+                self.init_cluster(ClusterConfig { shards, replication_factor })
+            }
+            (GroupId::Metadata, Command::AddNode { node_id, addr }) => self.add_node(node_id, addr),
+            (GroupId::Metadata, Command::SetPlacement { shard, replicas }) => self.set_placement(shard, replicas),
             // A command for another group is a routing bug upstream; refusing
             // it keeps this group's state meaningful.
             (group, command) => Ok(CommandResponse::Rejected(ApiError::InvalidRequest {
@@ -167,22 +142,12 @@ impl<'a> ApplyBatch<'a> {
         created_at_ms: u64,
     ) -> Result<CommandResponse, Error> {
         if let Some(record) = self.session(session_id)? {
-            return Ok(CommandResponse::Session {
-                info: record.info(session_id),
-                created: false,
-            });
+            return Ok(CommandResponse::Session { info: record.info(session_id), created: false });
         }
-        let record = SessionRecord {
-            shard,
-            created_at_ms,
-            last_seq: 0,
-        };
+        let record = SessionRecord { shard, created_at_ms, last_seq: 0 };
         let info = record.info(session_id);
         self.put_session(session_id, record)?;
-        Ok(CommandResponse::Session {
-            info,
-            created: true,
-        })
+        Ok(CommandResponse::Session { info, created: true })
     }
 
     fn append(
@@ -193,26 +158,15 @@ impl<'a> ApplyBatch<'a> {
         processed_at_ms: u64,
     ) -> Result<CommandResponse, Error> {
         let Some(mut record) = self.session(session_id)? else {
-            return Ok(CommandResponse::Rejected(ApiError::NotFound {
-                what: format!("session {session_id}"),
-            }));
+            return Ok(CommandResponse::Rejected(ApiError::NotFound { what: format!("session {session_id}") }));
         };
         // The event id is the idempotency key: a retried append gets the
         // sequence number of the first one.
         if let Some(seq) = self.event_seq(session_id, event_id)? {
-            return Ok(CommandResponse::Appended {
-                seq,
-                duplicate: true,
-            });
+            return Ok(CommandResponse::Appended { seq, duplicate: true });
         }
         let seq = record.last_seq + 1;
-        let event = Event {
-            session_id,
-            seq,
-            id: event_id,
-            processed_at_ms,
-            payload,
-        };
+        let event = Event { session_id, seq, id: event_id, processed_at_ms, payload };
         let group = self.state.group();
         self.put(keys::event_key(group, session_id, seq), &event)?;
         self.put(keys::event_id_key(group, session_id, event_id), &seq)?;
@@ -220,10 +174,7 @@ impl<'a> ApplyBatch<'a> {
         record.last_seq = seq;
         self.put_session(session_id, record)?;
         self.events.push(event);
-        Ok(CommandResponse::Appended {
-            seq,
-            duplicate: false,
-        })
+        Ok(CommandResponse::Appended { seq, duplicate: false })
     }
 
     fn init_cluster(&mut self, config: ClusterConfig) -> Result<CommandResponse, Error> {
@@ -249,11 +200,7 @@ impl<'a> ApplyBatch<'a> {
         Ok(CommandResponse::Done)
     }
 
-    fn set_placement(
-        &mut self,
-        shard: ShardId,
-        replicas: Vec<NodeId>,
-    ) -> Result<CommandResponse, Error> {
+    fn set_placement(&mut self, shard: ShardId, replicas: Vec<NodeId>) -> Result<CommandResponse, Error> {
         self.put(keys::placement_key(self.state.group(), shard), &replicas)?;
         Ok(CommandResponse::Done)
     }

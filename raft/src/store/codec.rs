@@ -18,14 +18,9 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
 }
 
 /// Decodes a stored value; `what` names the record in the error.
-pub(crate) fn decode<T: DeserializeOwned>(
-    what: impl FnOnce() -> String,
-    bytes: &[u8],
-) -> Result<T, Error> {
-    agentd_protocol::frame::decode_body(bytes).map_err(|error| Error::Corrupt {
-        what: what(),
-        message: error.to_string(),
-    })
+pub(crate) fn decode<T: DeserializeOwned>(what: impl FnOnce() -> String, bytes: &[u8]) -> Result<T, Error> {
+    agentd_protocol::frame::decode_body(bytes)
+        .map_err(|error| Error::Corrupt { what: what(), message: error.to_string() })
 }
 
 /// Converts an error of this layer into the error type of openraft's storage

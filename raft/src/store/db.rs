@@ -7,10 +7,7 @@ use std::sync::Arc;
 
 use agentd_protocol::ids::GroupId;
 use openraft::storage::IOFlushed;
-use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
-    WriteBatch, DB,
-};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB};
 use tokio::sync::oneshot;
 
 use crate::store::keys::COLUMN_FAMILIES;
@@ -43,13 +40,10 @@ impl Db {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let families =
-            COLUMN_FAMILIES.map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let families = COLUMN_FAMILIES.map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let rocks = Arc::new(DB::open_cf_descriptors(&options, path, families)?);
         let syncer = Syncer::start(Arc::clone(&rocks))?;
-        Ok(Db {
-            inner: Arc::new(DbInner { syncer, rocks }),
-        })
+        Ok(Db { inner: Arc::new(DbInner { syncer, rocks }) })
     }
 
     /// The Raft log store of `group`.
@@ -65,10 +59,7 @@ impl Db {
 
     pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
         // `open` creates every column family, so a missing one is a bug.
-        self.inner
-            .rocks
-            .cf_handle(name)
-            .expect("column family created by Db::open")
+        self.inner.rocks.cf_handle(name).expect("column family created by Db::open")
     }
 
     /// Writes a batch without syncing: readable at once, durable after the
@@ -83,20 +74,11 @@ impl Db {
 
     /// Every `(key, value)` of `cf` in `[start, end)`, at most `limit` of them,
     /// in key order. The iterator reads one consistent view of the database.
-    pub(crate) fn scan(
-        &self,
-        cf: &str,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, Error> {
+    pub(crate) fn scan(&self, cf: &str, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, Error> {
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(end);
-        let iterator = self.inner.rocks.iterator_cf_opt(
-            self.cf(cf),
-            read_options,
-            IteratorMode::From(start, Direction::Forward),
-        );
+        let iterator =
+            self.inner.rocks.iterator_cf_opt(self.cf(cf), read_options, IteratorMode::From(start, Direction::Forward));
         let mut pairs = Vec::new();
         for pair in iterator.take(limit) {
             pairs.push(pair?);
@@ -105,38 +87,23 @@ impl Db {
     }
 
     /// The last `(key, value)` of `cf` in `[start, end)`, if any.
-    pub(crate) fn last(
-        &self,
-        cf: &str,
-        start: &[u8],
-        end: &[u8],
-    ) -> Result<Option<KeyValue>, Error> {
+    pub(crate) fn last(&self, cf: &str, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, Error> {
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_lower_bound(start);
         read_options.set_iterate_upper_bound(end);
-        let mut iterator =
-            self.inner
-                .rocks
-                .iterator_cf_opt(self.cf(cf), read_options, IteratorMode::End);
+        let mut iterator = self.inner.rocks.iterator_cf_opt(self.cf(cf), read_options, IteratorMode::End);
         Ok(iterator.next().transpose()?)
     }
 
     /// Calls `callback` once everything written so far is durable.
     pub(crate) async fn on_synced(&self, callback: IOFlushed<TypeConfig>) {
-        self.inner
-            .syncer
-            .enqueue(SyncWaiter::Flushed(callback))
-            .await;
+        self.inner.syncer.enqueue(SyncWaiter::Flushed(callback)).await;
     }
 
     /// Returns once everything written so far is durable.
     pub(crate) async fn synced(&self) -> io::Result<()> {
         let (sender, receiver) = oneshot::channel();
         self.inner.syncer.enqueue(SyncWaiter::Notify(sender)).await;
-        receiver.await.unwrap_or_else(|_| {
-            Err(io::Error::other(
-                "the storage syncer dropped a sync request",
-            ))
-        })
+        receiver.await.unwrap_or_else(|_| Err(io::Error::other("the storage syncer dropped a sync request")))
     }
 }

@@ -44,12 +44,7 @@ pub(crate) struct SessionRecord {
 
 impl SessionRecord {
     pub(crate) fn info(&self, session_id: SessionId) -> SessionInfo {
-        SessionInfo {
-            session_id,
-            shard: self.shard,
-            created_at_ms: self.created_at_ms,
-            last_seq: self.last_seq,
-        }
+        SessionInfo { session_id, shard: self.shard, created_at_ms: self.created_at_ms, last_seq: self.last_seq }
     }
 }
 
@@ -81,17 +76,10 @@ impl GroupState {
     }
 
     fn corrupt(&self, what: &str, message: String) -> Error {
-        Error::Corrupt {
-            what: format!("{what} of {}", self.group),
-            message,
-        }
+        Error::Corrupt { what: format!("{what} of {}", self.group), message }
     }
 
-    fn get<T: DeserializeOwned>(
-        &self,
-        key: &[u8],
-        what: impl FnOnce() -> String,
-    ) -> Result<Option<T>, Error> {
+    fn get<T: DeserializeOwned>(&self, key: &[u8], what: impl FnOnce() -> String) -> Result<Option<T>, Error> {
         let Some(bytes) = self.db.get(STATE_CF, key)? else {
             return Ok(None);
         };
@@ -104,21 +92,14 @@ impl GroupState {
     }
 
     pub(crate) fn session(&self, session_id: SessionId) -> Result<Option<SessionRecord>, Error> {
-        self.get(&keys::session_key(self.group, session_id), || {
-            format!("session {session_id}")
-        })
+        self.get(&keys::session_key(self.group, session_id), || format!("session {session_id}"))
     }
 
     /// The sequence number an event id was appended at, if it was.
-    pub(crate) fn event_seq(
-        &self,
-        session_id: SessionId,
-        event_id: EventId,
-    ) -> Result<Option<u64>, Error> {
-        self.get(
-            &keys::event_id_key(self.group, session_id, event_id),
-            || format!("index of event {event_id} in session {session_id}"),
-        )
+    pub(crate) fn event_seq(&self, session_id: SessionId, event_id: EventId) -> Result<Option<u64>, Error> {
+        self.get(&keys::event_id_key(self.group, session_id, event_id), || {
+            format!("index of event {event_id} in session {session_id}")
+        })
     }
 
     pub(crate) fn cluster_config(&self) -> Result<Option<ClusterConfig>, Error> {
@@ -126,31 +107,17 @@ impl GroupState {
     }
 
     /// Up to `limit` events of a session with `seq >= from_seq`, by seq.
-    pub(crate) fn events(
-        &self,
-        session_id: SessionId,
-        from_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>, Error> {
+    pub(crate) fn events(&self, session_id: SessionId, from_seq: u64, limit: usize) -> Result<Vec<Event>, Error> {
         let start = keys::event_key(self.group, session_id, from_seq);
         let end = keys::events_end(self.group, session_id);
         let pairs = self.db.scan(STATE_CF, &start, &end, limit)?;
         let mut events = Vec::with_capacity(pairs.len());
         for (key, value) in pairs {
-            let event: Event = decode(
-                || format!("event of session {session_id} in {}", self.group),
-                &value,
-            )?;
-            if key[..] != keys::event_key(self.group, session_id, event.seq)[..]
-                || event.session_id != session_id
-            {
-                return Err(self.corrupt(
-                    "events",
-                    format!(
-                        "event {} seq {} stored under key {key:02x?}",
-                        event.id, event.seq
-                    ),
-                ));
+            let event: Event = decode(|| format!("event of session {session_id} in {}", self.group), &value)?;
+            if key[..] != keys::event_key(self.group, session_id, event.seq)[..] || event.session_id != session_id {
+                return Err(
+                    self.corrupt("events", format!("event {} seq {} stored under key {key:02x?}", event.id, event.seq))
+                );
             }
             events.push(event);
         }
@@ -163,9 +130,8 @@ impl GroupState {
         pairs
             .iter()
             .map(|(key, _)| {
-                keys::session_id_of(self.group, key).ok_or_else(|| {
-                    self.corrupt("sessions", format!("malformed session key {key:02x?}"))
-                })
+                keys::session_id_of(self.group, key)
+                    .ok_or_else(|| self.corrupt("sessions", format!("malformed session key {key:02x?}")))
             })
             .collect()
     }
@@ -177,13 +143,9 @@ impl GroupState {
         pairs
             .iter()
             .map(|(key, value)| {
-                let node_id = keys::node_id_of(self.group, key).ok_or_else(|| {
-                    self.corrupt("nodes", format!("malformed node key {key:02x?}"))
-                })?;
-                let addr = decode(
-                    || format!("address of node {node_id} in {}", self.group),
-                    value,
-                )?;
+                let node_id = keys::node_id_of(self.group, key)
+                    .ok_or_else(|| self.corrupt("nodes", format!("malformed node key {key:02x?}")))?;
+                let addr = decode(|| format!("address of node {node_id} in {}", self.group), value)?;
                 Ok((node_id, addr))
             })
             .collect()
@@ -196,9 +158,8 @@ impl GroupState {
         pairs
             .iter()
             .map(|(key, value)| {
-                let shard = keys::shard_of_placement(self.group, key).ok_or_else(|| {
-                    self.corrupt("placements", format!("malformed placement key {key:02x?}"))
-                })?;
+                let shard = keys::shard_of_placement(self.group, key)
+                    .ok_or_else(|| self.corrupt("placements", format!("malformed placement key {key:02x?}")))?;
                 let replicas = decode(|| format!("placement of {shard} in {}", self.group), value)?;
                 Ok((shard, replicas))
             })
@@ -209,9 +170,7 @@ impl GroupState {
     /// consistent view, and the applied state among them.
     pub(crate) fn export(&self) -> Result<(AppliedState, Vec<Record>), Error> {
         let prefix = keys::group_prefix(self.group);
-        let pairs = self
-            .db
-            .scan(STATE_CF, &prefix, &keys::group_end(self.group), usize::MAX)?;
+        let pairs = self.db.scan(STATE_CF, &prefix, &keys::group_end(self.group), usize::MAX)?;
         let applied_key = keys::applied_key(self.group);
         let mut applied = AppliedState::default();
         let mut records = Vec::with_capacity(pairs.len());
@@ -219,9 +178,9 @@ impl GroupState {
             if key[..] == applied_key[..] {
                 applied = decode(|| format!("applied state of {}", self.group), &value)?;
             }
-            let suffix = key.strip_prefix(prefix.as_slice()).ok_or_else(|| {
-                self.corrupt("state", format!("key {key:02x?} outside the group"))
-            })?;
+            let suffix = key
+                .strip_prefix(prefix.as_slice())
+                .ok_or_else(|| self.corrupt("state", format!("key {key:02x?} outside the group")))?;
             records.push((suffix.to_vec(), value.into_vec()));
         }
         Ok((applied, records))

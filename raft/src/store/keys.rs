@@ -52,10 +52,7 @@ fn key(group: GroupId, parts: &[&[u8]]) -> Vec<u8> {
     for part in parts {
         key.extend_from_slice(part);
     }
-    assert!(
-        key.len() <= GROUP_BYTES + SUFFIX_BYTES_MAX,
-        "key layout exceeds SUFFIX_BYTES_MAX"
-    );
+    assert!(key.len() <= GROUP_BYTES + SUFFIX_BYTES_MAX, "key layout exceeds SUFFIX_BYTES_MAX");
     key
 }
 
@@ -208,22 +205,13 @@ mod tests {
     fn key_parsers_reject_other_shapes() {
         let group = GroupId::Shard(ShardId(1));
         assert_eq!(log_index(group, &log_key(group, 42)), Some(42));
-        assert_eq!(
-            log_index(group, &log_key(GroupId::Shard(ShardId(2)), 42)),
-            None
-        );
+        assert_eq!(log_index(group, &log_key(GroupId::Shard(ShardId(2)), 42)), None);
         assert_eq!(log_index(group, &vote_key(group)), None);
         let session = SessionId::from_random(5);
-        assert_eq!(
-            session_id_of(group, &session_key(group, session)),
-            Some(session)
-        );
+        assert_eq!(session_id_of(group, &session_key(group, session)), Some(session));
         assert_eq!(session_id_of(group, &node_key(group, 3)), None);
         assert_eq!(node_id_of(group, &node_key(group, 3)), Some(3));
-        assert_eq!(
-            shard_of_placement(group, &placement_key(group, ShardId(9))),
-            Some(ShardId(9))
-        );
+        assert_eq!(shard_of_placement(group, &placement_key(group, ShardId(9))), Some(ShardId(9)));
     }
 
     #[test]
@@ -231,8 +219,6 @@ mod tests {
         let group = GroupId::Shard(ShardId(1));
         let session = SessionId([0xff; 16]);
         assert!(event_key(group, session, u64::MAX) < events_end(group, session));
-        assert!(
-            events_end(group, session) < event_id_key(group, SessionId([0; 16]), EventId([0; 16]))
-        );
+        assert!(events_end(group, session) < event_id_key(group, SessionId([0; 16]), EventId([0; 16])));
     }
 }

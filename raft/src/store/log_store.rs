@@ -39,11 +39,7 @@ impl LogStore {
         self.group
     }
 
-    fn read_raft_record<T: DeserializeOwned>(
-        &self,
-        key: Vec<u8>,
-        what: &str,
-    ) -> Result<Option<T>, Error> {
+    fn read_raft_record<T: DeserializeOwned>(&self, key: Vec<u8>, what: &str) -> Result<Option<T>, Error> {
         let Some(bytes) = self.db.get(RAFT_CF, &key)? else {
             return Ok(None);
         };
@@ -61,18 +57,11 @@ impl LogStore {
     }
 
     fn decode_entry(&self, key: &[u8], value: &[u8]) -> Result<(u64, Entry), Error> {
-        let corrupt = |message: String| Error::Corrupt {
-            what: format!("log of {}", self.group),
-            message,
-        };
-        let index = keys::log_index(self.group, key)
-            .ok_or_else(|| corrupt(format!("malformed log key {key:02x?}")))?;
+        let corrupt = |message: String| Error::Corrupt { what: format!("log of {}", self.group), message };
+        let index = keys::log_index(self.group, key).ok_or_else(|| corrupt(format!("malformed log key {key:02x?}")))?;
         let entry: Entry = decode(|| format!("log entry {index} of {}", self.group), value)?;
         if entry.index() != index {
-            return Err(corrupt(format!(
-                "entry stored under index {index} has log id {}",
-                entry.log_id
-            )));
+            return Err(corrupt(format!("entry stored under index {index} has log id {}", entry.log_id)));
         }
         Ok((index, entry))
     }
@@ -82,12 +71,7 @@ impl LogStore {
             Some(end) => keys::log_key(self.group, end),
             None => keys::group_end(self.group),
         };
-        let pairs = self.db.scan(
-            LOG_CF,
-            &keys::log_key(self.group, start),
-            &end_key,
-            usize::MAX,
-        )?;
+        let pairs = self.db.scan(LOG_CF, &keys::log_key(self.group, start), &end_key, usize::MAX)?;
         let mut entries = Vec::with_capacity(pairs.len());
         for (key, value) in pairs {
             let (index, entry) = self.decode_entry(&key, &value)?;
@@ -107,30 +91,19 @@ impl LogStore {
 
     fn read_log_state(&self) -> Result<LogState<TypeConfig>, Error> {
         let last_purged_log_id = self.last_purged()?;
-        let last = self.db.last(
-            LOG_CF,
-            &keys::log_key(self.group, 0),
-            &keys::group_end(self.group),
-        )?;
+        let last = self.db.last(LOG_CF, &keys::log_key(self.group, 0), &keys::group_end(self.group))?;
         let last_log_id = match last {
             Some((key, value)) => Some(self.decode_entry(&key, &value)?.1.log_id),
             None => last_purged_log_id,
         };
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), Error> {
         let mut batch = WriteBatch::default();
         let cf = self.db.cf(LOG_CF);
         for entry in entries {
-            batch.put_cf(
-                cf,
-                keys::log_key(self.group, entry.index()),
-                encode(&entry)?,
-            );
+            batch.put_cf(cf, keys::log_key(self.group, entry.index()), encode(&entry)?);
         }
         self.db.write(batch)
     }
@@ -149,11 +122,7 @@ impl LogStore {
         // The purge record and the deletion go in one batch, so that the
         // state after a crash is either before or after the purge.
         let mut batch = WriteBatch::default();
-        batch.put_cf(
-            self.db.cf(RAFT_CF),
-            keys::purged_key(self.group),
-            encode(&log_id)?,
-        );
+        batch.put_cf(self.db.cf(RAFT_CF), keys::purged_key(self.group), encode(&log_id)?);
         batch.delete_range_cf(
             self.db.cf(LOG_CF),
             keys::log_key(self.group, 0),
@@ -192,8 +161,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        self.read_raft_record(keys::vote_key(self.group), "vote")
-            .map_err(io_error)
+        self.read_raft_record(keys::vote_key(self.group), "vote").map_err(io_error)
     }
 }
 
@@ -209,8 +177,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.write_raft_record(keys::vote_key(self.group), vote)
-            .map_err(io_error)?;
+        self.write_raft_record(keys::vote_key(self.group), vote).map_err(io_error)?;
         self.db.synced().await
     }
 
@@ -218,22 +185,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Unsynced: losing the last few updates only delays re-applying on
         // restart, and the WAL keeps writes in order, so a recovered value is
         // never ahead of the recovered log.
-        self.write_raft_record(keys::committed_key(self.group), &committed)
-            .map_err(io_error)
+        self.write_raft_record(keys::committed_key(self.group), &committed).map_err(io_error)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        let committed: Option<Option<LogId>> = self
-            .read_raft_record(keys::committed_key(self.group), "committed log id")
-            .map_err(io_error)?;
+        let committed: Option<Option<LogId>> =
+            self.read_raft_record(keys::committed_key(self.group), "committed log id").map_err(io_error)?;
         Ok(committed.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: IOFlushed<TypeConfig>,
-    ) -> Result<(), io::Error>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

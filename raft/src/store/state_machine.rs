@@ -22,10 +22,7 @@ use crate::store::group_state::{AppliedState, GroupState};
 use crate::store::keys::{self, SNAPSHOT_CF, STATE_CF};
 use crate::store::snapshot::{self, SnapshotBuilder};
 use crate::store::{Db, StateReader};
-use crate::types::{
-    CommandResponse, Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
-    TypeConfig,
-};
+use crate::types::{CommandResponse, Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::Error;
 
 /// The state machine of one Raft group. Applied events are published to the
@@ -43,12 +40,7 @@ impl StateMachine {
         let (events, _) = broadcast::channel(FOLLOW_BUFFER_EVENTS_MAX);
         let (applied, applied_receiver) = watch::channel(state.applied()?.index());
         let reader = StateReader::new(state.clone(), events.downgrade(), applied_receiver);
-        let state_machine = StateMachine {
-            state,
-            events,
-            applied,
-            current_snapshot_lock: Arc::new(Mutex::new(())),
-        };
+        let state_machine = StateMachine { state, events, applied, current_snapshot_lock: Arc::new(Mutex::new(())) };
         Ok((state_machine, reader))
     }
 
@@ -61,10 +53,7 @@ impl StateMachine {
     /// logic of [`RaftStateMachine::apply`] for callers that have no Raft
     /// proposer waiting (tests, tools). Effects are returned as data so that
     /// they can be asserted exactly.
-    pub fn apply_entries(
-        &mut self,
-        entries: impl IntoIterator<Item = Entry>,
-    ) -> Result<Vec<CommandResponse>, Error> {
+    pub fn apply_entries(&mut self, entries: impl IntoIterator<Item = Entry>) -> Result<Vec<CommandResponse>, Error> {
         let mut batch = ApplyBatch::new(&self.state, self.state.applied()?);
         let mut responses = Vec::new();
         for entry in entries {
@@ -98,14 +87,8 @@ impl StateMachine {
         let group = self.state.group();
         let db = self.state.db();
         let prefix = keys::group_prefix(group);
-        let applied = AppliedState {
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-        };
-        let current = snapshot::encode_record(&Snapshot {
-            meta: meta.clone(),
-            snapshot: data,
-        })?;
+        let applied = AppliedState { last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
+        let current = snapshot::encode_record(&Snapshot { meta: meta.clone(), snapshot: data })?;
 
         // One batch replaces the whole state, so a crash leaves either the
         // old state or the new one, never a mix.
@@ -120,10 +103,7 @@ impl StateMachine {
         batch.put_cf(state_cf, keys::applied_key(group), encode(&applied)?);
         batch.put_cf(db.cf(SNAPSHOT_CF), keys::snapshot_key(group), current);
 
-        let _guard = self
-            .current_snapshot_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = self.current_snapshot_lock.lock().unwrap_or_else(PoisonError::into_inner);
         db.write(batch)
     }
 }
@@ -175,11 +155,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder::new(self.state.clone(), Arc::clone(&self.current_snapshot_lock))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: SnapshotData,
-    ) -> Result<(), io::Error> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
         self.install(meta, snapshot).map_err(io_error)?;
         // A follower acknowledges an installed snapshot, so it must be durable.
         self.state.db().synced().await?;

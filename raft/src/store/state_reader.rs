@@ -27,11 +27,7 @@ impl StateReader {
         events: broadcast::WeakSender<Event>,
         applied: watch::Receiver<u64>,
     ) -> StateReader {
-        StateReader {
-            state,
-            events,
-            applied,
-        }
+        StateReader { state, events, applied }
     }
 
     /// The group this reader reads.
@@ -40,20 +36,12 @@ impl StateReader {
     }
 
     pub fn session(&self, session_id: SessionId) -> Result<Option<SessionInfo>, Error> {
-        Ok(self
-            .state
-            .session(session_id)?
-            .map(|record| record.info(session_id)))
+        Ok(self.state.session(session_id)?.map(|record| record.info(session_id)))
     }
 
     /// Up to `limit` events of a session with `seq >= from_seq`, ordered by
     /// seq. At most [`EVENTS_PER_PAGE_MAX`] are returned whatever `limit` says.
-    pub fn events(
-        &self,
-        session_id: SessionId,
-        from_seq: u64,
-        limit: u32,
-    ) -> Result<Vec<Event>, Error> {
+    pub fn events(&self, session_id: SessionId, from_seq: u64, limit: u32) -> Result<Vec<Event>, Error> {
         let limit = limit.min(EVENTS_PER_PAGE_MAX) as usize;
         self.state.events(session_id, from_seq, limit)
     }
@@ -79,10 +67,7 @@ impl StateReader {
 
     /// The shard count and replication factor, once the cluster is initialised.
     pub fn cluster_config(&self) -> Result<Option<(u32, u32)>, Error> {
-        Ok(self
-            .state
-            .cluster_config()?
-            .map(|config| (config.shards, config.replication_factor)))
+        Ok(self.state.cluster_config()?.map(|config| (config.shards, config.replication_factor)))
     }
 
     /// Every node and its address, by node id.

@@ -58,13 +58,9 @@ pub(crate) struct Syncer {
 impl Syncer {
     pub(crate) fn start(db: Arc<DB>) -> io::Result<Syncer> {
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_DEPTH_MAX);
-        let thread = std::thread::Builder::new()
-            .name("agentd-storage-sync".into())
-            .spawn(move || run(&db, receiver))?;
-        Ok(Syncer {
-            sender: Some(sender),
-            thread: Some(thread),
-        })
+        let thread =
+            std::thread::Builder::new().name("agentd-storage-sync".into()).spawn(move || run(&db, receiver))?;
+        Ok(Syncer { sender: Some(sender), thread: Some(thread) })
     }
 
     /// Queues a waiter. A full queue slows the caller down rather than

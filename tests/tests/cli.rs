@@ -1,0 +1,74 @@
+//! The command line as scripts use it: `--json` output, exit codes, clear
+//! errors, and the Prometheus endpoint of `--metrics`.
+
+use std::io::{Read, Write};
+use std::process::{Command, Output};
+
+use agentd_tests::{free_port, Cluster};
+use serde_json::Value;
+
+fn agentd(args: &[&str]) -> Output {
+    Command::new(agentd_tests::agentd_binary!()).args(args).output().expect("run agentd")
+}
+
+fn json(output: &Output) -> Value {
+    assert!(output.status.success(), "agentd failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("JSON output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_commands_print_json_and_fail_clearly() -> anyhow::Result<()> {
+    let metrics_port = free_port();
+    let metrics_flag = format!("127.0.0.1:{metrics_port}");
+    let cluster =
+        Cluster::start(agentd_tests::agentd_binary!(), 1, &["--shards", "2", "--metrics", &metrics_flag]).await?;
+    let addr = cluster.addrs()[0].clone();
+
+    let created = json(&agentd(&["session", "create", "--addr", &addr, "--json"]));
+    let session = created["session_id"].as_str().expect("session id").to_string();
+    assert!(session.starts_with("sesn_"));
+
+    let sent = json(&agentd(&["session", "send", "--addr", &addr, &session, "--text", "hello", "--json"]));
+    assert_eq!(sent["seq"], 1);
+    let plain = agentd(&["session", "send", "--addr", &addr, &session, "--text", "second"]);
+    assert_eq!(String::from_utf8_lossy(&plain.stdout).trim(), "2");
+
+    let events = agentd(&["session", "events", "--addr", &addr, &session, "--json"]);
+    assert!(events.status.success());
+    let lines: Vec<Value> = String::from_utf8_lossy(&events.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON event per line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["type"], "user.message");
+    assert_eq!(lines[0]["content"][0]["text"], "hello");
+    assert_eq!(lines[1]["seq"], 2);
+    let from_two = agentd(&["session", "events", "--addr", &addr, &session, "--from", "2", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&from_two.stdout).lines().count(), 1);
+
+    let status = json(&agentd(&["cluster", "status", "--addr", &addr, "--json"]));
+    assert_eq!(status["shards"], 2);
+    assert_eq!(status["nodes"].as_array().map(Vec::len), Some(1));
+    assert_eq!(status["groups"].as_array().map(Vec::len), Some(3));
+
+    // Bad input: a malformed id and an unknown session are clear errors with a failing exit code.
+    let malformed = agentd(&["session", "send", "--addr", &addr, "sesn_nope", "--text", "x"]);
+    assert!(!malformed.status.success());
+    assert!(String::from_utf8_lossy(&malformed.stderr).contains("invalid id"), "{malformed:?}");
+    let unknown = agentd(&["session", "send", "--addr", &addr, "sesn_00000000000000000000000000000001", "--text", "x"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("not found"), "{unknown:?}");
+    let remote = agentd(&["session", "create", "--addr", "192.0.2.1:7000"]);
+    assert!(!remote.status.success());
+    assert!(String::from_utf8_lossy(&remote.stderr).contains("--ca"), "{remote:?}");
+
+    // Prometheus text format on --metrics.
+    let mut connection = std::net::TcpStream::connect(("127.0.0.1", metrics_port))?;
+    connection.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    connection.read_to_string(&mut body)?;
+    for metric in ["agentd_append_commit_seconds", "agentd_storage_syncs_total", "agentd_groups_led"] {
+        assert!(body.contains(metric), "metrics lack {metric}:\n{body}");
+    }
+    Ok(())
+}
