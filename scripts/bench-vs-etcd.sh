@@ -206,8 +206,14 @@ check_agentd_alive() {
 agentd_cluster_ready() {
   local status
   status=$("$agentd_bin" cluster status --addr 127.0.0.1:7101 --json 2>/dev/null) || return 1
-  python3 -c 'import json, sys; sys.exit(0 if len(json.loads(sys.argv[1])["nodes"]) == 3 else 1)' \
-    "$status" 2>/dev/null
+  # Ready when every group (metadata and each shard) has three voters and a leader.
+  python3 -c '
+import json, sys
+status = json.loads(sys.argv[1])
+groups = status["groups"]
+ready = len(status["nodes"]) == 3 and len(groups) == status["shards"] + 1 \
+    and all(len(group["voters"]) == 3 and group["leader"] for group in groups)
+sys.exit(0 if ready else 1)' "$status" 2>/dev/null
 }
 
 start_agentd() {

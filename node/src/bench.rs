@@ -37,7 +37,10 @@ pub struct BenchReport {
 
 pub async fn run_append(bench: AppendBench) -> Result<BenchReport> {
     let clients = bench.clients.max(1);
-    let per_client = bench.events.div_ceil(u64::from(clients));
+    // The first `events % clients` clients do one append more, so the total is exact.
+    let share = |client: u32| {
+        bench.events / u64::from(clients) + u64::from(u64::from(client) < bench.events % u64::from(clients))
+    };
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let text = "x".repeat(bench.payload_bytes);
@@ -52,7 +55,7 @@ pub async fn run_append(bench: AppendBench) -> Result<BenchReport> {
 
     let progress = {
         let done = done.clone();
-        let total = per_client * u64::from(clients);
+        let total = bench.events;
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -62,7 +65,8 @@ pub async fn run_append(bench: AppendBench) -> Result<BenchReport> {
     };
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (client, session_id) in workers {
+    for (index, (client, session_id)) in workers.into_iter().enumerate() {
+        let per_client = share(index as u32);
         let (done, errors, text) = (done.clone(), errors.clone(), text.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_client as usize);

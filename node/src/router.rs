@@ -14,6 +14,7 @@ use agentd_raft::host::{GroupHandle, RaftHost};
 use agentd_raft::placement;
 use agentd_raft::types::{Command, CommandResponse};
 use openraft::raft::ReadPolicy;
+use tracing::Instrument;
 
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -43,7 +44,8 @@ impl Router {
     pub async fn handle(&self, request: ClientRequest, forwarded: bool) -> ClientResponse {
         let started = std::time::Instant::now();
         let kind = request_kind(&request);
-        let response = match self.handle_inner(request, forwarded).await {
+        let span = tracing::debug_span!("request", kind, forwarded, session = ?request.session_id());
+        let response = match self.handle_inner(request, forwarded).instrument(span).await {
             Ok(response) => response,
             Err(error) => ClientResponse::Error(error),
         };
