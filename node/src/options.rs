@@ -69,6 +69,9 @@ impl RaftTuning {
             // must win a fresh election rather than resume from possibly
             // stale state.
             enable_leader_restore: Some(false),
+            // Appended entries are readable before they are synced, so the
+            // leader replicates them while its own fsync runs instead of after.
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         };
         Ok(Arc::new(config.validate()?))

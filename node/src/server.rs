@@ -8,7 +8,7 @@ use std::time::Duration;
 use agentd_protocol::api::{ClientRequest, ClientResponse, Request};
 use agentd_protocol::cluster::{ClusterEnvelope, ClusterRequest, ClusterResponse, JoinRequest, JoinResponse};
 use agentd_protocol::ids::{GroupId, SessionId};
-use agentd_protocol::limits::{CLIENT_FRAME_BYTES_MAX, CLUSTER_FRAME_BYTES_MAX};
+use agentd_protocol::limits::{CLIENT_FRAME_BYTES_MAX, CLUSTER_FRAME_BYTES_MAX, RAFT_BATCH_CALLS_MAX};
 use agentd_protocol::{ApiError, CLIENT_ALPN, CLUSTER_ALPN, JOIN_ALPN, PROTOCOL_VERSION};
 use agentd_raft::tls::{peer_node_id, ClusterCa};
 use agentd_raft::wire::{read_frame, write_frame};
@@ -203,6 +203,17 @@ async fn serve_cluster_stream(router: Router, mut send: quinn::SendStream, mut r
     } else {
         match envelope.body {
             ClusterRequest::Raft { group, kind, payload } => router.host().handle_rpc(group, kind, &payload).await,
+            ClusterRequest::RaftBatch(calls) if calls.len() > RAFT_BATCH_CALLS_MAX => {
+                ClusterResponse::Error(ApiError::InvalidRequest {
+                    message: format!("{} Raft calls in one batch; the limit is {RAFT_BATCH_CALLS_MAX}", calls.len()),
+                })
+            }
+            ClusterRequest::RaftBatch(calls) => {
+                // The calls are for different groups: run them side by side.
+                let host = router.host();
+                let answers = calls.iter().map(|call| host.handle_rpc(call.group, call.kind, &call.payload));
+                ClusterResponse::RaftBatch(futures_util::future::join_all(answers).await)
+            }
             ClusterRequest::Forward(request) => ClusterResponse::Forwarded(router.handle(request, true).await),
             ClusterRequest::NodeStatus => ClusterResponse::NodeStatus(router.local_status()),
             ClusterRequest::AddNode { node_id, addr } => match router.admit(node_id, addr, true).await {

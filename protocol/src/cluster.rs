@@ -24,6 +24,14 @@ pub enum RaftRpcKind {
     TransferLeader,
 }
 
+/// One Raft RPC of one group, as carried in a [`ClusterRequest::RaftBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftCall {
+    pub group: GroupId,
+    pub kind: RaftRpcKind,
+    pub payload: Vec<u8>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterRequest {
     Raft {
@@ -31,6 +39,10 @@ pub enum ClusterRequest {
         kind: RaftRpcKind,
         payload: Vec<u8>,
     },
+    /// Raft RPCs of many groups bound for the same node, sent as one
+    /// message: with many shards per node this is what keeps the number of
+    /// streams (and the CPU spent on them) from growing with the shard count.
+    RaftBatch(Vec<RaftCall>),
     /// A client call relayed to the node that leads its shard.
     Forward(ClientRequest),
     /// This node's own status (the groups it hosts).
@@ -46,6 +58,8 @@ pub enum ClusterRequest {
 pub enum ClusterResponse {
     /// An encoded openraft reply (success or openraft's own error).
     Raft(Vec<u8>),
+    /// One answer per call of a `RaftBatch`, in order: `Raft` or `Error`.
+    RaftBatch(Vec<ClusterResponse>),
     Forwarded(ClientResponse),
     NodeStatus(NodeStatus),
     NodeAdded,

@@ -30,3 +30,10 @@ pub const CLIENT_STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// Events buffered per shard for live followers before a slow follower is
 /// told to re-read from the store.
 pub const FOLLOW_BUFFER_EVENTS_MAX: usize = 4096;
+/// Most Raft RPCs carried in one batch to a peer.
+pub const RAFT_BATCH_CALLS_MAX: usize = 512;
+/// Batches in flight to one peer at a time; further RPCs wait and join the
+/// next batch, which is what makes batches form under load.
+pub const RAFT_BATCHES_IN_FLIGHT_MAX: usize = 4;
+/// Raft RPCs queued for one peer before senders are slowed down.
+pub const RAFT_QUEUE_DEPTH_MAX: usize = 8192;

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use agentd_protocol::cluster::{ClusterRequest, ClusterResponse, RaftRpcKind};
+use agentd_protocol::cluster::{ClusterRequest, ClusterResponse, RaftCall, RaftRpcKind};
 use agentd_protocol::frame::{decode_body, encode_body};
 use agentd_protocol::ids::{GroupId, NodeId};
 use openraft::errors::{Fatal, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
@@ -49,8 +49,13 @@ impl GroupClient {
         Resp: DeserializeOwned,
     {
         let payload = encode_body(request)?;
-        let body = ClusterRequest::Raft { group: self.group, kind, payload };
-        match self.peers.call(&self.addr, body, timeout).await? {
+        // Snapshots are large and slow: they travel alone, not in a batch.
+        let response = if kind == RaftRpcKind::FullSnapshot {
+            self.peers.call(&self.addr, ClusterRequest::Raft { group: self.group, kind, payload }, timeout).await?
+        } else {
+            self.peers.call_raft(&self.addr, RaftCall { group: self.group, kind, payload }, timeout).await?
+        };
+        match response {
             ClusterResponse::Raft(bytes) => Ok(decode_body(&bytes)?),
             ClusterResponse::Error(error) => Err(Error::Network(format!("node {} refused: {error}", self.target))),
             other => Err(Error::Network(format!("node {} answered a Raft RPC with {other:?}", self.target))),

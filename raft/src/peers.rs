@@ -3,14 +3,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use agentd_protocol::cluster::{ClusterEnvelope, ClusterRequest, ClusterResponse};
+use agentd_protocol::cluster::{ClusterEnvelope, ClusterRequest, ClusterResponse, RaftCall};
 use agentd_protocol::ids::NodeId;
-use agentd_protocol::limits::CLUSTER_FRAME_BYTES_MAX;
+use agentd_protocol::limits::{
+    CLUSTER_FRAME_BYTES_MAX, RAFT_BATCHES_IN_FLIGHT_MAX, RAFT_BATCH_CALLS_MAX, RAFT_QUEUE_DEPTH_MAX,
+};
 use agentd_protocol::PROTOCOL_VERSION;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
 
 use crate::wire::{read_frame, write_frame};
 use crate::Error;
@@ -28,6 +30,15 @@ struct PeersInner {
     // One slot per address; the slot's lock keeps concurrent callers from
     // dialling the same peer twice.
     connections: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<quinn::Connection>>>>>,
+    // One queue of Raft RPCs per peer address, drained by a batching task.
+    raft_queues: std::sync::Mutex<HashMap<String, mpsc::Sender<PendingCall>>>,
+}
+
+/// A Raft RPC waiting to join a batch.
+struct PendingCall {
+    call: RaftCall,
+    timeout: Duration,
+    reply: oneshot::Sender<Result<ClusterResponse, String>>,
 }
 
 impl Peers {
@@ -38,6 +49,7 @@ impl Peers {
                 endpoint,
                 client_config,
                 connections: std::sync::Mutex::new(HashMap::new()),
+                raft_queues: std::sync::Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -53,6 +65,32 @@ impl Peers {
         match tokio::time::timeout(timeout, self.call_inner(addr, &envelope)).await {
             Ok(result) => result,
             Err(_) => Err(Error::Network(format!("call to {addr} timed out after {timeout:?}"))),
+        }
+    }
+
+    /// Sends one Raft RPC to `addr`, batched with other groups' RPCs to the
+    /// same peer when several are waiting.
+    pub async fn call_raft(&self, addr: &str, call: RaftCall, timeout: Duration) -> Result<ClusterResponse, Error> {
+        let queue = {
+            let mut queues = self.inner.raft_queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            queues
+                .entry(addr.to_string())
+                .or_insert_with(|| {
+                    let (sender, receiver) = mpsc::channel(RAFT_QUEUE_DEPTH_MAX);
+                    tokio::spawn(run_batcher(Arc::downgrade(&self.inner), addr.to_string(), receiver));
+                    sender
+                })
+                .clone()
+        };
+        let (reply, answer) = oneshot::channel();
+        let pending = PendingCall { call, timeout, reply };
+        let waited = tokio::time::timeout(timeout, async {
+            queue.send(pending).await.map_err(|_| Error::Network(format!("queue to {addr} is closed")))?;
+            answer.await.map_err(|_| Error::Network(format!("batch to {addr} was dropped")))?.map_err(Error::Network)
+        });
+        match waited.await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Network(format!("Raft call to {addr} timed out after {timeout:?}"))),
         }
     }
 
@@ -106,6 +144,51 @@ impl Peers {
                 *slot = None;
             }
         }
+    }
+}
+
+/// Drains one peer's Raft queue: every RPC waiting when a batch slot frees
+/// up goes out in one message. Exits when the `Peers` it serves is dropped.
+async fn run_batcher(peers: Weak<PeersInner>, addr: String, mut queue: mpsc::Receiver<PendingCall>) {
+    let in_flight = Arc::new(Semaphore::new(RAFT_BATCHES_IN_FLIGHT_MAX));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < RAFT_BATCH_CALLS_MAX {
+            match queue.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = peers.upgrade() else { return };
+        let peers = Peers { inner };
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            metrics::histogram!("agentd_raft_batch_calls").record(batch.len() as f64);
+            let timeout = batch.iter().map(|pending| pending.timeout).max().unwrap_or_default();
+            let (calls, replies): (Vec<RaftCall>, Vec<_>) =
+                batch.into_iter().map(|pending| (pending.call, pending.reply)).unzip();
+            let expected = calls.len();
+            let request = if expected == 1 {
+                let RaftCall { group, kind, payload } = calls.into_iter().next().expect("one call");
+                ClusterRequest::Raft { group, kind, payload }
+            } else {
+                ClusterRequest::RaftBatch(calls)
+            };
+            let answers: Vec<Result<ClusterResponse, String>> = match peers.call(&addr, request, timeout).await {
+                Ok(ClusterResponse::RaftBatch(responses)) if responses.len() == expected => {
+                    responses.into_iter().map(Ok).collect()
+                }
+                Ok(response) if expected == 1 => vec![Ok(response)],
+                Ok(other) => vec![Err(format!("{addr} answered a batch with {other:?}")); expected],
+                Err(error) => vec![Err(error.to_string()); expected],
+            };
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                // The caller may have timed out and gone; nothing to tell it.
+                let _ = reply.send(answer);
+            }
+        });
     }
 }
 

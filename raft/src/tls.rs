@@ -273,41 +273,49 @@ pub fn client_config(trust: ServerTrust, alpn: &[u8]) -> Result<quinn::ClientCon
         ServerTrust::Ca(ca_cert_pem) => builder.with_root_certificates(root_store(&ca_cert_pem)?).with_no_client_auth(),
         ServerTrust::Fingerprint(fingerprint) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(FingerprintVerifier::new(&fingerprint, provider)?))
+            .with_custom_certificate_verifier(Arc::new(CustomVerifier::fingerprint(&fingerprint, provider)?))
             .with_no_client_auth(),
         ServerTrust::InsecureLoopback => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(InsecureVerifier { provider }))
+            .with_custom_certificate_verifier(Arc::new(CustomVerifier::insecure(provider)))
             .with_no_client_auth(),
     };
     tls.alpn_protocols = vec![alpn.to_vec()];
     quic_client_config(tls)
 }
 
-/// Trusts a server whose chain carries the CA with a known fingerprint.
+/// Verifies servers for the two trusts that have no CA certificate at hand.
 ///
-/// A joining node has only the fingerprint from its join token, not the CA
-/// certificate. The server sends the CA along with its own certificate; once
-/// a certificate in the chain matches the fingerprint, it is used as the only
+/// With a fingerprint (a joining node has only the one in its join token):
+/// the server sends the CA along with its own certificate; once a
+/// certificate in the chain matches the fingerprint, it is used as the only
 /// root and the leaf is verified against it exactly as with a known CA.
+///
+/// Without one (development against a loopback node) any certificate is
+/// accepted; the handshake signature is still checked, so the server at
+/// least holds the key of the certificate it presented.
 #[derive(Debug)]
-struct FingerprintVerifier {
-    fingerprint: String,
+struct CustomVerifier {
+    fingerprint: Option<String>,
     provider: Arc<CryptoProvider>,
 }
 
-impl FingerprintVerifier {
-    fn new(fingerprint: &str, provider: Arc<CryptoProvider>) -> Result<Self, Error> {
+impl CustomVerifier {
+    fn fingerprint(fingerprint: &str, provider: Arc<CryptoProvider>) -> Result<Self, Error> {
         let fingerprint = fingerprint.trim().to_ascii_lowercase();
         let is_sha256_hex = fingerprint.len() == 64 && fingerprint.bytes().all(|byte| byte.is_ascii_hexdigit());
         if !is_sha256_hex {
             return Err(Error::Certificate("a CA fingerprint is 64 hex digits (SHA-256)".to_owned()));
         }
-        Ok(FingerprintVerifier { fingerprint, provider })
+        Ok(CustomVerifier { fingerprint: Some(fingerprint), provider })
+    }
+
+    fn insecure(provider: Arc<CryptoProvider>) -> Self {
+        CustomVerifier { fingerprint: None, provider }
     }
 }
 
-impl ServerCertVerifier for FingerprintVerifier {
+impl ServerCertVerifier for CustomVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -316,9 +324,12 @@ impl ServerCertVerifier for FingerprintVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(fingerprint) = &self.fingerprint else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let ca = intermediates
             .iter()
-            .find(|certificate| fingerprint_of(certificate) == self.fingerprint)
+            .find(|certificate| &fingerprint_of(certificate) == fingerprint)
             .ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
@@ -326,60 +337,6 @@ impl ServerCertVerifier for FingerprintVerifier {
             .build()
             .map_err(|error| rustls::Error::General(error.to_string()))?;
         verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        signature: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            signature,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        signature: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            signature,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Accepts any server certificate, for development against a loopback node.
-///
-/// The handshake signature is still checked, so the server at least holds the
-/// key of the certificate it presented.
-#[derive(Debug)]
-struct InsecureVerifier {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for InsecureVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
