@@ -1,4 +1,4 @@
-//! Three real processes, 20 sessions, 2,000 acknowledged appends while the
+//! Three real processes (default 64 shards), 20 sessions, 2,000 acknowledged appends while the
 //! busiest leader is SIGKILLed twice and restarted; then every replica must
 //! hold every acknowledged event exactly once, in order, with no gaps.
 
@@ -28,7 +28,7 @@ fn busiest_leader(status: &ClusterStatus) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_appends_survive_leader_kills() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(agentd_tests::agentd_binary!(), 3, &["--shards", "8"]).await?;
+    let mut cluster = Cluster::start(agentd_tests::agentd_binary!(), 3, &[]).await?;
     let client = Arc::new(cluster.client()?);
     let mut sessions = Vec::new();
     for _ in 0..SESSIONS {
