@@ -1,0 +1,4 @@
+//! The agent loop: model providers, sandboxes and the built-in tools.
+
+pub mod model;
+pub mod sandbox;

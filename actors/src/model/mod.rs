@@ -1,0 +1,1 @@
+//! Model providers (being written).

@@ -1,0 +1,1 @@
+//! Sandboxes and the built-in tools (being written).
