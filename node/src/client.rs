@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use agentd_protocol::api::{ClientRequest, ClientResponse, ClusterStatus, Consistency, Request, SessionInfo};
 use agentd_protocol::event::{Event, EventPayload};
-use agentd_protocol::ids::{EventId, SessionId};
+use agentd_protocol::agent::{Agent, AgentSpec, Environment, EnvironmentSpec};
+use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, SessionId};
 use agentd_protocol::limits::CLIENT_FRAME_BYTES_MAX;
 use agentd_protocol::{ApiError, CLIENT_ALPN};
 use agentd_raft::peers::{host_of, resolve};
@@ -196,10 +197,48 @@ impl Client {
         }
     }
 
+    /// Creates a session with no agent: a plain replicated event log.
     pub async fn create_session(&self) -> Result<SessionInfo, ClientError> {
+        self.create_session_with(None, None).await
+    }
+
+    /// Creates a session pinned to the agent's current version, in an environment.
+    pub async fn create_session_with(
+        &self,
+        agent: Option<AgentId>,
+        environment: Option<EnvironmentId>,
+    ) -> Result<SessionInfo, ClientError> {
         let session_id = SessionId::from_random(rand::random());
-        match self.call(ClientRequest::CreateSession { session_id }).await? {
+        match self.call(ClientRequest::CreateSession { session_id, agent, environment }).await? {
             ClientResponse::Session(info) => Ok(info),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Creates an agent (a new id) or adds a version to an existing one.
+    pub async fn put_agent(&self, agent_id: Option<AgentId>, spec: AgentSpec) -> Result<Agent, ClientError> {
+        let agent_id = agent_id.unwrap_or_else(|| AgentId::from_random(rand::random()));
+        match self.call(ClientRequest::PutAgent { agent_id, spec }).await? {
+            ClientResponse::Agent(agent) => Ok(agent),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn get_agent(&self, agent_id: AgentId) -> Result<Agent, ClientError> {
+        match self.call(ClientRequest::GetAgent { agent_id }).await? {
+            ClientResponse::Agent(agent) => Ok(agent),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn put_environment(
+        &self,
+        environment_id: Option<EnvironmentId>,
+        spec: EnvironmentSpec,
+    ) -> Result<Environment, ClientError> {
+        let environment_id = environment_id.unwrap_or_else(|| EnvironmentId::from_random(rand::random()));
+        match self.call(ClientRequest::PutEnvironment { environment_id, spec }).await? {
+            ClientResponse::Environment(environment) => Ok(environment),
             other => Err(unexpected(other)),
         }
     }

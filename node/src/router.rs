@@ -5,9 +5,10 @@ use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agentd_protocol::api::{ClientRequest, ClientResponse, ClusterStatus, Consistency, GroupStatus, NodeStatus};
+use agentd_protocol::agent::AgentRef;
+use agentd_protocol::api::{ClientRequest, ClientResponse, ClusterStatus, Consistency, GroupStatus, NodeStatus, Route};
 use agentd_protocol::cluster::{ClusterRequest, ClusterResponse};
-use agentd_protocol::ids::{shard_of, GroupId, NodeId, SessionId, ShardId};
+use agentd_protocol::ids::{shard_of, AgentId, GroupId, NodeId, SessionId, ShardId};
 use agentd_protocol::limits::EVENTS_PER_PAGE_MAX;
 use agentd_protocol::ApiError;
 use agentd_raft::host::{GroupHandle, RaftHost};
@@ -54,8 +55,10 @@ impl Router {
     }
 
     async fn handle_inner(&self, request: ClientRequest, forwarded: bool) -> Result<ClientResponse, ApiError> {
-        let Some(session_id) = request.session_id() else {
-            return Ok(ClientResponse::ClusterStatus(self.cluster_status().await?));
+        let session_id = match request.route() {
+            Route::Status => return Ok(ClientResponse::ClusterStatus(self.cluster_status().await?)),
+            Route::Metadata => return self.handle_metadata(request, forwarded).await,
+            Route::Session(session_id) => session_id,
         };
         let shard = self.shard_of(session_id)?;
         let local = self.host.group(GroupId::Shard(shard));
@@ -70,6 +73,67 @@ impl Router {
             return Err(ApiError::NotLeader { leader: local.as_ref().and_then(|group| self.leader_of(group)) });
         }
         self.forward(local.as_ref(), shard, request).await
+    }
+
+    /// Agents and environments live in the metadata group: served by its leader.
+    async fn handle_metadata(&self, request: ClientRequest, forwarded: bool) -> Result<ClientResponse, ApiError> {
+        let metadata = self.metadata()?;
+        if metadata.raft.is_leader() {
+            return self.execute_metadata(&metadata, request).await;
+        }
+        let leader = self.leader_of(&metadata);
+        if forwarded {
+            return Err(ApiError::NotLeader { leader });
+        }
+        let (_, addr) =
+            leader.ok_or_else(|| ApiError::Unavailable { message: "the metadata group has no leader right now".into() })?;
+        match self.host.peers().call(&addr, ClusterRequest::Forward(request), FORWARD_TIMEOUT).await {
+            Ok(ClusterResponse::Forwarded(ClientResponse::Error(error))) => Err(error),
+            Ok(ClusterResponse::Forwarded(response)) => Ok(response),
+            Ok(other) => Err(ApiError::Internal { message: format!("unexpected answer {other:?}") }),
+            Err(error) => Err(ApiError::Unavailable { message: error.to_string() }),
+        }
+    }
+
+    async fn execute_metadata(&self, metadata: &GroupHandle, request: ClientRequest) -> Result<ClientResponse, ApiError> {
+        match request {
+            ClientRequest::PutAgent { agent_id, spec } => {
+                spec.validate()?;
+                match placement::propose(metadata, Command::PutAgent { agent_id, spec, at_ms: now_ms() }).await? {
+                    CommandResponse::Agent(agent) => Ok(ClientResponse::Agent(agent)),
+                    other => Err(unexpected(other)),
+                }
+            }
+            ClientRequest::PutEnvironment { environment_id, spec } => {
+                spec.validate()?;
+                let command = Command::PutEnvironment { environment_id, spec, at_ms: now_ms() };
+                match placement::propose(metadata, command).await? {
+                    CommandResponse::Environment(environment) => Ok(ClientResponse::Environment(environment)),
+                    other => Err(unexpected(other)),
+                }
+            }
+            ClientRequest::GetAgent { agent_id } => {
+                ensure_linearizable(metadata).await?;
+                let agent = metadata.state.agent(agent_id).map_err(internal)?;
+                agent.map(ClientResponse::Agent).ok_or_else(|| ApiError::NotFound { what: format!("agent {agent_id}") })
+            }
+            ClientRequest::GetEnvironment { environment_id } => {
+                ensure_linearizable(metadata).await?;
+                let environment = metadata.state.environment(environment_id).map_err(internal)?;
+                environment
+                    .map(ClientResponse::Environment)
+                    .ok_or_else(|| ApiError::NotFound { what: format!("environment {environment_id}") })
+            }
+            other => Err(ApiError::InvalidRequest { message: format!("{other:?} is not a metadata request") }),
+        }
+    }
+
+    /// The agent a new session pins: its latest version, read on the metadata leader.
+    async fn resolve_agent(&self, agent_id: AgentId) -> Result<AgentRef, ApiError> {
+        match self.handle_metadata(ClientRequest::GetAgent { agent_id }, false).await? {
+            ClientResponse::Agent(agent) => Ok(AgentRef { id: agent_id, version: agent.latest_version() }),
+            other => Err(ApiError::Internal { message: format!("unexpected answer {other:?}") }),
+        }
     }
 
     /// The shard of a session, from the shard count fixed at cluster init.
@@ -94,8 +158,15 @@ impl Router {
         request: ClientRequest,
     ) -> Result<ClientResponse, ApiError> {
         match request {
-            ClientRequest::CreateSession { session_id } => {
-                let command = Command::CreateSession { session_id, shard, created_at_ms: now_ms() };
+            ClientRequest::CreateSession { session_id, agent, environment } => {
+                let agent = match agent {
+                    Some(agent_id) => Some(self.resolve_agent(agent_id).await?),
+                    None => None,
+                };
+                if let Some(environment_id) = environment {
+                    self.handle_metadata(ClientRequest::GetEnvironment { environment_id }, false).await?;
+                }
+                let command = Command::CreateSession { session_id, shard, created_at_ms: now_ms(), agent, environment };
                 match placement::propose(group, command).await? {
                     CommandResponse::Session { info, .. } => Ok(ClientResponse::Session(info)),
                     other => Err(unexpected(other)),
@@ -103,7 +174,7 @@ impl Router {
             }
             ClientRequest::Append { session_id, event_id, payload } => {
                 payload.validate_from_client()?;
-                let command = Command::Append { session_id, event_id, payload, processed_at_ms: now_ms() };
+                let command = Command::Append { session_id, event_id, payload, processed_at_ms: now_ms(), epoch: None };
                 let started = std::time::Instant::now();
                 let response = placement::propose(group, command).await?;
                 metrics::histogram!("agentd_append_commit_seconds").record(started.elapsed().as_secs_f64());
@@ -121,7 +192,12 @@ impl Router {
                 ensure_linearizable(group).await?;
                 read_events(group, session_id, from_seq, limit)
             }
-            ClientRequest::FollowEvents { .. } | ClientRequest::ClusterStatus => {
+            ClientRequest::FollowEvents { .. }
+            | ClientRequest::ClusterStatus
+            | ClientRequest::PutAgent { .. }
+            | ClientRequest::GetAgent { .. }
+            | ClientRequest::PutEnvironment { .. }
+            | ClientRequest::GetEnvironment { .. } => {
                 Err(ApiError::InvalidRequest { message: "this request cannot be executed as a single call".into() })
             }
         }
@@ -290,6 +366,10 @@ fn request_kind(request: &ClientRequest) -> &'static str {
         ClientRequest::ReadEvents { .. } => "read_events",
         ClientRequest::FollowEvents { .. } => "follow_events",
         ClientRequest::ClusterStatus => "cluster_status",
+        ClientRequest::PutAgent { .. } => "put_agent",
+        ClientRequest::GetAgent { .. } => "get_agent",
+        ClientRequest::PutEnvironment { .. } => "put_environment",
+        ClientRequest::GetEnvironment { .. } => "get_environment",
     }
 }
 

@@ -6,8 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::agent::{Agent, AgentRef, AgentSpec, Environment, EnvironmentSpec};
 use crate::event::{Event, EventPayload};
-use crate::ids::{EventId, GroupId, NodeId, SessionId, ShardId};
+use crate::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId};
 use crate::ApiError;
 
 /// The envelope of every client call; `version` is the handshake.
@@ -35,46 +36,59 @@ pub enum Consistency {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
-    /// Creates a session with a caller-chosen random id. Creating an existing
-    /// session again is not an error, so the call can be retried.
-    CreateSession {
-        session_id: SessionId,
-    },
-    GetSession {
-        session_id: SessionId,
-    },
+    /// Creates a session with a caller-chosen random id, pinned to the
+    /// agent's current version. Creating an existing session again is not an
+    /// error, so the call can be retried.
+    CreateSession { session_id: SessionId, agent: Option<AgentId>, environment: Option<EnvironmentId> },
+    GetSession { session_id: SessionId },
     /// Appends one event. `event_id` is the idempotency key: appending the
     /// same id again returns the sequence number of the first append.
-    Append {
-        session_id: SessionId,
-        event_id: EventId,
-        payload: EventPayload,
-    },
+    Append { session_id: SessionId, event_id: EventId, payload: EventPayload },
     /// Reads up to `limit` events with `seq >= from_seq`.
-    ReadEvents {
-        session_id: SessionId,
-        from_seq: u64,
-        limit: u32,
-        consistency: Consistency,
-    },
+    ReadEvents { session_id: SessionId, from_seq: u64, limit: u32, consistency: Consistency },
     /// Streams events with `seq >= from_seq`, then every new event as it commits.
-    FollowEvents {
-        session_id: SessionId,
-        from_seq: u64,
-    },
+    FollowEvents { session_id: SessionId, from_seq: u64 },
     ClusterStatus,
+    /// Creates an agent, or adds a version to an existing one.
+    PutAgent { agent_id: AgentId, spec: AgentSpec },
+    GetAgent { agent_id: AgentId },
+    PutEnvironment { environment_id: EnvironmentId, spec: EnvironmentSpec },
+    GetEnvironment { environment_id: EnvironmentId },
+}
+
+/// Where a request is executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// On the leader of the session's shard.
+    Session(SessionId),
+    /// On the metadata group's leader.
+    Metadata,
+    /// On the node that received it (it asks the others).
+    Status,
 }
 
 impl ClientRequest {
     /// The session a request is about, if any; it decides the shard.
     pub fn session_id(&self) -> Option<SessionId> {
         match self {
-            ClientRequest::CreateSession { session_id }
+            ClientRequest::CreateSession { session_id, .. }
             | ClientRequest::GetSession { session_id }
             | ClientRequest::Append { session_id, .. }
             | ClientRequest::ReadEvents { session_id, .. }
             | ClientRequest::FollowEvents { session_id, .. } => Some(*session_id),
-            ClientRequest::ClusterStatus => None,
+            ClientRequest::ClusterStatus
+            | ClientRequest::PutAgent { .. }
+            | ClientRequest::GetAgent { .. }
+            | ClientRequest::PutEnvironment { .. }
+            | ClientRequest::GetEnvironment { .. } => None,
+        }
+    }
+
+    pub fn route(&self) -> Route {
+        match (self, self.session_id()) {
+            (_, Some(session_id)) => Route::Session(session_id),
+            (ClientRequest::ClusterStatus, None) => Route::Status,
+            (_, None) => Route::Metadata,
         }
     }
 }
@@ -82,17 +96,21 @@ impl ClientRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientResponse {
     Session(SessionInfo),
-    Appended {
-        seq: u64,
-        duplicate: bool,
-    },
+    Appended { seq: u64, duplicate: bool },
     /// A page of events; `next_seq` is where the next read should start.
-    Events {
-        events: Vec<Event>,
-        next_seq: u64,
-    },
+    Events { events: Vec<Event>, next_seq: u64 },
     ClusterStatus(ClusterStatus),
+    Agent(Agent),
+    Environment(Environment),
     Error(ApiError),
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionStatus {
+    Idle,
+    Running,
+    Terminated,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +120,13 @@ pub struct SessionInfo {
     pub created_at_ms: u64,
     /// Sequence number of the last committed event (0 when empty).
     pub last_seq: u64,
+    pub agent: Option<AgentRef>,
+    pub environment: Option<EnvironmentId>,
+    pub status: SessionStatus,
+    /// The epoch of the orchestrator run allowed to append agent events.
+    pub epoch: u64,
+    /// Tool uses waiting for the client's answer.
+    pub pending_actions: Vec<EventId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

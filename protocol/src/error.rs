@@ -40,6 +40,8 @@ pub enum ApiError {
     NotReplica { group: String },
     #[error("temporarily unavailable: {message}")]
     Unavailable { message: String },
+    #[error("stale orchestrator epoch {epoch}; the session's epoch is {current}")]
+    StaleEpoch { epoch: u64, current: u64 },
     #[error("permission denied: {message}")]
     PermissionDenied { message: String },
     #[error("internal error: {message}")]

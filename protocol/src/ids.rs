@@ -110,6 +110,17 @@ random_id!(
     "sevt_"
 );
 
+random_id!(
+    /// An agent definition (all of its versions).
+    AgentId,
+    "agent_"
+);
+random_id!(
+    /// An environment: where an agent's tools run.
+    EnvironmentId,
+    "env_"
+);
+
 /// The shard a session lives on: a stable hash of its id modulo the shard
 /// count fixed at cluster init. FNV-1a is used because it is stable across
 /// builds and platforms (the std hasher is not).

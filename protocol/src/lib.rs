@@ -5,6 +5,7 @@
 //! those values are framed and decoded, and the named limits that bound them.
 //! Decoding untrusted bytes returns [`Error`]; it never panics.
 
+pub mod agent;
 pub mod api;
 pub mod cluster;
 mod error;

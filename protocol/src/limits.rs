@@ -37,3 +37,15 @@ pub const RAFT_BATCH_CALLS_MAX: usize = 512;
 pub const RAFT_BATCHES_IN_FLIGHT_MAX: usize = 4;
 /// Raft RPCs queued for one peer before senders are slowed down.
 pub const RAFT_QUEUE_DEPTH_MAX: usize = 8192;
+/// Longest name of an agent, environment or model.
+pub const NAME_BYTES_MAX: usize = 256;
+/// Most model calls an agent may make in one turn.
+pub const MODEL_CALLS_PER_TURN_MAX: u32 = 1000;
+/// Model calls per turn when the agent does not say.
+pub const MODEL_CALLS_PER_TURN_DEFAULT: u32 = 50;
+/// Longest wall-clock time of one tool call.
+pub const TOOL_TIMEOUT_MS_MAX: u64 = 30 * 60 * 1000;
+/// Tool time limit when the environment does not say.
+pub const TOOL_TIMEOUT_MS_DEFAULT: u64 = 120_000;
+/// The same tool with the same input this many turns in a row stops the agent.
+pub const STUCK_REPEATS_MAX: usize = 3;

@@ -12,7 +12,7 @@ use proptest::prelude::*;
 fn sample_requests(bits: u128, text: String, seq: u64) -> Vec<Request> {
     let session_id = SessionId::from_random(bits);
     vec![
-        Request::new(ClientRequest::CreateSession { session_id }),
+        Request::new(ClientRequest::CreateSession { session_id, agent: None, environment: None }),
         Request::new(ClientRequest::Append {
             session_id,
             event_id: EventId::from_random(bits.rotate_left(7)),

@@ -6,9 +6,10 @@
 
 use std::fmt;
 
+use agentd_protocol::agent::{Agent, AgentRef, AgentSpec, Environment, EnvironmentSpec};
 use agentd_protocol::api::SessionInfo;
 use agentd_protocol::event::EventPayload;
-use agentd_protocol::ids::{EventId, NodeId, SessionId, ShardId};
+use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, NodeId, SessionId, ShardId};
 use agentd_protocol::ApiError;
 use openraft::type_config::alias;
 use serde::{Deserialize, Serialize};
@@ -43,12 +44,22 @@ pub enum Command {
         session_id: SessionId,
         shard: ShardId,
         created_at_ms: u64,
+        agent: Option<AgentRef>,
+        environment: Option<EnvironmentId>,
     },
+    /// `epoch` is `None` for a client's append (user events only) and the
+    /// orchestrator run's epoch for the runtime's appends; a stale epoch is
+    /// refused, so two orchestrators of one session can never both write.
     Append {
         session_id: SessionId,
         event_id: EventId,
         payload: EventPayload,
         processed_at_ms: u64,
+        epoch: Option<u64>,
+    },
+    /// Starts a new orchestrator run: the session's epoch goes up by one.
+    ClaimEpoch {
+        session_id: SessionId,
     },
     // Metadata commands.
     /// The first command of a cluster: fixes the shard count for its lifetime.
@@ -65,6 +76,17 @@ pub enum Command {
         shard: ShardId,
         replicas: Vec<NodeId>,
     },
+    /// Creates an agent, or adds a version to it.
+    PutAgent {
+        agent_id: AgentId,
+        spec: AgentSpec,
+        at_ms: u64,
+    },
+    PutEnvironment {
+        environment_id: EnvironmentId,
+        spec: EnvironmentSpec,
+        at_ms: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -79,6 +101,9 @@ impl fmt::Display for Command {
             }
             Command::AddNode { node_id, addr } => write!(f, "add node {node_id} at {addr}"),
             Command::SetPlacement { shard, replicas } => write!(f, "place {shard} on {replicas:?}"),
+            Command::ClaimEpoch { session_id } => write!(f, "claim epoch of {session_id}"),
+            Command::PutAgent { agent_id, .. } => write!(f, "put agent {agent_id}"),
+            Command::PutEnvironment { environment_id, .. } => write!(f, "put environment {environment_id}"),
         }
     }
 }
@@ -88,6 +113,9 @@ impl fmt::Display for Command {
 pub enum CommandResponse {
     Session { info: SessionInfo, created: bool },
     Appended { seq: u64, duplicate: bool },
+    Epoch(u64),
+    Agent(Agent),
+    Environment(Environment),
     Done,
     Rejected(ApiError),
 }

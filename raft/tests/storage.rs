@@ -44,11 +44,11 @@ fn event_id(n: u128) -> EventId {
 }
 
 fn create(session_id: SessionId, created_at_ms: u64) -> Command {
-    Command::CreateSession { session_id, shard: SHARD, created_at_ms }
+    Command::CreateSession { session_id, shard: SHARD, created_at_ms, agent: None, environment: None }
 }
 
 fn append_text(session_id: SessionId, event: EventId, text: &str, processed_at_ms: u64) -> Command {
-    Command::Append { session_id, event_id: event, payload: EventPayload::user_text(text), processed_at_ms }
+    Command::Append { session_id, event_id: event, payload: EventPayload::user_text(text), processed_at_ms, epoch: None }
 }
 
 fn tempdir() -> TempDir {
@@ -155,7 +155,7 @@ async fn adjacent_groups_do_not_see_each_other() {
     state_machine_a
         .apply_entries([normal(
             1,
-            Command::CreateSession { session_id: session(1), shard: ShardId(1), created_at_ms: 10 },
+            Command::CreateSession { session_id: session(1), shard: ShardId(1), created_at_ms: 10, agent: None, environment: None },
         )])
         .expect("apply");
     assert_eq!(state_machine_b.applied_state().await.expect("applied").0, None);
@@ -183,7 +183,7 @@ async fn sessions_and_events_are_applied_with_exact_responses() {
             normal(6, append_text(nobody, event_id(3), "lost", 1004)),
         ])
         .expect("apply");
-    let alice_info = |last_seq| SessionInfo { session_id: alice, shard: SHARD, created_at_ms: 1000, last_seq };
+    let alice_info = |last_seq| new_session_info(alice, 1000, last_seq);
     assert_eq!(
         responses,
         vec![
@@ -212,7 +212,7 @@ async fn sessions_and_events_are_applied_with_exact_responses() {
             CommandResponse::Session { info: alice_info(2), created: false },
             CommandResponse::Appended { seq: 2, duplicate: true },
             CommandResponse::Session {
-                info: SessionInfo { session_id: bob, shard: SHARD, created_at_ms: 5002, last_seq: 0 },
+                info: new_session_info(bob, 5002, 0),
                 created: true
             },
             CommandResponse::Appended { seq: 1, duplicate: false },
@@ -409,7 +409,7 @@ async fn a_snapshot_moves_a_group_state_to_another_db_and_group() {
         target
             .apply_entries([normal(
                 1,
-                Command::CreateSession { session_id: session(77), shard: ShardId(9), created_at_ms: 1 },
+                Command::CreateSession { session_id: session(77), shard: ShardId(9), created_at_ms: 1, agent: None, environment: None },
             )])
             .expect("apply");
         target.install_snapshot(&current.meta, current.snapshot.clone()).await.expect("install snapshot");
@@ -425,7 +425,7 @@ async fn a_snapshot_moves_a_group_state_to_another_db_and_group() {
     );
     assert_eq!(target_reader.session_ids().expect("session ids"), vec![session(1), session(2)]);
     // The target holds the state as of the snapshot, under its own group.
-    let info = |id, created_at_ms, last_seq| SessionInfo { session_id: id, shard: SHARD, created_at_ms, last_seq };
+    let info = |id, created_at_ms, last_seq| new_session_info(id, created_at_ms, last_seq);
     assert_eq!(target_reader.session(session(1)).expect("session"), Some(info(session(1), 10, 2)));
     assert_eq!(target_reader.session(session(2)).expect("session"), Some(info(session(2), 11, 1)));
     assert_eq!(target_reader.session(session(77)).expect("session"), None);
@@ -504,4 +504,19 @@ async fn corrupt_snapshot_data_is_refused() {
     let error = state_machine.install_snapshot(&meta, b"garbage".to_vec()).await.expect_err("garbage is refused");
     assert_eq!(error.kind(), io::ErrorKind::InvalidData);
     assert_eq!(state_machine.applied_state().await.expect("applied").0, None);
+}
+
+/// The info of an idle session without an agent on [`SHARD`].
+fn new_session_info(session_id: SessionId, created_at_ms: u64, last_seq: u64) -> SessionInfo {
+    SessionInfo {
+        session_id,
+        shard: SHARD,
+        created_at_ms,
+        last_seq,
+        agent: None,
+        environment: None,
+        status: agentd_protocol::api::SessionStatus::Idle,
+        epoch: 0,
+        pending_actions: Vec::new(),
+    }
 }

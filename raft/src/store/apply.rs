@@ -9,8 +9,10 @@
 
 use std::collections::HashMap;
 
-use agentd_protocol::event::{Event, EventPayload};
-use agentd_protocol::ids::{EventId, GroupId, NodeId, SessionId, ShardId};
+use agentd_protocol::agent::{Agent, AgentSpec, Environment};
+use agentd_protocol::api::SessionStatus;
+use agentd_protocol::event::{Event, EventPayload, StopReason};
+use agentd_protocol::ids::{AgentId, EventId, GroupId, NodeId, SessionId, ShardId};
 use agentd_protocol::ApiError;
 use openraft::EntryPayload;
 use rocksdb::WriteBatch;
@@ -31,6 +33,7 @@ pub(crate) struct ApplyBatch<'a> {
     sessions: HashMap<SessionId, SessionRecord>,
     event_seqs: HashMap<(SessionId, EventId), u64>,
     cluster_config: Option<ClusterConfig>,
+    agents: HashMap<AgentId, Agent>,
     events: Vec<Event>,
 }
 
@@ -51,6 +54,7 @@ impl<'a> ApplyBatch<'a> {
             sessions: HashMap::new(),
             event_seqs: HashMap::new(),
             cluster_config: None,
+            agents: HashMap::new(),
             events: Vec::new(),
         }
     }
@@ -94,13 +98,30 @@ impl<'a> ApplyBatch<'a> {
     fn apply_command(&mut self, command: Command) -> Result<CommandResponse, Error> {
         let group = self.state.group();
         match (group, command) {
-            (GroupId::Shard(this_shard), Command::CreateSession { session_id, shard, created_at_ms })
+            (GroupId::Shard(this_shard), Command::CreateSession { session_id, shard, created_at_ms, agent, environment })
                 if shard == this_shard =>
             {
-                self.create_session(session_id, shard, created_at_ms)
+                let record = SessionRecord {
+                    shard,
+                    created_at_ms,
+                    last_seq: 0,
+                    agent,
+                    environment,
+                    status: SessionStatus::Idle,
+                    epoch: 0,
+                    pending_actions: Vec::new(),
+                };
+                self.create_session(session_id, record)
             }
-            (GroupId::Shard(_), Command::Append { session_id, event_id, payload, processed_at_ms }) => {
-                self.append(session_id, event_id, payload, processed_at_ms)
+            (GroupId::Shard(_), Command::Append { session_id, event_id, payload, processed_at_ms, epoch }) => {
+                self.append(session_id, event_id, payload, processed_at_ms, epoch)
+            }
+            (GroupId::Shard(_), Command::ClaimEpoch { session_id }) => self.claim_epoch(session_id),
+            (GroupId::Metadata, Command::PutAgent { agent_id, spec, at_ms }) => self.put_agent(agent_id, spec, at_ms),
+            (GroupId::Metadata, Command::PutEnvironment { environment_id, spec, at_ms }) => {
+                let environment = Environment { id: environment_id, spec, created_at_ms: at_ms };
+                self.put(keys::environment_key(self.state.group(), environment_id), &environment)?;
+                Ok(CommandResponse::Environment(environment))
             }
             (GroupId::Metadata, Command::InitCluster { shards, replication_factor }) => {
                 self.init_cluster(ClusterConfig { shards, replication_factor })
@@ -135,19 +156,38 @@ impl<'a> ApplyBatch<'a> {
         }
     }
 
-    fn create_session(
-        &mut self,
-        session_id: SessionId,
-        shard: ShardId,
-        created_at_ms: u64,
-    ) -> Result<CommandResponse, Error> {
-        if let Some(record) = self.session(session_id)? {
-            return Ok(CommandResponse::Session { info: record.info(session_id), created: false });
+    fn create_session(&mut self, session_id: SessionId, record: SessionRecord) -> Result<CommandResponse, Error> {
+        if let Some(existing) = self.session(session_id)? {
+            return Ok(CommandResponse::Session { info: existing.info(session_id), created: false });
         }
-        let record = SessionRecord { shard, created_at_ms, last_seq: 0 };
         let info = record.info(session_id);
         self.put_session(session_id, record)?;
         Ok(CommandResponse::Session { info, created: true })
+    }
+
+    fn claim_epoch(&mut self, session_id: SessionId) -> Result<CommandResponse, Error> {
+        let Some(mut record) = self.session(session_id)? else {
+            return Ok(CommandResponse::Rejected(ApiError::NotFound { what: format!("session {session_id}") }));
+        };
+        record.epoch += 1;
+        let epoch = record.epoch;
+        self.put_session(session_id, record)?;
+        Ok(CommandResponse::Epoch(epoch))
+    }
+
+    fn put_agent(&mut self, agent_id: AgentId, spec: AgentSpec, at_ms: u64) -> Result<CommandResponse, Error> {
+        let existing = match self.agents.get(&agent_id) {
+            Some(agent) => Some(agent.clone()),
+            None => self.state.agent(agent_id)?,
+        };
+        let mut agent = existing.unwrap_or(Agent { id: agent_id, versions: Vec::new(), created_at_ms: at_ms });
+        // Re-proposing the current version (a retried request) adds nothing.
+        if agent.versions.last() != Some(&spec) {
+            agent.versions.push(spec);
+        }
+        self.put(keys::agent_key(self.state.group(), agent_id), &agent)?;
+        self.agents.insert(agent_id, agent.clone());
+        Ok(CommandResponse::Agent(agent))
     }
 
     fn append(
@@ -156,6 +196,7 @@ impl<'a> ApplyBatch<'a> {
         event_id: EventId,
         payload: EventPayload,
         processed_at_ms: u64,
+        epoch: Option<u64>,
     ) -> Result<CommandResponse, Error> {
         let Some(mut record) = self.session(session_id)? else {
             return Ok(CommandResponse::Rejected(ApiError::NotFound { what: format!("session {session_id}") }));
@@ -164,6 +205,13 @@ impl<'a> ApplyBatch<'a> {
         // sequence number of the first one.
         if let Some(seq) = self.event_seq(session_id, event_id)? {
             return Ok(CommandResponse::Appended { seq, duplicate: true });
+        }
+        let verdict = match epoch {
+            None => admit_user_event(&mut record, &payload),
+            Some(epoch) => admit_runtime_event(&mut record, &payload, epoch),
+        };
+        if let Err(error) = verdict {
+            return Ok(CommandResponse::Rejected(error));
         }
         let seq = record.last_seq + 1;
         let event = Event { session_id, seq, id: event_id, processed_at_ms, payload };
@@ -204,4 +252,52 @@ impl<'a> ApplyBatch<'a> {
         self.put(keys::placement_key(self.state.group(), shard), &replicas)?;
         Ok(CommandResponse::Done)
     }
+}
+
+/// Checks a client's event against the session and records what it answers.
+fn admit_user_event(record: &mut SessionRecord, payload: &EventPayload) -> Result<(), ApiError> {
+    if !payload.is_user_event() {
+        return Err(ApiError::InvalidRequest { message: format!("clients may not append {}", payload.type_name()) });
+    }
+    if record.status == SessionStatus::Terminated {
+        return Err(ApiError::InvalidRequest { message: "the session is terminated".into() });
+    }
+    let answered = match payload {
+        EventPayload::UserToolConfirmation { tool_use_id, .. } => Some(*tool_use_id),
+        EventPayload::UserCustomToolResult { custom_tool_use_id, .. } => Some(*custom_tool_use_id),
+        _ => None,
+    };
+    if let Some(answered) = answered {
+        let Some(position) = record.pending_actions.iter().position(|pending| *pending == answered) else {
+            return Err(ApiError::InvalidRequest {
+                message: format!("{} answers {answered}, which is not waiting for an answer", payload.type_name()),
+            });
+        };
+        record.pending_actions.remove(position);
+    }
+    Ok(())
+}
+
+/// Checks an orchestrator's event: only the current epoch may write, and
+/// status events move the session's status.
+fn admit_runtime_event(record: &mut SessionRecord, payload: &EventPayload, epoch: u64) -> Result<(), ApiError> {
+    if epoch != record.epoch {
+        return Err(ApiError::StaleEpoch { epoch, current: record.epoch });
+    }
+    if payload.is_user_event() {
+        return Err(ApiError::InvalidRequest { message: "the runtime does not append user events".into() });
+    }
+    match payload {
+        EventPayload::SessionStatusRunning => record.status = SessionStatus::Running,
+        EventPayload::SessionStatusIdle { stop_reason } => {
+            record.status = SessionStatus::Idle;
+            record.pending_actions = match stop_reason {
+                StopReason::RequiresAction { event_ids } => event_ids.clone(),
+                _ => Vec::new(),
+            };
+        }
+        EventPayload::SessionStatusTerminated => record.status = SessionStatus::Terminated,
+        _ => {}
+    }
+    Ok(())
 }

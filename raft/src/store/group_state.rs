@@ -2,9 +2,10 @@
 //! family. Shared by the state machine (which writes them) and the state
 //! reader (which serves queries from them).
 
-use agentd_protocol::api::SessionInfo;
+use agentd_protocol::agent::{Agent, AgentRef, Environment};
+use agentd_protocol::api::{SessionInfo, SessionStatus};
 use agentd_protocol::event::Event;
-use agentd_protocol::ids::{EventId, GroupId, NodeId, SessionId, ShardId};
+use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -40,11 +41,26 @@ pub(crate) struct SessionRecord {
     pub(crate) shard: ShardId,
     pub(crate) created_at_ms: u64,
     pub(crate) last_seq: u64,
+    pub(crate) agent: Option<AgentRef>,
+    pub(crate) environment: Option<EnvironmentId>,
+    pub(crate) status: SessionStatus,
+    pub(crate) epoch: u64,
+    pub(crate) pending_actions: Vec<EventId>,
 }
 
 impl SessionRecord {
     pub(crate) fn info(&self, session_id: SessionId) -> SessionInfo {
-        SessionInfo { session_id, shard: self.shard, created_at_ms: self.created_at_ms, last_seq: self.last_seq }
+        SessionInfo {
+            session_id,
+            shard: self.shard,
+            created_at_ms: self.created_at_ms,
+            last_seq: self.last_seq,
+            agent: self.agent,
+            environment: self.environment,
+            status: self.status,
+            epoch: self.epoch,
+            pending_actions: self.pending_actions.clone(),
+        }
     }
 }
 
@@ -100,6 +116,14 @@ impl GroupState {
         self.get(&keys::event_id_key(self.group, session_id, event_id), || {
             format!("index of event {event_id} in session {session_id}")
         })
+    }
+
+    pub(crate) fn agent(&self, agent_id: AgentId) -> Result<Option<Agent>, Error> {
+        self.get(&keys::agent_key(self.group, agent_id), || format!("agent {agent_id}"))
+    }
+
+    pub(crate) fn environment(&self, environment_id: EnvironmentId) -> Result<Option<Environment>, Error> {
+        self.get(&keys::environment_key(self.group, environment_id), || format!("environment {environment_id}"))
     }
 
     pub(crate) fn cluster_config(&self) -> Result<Option<ClusterConfig>, Error> {

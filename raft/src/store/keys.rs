@@ -17,7 +17,7 @@
 //! sorts after every key of a group, including the metadata group whose
 //! prefix is all ones and so has no successor of the same width.
 
-use agentd_protocol::ids::{EventId, GroupId, NodeId, SessionId, ShardId};
+use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId};
 
 pub(crate) const LOG_CF: &str = "log";
 pub(crate) const RAFT_CF: &str = "raft";
@@ -45,6 +45,8 @@ const EVENT_ID_TAG: u8 = 3;
 const CLUSTER_TAG: u8 = 4;
 const NODE_TAG: u8 = 5;
 const PLACEMENT_TAG: u8 = 6;
+const AGENT_TAG: u8 = 7;
+const ENVIRONMENT_TAG: u8 = 8;
 
 fn key(group: GroupId, parts: &[&[u8]]) -> Vec<u8> {
     let mut key = Vec::with_capacity(GROUP_BYTES + SUFFIX_BYTES_MAX);
@@ -169,6 +171,14 @@ pub(crate) fn node_id_of(group: GroupId, key: &[u8]) -> Option<NodeId> {
 
 pub(crate) fn placement_key(group: GroupId, shard: ShardId) -> Vec<u8> {
     key(group, &[&[PLACEMENT_TAG], &shard.0.to_be_bytes()])
+}
+
+pub(crate) fn agent_key(group: GroupId, agent_id: AgentId) -> Vec<u8> {
+    key(group, &[&[AGENT_TAG], &agent_id.0])
+}
+
+pub(crate) fn environment_key(group: GroupId, environment_id: EnvironmentId) -> Vec<u8> {
+    key(group, &[&[ENVIRONMENT_TAG], &environment_id.0])
 }
 
 /// The range `[start, end)` of every placement record of a group.

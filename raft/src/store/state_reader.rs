@@ -3,7 +3,8 @@
 
 use agentd_protocol::api::SessionInfo;
 use agentd_protocol::event::Event;
-use agentd_protocol::ids::{GroupId, NodeId, SessionId, ShardId};
+use agentd_protocol::agent::{Agent, Environment};
+use agentd_protocol::ids::{AgentId, EnvironmentId, GroupId, NodeId, SessionId, ShardId};
 use agentd_protocol::limits::EVENTS_PER_PAGE_MAX;
 use tokio::sync::{broadcast, watch};
 
@@ -66,6 +67,16 @@ impl StateReader {
     }
 
     /// The shard count and replication factor, once the cluster is initialised.
+    /// An agent with all its versions (metadata group).
+    pub fn agent(&self, agent_id: AgentId) -> Result<Option<Agent>, Error> {
+        self.state.agent(agent_id)
+    }
+
+    /// An environment (metadata group).
+    pub fn environment(&self, environment_id: EnvironmentId) -> Result<Option<Environment>, Error> {
+        self.state.environment(environment_id)
+    }
+
     pub fn cluster_config(&self) -> Result<Option<(u32, u32)>, Error> {
         Ok(self.state.cluster_config()?.map(|config| (config.shards, config.replication_factor)))
     }

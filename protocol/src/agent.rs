@@ -1,0 +1,186 @@
+//! Agents and environments: versioned resources held by the metadata group.
+//! A session pins one agent version and one environment when it is created.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::JsonText;
+use crate::ids::{AgentId, EnvironmentId};
+use crate::{limits, ApiError};
+
+/// Whether a tool call runs at once or waits for the client's confirmation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PermissionPolicy {
+    AlwaysAllow,
+    AlwaysAsk,
+}
+
+/// The built-in tools (`agent_toolset_20260401`), run in the session's sandbox.
+pub const BUILT_IN_TOOLS: [&str; 6] = ["bash", "read", "write", "edit", "glob", "grep"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuiltInTool {
+    pub name: String,
+    pub policy: PermissionPolicy,
+}
+
+/// A tool the client executes: the agent emits `agent.custom_tool_use` and
+/// the client answers with `user.custom_tool_result`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomTool {
+    pub name: String,
+    pub description: String,
+    pub input_schema: JsonText,
+}
+
+/// What an agent is: one version of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSpec {
+    pub name: String,
+    /// Chooses the model provider: `scripted:echo`, `scripted:FILE`,
+    /// `anthropic:MODEL` (or `claude-...`), `openai:MODEL`.
+    pub model: String,
+    pub system: Option<String>,
+    pub tools: Vec<BuiltInTool>,
+    pub custom_tools: Vec<CustomTool>,
+    /// Most model calls in one turn of the agent before it stops.
+    pub max_model_calls_per_turn: u32,
+}
+
+impl AgentSpec {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let invalid = |message: String| Err(ApiError::InvalidRequest { message });
+        if self.name.is_empty() || self.name.len() > limits::NAME_BYTES_MAX {
+            return invalid(format!("an agent name is 1 to {} bytes", limits::NAME_BYTES_MAX));
+        }
+        if self.model.is_empty() || self.model.len() > limits::NAME_BYTES_MAX {
+            return invalid("an agent needs a model".into());
+        }
+        if self.system.as_ref().is_some_and(|system| system.len() > limits::TEXT_BYTES_MAX) {
+            return invalid(format!("the system prompt exceeds {} bytes", limits::TEXT_BYTES_MAX));
+        }
+        for tool in &self.tools {
+            if !BUILT_IN_TOOLS.contains(&tool.name.as_str()) {
+                return invalid(format!("unknown built-in tool {:?}; known: {}", tool.name, BUILT_IN_TOOLS.join(", ")));
+            }
+        }
+        for tool in &self.custom_tools {
+            if tool.name.is_empty() || BUILT_IN_TOOLS.contains(&tool.name.as_str()) {
+                return invalid(format!("custom tool name {:?} is empty or shadows a built-in tool", tool.name));
+            }
+        }
+        if self.max_model_calls_per_turn == 0 || self.max_model_calls_per_turn > limits::MODEL_CALLS_PER_TURN_MAX {
+            return invalid(format!("max_model_calls_per_turn is 1 to {}", limits::MODEL_CALLS_PER_TURN_MAX));
+        }
+        Ok(())
+    }
+
+    pub fn tool_policy(&self, name: &str) -> Option<PermissionPolicy> {
+        self.tools.iter().find(|tool| tool.name == name).map(|tool| tool.policy)
+    }
+
+    pub fn is_custom_tool(&self, name: &str) -> bool {
+        self.custom_tools.iter().any(|tool| tool.name == name)
+    }
+}
+
+/// An agent and every version it has had; versions start at 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agent {
+    pub id: AgentId,
+    pub versions: Vec<AgentSpec>,
+    pub created_at_ms: u64,
+}
+
+impl Agent {
+    pub fn latest_version(&self) -> u32 {
+        self.versions.len() as u32
+    }
+
+    pub fn version(&self, version: u32) -> Option<&AgentSpec> {
+        self.versions.get((version as usize).checked_sub(1)?)
+    }
+}
+
+/// A session's pinned agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRef {
+    pub id: AgentId,
+    pub version: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentSpec {
+    pub name: String,
+    /// The sandbox driver: `namespace` (bubblewrap) for now.
+    pub driver: String,
+    pub network: bool,
+    pub tool_timeout_ms: u64,
+}
+
+impl EnvironmentSpec {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let invalid = |message: String| Err(ApiError::InvalidRequest { message });
+        if self.name.is_empty() || self.name.len() > limits::NAME_BYTES_MAX {
+            return invalid(format!("an environment name is 1 to {} bytes", limits::NAME_BYTES_MAX));
+        }
+        if !["namespace"].contains(&self.driver.as_str()) {
+            return invalid(format!("unknown sandbox driver {:?}; available: namespace", self.driver));
+        }
+        if self.tool_timeout_ms == 0 || self.tool_timeout_ms > limits::TOOL_TIMEOUT_MS_MAX {
+            return invalid(format!("tool_timeout_ms is 1 to {}", limits::TOOL_TIMEOUT_MS_MAX));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Environment {
+    pub id: EnvironmentId,
+    pub spec: EnvironmentSpec,
+    pub created_at_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> AgentSpec {
+        AgentSpec {
+            name: "helper".into(),
+            model: "scripted:echo".into(),
+            system: None,
+            tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAsk }],
+            custom_tools: vec![],
+            max_model_calls_per_turn: 10,
+        }
+    }
+
+    #[test]
+    fn agent_specs_are_validated() {
+        assert!(spec().validate().is_ok());
+        let mut unknown = spec();
+        unknown.tools[0].name = "rm".into();
+        assert!(matches!(unknown.validate(), Err(ApiError::InvalidRequest { .. })));
+        let mut shadowing = spec();
+        shadowing.custom_tools.push(CustomTool {
+            name: "bash".into(),
+            description: String::new(),
+            input_schema: JsonText::parse("{}").unwrap(),
+        });
+        assert!(shadowing.validate().is_err());
+        let mut no_calls = spec();
+        no_calls.max_model_calls_per_turn = 0;
+        assert!(no_calls.validate().is_err());
+        assert_eq!(spec().tool_policy("bash"), Some(PermissionPolicy::AlwaysAsk));
+        assert_eq!(spec().tool_policy("read"), None);
+    }
+
+    #[test]
+    fn versions_start_at_one() {
+        let agent = Agent { id: AgentId::from_random(1), versions: vec![spec()], created_at_ms: 0 };
+        assert_eq!(agent.latest_version(), 1);
+        assert!(agent.version(1).is_some());
+        assert!(agent.version(0).is_none());
+        assert!(agent.version(2).is_none());
+    }
+}

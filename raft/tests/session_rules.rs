@@ -1,0 +1,129 @@
+//! The session rules the state machine enforces: orchestrator epochs fence
+//! stale writers, client events may only answer what is pending, status
+//! events move the session's status, and agents are versioned.
+
+use agentd_protocol::agent::{AgentSpec, BuiltInTool, PermissionPolicy};
+use agentd_protocol::api::SessionStatus;
+use agentd_protocol::event::{Confirmation, ContentBlock, EventPayload, JsonText, StopReason};
+use agentd_protocol::ids::{AgentId, EventId, GroupId, SessionId, ShardId};
+use agentd_protocol::ApiError;
+use agentd_raft::store::Db;
+use agentd_raft::types::{Command, CommandResponse, Entry, LogId, TypeConfig};
+use openraft::entry::RaftEntry;
+
+const SHARD: ShardId = ShardId(0);
+
+fn log_id(index: u64) -> LogId {
+    openraft::testing::log_id::<TypeConfig>(1, 1, index)
+}
+
+/// Applies commands one entry each and returns their responses.
+fn apply(state_machine: &mut agentd_raft::store::StateMachine, first_index: u64, commands: Vec<Command>) -> Vec<CommandResponse> {
+    let entries: Vec<Entry> = commands
+        .into_iter()
+        .enumerate()
+        .map(|(offset, command)| Entry::new_normal(log_id(first_index + offset as u64), command))
+        .collect();
+    state_machine.apply_entries(entries).expect("apply")
+}
+
+fn append(session_id: SessionId, id: u128, payload: EventPayload, epoch: Option<u64>) -> Command {
+    Command::Append { session_id, event_id: EventId::from_random(id), payload, processed_at_ms: 1, epoch }
+}
+
+#[test]
+fn stale_epochs_never_append_and_answers_must_match_pending_actions() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let (mut shard, reader) = db.state_machine(GroupId::Shard(SHARD)).unwrap();
+    let session = SessionId::from_random(1);
+    let tool_use = EventId::from_random(100);
+    let agent_text = EventPayload::AgentMessage { content: vec![ContentBlock::text("hi")] };
+
+    let responses = apply(
+        &mut shard,
+        1,
+        vec![
+            Command::CreateSession { session_id: session, shard: SHARD, created_at_ms: 1, agent: None, environment: None },
+            Command::ClaimEpoch { session_id: session },
+            Command::ClaimEpoch { session_id: session },
+            // The first run (epoch 1) was superseded by epoch 2.
+            append(session, 1, agent_text.clone(), Some(1)),
+            append(session, 2, EventPayload::SessionStatusRunning, Some(2)),
+            // A client cannot write agent events, nor the runtime user events.
+            append(session, 3, agent_text.clone(), None),
+            append(session, 4, EventPayload::user_text("x"), Some(2)),
+            // A confirmation that answers nothing.
+            append(
+                session,
+                5,
+                EventPayload::UserToolConfirmation { tool_use_id: tool_use, result: Confirmation::Allow, deny_message: None },
+                None,
+            ),
+        ],
+    );
+    assert_eq!(responses[1], CommandResponse::Epoch(1));
+    assert_eq!(responses[2], CommandResponse::Epoch(2));
+    assert_eq!(responses[3], CommandResponse::Rejected(ApiError::StaleEpoch { epoch: 1, current: 2 }));
+    assert_eq!(responses[4], CommandResponse::Appended { seq: 1, duplicate: false });
+    assert!(matches!(responses[5], CommandResponse::Rejected(ApiError::InvalidRequest { .. })), "{:?}", responses[5]);
+    assert!(matches!(responses[6], CommandResponse::Rejected(ApiError::InvalidRequest { .. })), "{:?}", responses[6]);
+    assert!(matches!(responses[7], CommandResponse::Rejected(ApiError::InvalidRequest { .. })), "{:?}", responses[7]);
+    assert_eq!(reader.session(session).unwrap().unwrap().status, SessionStatus::Running);
+
+    // The orchestrator asks for confirmation; the client answers it once.
+    let confirmation =
+        EventPayload::UserToolConfirmation { tool_use_id: tool_use, result: Confirmation::Deny, deny_message: None };
+    let responses = apply(
+        &mut shard,
+        9,
+        vec![
+            append(session, 6, EventPayload::AgentToolUse { name: "bash".into(), input: JsonText::parse("{}").unwrap() }, Some(2)),
+            append(
+                session,
+                7,
+                EventPayload::SessionStatusIdle { stop_reason: StopReason::RequiresAction { event_ids: vec![tool_use] } },
+                Some(2),
+            ),
+            append(session, 8, confirmation.clone(), None),
+            append(session, 9, confirmation, None),
+            append(session, 10, EventPayload::SessionStatusTerminated, Some(2)),
+            append(session, 11, EventPayload::user_text("too late"), None),
+        ],
+    );
+    assert_eq!(responses[0], CommandResponse::Appended { seq: 2, duplicate: false });
+    assert_eq!(responses[1], CommandResponse::Appended { seq: 3, duplicate: false });
+    assert_eq!(responses[2], CommandResponse::Appended { seq: 4, duplicate: false });
+    assert!(matches!(responses[3], CommandResponse::Rejected(ApiError::InvalidRequest { .. })), "answered twice");
+    assert_eq!(responses[4], CommandResponse::Appended { seq: 5, duplicate: false });
+    assert!(matches!(responses[5], CommandResponse::Rejected(ApiError::InvalidRequest { .. })), "terminated");
+    let info = reader.session(session).unwrap().unwrap();
+    assert_eq!((info.status, info.epoch, info.last_seq, info.pending_actions), (SessionStatus::Terminated, 2, 5, vec![]));
+}
+
+#[test]
+fn agents_gain_versions_and_retries_add_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let (mut metadata, reader) = db.state_machine(GroupId::Metadata).unwrap();
+    let agent_id = AgentId::from_random(5);
+    let spec = |model: &str| AgentSpec {
+        name: "helper".into(),
+        model: model.into(),
+        system: None,
+        tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
+        custom_tools: vec![],
+        max_model_calls_per_turn: 5,
+    };
+    let put = |model: &str| Command::PutAgent { agent_id, spec: spec(model), at_ms: 7 };
+    let responses = apply(&mut metadata, 1, vec![put("scripted:echo"), put("scripted:echo"), put("scripted:other")]);
+    let versions = |response: &CommandResponse| match response {
+        CommandResponse::Agent(agent) => agent.versions.len(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(responses.iter().map(versions).collect::<Vec<_>>(), vec![1, 1, 2]);
+    let agent = reader.agent(agent_id).unwrap().unwrap();
+    assert_eq!(agent.version(1).unwrap().model, "scripted:echo");
+    assert_eq!(agent.version(2).unwrap().model, "scripted:other");
+    assert!(reader.agent(AgentId::from_random(6)).unwrap().is_none());
+}
