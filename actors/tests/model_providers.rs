@@ -754,3 +754,111 @@ fn retryable_errors_are_documented_ones() {
     assert!(!ModelError::Auth("x".into()).is_retryable());
     assert!(!ModelError::InvalidResponse("x".into()).is_retryable());
 }
+
+// ------------------------------------------------------- anthropic streaming
+
+/// Renders events as a `text/event-stream` body, with CRLF line ends to
+/// check that they are accepted too.
+fn event_stream(events: &[Value]) -> String {
+    events
+        .iter()
+        .map(|event| format!("event: {}\r\ndata: {}\r\n\r\n", event["type"].as_str().unwrap(), event))
+        .collect()
+}
+
+fn streamed_tool_use_events() -> Vec<Value> {
+    vec![
+        json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+               "content": [], "model": "claude-test", "stop_reason": null,
+               "usage": {"input_tokens": 25, "output_tokens": 1}}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hmm"}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "ping"}),
+        json!({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}}),
+        json!({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "Reading "}}),
+        json!({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "it."}}),
+        json!({"type": "content_block_stop", "index": 1}),
+        json!({"type": "content_block_start", "index": 2,
+               "content_block": {"type": "tool_use", "id": "toolu_9", "name": "read", "input": {}}}),
+        json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": ""}}),
+        json!({"type": "content_block_delta", "index": 2,
+               "delta": {"type": "input_json_delta", "partial_json": "{\"path\": \"a."}}),
+        json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "txt\"}"}}),
+        json!({"type": "content_block_stop", "index": 2}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+               "usage": {"output_tokens": 40}}),
+        json!({"type": "message_stop"}),
+    ]
+}
+
+fn streaming_config(server: &TestServer) -> ProviderConfig {
+    ProviderConfig { anthropic_streaming: true, ..config_for(server) }
+}
+
+#[tokio::test]
+async fn anthropic_streaming_assembles_the_same_response() {
+    let stream =
+        Canned::raw(200, &event_stream(&streamed_tool_use_events())).header("content-type", "text/event-stream");
+    let server = TestServer::start(vec![stream]).await;
+    let provider = provider_for("anthropic:claude-test", &streaming_config(&server)).unwrap();
+    let response = provider.complete(tool_conversation("anthropic:claude-test")).await.unwrap();
+    assert_eq!(
+        response.content,
+        vec![
+            text("Reading it."),
+            Block::ToolUse { id: "toolu_9".into(), name: "read".into(), input_json: r#"{"path":"a.txt"}"#.into() },
+        ]
+    );
+    assert_eq!(response.stop_reason, StopReason::ToolUse);
+    assert_eq!(response.usage, Usage { input_tokens: 25, output_tokens: 40 });
+    let seen = server.seen();
+    assert_eq!(seen[0].body["stream"], true);
+    assert_eq!(seen[0].headers["accept"], "text/event-stream");
+    assert_eq!(seen[0].body["system"], "You are terse.");
+}
+
+#[tokio::test]
+async fn anthropic_streaming_accepts_a_plain_json_answer() {
+    let server = TestServer::start(vec![Canned::json(200, anthropic_answer())]).await;
+    let provider = provider_for("anthropic:claude-test", &streaming_config(&server)).unwrap();
+    let response = provider.complete(hello()).await.unwrap();
+    assert_eq!(response.stop_reason, StopReason::ToolUse);
+}
+
+#[tokio::test]
+async fn anthropic_streaming_failures_are_classified() {
+    let mut cut_short = streamed_tool_use_events();
+    cut_short.truncate(8);
+    let mut bad_input = streamed_tool_use_events();
+    bad_input[12] = json!({"type": "content_block_delta", "index": 2,
+                           "delta": {"type": "input_json_delta", "partial_json": "txt"}});
+    let mut nameless_tool = streamed_tool_use_events();
+    nameless_tool[9] = json!({"type": "content_block_start", "index": 2,
+                              "content_block": {"type": "tool_use", "id": "toolu_9", "input": {}}});
+    let mut overloaded = streamed_tool_use_events();
+    overloaded.truncate(3);
+    overloaded.push(json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}));
+    let mut unopened = streamed_tool_use_events();
+    unopened.remove(5);
+
+    type ErrorCheck = fn(&ModelError) -> bool;
+    let cases: Vec<(&str, String, ErrorCheck)> = vec![
+        ("cut short", event_stream(&cut_short), |e| matches!(e, ModelError::Transient(_))),
+        ("bad tool input", event_stream(&bad_input), |e| matches!(e, ModelError::InvalidResponse(_))),
+        ("nameless tool", event_stream(&nameless_tool), |e| matches!(e, ModelError::InvalidResponse(_))),
+        (
+            "overloaded",
+            event_stream(&overloaded),
+            |e| matches!(e, ModelError::Transient(m) if m.contains("Overloaded")),
+        ),
+        ("delta for an unopened block", event_stream(&unopened), |e| matches!(e, ModelError::InvalidResponse(_))),
+        ("garbage", "data: {not json\n\n".to_string(), |e| matches!(e, ModelError::InvalidResponse(_))),
+    ];
+    for (name, body, expected) in cases {
+        let server = TestServer::start(vec![Canned::raw(200, &body)]).await;
+        let provider = provider_for("anthropic:claude-test", &streaming_config(&server)).unwrap();
+        let error = provider.complete(hello()).await.unwrap_err();
+        assert!(expected(&error), "{name}: {error:?}");
+    }
+}

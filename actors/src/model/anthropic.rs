@@ -3,6 +3,7 @@
 use futures_util::future::BoxFuture;
 use serde_json::{json, Map, Value};
 
+use super::anthropic_stream::StreamAssembler;
 use super::http_client::HttpClient;
 use super::{Block, Message, ModelError, ModelProvider, ModelRequest, ModelResponse, StopReason, Usage};
 
@@ -17,20 +18,39 @@ pub struct AnthropicProvider {
     http: HttpClient,
     messages_url: String,
     api_key: String,
+    streaming: bool,
 }
 
 impl AnthropicProvider {
     /// `base_url` is e.g. `https://api.anthropic.com` (no `/v1`).
     pub fn new(http: HttpClient, base_url: &str, api_key: String) -> AnthropicProvider {
         let messages_url = format!("{}/v1/messages", base_url.trim_end_matches('/'));
-        AnthropicProvider { http, messages_url, api_key }
+        AnthropicProvider { http, messages_url, api_key, streaming: false }
+    }
+
+    /// Asks for a server-sent event stream (`"stream": true`) and assembles
+    /// it into the same response. The answer is still returned whole.
+    pub fn with_streaming(mut self, streaming: bool) -> AnthropicProvider {
+        self.streaming = streaming;
+        self
     }
 
     async fn call(&self, request: ModelRequest) -> Result<ModelResponse, ModelError> {
-        let body = request_body(&request)?;
-        let headers = [("x-api-key", self.api_key.clone()), ("anthropic-version", ANTHROPIC_VERSION.to_string())];
+        let mut body = request_body(&request)?;
+        let mut headers =
+            vec![("x-api-key", self.api_key.clone()), ("anthropic-version", ANTHROPIC_VERSION.to_string())];
+        if self.streaming {
+            body["stream"] = Value::Bool(true);
+            headers.push(("accept", "text/event-stream".to_string()));
+        }
         let response = self.http.post_json(&self.messages_url, &headers, body.to_string().into_bytes()).await?;
-        parse_response(&response.body)
+        // A proxy may ignore `stream` and answer with one JSON object.
+        let is_json = response.body.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{');
+        if self.streaming && !is_json {
+            StreamAssembler::assemble(&response.body)
+        } else {
+            parse_response(&response.body)
+        }
     }
 }
 

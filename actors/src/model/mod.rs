@@ -11,6 +11,7 @@
 //! builds, so nothing installs a process-wide rustls provider.
 
 mod anthropic;
+mod anthropic_stream;
 mod circuit_breaker;
 mod echo;
 mod error;
@@ -27,6 +28,7 @@ mod script;
 use futures_util::future::BoxFuture;
 
 pub use anthropic::{AnthropicProvider, ANTHROPIC_MODEL_PREFIX, ANTHROPIC_VERSION};
+pub use anthropic_stream::{StreamAssembler, STREAM_BLOCKS_MAX};
 pub use circuit_breaker::{
     BreakerPermit, BreakerState, CircuitBreaker, BREAKER_COOL_DOWN_MS_DEFAULT, BREAKER_FAILURES_MAX_DEFAULT,
 };

@@ -21,6 +21,8 @@ pub struct ProviderConfig {
     /// Without `/v1`; default `https://api.anthropic.com`.
     pub anthropic_base_url: String,
     pub anthropic_api_key: Option<String>,
+    /// Ask the Messages API for a server-sent event stream; default off.
+    pub anthropic_streaming: bool,
     /// With the version; default `https://api.openai.com/v1`.
     pub openai_base_url: String,
     /// Optional: local servers (llama.cpp, Ollama) usually need none.
@@ -40,6 +42,7 @@ impl Default for ProviderConfig {
         ProviderConfig {
             anthropic_base_url: ANTHROPIC_BASE_URL_DEFAULT.to_string(),
             anthropic_api_key: None,
+            anthropic_streaming: false,
             openai_base_url: OPENAI_BASE_URL_DEFAULT.to_string(),
             openai_api_key: None,
             scripts_dir: None,
@@ -109,7 +112,9 @@ pub fn provider_for(model: &str, config: &ProviderConfig) -> Result<Arc<dyn Mode
             .anthropic_api_key
             .clone()
             .ok_or_else(|| ModelError::Auth(format!("model {model:?} needs ANTHROPIC_API_KEY")))?;
-        return Ok(Arc::new(AnthropicProvider::new(config.http_client(), &config.anthropic_base_url, api_key)));
+        let provider = AnthropicProvider::new(config.http_client(), &config.anthropic_base_url, api_key)
+            .with_streaming(config.anthropic_streaming);
+        return Ok(Arc::new(provider));
     }
     if let Some(name) = model.strip_prefix(OPENAI_MODEL_PREFIX) {
         if name.is_empty() {
