@@ -29,7 +29,12 @@ struct Canned {
 
 impl Canned {
     fn json(status: u16, body: Value) -> Canned {
-        Canned { status, headers: Vec::new(), body: body.to_string(), delay: Duration::ZERO }
+        Canned {
+            status,
+            headers: vec![("content-type", "application/json")],
+            body: body.to_string(),
+            delay: Duration::ZERO,
+        }
     }
 
     fn raw(status: u16, body: &str) -> Canned {
@@ -861,4 +866,94 @@ async fn anthropic_streaming_failures_are_classified() {
         let error = provider.complete(hello()).await.unwrap_err();
         assert!(expected(&error), "{name}: {error:?}");
     }
+}
+
+/// A server whose every answer is `chunks`, sent `gap` apart.
+async fn start_chunked_server(chunks: Vec<Vec<u8>>, gap: Duration) -> String {
+    let app = Router::new().fallback(move || {
+        let chunks = chunks.clone();
+        async move {
+            let stream = futures_util::stream::unfold(chunks.into_iter(), move |mut chunks| async move {
+                let chunk = chunks.next()?;
+                tokio::time::sleep(gap).await;
+                Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), chunks))
+            });
+            ([("content-type", "text/event-stream")], axum::body::Body::from_stream(stream)).into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{address}")
+}
+
+/// The event stream of a text answer cut into pieces of `size` bytes, so
+/// pieces end mid-line and mid-character.
+fn chunked_text_answer(text: &str, size: usize) -> Vec<Vec<u8>> {
+    let events = [
+        json!({"type": "message_start", "message": {"usage": {"input_tokens": 3, "output_tokens": 0}}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 4}}),
+        json!({"type": "message_stop"}),
+    ];
+    event_stream(&events).into_bytes().chunks(size).map(<[u8]>::to_vec).collect()
+}
+
+#[tokio::test]
+async fn anthropic_streaming_reads_chunks_as_they_come_and_bounds_silences_only() {
+    let chunks = chunked_text_answer("héllo wörld", 13);
+    assert!(chunks.len() > 40);
+    // The whole answer takes well over the timeout, but no silence does.
+    let base_url = start_chunked_server(chunks, Duration::from_millis(10)).await;
+    let config = ProviderConfig {
+        anthropic_base_url: base_url,
+        anthropic_api_key: Some("k".into()),
+        anthropic_streaming: true,
+        request_timeout_ms: 200,
+        ..ProviderConfig::default()
+    };
+    let provider = provider_for("anthropic:claude-test", &config).unwrap();
+    let response = provider.complete(hello()).await.unwrap();
+    assert_eq!(response.content, vec![text("héllo wörld")]);
+    assert_eq!(response.stop_reason, StopReason::EndTurn);
+    assert_eq!(response.usage, Usage { input_tokens: 3, output_tokens: 4 });
+}
+
+#[tokio::test]
+async fn anthropic_streaming_silence_is_a_transient_error() {
+    let chunks = chunked_text_answer("hello", 400);
+    let base_url = start_chunked_server(chunks, Duration::from_secs(5)).await;
+    let config = ProviderConfig {
+        anthropic_base_url: base_url,
+        anthropic_api_key: Some("k".into()),
+        anthropic_streaming: true,
+        request_timeout_ms: 100,
+        ..ProviderConfig::default()
+    };
+    let provider = provider_for("anthropic:claude-test", &config).unwrap();
+    let error = provider.complete(hello()).await.unwrap_err();
+    assert!(matches!(&error, ModelError::Transient(message) if message.contains("sent nothing")), "{error:?}");
+}
+
+#[test]
+fn sse_decoder_gives_the_same_events_for_any_chunking() {
+    use agentd_actors::model::SseDecoder;
+    let body =
+        "event: a\ndata: {\"x\": 1}\n\n: comment\r\nevent: b\r\ndata: line one\r\ndata: line two\r\n\r\ndata: last";
+    let whole = {
+        let mut decoder = SseDecoder::default();
+        let mut events = decoder.push(body.as_bytes()).unwrap();
+        events.extend(decoder.finish().unwrap());
+        events
+    };
+    assert_eq!(whole, ["{\"x\": 1}", "line one\nline two", "last"]);
+    let mut decoder = SseDecoder::default();
+    let mut events = Vec::new();
+    for byte in body.as_bytes() {
+        events.extend(decoder.push(std::slice::from_ref(byte)).unwrap());
+    }
+    events.extend(decoder.finish().unwrap());
+    assert_eq!(events, whole);
 }

@@ -5,6 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::anthropic_stream::StreamAssembler;
 use super::http_client::HttpClient;
+use super::sse_decoder::SseDecoder;
 use super::{Block, Message, ModelError, ModelProvider, ModelRequest, ModelResponse, StopReason, Usage};
 
 /// The API version this provider speaks.
@@ -29,7 +30,9 @@ impl AnthropicProvider {
     }
 
     /// Asks for a server-sent event stream (`"stream": true`) and assembles
-    /// it into the same response. The answer is still returned whole.
+    /// it into the same response. The answer is still returned whole, but
+    /// the request timeout then bounds each silence in the stream instead of
+    /// the whole call, so long generations are not cut off.
     pub fn with_streaming(mut self, streaming: bool) -> AnthropicProvider {
         self.streaming = streaming;
         self
@@ -39,18 +42,29 @@ impl AnthropicProvider {
         let mut body = request_body(&request)?;
         let mut headers =
             vec![("x-api-key", self.api_key.clone()), ("anthropic-version", ANTHROPIC_VERSION.to_string())];
-        if self.streaming {
-            body["stream"] = Value::Bool(true);
-            headers.push(("accept", "text/event-stream".to_string()));
+        if !self.streaming {
+            let response = self.http.post_json(&self.messages_url, &headers, body.to_string().into_bytes()).await?;
+            return parse_response(&response.body);
         }
-        let response = self.http.post_json(&self.messages_url, &headers, body.to_string().into_bytes()).await?;
+        body["stream"] = Value::Bool(true);
+        headers.push(("accept", "text/event-stream".to_string()));
+        let mut stream =
+            self.http.post_json_streaming(&self.messages_url, &headers, body.to_string().into_bytes()).await?;
         // A proxy may ignore `stream` and answer with one JSON object.
-        let is_json = response.body.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{');
-        if self.streaming && !is_json {
-            StreamAssembler::assemble(&response.body)
-        } else {
-            parse_response(&response.body)
+        if stream.content_type().starts_with("application/json") {
+            return parse_response(&stream.collect().await?);
         }
+        let mut decoder = SseDecoder::default();
+        let mut assembler = StreamAssembler::default();
+        while let Some(chunk) = stream.next_chunk().await? {
+            for data in decoder.push(&chunk)? {
+                assembler.apply_data(&data)?;
+            }
+        }
+        if let Some(data) = decoder.finish()? {
+            assembler.apply_data(&data)?;
+        }
+        assembler.finish()
     }
 }
 

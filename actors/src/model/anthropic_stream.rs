@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::anthropic::{parse_usage, stop_reason_from};
+use super::sse_decoder::SseDecoder;
 use super::{Block, ModelError, ModelResponse, StopReason, Usage};
 
 /// Bound on the content blocks of one streamed answer.
@@ -39,24 +40,22 @@ pub struct StreamAssembler {
 impl StreamAssembler {
     /// Parses a whole `text/event-stream` body.
     pub fn assemble(body: &[u8]) -> Result<ModelResponse, ModelError> {
-        let body = std::str::from_utf8(body).map_err(|_| invalid("the event stream is not UTF-8".into()))?;
-        let body = body.replace("\r\n", "\n");
+        let mut decoder = SseDecoder::default();
         let mut assembler = StreamAssembler::default();
-        for event in body.split("\n\n") {
-            let data = event
-                .lines()
-                .filter_map(|line| line.strip_prefix("data:"))
-                .map(|data| data.strip_prefix(' ').unwrap_or(data))
-                .collect::<Vec<_>>()
-                .join("\n");
-            if data.is_empty() {
-                continue;
-            }
-            let data: Value =
-                serde_json::from_str(&data).map_err(|error| invalid(format!("event data is not JSON: {error}")))?;
-            assembler.apply(&data)?;
+        for data in decoder.push(body)? {
+            assembler.apply_data(&data)?;
+        }
+        if let Some(data) = decoder.finish()? {
+            assembler.apply_data(&data)?;
         }
         assembler.finish()
+    }
+
+    /// Applies the `data:` text of one event.
+    pub fn apply_data(&mut self, data: &str) -> Result<(), ModelError> {
+        let event: Value =
+            serde_json::from_str(data).map_err(|error| invalid(format!("event data is not JSON: {error}")))?;
+        self.apply(&event)
     }
 
     /// Applies one event's data.

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
-use hyper::{Method, Request};
+use hyper::{Method, Request, Response};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -96,13 +97,54 @@ impl HttpClient {
     }
 
     /// POSTs `body` as JSON to `url` with the extra `headers`. A 2xx answer
-    /// comes back as its body; everything else as a classified error.
+    /// comes back as its body; everything else as a classified error. The
+    /// whole exchange is bounded by the request timeout.
     pub async fn post_json(
         &self,
         url: &str,
         headers: &[(&'static str, String)],
         body: Vec<u8>,
     ) -> Result<HttpResponse, ModelError> {
+        let request = self.build_request(url, headers, body)?;
+        let exchange = async {
+            let response = self.send(request).await?;
+            let body = collect(response.into_body(), url).await?;
+            Ok(HttpResponse { body })
+        };
+        tokio::time::timeout(self.request_timeout, exchange).await.unwrap_or_else(|_| Err(self.timed_out(url)))
+    }
+
+    /// Like `post_json`, but hands a 2xx body over as it arrives. The
+    /// request timeout bounds the wait for the answer's head and then each
+    /// wait for the next chunk, so a long generation that keeps streaming
+    /// is not cut off.
+    pub async fn post_json_streaming(
+        &self,
+        url: &str,
+        headers: &[(&'static str, String)],
+        body: Vec<u8>,
+    ) -> Result<HttpStream, ModelError> {
+        let request = self.build_request(url, headers, body)?;
+        let response = tokio::time::timeout(self.request_timeout, self.send(request))
+            .await
+            .unwrap_or_else(|_| Err(self.timed_out(url)))?;
+        let content_type =
+            response.headers().get(CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default().to_string();
+        Ok(HttpStream {
+            body: response.into_body(),
+            content_type,
+            idle_timeout: self.request_timeout,
+            bytes_read: 0,
+            url: url.to_string(),
+        })
+    }
+
+    fn build_request(
+        &self,
+        url: &str,
+        headers: &[(&'static str, String)],
+        body: Vec<u8>,
+    ) -> Result<Request<Full<Bytes>>, ModelError> {
         let mut request = Request::builder().method(Method::POST).uri(url).header(CONTENT_TYPE, "application/json");
         for (name, value) in headers {
             let value = HeaderValue::from_str(value)
@@ -117,34 +159,90 @@ impl HttpClient {
                 "{url} is https but no TLS connector was configured (ProviderConfig::tls_connector)"
             )));
         }
-        match tokio::time::timeout(self.request_timeout, self.send(request)).await {
-            Ok(result) => result,
-            Err(_) => Err(ModelError::Transient(format!(
-                "no complete answer from {url} within {} ms",
-                self.request_timeout.as_millis()
-            ))),
-        }
+        Ok(request)
     }
 
-    async fn send(&self, request: Request<Full<Bytes>>) -> Result<HttpResponse, ModelError> {
-        let uri = request.uri().clone();
+    /// Sends `request`; a non-2xx answer is read and classified.
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, ModelError> {
+        let uri = request.uri().to_string();
         let response = match &self.transport {
             Transport::Plain(client) => client.request(request).await,
             Transport::Tls(client) => client.request(request).await,
         }
         .map_err(|error| ModelError::Transient(format!("request to {uri} failed: {}", error_chain(&error))))?;
         let status = response.status();
-        let retry_after_ms = retry_after_ms(response.headers());
-        let body = Limited::new(response.into_body(), RESPONSE_BODY_BYTES_MAX)
-            .collect()
-            .await
-            .map_err(|error| ModelError::Transient(format!("reading the answer from {uri} failed: {error}")))?
-            .to_bytes();
         if status.is_success() {
-            return Ok(HttpResponse { body });
+            return Ok(response);
         }
+        let retry_after_ms = retry_after_ms(response.headers());
+        let body = collect(response.into_body(), &uri).await?;
         Err(ModelError::from_http_status(status.as_u16(), retry_after_ms, error_message(&body)))
     }
+
+    fn timed_out(&self, url: &str) -> ModelError {
+        ModelError::Transient(format!("no complete answer from {url} within {} ms", self.request_timeout.as_millis()))
+    }
+}
+
+/// A 2xx answer body being received.
+#[derive(Debug)]
+pub struct HttpStream {
+    body: Incoming,
+    content_type: String,
+    idle_timeout: Duration,
+    bytes_read: usize,
+    url: String,
+}
+
+impl HttpStream {
+    /// The answer's `content-type`, empty if it had none.
+    pub fn content_type(&self) -> &str {
+        &self.content_type
+    }
+
+    /// The next piece of the body, or `None` at its end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, ModelError> {
+        loop {
+            let frame = tokio::time::timeout(self.idle_timeout, self.body.frame()).await.map_err(|_| {
+                ModelError::Transient(format!(
+                    "{} sent nothing for {} ms mid-answer",
+                    self.url,
+                    self.idle_timeout.as_millis()
+                ))
+            })?;
+            let Some(frame) = frame else { return Ok(None) };
+            let frame = frame.map_err(|error| {
+                ModelError::Transient(format!("reading the answer from {} failed: {}", self.url, error_chain(&error)))
+            })?;
+            // Trailers carry nothing we need.
+            let Ok(data) = frame.into_data() else { continue };
+            self.bytes_read += data.len();
+            if self.bytes_read > RESPONSE_BODY_BYTES_MAX {
+                return Err(ModelError::InvalidResponse(format!(
+                    "the answer from {} is larger than {RESPONSE_BODY_BYTES_MAX} bytes",
+                    self.url
+                )));
+            }
+            return Ok(Some(data));
+        }
+    }
+
+    /// The rest of the body.
+    pub async fn collect(mut self) -> Result<Bytes, ModelError> {
+        let mut body = Vec::new();
+        while let Some(chunk) = self.next_chunk().await? {
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(body))
+    }
+}
+
+async fn collect(body: Incoming, url: &str) -> Result<Bytes, ModelError> {
+    Ok(Limited::new(body, RESPONSE_BODY_BYTES_MAX)
+        .collect()
+        .await
+        .map_err(|error| ModelError::Transient(format!("reading the answer from {url} failed: {error}")))?
+        .to_bytes())
 }
 
 /// The error and its sources, because hyper's top-level message

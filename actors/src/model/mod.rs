@@ -24,6 +24,7 @@ mod resilient;
 mod response;
 mod retry_policy;
 mod script;
+mod sse_decoder;
 
 use futures_util::future::BoxFuture;
 
@@ -35,7 +36,7 @@ pub use circuit_breaker::{
 pub use echo::{EchoProvider, ECHO_NO_TEXT};
 pub use error::ModelError;
 pub use http_client::{
-    HttpClient, TlsConnector, CONNECT_TIMEOUT_MS, REQUEST_TIMEOUT_MS_DEFAULT, RESPONSE_BODY_BYTES_MAX,
+    HttpClient, HttpStream, TlsConnector, CONNECT_TIMEOUT_MS, REQUEST_TIMEOUT_MS_DEFAULT, RESPONSE_BODY_BYTES_MAX,
 };
 pub use message::{Block, Message, Role};
 pub use openai::{OpenAiProvider, OPENAI_MODEL_PREFIX, TOOL_ERROR_PREFIX};
@@ -47,6 +48,7 @@ pub use resilient::ResilientProvider;
 pub use response::{ModelResponse, StopReason, Usage};
 pub use retry_policy::RetryPolicy;
 pub use script::{ScriptedProvider, SCRIPT_BYTES_MAX, SCRIPT_FINISHED};
+pub use sse_decoder::{SseDecoder, SSE_LINE_BYTES_MAX};
 
 /// A language model behind some API.
 pub trait ModelProvider: Send + Sync + 'static {
