@@ -957,3 +957,49 @@ fn sse_decoder_gives_the_same_events_for_any_chunking() {
     events.extend(decoder.finish().unwrap());
     assert_eq!(events, whole);
 }
+
+#[tokio::test]
+async fn resilient_does_not_wait_out_a_pause_longer_than_its_longest_backoff() {
+    let rate_limited = Canned::json(429, anthropic_error_body("rate_limit_error", "slow")).header("retry-after", "60");
+    let server = TestServer::start(vec![rate_limited]).await;
+    let provider = resilient(&server, fast_policy(5), Arc::new(CircuitBreaker::default()));
+    let error = provider.complete(hello()).await.unwrap_err();
+    assert!(matches!(error, ModelError::RateLimited { retry_after_ms: Some(60_000), .. }), "{error:?}");
+    assert_eq!(server.calls(), 1);
+}
+
+#[tokio::test]
+async fn empty_text_blocks_are_not_sent_to_anthropic_and_openai_content_is_never_null_alone() {
+    let server = TestServer::start(vec![Canned::json(200, anthropic_answer())]).await;
+    let provider = provider_for("anthropic:claude-test", &config_for(&server)).unwrap();
+    let messages = vec![
+        Message::user_text("hi"),
+        Message {
+            role: Role::Assistant,
+            content: vec![
+                text(""),
+                Block::ToolUse { id: "toolu_1".into(), name: "bash".into(), input_json: "{}".into() },
+            ],
+        },
+    ];
+    provider.complete(request("anthropic:claude-test", messages.clone())).await.unwrap();
+    assert_eq!(
+        server.seen()[0].body["messages"][1]["content"],
+        json!([{"type": "tool_use", "id": "toolu_1", "name": "bash", "input": {}}])
+    );
+
+    let server = TestServer::start(vec![Canned::json(200, openai_answer())]).await;
+    let provider = provider_for("openai:llama3", &config_for(&server)).unwrap();
+    let mut messages = messages;
+    messages.push(Message {
+        role: Role::User,
+        content: vec![Block::ToolResult { tool_use_id: "toolu_1".into(), content: "ok".into(), is_error: false }],
+    });
+    messages.push(Message { role: Role::Assistant, content: vec![] });
+    provider.complete(request("openai:llama3", messages)).await.unwrap();
+    let sent = &server.seen()[0].body["messages"];
+    assert_eq!(sent[1]["content"], Value::Null);
+    assert_eq!(sent[1]["tool_calls"][0]["function"]["arguments"], "{}");
+    assert_eq!(sent[2], json!({"role": "tool", "tool_call_id": "toolu_1", "content": "ok"}));
+    assert_eq!(sent[3], json!({"role": "assistant", "content": ""}));
+}

@@ -104,9 +104,11 @@ pub fn request_body(request: &ModelRequest) -> Result<Value, ModelError> {
 }
 
 fn message_json(message: &Message) -> Result<Value, ModelError> {
+    // The API refuses empty text blocks, and they say nothing.
     let content = message
         .content
         .iter()
+        .filter(|block| !matches!(block, Block::Text { text } if text.is_empty()))
         .map(|block| match block {
             Block::Text { text } => Ok(json!({"type": "text", "text": text})),
             Block::ToolUse { id, name, input_json } => {

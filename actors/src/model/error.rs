@@ -8,7 +8,7 @@ pub enum ModelError {
     #[error("transient model error: {0}")]
     Transient(String),
     /// The provider asked us to slow down (429).
-    #[error("model rate limited (retry after {retry_after_ms:?} ms): {message}")]
+    #[error("model rate limited: {message}")]
     RateLimited { retry_after_ms: Option<u64>, message: String },
     /// The request itself is wrong (other 4xx, an unknown model string, a
     /// malformed script): sending it again will not help.

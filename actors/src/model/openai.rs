@@ -93,7 +93,7 @@ fn push_message(messages: &mut Vec<Value>, message: &Message) -> Result<(), Mode
                     messages.push(json!({"role": "tool", "tool_call_id": tool_use_id, "content": content}));
                 }
             }
-            if message.texts().next().is_some() {
+            if !text.is_empty() {
                 messages.push(json!({"role": "user", "content": text}));
             }
         }
@@ -113,8 +113,10 @@ fn push_message(messages: &mut Vec<Value>, message: &Message) -> Result<(), Mode
                 .collect::<Result<Vec<Value>, ModelError>>()?;
             let mut assistant = Map::new();
             assistant.insert("role".into(), json!("assistant"));
-            let has_text = message.texts().next().is_some();
-            assistant.insert("content".into(), if has_text { json!(text) } else { Value::Null });
+            let has_text = !text.is_empty();
+            // Content may be null only next to tool calls.
+            let content = if has_text || tool_calls.is_empty() { json!(text) } else { Value::Null };
+            assistant.insert("content".into(), content);
             if !tool_calls.is_empty() {
                 assistant.insert("tool_calls".into(), Value::Array(tool_calls));
             }

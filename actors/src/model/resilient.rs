@@ -11,7 +11,8 @@ use super::{CircuitBreaker, ModelError, ModelProvider, ModelRequest, ModelRespon
 
 /// Wraps a provider: `Transient` and `RateLimited` errors are retried per
 /// the `RetryPolicy` (a `RateLimited` retry waits at least the provider's
-/// `retry-after`), every attempt passes the shared `CircuitBreaker`, and
+/// `retry-after`, and is not retried when that is longer than
+/// `backoff_max_ms`), every attempt passes the shared `CircuitBreaker`, and
 /// when retries are exhausted the last error is returned. An open breaker
 /// fails the call at once with `CircuitOpen`, without calling the provider.
 ///
@@ -78,7 +79,11 @@ impl ResilientProvider {
                 _ => return Err(error),
             };
             attempt += 1;
-            if attempt >= attempts_max {
+            // A provider that asks for a longer pause than the policy would
+            // ever wait is not waited for inside the call: the caller can
+            // park the session instead of holding it.
+            let pause_too_long = retry_after_ms.is_some_and(|pause_ms| pause_ms > self.policy.backoff_max_ms);
+            if attempt >= attempts_max || pause_too_long {
                 tracing::debug!(%provider, attempts = attempt, %error, "model call retries exhausted");
                 return Err(error);
             }
