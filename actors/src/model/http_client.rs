@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response};
@@ -16,7 +16,8 @@ use hyper_util::rt::TokioExecutor;
 use super::ModelError;
 
 /// Default bound on one model call, from sending the request to the last
-/// byte of the answer.
+/// byte of the answer (for a streamed answer: to its head, then on each
+/// silence).
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 120_000;
 /// Bound on establishing a TCP connection.
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
@@ -238,11 +239,14 @@ impl HttpStream {
 }
 
 async fn collect(body: Incoming, url: &str) -> Result<Bytes, ModelError> {
-    Ok(Limited::new(body, RESPONSE_BODY_BYTES_MAX)
-        .collect()
-        .await
-        .map_err(|error| ModelError::Transient(format!("reading the answer from {url} failed: {error}")))?
-        .to_bytes())
+    let collected = Limited::new(body, RESPONSE_BODY_BYTES_MAX).collect().await.map_err(|error| {
+        if error.is::<LengthLimitError>() {
+            ModelError::InvalidResponse(format!("the answer from {url} is larger than {RESPONSE_BODY_BYTES_MAX} bytes"))
+        } else {
+            ModelError::Transient(format!("reading the answer from {url} failed: {}", error_chain(&*error)))
+        }
+    })?;
+    Ok(collected.to_bytes())
 }
 
 /// The error and its sources, because hyper's top-level message
