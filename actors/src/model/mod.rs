@@ -36,7 +36,8 @@ pub use circuit_breaker::{
 pub use echo::{EchoProvider, ECHO_NO_TEXT};
 pub use error::ModelError;
 pub use http_client::{
-    HttpClient, HttpStream, TlsConnector, CONNECT_TIMEOUT_MS, REQUEST_TIMEOUT_MS_DEFAULT, RESPONSE_BODY_BYTES_MAX,
+    HttpClient, HttpResponse, HttpStream, TlsConnector, CONNECT_TIMEOUT_MS, REQUEST_TIMEOUT_MS_DEFAULT,
+    RESPONSE_BODY_BYTES_MAX,
 };
 pub use message::{Block, Message, Role};
 pub use openai::{OpenAiProvider, OPENAI_MODEL_PREFIX, TOOL_ERROR_PREFIX};
