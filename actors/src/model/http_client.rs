@@ -1,6 +1,7 @@
 //! The one place model providers touch the network: POST a JSON body, get
 //! a classified answer back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,7 +41,18 @@ const ERROR_BODY_CHARS_MAX: usize = 500;
 /// ```
 pub type TlsConnector = HttpsConnector<HttpConnector>;
 
-/// The transport: plain HTTP always, HTTPS when a TLS connector was given.
+/// HTTPS (and plain HTTP) with the web PKI roots and an explicitly chosen
+/// crypto provider, so nothing installs a process-wide rustls default.
+fn default_tls_connector(plain: HttpConnector) -> Result<TlsConnector, rustls::Error> {
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))?
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(plain))
+}
+
+/// The transport: HTTPS-or-HTTP normally, plain HTTP if TLS cannot be set up.
 #[derive(Clone)]
 enum Transport {
     Plain(Client<HttpConnector, Full<Bytes>>),
@@ -80,12 +92,14 @@ impl HttpClient {
     /// `https_or_http()`).
     pub fn new(tls_connector: Option<TlsConnector>) -> HttpClient {
         let builder = Client::builder(TokioExecutor::new());
-        let transport = match tls_connector {
-            Some(connector) => Transport::Tls(builder.build(connector)),
-            None => {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)));
-                Transport::Plain(builder.build(connector))
+        let mut plain = HttpConnector::new();
+        plain.set_connect_timeout(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)));
+        plain.enforce_http(false);
+        let transport = match tls_connector.map(Ok).unwrap_or_else(|| default_tls_connector(plain.clone())) {
+            Ok(connector) => Transport::Tls(builder.build(connector)),
+            Err(error) => {
+                tracing::warn!(%error, "no TLS for model providers; only http:// base URLs will work");
+                Transport::Plain(builder.build(plain))
             }
         };
         HttpClient { transport, request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS_DEFAULT) }
