@@ -1,4 +1,5 @@
 //! The agent loop: model providers, sandboxes and the built-in tools.
 
+pub mod brain;
 pub mod model;
 pub mod sandbox;

@@ -1,0 +1,5 @@
+//! The brain: the agent loop, stateless over the session log.
+
+mod plan;
+
+pub use plan::{conversation, plan, Step};
