@@ -1,0 +1,286 @@
+//! Runs the agent loop for one session: claims an epoch, then repeatedly
+//! reads the log, asks [`plan`] for the next step, and carries it out,
+//! appending the outcome with the epoch. Holds no state between steps.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use agentd_protocol::agent::AgentSpec;
+use agentd_protocol::api::SessionInfo;
+use agentd_protocol::event::{ContentBlock, Event, EventPayload, JsonText, StopReason};
+use agentd_protocol::ids::{EventId, SessionId};
+use agentd_protocol::ApiError;
+use futures_util::future::BoxFuture;
+use sha2::{Digest, Sha256};
+
+use super::plan::{plan, Step};
+use super::tools::tool_specs;
+use crate::model::{
+    provider_for, Block, CircuitBreaker, ModelProvider, ModelRequest, ProviderConfig, ResilientProvider, RetryPolicy,
+};
+use crate::sandbox::{SandboxError, ToolCall, ToolOutput};
+
+/// Tokens a model may produce in one call.
+const MODEL_OUTPUT_TOKENS_MAX: u32 = 4096;
+/// Steps one run may take before it yields (a safety net against a planner
+/// bug looping; the turn cap bounds real work long before this).
+const STEPS_PER_RUN_MAX: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrainError {
+    /// Another orchestrator claimed the session; this one stops quietly.
+    #[error("fenced: {0}")]
+    Fenced(ApiError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("session {0} has no agent")]
+    NoAgent(SessionId),
+}
+
+/// The session log as the brain needs it. The node implements it over the
+/// local replica of the session's shard (the brain runs on the shard leader).
+pub trait SessionLog: Send + Sync + 'static {
+    fn session(&self, session_id: SessionId) -> BoxFuture<'_, Result<SessionInfo, ApiError>>;
+    fn events(&self, session_id: SessionId) -> BoxFuture<'_, Result<Vec<Event>, ApiError>>;
+    fn claim_epoch(&self, session_id: SessionId) -> BoxFuture<'_, Result<u64, ApiError>>;
+    /// Appends with the run's epoch; `ApiError::StaleEpoch` when fenced.
+    fn append(
+        &self,
+        session_id: SessionId,
+        event_id: EventId,
+        payload: EventPayload,
+        epoch: u64,
+    ) -> BoxFuture<'_, Result<u64, ApiError>>;
+    fn agent(&self, session: &SessionInfo) -> BoxFuture<'_, Result<AgentSpec, ApiError>>;
+}
+
+/// The session's sandbox, provisioned on first use.
+pub trait Hands: Send + Sync + 'static {
+    fn execute(&self, session: &SessionInfo, call: ToolCall) -> BoxFuture<'_, Result<ToolOutput, SandboxError>>;
+}
+
+/// Model providers by model string, each behind retries and a breaker.
+pub struct Models {
+    config: ProviderConfig,
+    retry: RetryPolicy,
+    seed: u64,
+    providers: Mutex<HashMap<String, Arc<dyn ModelProvider>>>,
+}
+
+impl Models {
+    pub fn new(config: ProviderConfig, retry: RetryPolicy, seed: u64) -> Self {
+        Self { config, retry, seed, providers: Mutex::new(HashMap::new()) }
+    }
+
+    fn provider(&self, model: &str) -> Result<Arc<dyn ModelProvider>, crate::model::ModelError> {
+        let mut providers = self.providers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(provider) = providers.get(model) {
+            return Ok(provider.clone());
+        }
+        let inner = provider_for(model, &self.config)?;
+        let breaker = Arc::new(CircuitBreaker::default());
+        let provider: Arc<dyn ModelProvider> =
+            Arc::new(ResilientProvider::new(inner, self.retry.clone(), breaker, self.seed));
+        providers.insert(model.to_string(), provider.clone());
+        Ok(provider)
+    }
+}
+
+/// The agent loop of one node.
+pub struct Brain {
+    log: Arc<dyn SessionLog>,
+    hands: Arc<dyn Hands>,
+    models: Models,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Nothing left to do until the client sends more.
+    Idle,
+    /// Another orchestrator took over the session.
+    Fenced,
+}
+
+impl Brain {
+    pub fn new(log: Arc<dyn SessionLog>, hands: Arc<dyn Hands>, models: Models) -> Self {
+        Self { log, hands, models }
+    }
+
+    /// Wakes a session: claims a new epoch and runs the loop until there is
+    /// nothing to do.
+    pub async fn run(&self, session_id: SessionId) -> Result<RunOutcome, BrainError> {
+        let session = self.log.session(session_id).await?;
+        if session.agent.is_none() {
+            return Err(BrainError::NoAgent(session_id));
+        }
+        let agent = self.log.agent(&session).await?;
+        let epoch = self.log.claim_epoch(session_id).await?;
+        let run = Run { brain: self, session, agent, epoch };
+        match run.loop_until_idle().await {
+            Err(BrainError::Fenced(error)) => {
+                tracing::info!(%session_id, %error, "orchestrator fenced by a newer one");
+                Ok(RunOutcome::Fenced)
+            }
+            other => other,
+        }
+    }
+}
+
+struct Run<'a> {
+    brain: &'a Brain,
+    session: SessionInfo,
+    agent: AgentSpec,
+    epoch: u64,
+}
+
+impl Run<'_> {
+    async fn loop_until_idle(&self) -> Result<RunOutcome, BrainError> {
+        let session_id = self.session.session_id;
+        for _ in 0..STEPS_PER_RUN_MAX {
+            let events = self.brain.log.events(session_id).await?;
+            let after_seq = events.last().map_or(0, |event| event.seq);
+            let step = plan(&self.agent, &events);
+            tracing::debug!(%session_id, ?step, "step");
+            let mut appender = Appender { run: self, after_seq, ordinal: 0 };
+            match step {
+                Step::Wait => return Ok(RunOutcome::Idle),
+                Step::Start => {
+                    appender.append(EventPayload::SessionStatusRunning).await?;
+                }
+                Step::CallModel { messages } => self.call_model(&mut appender, messages).await?,
+                Step::RunTool { tool_use_id, seq, name, input_json } => {
+                    let idempotency_key = idempotency_key(session_id, seq, &name);
+                    let call = ToolCall { name, input_json, idempotency_key };
+                    let output = match self.brain.hands.execute(&self.session, call).await {
+                        Ok(output) => output,
+                        Err(error) => ToolOutput { content: format!("the sandbox failed: {error}"), is_error: true },
+                    };
+                    appender.tool_result(tool_use_id, output.content, output.is_error).await?;
+                }
+                Step::RejectTool { tool_use_id, message } => appender.tool_result(tool_use_id, message, true).await?,
+                Step::AwaitClient { event_ids } => {
+                    let stop_reason = StopReason::RequiresAction { event_ids };
+                    appender.append(EventPayload::SessionStatusIdle { stop_reason }).await?;
+                }
+                Step::Stop { stop_reason, error } => {
+                    if let Some((kind, message)) = error {
+                        appender.append(EventPayload::SessionError { kind, message }).await?;
+                    }
+                    appender.append(EventPayload::SessionStatusIdle { stop_reason }).await?;
+                }
+            }
+        }
+        tracing::error!(%session_id, "orchestrator took {STEPS_PER_RUN_MAX} steps in one run; yielding");
+        Ok(RunOutcome::Idle)
+    }
+
+    async fn call_model(&self, appender: &mut Appender<'_, '_>, messages: Vec<crate::model::Message>) -> Result<(), BrainError> {
+        let model = self.agent.model.clone();
+        let start = appender.append(EventPayload::SpanModelRequestStart { model: model.clone() }).await?;
+        let request = ModelRequest {
+            model: model.clone(),
+            system: self.agent.system.clone(),
+            messages,
+            tools: tool_specs(&self.agent),
+            max_tokens: MODEL_OUTPUT_TOKENS_MAX,
+        };
+        let response = match self.brain.models.provider(&model) {
+            Ok(provider) => provider.complete(request).await,
+            Err(error) => Err(error),
+        };
+        let response = match response {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(session = %self.session.session_id, %error, "model call failed");
+                appender.append(EventPayload::SpanModelRequestEnd { model_request_start_id: start, is_error: true }).await?;
+                appender.append(EventPayload::SessionError { kind: error.kind().into(), message: error.to_string() }).await?;
+                let stop_reason = StopReason::RetriesExhausted;
+                appender.append(EventPayload::SessionStatusIdle { stop_reason }).await?;
+                return Ok(());
+            }
+        };
+        let texts: Vec<ContentBlock> = response
+            .content
+            .iter()
+            .filter_map(|block| match block {
+                Block::Text { text } => Some(ContentBlock::text(text.clone())),
+                _ => None,
+            })
+            .collect();
+        let tool_uses: Vec<(String, String)> = response
+            .content
+            .into_iter()
+            .filter_map(|block| match block {
+                Block::ToolUse { name, input_json, .. } => Some((name, input_json)),
+                _ => None,
+            })
+            .collect();
+        // An empty answer still ends the model's part, so the turn can end.
+        if !texts.is_empty() || tool_uses.is_empty() {
+            appender.append(EventPayload::AgentMessage { content: texts }).await?;
+        }
+        for (name, input_json) in tool_uses {
+            // Input that is not JSON is kept (as a JSON string) so that the
+            // tool answers it with an error and the model can correct itself.
+            let input = JsonText::parse(input_json.clone()).or_else(|_| {
+                JsonText::parse(serde_json::Value::String(input_json).to_string())
+            })?;
+            let payload = if self.agent.is_custom_tool(&name) {
+                EventPayload::AgentCustomToolUse { name, input }
+            } else {
+                EventPayload::AgentToolUse { name, input }
+            };
+            appender.append(payload).await?;
+        }
+        appender.append(EventPayload::SpanModelRequestEnd { model_request_start_id: start, is_error: false }).await?;
+        let usage = response.usage;
+        appender
+            .append(EventPayload::SessionUsage { input_tokens: usage.input_tokens, output_tokens: usage.output_tokens })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Appends one step's events. Event ids derive from the session, the epoch,
+/// the log position the step was planned at and the event's place in the
+/// step, so an append retried after a lost acknowledgement is recognised
+/// and never written twice.
+struct Appender<'run, 'brain> {
+    run: &'run Run<'brain>,
+    after_seq: u64,
+    ordinal: u32,
+}
+
+impl Appender<'_, '_> {
+    async fn append(&mut self, payload: EventPayload) -> Result<EventId, BrainError> {
+        let session_id = self.run.session.session_id;
+        let mut hasher = Sha256::new();
+        hasher.update(session_id.0);
+        hasher.update(self.run.epoch.to_be_bytes());
+        hasher.update(self.after_seq.to_be_bytes());
+        hasher.update(self.ordinal.to_be_bytes());
+        let digest = hasher.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        let event_id = EventId(bytes);
+        self.ordinal += 1;
+        match self.run.brain.log.append(session_id, event_id, payload, self.run.epoch).await {
+            Ok(_) => Ok(event_id),
+            Err(error @ ApiError::StaleEpoch { .. }) => Err(BrainError::Fenced(error)),
+            Err(error) => Err(BrainError::Api(error)),
+        }
+    }
+
+    async fn tool_result(&mut self, tool_use_id: EventId, content: String, is_error: bool) -> Result<(), BrainError> {
+        let payload = EventPayload::AgentToolResult { tool_use_id, content: vec![ContentBlock::text(content)], is_error };
+        self.append(payload).await.map(|_| ())
+    }
+}
+
+/// `sha256(session_id:seq:tool_name)`: the key under which a sandbox records
+/// a tool call's effect, so a call re-sent after a crash runs at most once.
+pub fn idempotency_key(session_id: SessionId, seq: u64, tool_name: &str) -> String {
+    let digest = Sha256::digest(format!("{session_id}:{seq}:{tool_name}").as_bytes());
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
