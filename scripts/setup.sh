@@ -6,7 +6,8 @@ set -euo pipefail
 
 # protobuf-compiler, libprotobuf-dev: the etcd-client crate (tests/etcd-bench) generates its
 # gRPC code with protoc, which needs the well-known .proto files (a "Recommends" we skip).
-packages=(librocksdb-dev libclang-dev clang pkg-config etcd-server etcd-client protobuf-compiler libprotobuf-dev)
+# bubblewrap: the namespace sandbox that runs the agents' bash tool (actors/src/sandbox).
+packages=(librocksdb-dev libclang-dev clang pkg-config etcd-server etcd-client protobuf-compiler libprotobuf-dev bubblewrap)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

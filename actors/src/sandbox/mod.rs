@@ -1,1 +1,85 @@
-//! Sandboxes and the built-in tools (being written).
+//! Sandboxes ("the hands") and the built-in tools.
+//!
+//! The agent loop hands each tool call (`bash`, `read`, `write`, `edit`, `glob`,
+//! `grep`) to the session's [`Sandbox`]. Tool failures are outputs with
+//! `is_error`; `Err` means the sandbox itself failed. Every output is recorded
+//! in an idempotency ledger (`root/ledger`, one file per key, named by the
+//! key's SHA-256, written with tmp + fsync + rename + directory fsync) before
+//! the call returns, so a re-sent call with the same key returns the recorded
+//! output and does not run again.
+//!
+//! # The namespace sandbox ([`NamespaceSandbox`])
+//!
+//! `bash` runs in one persistent `/bin/bash` per session inside bubblewrap:
+//! - new user (mapped to uid 1000 inside, the host's uid outside), PID, mount,
+//!   IPC, UTS, cgroup and network namespaces (`--unshare-all --unshare-user`;
+//!   the network namespace is shared only if `Limits::network`), all
+//!   capabilities dropped, `--new-session` (no TIOCSTI into the host
+//!   terminal), `--die-with-parent`, and a cleared environment (`HOME` and
+//!   cwd `/workspace`, a fixed `PATH`);
+//! - the filesystem is an empty read-only root with `/usr` (and the
+//!   merged-/usr symlinks) bound read-only, a short list of `/etc` files
+//!   (`ld.so.cache`, `passwd`, `alternatives`, `ssl` ...; not `shadow`),
+//!   a private `/tmp` tmpfs, a fresh `/proc` and minimal `/dev`, and the
+//!   session's workspace read-write at `/workspace`. No other host path, and
+//!   so no other session's workspace, is visible.
+//!
+//! Each command is sent as one `eval $'...'` line with stdin from
+//! `/dev/null`, followed by `echo "<random sentinel> $?"`; output is read up
+//! to the sentinel. A timeout kills bwrap, which takes the whole PID
+//! namespace (background processes included) with it; the next call starts
+//! a fresh shell.
+//!
+//! ## Limits: what is and is not enforced
+//! - Wall clock: per `bash` call (`timeout_ms`, at most `Limits::wall_clock_ms`).
+//! - Output: at most `Limits::output_bytes_max` bytes kept per call; the rest
+//!   is read and dropped, and the output says how much was dropped.
+//! - Memory and processes: if this process can create cgroups (v1 memory and
+//!   pids controllers under its own cgroups, as on the hybrid layout of the
+//!   build machines, or v2 with those controllers delegated), the sandbox's
+//!   processes join a per-sandbox cgroup with `memory.limit_in_bytes` (plus
+//!   `memsw` when swap accounting exists) / `memory.max`, and `pids.max`:
+//!   limits for all of the sandbox's processes together, OOM kills inside.
+//!   Otherwise the fallback is `prlimit --as --nproc` on the sandbox's first
+//!   process: RLIMIT_AS bounds each process's address space (not their sum),
+//!   and RLIMIT_NPROC bounds the processes of the sandbox's user (counted in
+//!   its user namespace on kernels >= 5.14). A warning is logged when the
+//!   fallback is used; [`NamespaceSandbox::uses_cgroup`] reports which is in
+//!   force.
+//! - Not enforced: CPU time or CPU share (a busy loop started in the
+//!   background uses a core until the call times out or the shell restarts),
+//!   disk usage of the workspace and of `/tmp` (tmpfs pages count against the
+//!   memory cgroup only), and the number of open files beyond the host default.
+//!
+//! The file tools run on the host, in Rust, confined to the workspace (see
+//! `workspace.rs` for the rules and the remaining TOCTOU race against
+//! processes inside the sandbox).
+
+mod bwrap;
+mod capped_output;
+mod error;
+mod file_tools;
+mod ledger;
+mod limits;
+mod namespace_sandbox;
+mod resource_control;
+mod shell;
+mod tool_call;
+mod workspace;
+
+use futures_util::future::BoxFuture;
+
+pub use bwrap::BWRAP_ENV;
+pub use error::SandboxError;
+pub use limits::Limits;
+pub use namespace_sandbox::NamespaceSandbox;
+pub use tool_call::{ToolCall, ToolOutput};
+
+/// One session's sandbox: runs tool calls in isolation.
+pub trait Sandbox: Send + Sync + 'static {
+    /// Runs one tool call. Tool failures (bad input, non-zero exit, timeout, missing file) are Ok(ToolOutput{is_error:true}) with a clear message;
+    /// Err is for the sandbox itself failing. A repeated idempotency_key returns the recorded output without running again.
+    fn execute(&self, call: ToolCall) -> BoxFuture<'_, Result<ToolOutput, SandboxError>>;
+    /// Tears the sandbox down; later calls fail with `SandboxError::Crashed`.
+    fn destroy(&self) -> BoxFuture<'_, Result<(), SandboxError>>;
+}

@@ -1,0 +1,28 @@
+//! Resource limits of one sandbox.
+
+/// Limits applied to every tool call of one sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Default and maximum wall-clock time of one `bash` call.
+    pub wall_clock_ms: u64,
+    /// Output kept per tool call; the excess is dropped and reported.
+    pub output_bytes_max: usize,
+    /// Memory of all processes of the sandbox together (cgroup), or address space per process (rlimit fallback).
+    pub memory_bytes_max: u64,
+    /// Processes and threads of the sandbox together (cgroup), or per user (rlimit fallback).
+    pub pids_max: u64,
+    /// Whether the sandbox shares the host's network namespace.
+    pub network: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            wall_clock_ms: 120_000,
+            output_bytes_max: 100 * 1024,
+            memory_bytes_max: 1024 * 1024 * 1024,
+            pids_max: 256,
+            network: false,
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The bubblewrap sandbox driver.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::bwrap::Bwrap;
+use super::file_tools::FileTools;
+use super::ledger::Ledger;
+use super::resource_control::ResourceControl;
+use super::shell::{Shell, ShellOutcome};
+use super::workspace::Workspace;
+use super::{Limits, Sandbox, SandboxError, ToolCall, ToolOutput};
+
+/// Tool names reported as metric labels; anything else is labelled `unknown`, so
+/// a model cannot create unbounded label values.
+const TOOL_NAMES: [&str; 6] = ["bash", "read", "write", "edit", "glob", "grep"];
+
+/// A session's sandbox: a persistent bash inside bubblewrap namespaces plus
+/// host-side file tools confined to the same workspace. See the module docs for
+/// what is isolated and which limits are enforced.
+///
+/// Calls run one at a time, in the order they arrive.
+pub struct NamespaceSandbox {
+    bwrap: Bwrap,
+    limits: Limits,
+    workspace: Workspace,
+    file_tools: FileTools,
+    ledger: Ledger,
+    resources: ResourceControl,
+    /// The persistent shell, started on the first `bash` call and after a restart, timeout or crash.
+    /// Holding this lock is what serializes calls.
+    shell: tokio::sync::Mutex<Option<Shell>>,
+    destroyed: AtomicBool,
+}
+
+#[derive(Deserialize)]
+struct BashInput {
+    command: Option<String>,
+    #[serde(default)]
+    restart: bool,
+    timeout_ms: Option<u64>,
+}
+
+impl NamespaceSandbox {
+    /// Prepares a sandbox whose session directory on the host is `root` (created if
+    /// missing): the workspace is `root/workspace`, the ledger `root/ledger`. The shell
+    /// itself starts lazily on the first `bash` call.
+    pub async fn provision(root: PathBuf, limits: Limits) -> Result<NamespaceSandbox, SandboxError> {
+        let bwrap = tokio::task::spawn_blocking(Bwrap::locate)
+            .await
+            .map_err(|error| SandboxError::Unavailable(format!("probe task failed: {error}")))??;
+        let name = cgroup_name(&root);
+        let resources = ResourceControl::create(&name, &limits);
+        NamespaceSandbox::assemble(bwrap, root, limits, resources)
+    }
+
+    /// Like `provision`, with an explicit bwrap binary and, if `force_rlimits`, the
+    /// rlimit fallback even where a cgroup could be created.
+    pub async fn provision_with(
+        root: PathBuf,
+        limits: Limits,
+        bwrap_program: PathBuf,
+        force_rlimits: bool,
+    ) -> Result<NamespaceSandbox, SandboxError> {
+        let bwrap = tokio::task::spawn_blocking(move || Bwrap::probe_at(&bwrap_program))
+            .await
+            .map_err(|error| SandboxError::Unavailable(format!("probe task failed: {error}")))??;
+        let resources = if force_rlimits {
+            ResourceControl::rlimits(&limits)
+        } else {
+            ResourceControl::create(&cgroup_name(&root), &limits)
+        };
+        NamespaceSandbox::assemble(bwrap, root, limits, resources)
+    }
+
+    fn assemble(
+        bwrap: Bwrap,
+        root: PathBuf,
+        limits: Limits,
+        resources: ResourceControl,
+    ) -> Result<NamespaceSandbox, SandboxError> {
+        let workspace_path = root.join("workspace");
+        std::fs::create_dir_all(&workspace_path)
+            .map_err(|error| SandboxError::Io(format!("creating {}: {error}", workspace_path.display())))?;
+        let workspace = Workspace::new(&workspace_path)
+            .map_err(|error| SandboxError::Io(format!("resolving {}: {error}", workspace_path.display())))?;
+        let ledger = Ledger::open(root.join("ledger"))?;
+        tracing::debug!(root = %root.display(), resources = %resources.describe(), "namespace sandbox provisioned");
+        Ok(NamespaceSandbox {
+            bwrap,
+            file_tools: FileTools::new(workspace.clone(), limits.output_bytes_max),
+            limits,
+            workspace,
+            ledger,
+            resources,
+            shell: tokio::sync::Mutex::new(None),
+            destroyed: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether bwrap (from `AGENTD_BWRAP`, else PATH) can start a sandbox on this machine.
+    pub fn probe() -> Result<(), SandboxError> {
+        Bwrap::locate().map(|_| ())
+    }
+
+    /// Whether the bwrap binary at `program` can start a sandbox on this machine.
+    pub fn probe_at(program: &Path) -> Result<(), SandboxError> {
+        Bwrap::probe_at(program).map(|_| ())
+    }
+
+    /// Whether memory and pids limits are enforced by a cgroup (true) or by the rlimit fallback (false).
+    pub fn uses_cgroup(&self) -> bool {
+        matches!(self.resources, ResourceControl::Cgroup { .. })
+    }
+
+    async fn execute_call(&self, call: ToolCall) -> Result<ToolOutput, SandboxError> {
+        let mut shell = self.shell.lock().await;
+        if self.destroyed.load(Ordering::SeqCst) {
+            return Err(SandboxError::Crashed("the sandbox was destroyed".to_owned()));
+        }
+        let key = call.idempotency_key.clone();
+        if !key.is_empty() {
+            let ledger = self.ledger.clone();
+            let lookup = key.clone();
+            let recorded = tokio::task::spawn_blocking(move || ledger.get(&lookup))
+                .await
+                .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))??;
+            if let Some(output) = recorded {
+                record_metrics(&call.name, "replayed", Duration::ZERO);
+                return Ok(output);
+            }
+        }
+        let started = Instant::now();
+        let result = self.dispatch(&mut shell, &call).await;
+        let outcome = match &result {
+            Ok(output) if output.is_error => "tool_error",
+            Ok(_) => "ok",
+            Err(_) => "sandbox_error",
+        };
+        record_metrics(&call.name, outcome, started.elapsed());
+        let output = result?;
+        if !key.is_empty() {
+            let ledger = self.ledger.clone();
+            let recorded = output.clone();
+            tokio::task::spawn_blocking(move || ledger.record(&key, &recorded))
+                .await
+                .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))??;
+        }
+        Ok(output)
+    }
+
+    async fn dispatch(&self, shell: &mut Option<Shell>, call: &ToolCall) -> Result<ToolOutput, SandboxError> {
+        if call.name == "bash" {
+            return self.bash(shell, &call.input_json).await;
+        }
+        let file_tools = self.file_tools.clone();
+        let (name, input_json) = (call.name.clone(), call.input_json.clone());
+        let output = tokio::task::spawn_blocking(move || file_tools.run(&name, &input_json))
+            .await
+            .map_err(|error| SandboxError::Crashed(format!("file tool task failed: {error}")))?;
+        Ok(output.unwrap_or_else(|| {
+            ToolOutput::failure(format!(
+                "unknown tool {:?}; available tools: {}",
+                call.name.chars().take(100).collect::<String>(),
+                TOOL_NAMES.join(", ")
+            ))
+        }))
+    }
+
+    async fn bash(&self, shell: &mut Option<Shell>, input_json: &str) -> Result<ToolOutput, SandboxError> {
+        let input: BashInput = match serde_json::from_str(input_json) {
+            Ok(input) => input,
+            Err(error) => return Ok(ToolOutput::failure(format!("invalid input for bash: {error}"))),
+        };
+        let timeout_ms = input.timeout_ms.unwrap_or(self.limits.wall_clock_ms);
+        if timeout_ms == 0 || timeout_ms > self.limits.wall_clock_ms {
+            return Ok(ToolOutput::failure(format!(
+                "timeout_ms must be between 1 and {} (the sandbox's wall-clock limit)",
+                self.limits.wall_clock_ms
+            )));
+        }
+        if input.command.as_deref().is_some_and(|command| command.contains('\0')) {
+            return Ok(ToolOutput::failure("the command contains a NUL byte"));
+        }
+        if input.restart {
+            if let Some(mut old) = shell.take() {
+                old.kill().await;
+            }
+        }
+        let command = match input.command {
+            Some(command) => command,
+            None if input.restart => {
+                *shell = Some(self.start_shell().await?);
+                return Ok(ToolOutput::success("the shell was restarted"));
+            }
+            None => return Ok(ToolOutput::failure("bash needs a command (or restart: true)")),
+        };
+        let mut current = match shell.take() {
+            Some(current) => current,
+            None => self.start_shell().await?,
+        };
+        let outcome = current.run(&command, Duration::from_millis(timeout_ms), self.limits.output_bytes_max).await?;
+        Ok(match outcome {
+            ShellOutcome::Finished { output, exit_code } => {
+                *shell = Some(current);
+                if exit_code == 0 {
+                    ToolOutput::success(output)
+                } else {
+                    ToolOutput::failure(format!("{output}{}[exit code {exit_code}]", separator(&output)))
+                }
+            }
+            ShellOutcome::TimedOut { output } => ToolOutput::failure(format!(
+                "{output}{}[timed out after {timeout_ms} ms; the shell was killed and the next call gets a fresh one]",
+                separator(&output)
+            )),
+            ShellOutcome::ShellExited { output, status } => ToolOutput::failure(format!(
+                "{output}{}[the shell exited ({status}); the next call gets a fresh one]",
+                separator(&output)
+            )),
+        })
+    }
+
+    async fn start_shell(&self) -> Result<Shell, SandboxError> {
+        Shell::start(&self.bwrap, &self.resources, self.workspace.root(), self.limits.network).await
+    }
+
+    async fn destroy_sandbox(&self) -> Result<(), SandboxError> {
+        self.destroyed.store(true, Ordering::SeqCst);
+        let mut shell = self.shell.lock().await;
+        if let Some(mut current) = shell.take() {
+            current.kill().await;
+        }
+        self.resources.remove().await;
+        Ok(())
+    }
+}
+
+impl Sandbox for NamespaceSandbox {
+    fn execute(&self, call: ToolCall) -> BoxFuture<'_, Result<ToolOutput, SandboxError>> {
+        self.execute_call(call).boxed()
+    }
+
+    /// Kills every process of the sandbox and removes its cgroups. The session
+    /// directory (workspace and ledger) stays: it belongs to the caller.
+    fn destroy(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
+        self.destroy_sandbox().boxed()
+    }
+}
+
+impl Drop for NamespaceSandbox {
+    fn drop(&mut self) {
+        // The shell's child is killed on drop (kill_on_drop); remove the cgroups best effort.
+        if let ResourceControl::Cgroup { directories } = &self.resources {
+            if let Ok(mut shell) = self.shell.try_lock() {
+                drop(shell.take());
+            }
+            for directory in directories {
+                let _ = std::fs::remove_dir(directory);
+            }
+        }
+    }
+}
+
+fn separator(output: &str) -> &'static str {
+    if output.is_empty() || output.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    }
+}
+
+/// A cgroup name unique to this sandbox instance: the root's hash plus a random suffix.
+fn cgroup_name(root: &Path) -> String {
+    let digest = Sha256::digest(root.to_string_lossy().as_bytes());
+    let prefix: String = digest.iter().take(8).map(|byte| format!("{byte:02x}")).collect();
+    format!("agentd-{prefix}-{:08x}", rand::random::<u32>())
+}
+
+fn record_metrics(tool: &str, outcome: &'static str, elapsed: Duration) {
+    let tool = TOOL_NAMES.iter().find(|known| **known == tool).copied().unwrap_or("unknown");
+    metrics::histogram!("agentd_tool_seconds", "tool" => tool).record(elapsed.as_secs_f64());
+    metrics::counter!("agentd_tool_calls_total", "tool" => tool, "outcome" => outcome).increment(1);
+}

@@ -1,0 +1,174 @@
+//! How a sandbox's memory and process limits are enforced: a cgroup if the host
+//! lets us create one, else per-process rlimits.
+
+use std::path::{Path, PathBuf};
+
+use super::Limits;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The enforcement chosen for one sandbox at provision time.
+#[derive(Debug)]
+pub(crate) enum ResourceControl {
+    /// The sandbox's processes join these cgroups (v1: one per controller; v2: one).
+    /// Memory and pids are limited for all processes of the sandbox together.
+    Cgroup { directories: Vec<PathBuf> },
+    /// No writable cgroup: `prlimit` sets RLIMIT_AS (per process) and RLIMIT_NPROC
+    /// (per user, counted in the sandbox's user namespace) on the sandbox's first process.
+    Rlimit { address_space_bytes: u64, processes: u64 },
+}
+
+impl ResourceControl {
+    /// Creates the sandbox's cgroups named `name`, falling back to rlimits with the reason logged.
+    pub(crate) fn create(name: &str, limits: &Limits) -> ResourceControl {
+        let attempt = if Path::new(CGROUP_ROOT).join("cgroup.controllers").exists() {
+            create_v2(name, limits)
+        } else {
+            create_v1(name, limits)
+        };
+        match attempt {
+            Ok(directories) => ResourceControl::Cgroup { directories },
+            Err(reason) => {
+                tracing::warn!(%reason, "no writable cgroup; falling back to rlimits (RLIMIT_AS per process, RLIMIT_NPROC)");
+                ResourceControl::Rlimit { address_space_bytes: limits.memory_bytes_max, processes: limits.pids_max }
+            }
+        }
+    }
+
+    /// Forces the rlimit fallback (for hosts, and tests, that must not use cgroups).
+    pub(crate) fn rlimits(limits: &Limits) -> ResourceControl {
+        ResourceControl::Rlimit { address_space_bytes: limits.memory_bytes_max, processes: limits.pids_max }
+    }
+
+    /// A short description for logs and docs.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            ResourceControl::Cgroup { directories } => format!("cgroups {directories:?}"),
+            ResourceControl::Rlimit { .. } => "rlimits (RLIMIT_AS, RLIMIT_NPROC)".to_owned(),
+        }
+    }
+
+    /// The host command that puts itself under these limits, then execs `program args...`.
+    /// Returns (program, arguments).
+    pub(crate) fn wrap(&self, program: &Path, arguments: Vec<String>) -> (PathBuf, Vec<String>) {
+        match self {
+            ResourceControl::Cgroup { directories } => {
+                // The shell joins the cgroups before exec, so every process bwrap forks starts inside them.
+                let mut wrapped = vec![
+                    "-c".to_owned(),
+                    r#"while [ "$1" != "--" ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; done; shift; exec "$@""#
+                        .to_owned(),
+                    "agentd-sandbox".to_owned(),
+                ];
+                wrapped.extend(directories.iter().map(|directory| directory.to_string_lossy().into_owned()));
+                wrapped.push("--".to_owned());
+                wrapped.push(program.to_string_lossy().into_owned());
+                wrapped.extend(arguments);
+                (PathBuf::from("/bin/sh"), wrapped)
+            }
+            ResourceControl::Rlimit { address_space_bytes, processes } => {
+                let mut wrapped = vec![
+                    format!("--as={address_space_bytes}"),
+                    format!("--nproc={processes}"),
+                    "--".to_owned(),
+                    program.to_string_lossy().into_owned(),
+                ];
+                wrapped.extend(arguments);
+                (PathBuf::from("/usr/bin/prlimit"), wrapped)
+            }
+        }
+    }
+
+    /// Removes the cgroups. Their processes must already be dead; retries briefly
+    /// because the kernel reaps a killed PID namespace asynchronously.
+    pub(crate) async fn remove(&self) {
+        let ResourceControl::Cgroup { directories } = self else { return };
+        for directory in directories {
+            for attempt in 0..50 {
+                match std::fs::remove_dir(directory) {
+                    Ok(()) => break,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(error) if attempt == 49 => {
+                        tracing::warn!(directory = %directory.display(), %error, "could not remove sandbox cgroup");
+                    }
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                }
+            }
+        }
+    }
+}
+
+/// The cgroup path of this process for `controller` ("" for v2), from /proc/self/cgroup.
+fn own_cgroup(controller: &str) -> Result<String, String> {
+    let table = std::fs::read_to_string("/proc/self/cgroup").map_err(|error| format!("/proc/self/cgroup: {error}"))?;
+    table
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let matches = if controller.is_empty() {
+                controllers.is_empty()
+            } else {
+                controllers.split(',').any(|name| name == controller)
+            };
+            matches.then(|| path.to_owned())
+        })
+        .next()
+        .ok_or_else(|| format!("this process has no {controller:?} cgroup"))
+}
+
+fn create_child(parent: PathBuf, name: &str) -> Result<PathBuf, String> {
+    let directory = parent.join(name);
+    match std::fs::create_dir(&directory) {
+        Ok(()) => Ok(directory),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(directory),
+        Err(error) => Err(format!("creating {}: {error}", directory.display())),
+    }
+}
+
+fn write_setting(directory: &Path, file: &str, value: &str) -> Result<(), String> {
+    let path = directory.join(file);
+    std::fs::write(&path, value).map_err(|error| format!("writing {value} to {}: {error}", path.display()))
+}
+
+/// cgroup v1 (and the hybrid layout): a child of this process's own memory and pids cgroups,
+/// so the sandbox stays inside whatever limits the host already puts on us.
+fn create_v1(name: &str, limits: &Limits) -> Result<Vec<PathBuf>, String> {
+    let memory_parent = Path::new(CGROUP_ROOT).join("memory").join(own_cgroup("memory")?.trim_start_matches('/'));
+    let pids_parent = Path::new(CGROUP_ROOT).join("pids").join(own_cgroup("pids")?.trim_start_matches('/'));
+    let memory = create_child(memory_parent, name)?;
+    let pids = create_child(pids_parent, name).inspect_err(|_| {
+        let _ = std::fs::remove_dir(&memory);
+    })?;
+    let configure = || -> Result<(), String> {
+        write_setting(&memory, "memory.limit_in_bytes", &limits.memory_bytes_max.to_string())?;
+        // Without swap accounting the file is absent; the memory limit still applies to RAM.
+        if memory.join("memory.memsw.limit_in_bytes").exists() {
+            write_setting(&memory, "memory.memsw.limit_in_bytes", &limits.memory_bytes_max.to_string())?;
+        }
+        write_setting(&pids, "pids.max", &limits.pids_max.to_string())
+    };
+    configure().inspect_err(|_| {
+        let _ = std::fs::remove_dir(&memory);
+        let _ = std::fs::remove_dir(&pids);
+    })?;
+    Ok(vec![memory, pids])
+}
+
+/// cgroup v2: a child of this process's cgroup with memory.max and pids.max. Fails
+/// (and the caller falls back) when the parent does not delegate those controllers.
+fn create_v2(name: &str, limits: &Limits) -> Result<Vec<PathBuf>, String> {
+    let parent = Path::new(CGROUP_ROOT).join(own_cgroup("")?.trim_start_matches('/'));
+    let directory = create_child(parent, name)?;
+    let configure = || -> Result<(), String> {
+        write_setting(&directory, "memory.max", &limits.memory_bytes_max.to_string())?;
+        if directory.join("memory.swap.max").exists() {
+            write_setting(&directory, "memory.swap.max", "0")?;
+        }
+        write_setting(&directory, "pids.max", &limits.pids_max.to_string())
+    };
+    configure().inspect_err(|_| {
+        let _ = std::fs::remove_dir(&directory);
+    })?;
+    Ok(vec![directory])
+}

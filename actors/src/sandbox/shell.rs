@@ -1,0 +1,200 @@
+//! The persistent bash of a namespace sandbox, spoken to over pipes.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+use super::bwrap::Bwrap;
+use super::capped_output::CappedOutput;
+use super::resource_control::ResourceControl;
+use super::SandboxError;
+
+/// How long a fresh shell may take to answer its first command.
+const START_TIMEOUT_MS: u64 = 10_000;
+/// Bytes of bwrap's own stderr kept to explain a failed start.
+const STDERR_TAIL_BYTES_MAX: usize = 4096;
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// How one command ended.
+#[derive(Debug)]
+pub(crate) enum ShellOutcome {
+    /// The command ran to completion with this exit status.
+    Finished { output: String, exit_code: i32 },
+    /// The deadline passed; the shell has been killed.
+    TimedOut { output: String },
+    /// The shell itself exited (the command ran `exit`, or something killed it).
+    ShellExited { output: String, status: String },
+}
+
+/// One bash process inside bwrap. Commands are sent as single lines that cannot
+/// break the framing, and each command's end is marked by a random sentinel.
+///
+/// **Invariant:** after any outcome other than `Finished`, the shell is dead and
+/// must be replaced; the caller drops it.
+pub(crate) struct Shell {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    /// Bytes read past the last sentinel (output of background processes, usually empty).
+    pending: Vec<u8>,
+    stderr_tail: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Shell {
+    /// Starts bash in a new sandbox over `workspace` and checks it answers.
+    pub(crate) async fn start(
+        bwrap: &Bwrap,
+        resources: &ResourceControl,
+        workspace: &Path,
+        network: bool,
+    ) -> Result<Shell, SandboxError> {
+        let mut arguments = bwrap.arguments(workspace, network);
+        arguments.extend(["/bin/bash", "--noprofile", "--norc"].map(str::to_owned));
+        let (program, arguments) = resources.wrap(bwrap.program(), arguments);
+        // Spawned from the runtime's thread, not a blocking-pool thread: --die-with-parent
+        // fires when the spawning thread exits, and pool threads exit when idle.
+        let mut child = tokio::process::Command::new(&program)
+            .args(&arguments)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| SandboxError::Crashed(format!("cannot start {}: {error}", program.display())))?;
+        let (Some(stdin), Some(stdout), Some(mut stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(SandboxError::Crashed("the sandbox's pipes were not created".to_owned()));
+        };
+        let stderr_tail = Arc::new(Mutex::new(Vec::new()));
+        let tail = Arc::clone(&stderr_tail);
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 4096];
+            while let Ok(read) = stderr.read(&mut buffer).await {
+                if read == 0 {
+                    break;
+                }
+                if let Ok(mut tail) = tail.lock() {
+                    tail.extend_from_slice(&buffer[..read]);
+                    let excess = tail.len().saturating_sub(STDERR_TAIL_BYTES_MAX);
+                    tail.drain(..excess);
+                }
+            }
+        });
+        let mut shell = Shell { child, stdin, stdout, pending: Vec::new(), stderr_tail };
+        match shell.run("true", Duration::from_millis(START_TIMEOUT_MS), 1024).await {
+            Ok(ShellOutcome::Finished { exit_code: 0, .. }) => Ok(shell),
+            Ok(outcome) => {
+                let stderr = shell.stderr_tail();
+                shell.kill().await;
+                Err(SandboxError::Crashed(format!("the sandbox shell did not start ({outcome:?}): {stderr}")))
+            }
+            Err(error) => {
+                shell.kill().await;
+                Err(error)
+            }
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        self.stderr_tail.lock().map(|tail| String::from_utf8_lossy(&tail).trim().to_owned()).unwrap_or_default()
+    }
+
+    /// Runs `command` in the shell's current state, keeping at most `output_bytes_max` of its output.
+    pub(crate) async fn run(
+        &mut self,
+        command: &str,
+        timeout: Duration,
+        output_bytes_max: usize,
+    ) -> Result<ShellOutcome, SandboxError> {
+        let sentinel = format!("__agentd_done_{:032x}__", rand::random::<u128>());
+        // `eval` of an ANSI-C quoted string: any command text, even with unbalanced
+        // quotes or heredocs, is one line to the shell and cannot swallow the sentinel.
+        // stdin is /dev/null so a command cannot read the next command.
+        let line = format!("eval {} </dev/null 2>&1; echo \"{sentinel} $?\"\n", ansi_c_quote(command));
+        let mut output = CappedOutput::new(output_bytes_max);
+        let deadline = tokio::time::Instant::now() + timeout;
+        if let Err(error) = self.stdin.write_all(line.as_bytes()).await {
+            return Ok(self.exited(output, format!("the shell's stdin closed ({error})")).await);
+        }
+        let _ = self.stdin.flush().await;
+        let sentinel_bytes = sentinel.as_bytes();
+        let mut buffer = vec![0u8; READ_CHUNK_BYTES];
+        loop {
+            if let Some(position) = find(&self.pending, sentinel_bytes) {
+                let after = position + sentinel_bytes.len();
+                if let Some(newline) = self.pending[after..].iter().position(|byte| *byte == b'\n') {
+                    output.push(&self.pending[..position]);
+                    let status = String::from_utf8_lossy(&self.pending[after..after + newline]).trim().to_owned();
+                    self.pending.drain(..after + newline + 1);
+                    let exit_code = status.parse().unwrap_or(-1);
+                    return Ok(ShellOutcome::Finished { output: output.finish(), exit_code });
+                }
+            } else {
+                // Keep a possible partial sentinel at the end; everything before it is output.
+                let flushable = self.pending.len().saturating_sub(sentinel_bytes.len());
+                output.push(&self.pending[..flushable]);
+                self.pending.drain(..flushable);
+            }
+            match tokio::time::timeout_at(deadline, self.stdout.read(&mut buffer)).await {
+                Err(_elapsed) => {
+                    output.push(&std::mem::take(&mut self.pending));
+                    self.kill().await;
+                    return Ok(ShellOutcome::TimedOut { output: output.finish() });
+                }
+                Ok(Ok(0)) => {
+                    output.push(&std::mem::take(&mut self.pending));
+                    return Ok(self.exited(output, String::new()).await);
+                }
+                Ok(Ok(read)) => self.pending.extend_from_slice(&buffer[..read]),
+                Ok(Err(error)) => {
+                    output.push(&std::mem::take(&mut self.pending));
+                    return Ok(self.exited(output, format!("reading the shell's output failed ({error})")).await);
+                }
+            }
+        }
+    }
+
+    async fn exited(&mut self, output: CappedOutput, reason: String) -> ShellOutcome {
+        self.kill().await;
+        let status = match self.child.try_wait() {
+            Ok(Some(status)) => status.to_string(),
+            _ => "unknown status".to_owned(),
+        };
+        let status = if reason.is_empty() { status } else { format!("{status}; {reason}") };
+        ShellOutcome::ShellExited { output: output.finish(), status }
+    }
+
+    /// Kills bwrap, which takes the whole sandbox PID namespace (every process the
+    /// commands started, background ones included) with it.
+    pub(crate) async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+/// Quotes `text` as bash `$'...'` with every byte that is not printable ASCII
+/// (and `'` and `\`) escaped, so the result is one line whatever `text` holds.
+fn ansi_c_quote(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 3);
+    quoted.push_str("$'");
+    for byte in text.bytes() {
+        match byte {
+            b'\'' => quoted.push_str("\\'"),
+            b'\\' => quoted.push_str("\\\\"),
+            b' '..=b'~' => quoted.push(char::from(byte)),
+            _ => quoted.push_str(&format!("\\x{byte:02x}")),
+        }
+    }
+    quoted.push('\'');
+    quoted
+}
