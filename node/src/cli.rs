@@ -4,9 +4,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use agentd_protocol::agent::{AgentSpec, BuiltInTool, CustomTool, EnvironmentSpec, PermissionPolicy};
 use agentd_protocol::api::{ClusterStatus, Consistency};
-use agentd_protocol::event::EventPayload;
-use agentd_protocol::ids::{GroupId, SessionId};
+use agentd_protocol::event::{Confirmation, ContentBlock, EventPayload, JsonText};
+use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, SessionId};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -34,6 +35,12 @@ pub enum Command {
     /// Create sessions, send events, read them.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Define agents (versioned).
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Define environments: where an agent's tools run.
+    #[command(subcommand)]
+    Environment(EnvironmentCommand),
     /// Measure a running cluster.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -69,6 +76,13 @@ pub struct StartArgs {
     /// Serve Prometheus metrics over HTTP at HOST:PORT.
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
+    /// Where session sandboxes live (default DATA/sandboxes). Nodes on one
+    /// host may share it.
+    #[arg(long)]
+    pub sandbox_dir: Option<PathBuf>,
+    /// Directory that `scripted:FILE` model names are relative to.
+    #[arg(long)]
+    pub scripts_dir: Option<PathBuf>,
     #[command(flatten)]
     pub tuning: TuningArgs,
 }
@@ -123,9 +137,103 @@ pub enum ClusterCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Create an agent (or, with --id, add a version to one); prints its id.
+    Create {
+        #[command(flatten)]
+        target: Target,
+        /// Add a version to this agent instead of creating a new one.
+        #[arg(long)]
+        id: Option<AgentId>,
+        #[arg(long)]
+        name: String,
+        /// scripted:echo, scripted:FILE, anthropic:MODEL (or claude-...), openai:MODEL.
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        system: Option<String>,
+        /// Built-in tools the agent may use: bash, read, write, edit, glob, grep.
+        #[arg(long, value_delimiter = ',')]
+        tools: Vec<String>,
+        /// Tools that wait for the client's confirmation (always_ask).
+        #[arg(long, value_delimiter = ',')]
+        ask: Vec<String>,
+        /// A tool the client executes: NAME or NAME=DESCRIPTION (input: any JSON object).
+        #[arg(long = "custom-tool")]
+        custom_tools: Vec<String>,
+        #[arg(long, default_value_t = agentd_protocol::limits::MODEL_CALLS_PER_TURN_DEFAULT)]
+        max_model_calls: u32,
+    },
+    /// Print an agent and its versions.
+    Get {
+        #[command(flatten)]
+        target: Target,
+        agent: AgentId,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvironmentCommand {
+    /// Create an environment; prints its id.
+    Create {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        name: String,
+        /// Sandbox driver.
+        #[arg(long, default_value = "namespace")]
+        driver: String,
+        /// Let tools use the network.
+        #[arg(long)]
+        network: bool,
+        #[arg(long, default_value_t = agentd_protocol::limits::TOOL_TIMEOUT_MS_DEFAULT)]
+        tool_timeout_ms: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum SessionCommand {
     /// Create a session; prints its id.
-    Create(Target),
+    Create {
+        #[command(flatten)]
+        target: Target,
+        /// Run this agent (its current version) in the session.
+        #[arg(long)]
+        agent: Option<AgentId>,
+        #[arg(long)]
+        environment: Option<EnvironmentId>,
+    },
+    /// Answer a tool use that waits for confirmation.
+    Confirm {
+        #[command(flatten)]
+        target: Target,
+        session: SessionId,
+        event: EventId,
+        #[arg(long, conflicts_with = "deny", required_unless_present = "deny")]
+        allow: bool,
+        #[arg(long)]
+        deny: bool,
+        /// Why the call is denied (shown to the model).
+        #[arg(long, requires = "deny")]
+        message: Option<String>,
+    },
+    /// Answer a custom tool use with its result.
+    ToolResult {
+        #[command(flatten)]
+        target: Target,
+        session: SessionId,
+        event: EventId,
+        #[arg(long)]
+        text: String,
+        #[arg(long)]
+        error: bool,
+    },
+    /// Stop the agent's current turn.
+    Interrupt {
+        #[command(flatten)]
+        target: Target,
+        session: SessionId,
+    },
     /// Append a user.message; prints its sequence number once committed.
     Send {
         #[command(flatten)]
@@ -193,6 +301,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Start(args) => start(args).await,
         Command::Cluster(ClusterCommand::Status(target)) => cluster_status(target).await,
         Command::Session(command) => session(command).await,
+        Command::Agent(command) => agent(command).await,
+        Command::Environment(command) => environment(command).await,
         Command::Bench(BenchCommand::Append { target, clients, events, payload_bytes }) => {
             let report = run_append(AppendBench {
                 addrs: target.addr.clone(),
@@ -239,6 +349,11 @@ async fn start(args: StartArgs) -> Result<()> {
             election_timeout_max_ms: args.tuning.election_timeout_max_ms,
             snapshot_logs: args.tuning.snapshot_logs,
             logs_to_keep: args.tuning.logs_to_keep,
+        },
+        sandbox_dir: args.sandbox_dir,
+        models: agentd_actors::model::ProviderConfig {
+            scripts_dir: args.scripts_dir,
+            ..agentd_actors::model::ProviderConfig::from_env()
         },
     };
     let node = Node::start(options).await?;
@@ -344,8 +459,8 @@ fn status_json(status: &ClusterStatus) -> serde_json::Value {
 
 async fn session(command: SessionCommand) -> Result<()> {
     match command {
-        SessionCommand::Create(target) => {
-            let info = target.client()?.create_session().await?;
+        SessionCommand::Create { target, agent, environment } => {
+            let info = target.client()?.create_session_with(agent, environment).await?;
             if target.json {
                 println!(
                     "{}",
@@ -354,6 +469,22 @@ async fn session(command: SessionCommand) -> Result<()> {
             } else {
                 println!("{}", info.session_id);
             }
+        }
+        SessionCommand::Confirm { target, session, event, allow, message, .. } => {
+            let result = if allow { Confirmation::Allow } else { Confirmation::Deny };
+            let payload = EventPayload::UserToolConfirmation { tool_use_id: event, result, deny_message: message };
+            print_seq(&target, session, target.client()?.append(session, payload).await?);
+        }
+        SessionCommand::ToolResult { target, session, event, text, error } => {
+            let payload = EventPayload::UserCustomToolResult {
+                custom_tool_use_id: event,
+                content: vec![ContentBlock::text(text)],
+                is_error: error,
+            };
+            print_seq(&target, session, target.client()?.append(session, payload).await?);
+        }
+        SessionCommand::Interrupt { target, session } => {
+            print_seq(&target, session, target.client()?.append(session, EventPayload::UserInterrupt).await?);
         }
         SessionCommand::Send { target, session, text } => {
             let seq = target.client()?.append(session, EventPayload::user_text(text)).await?;
@@ -395,6 +526,92 @@ async fn session(command: SessionCommand) -> Result<()> {
                 print(&subscription.next().await?);
             }
         }
+    }
+    Ok(())
+}
+
+fn print_seq(target: &Target, session: SessionId, seq: u64) {
+    if target.json {
+        println!("{}", json!({"session_id": session.to_string(), "seq": seq}));
+    } else {
+        println!("{seq}");
+    }
+}
+
+async fn agent(command: AgentCommand) -> Result<()> {
+    match command {
+        AgentCommand::Create { target, id, name, model, system, tools, ask, custom_tools, max_model_calls } => {
+            let mut built_in: Vec<BuiltInTool> =
+                tools.into_iter().map(|name| BuiltInTool { name, policy: PermissionPolicy::AlwaysAllow }).collect();
+            for name in ask {
+                match built_in.iter_mut().find(|tool| tool.name == name) {
+                    Some(tool) => tool.policy = PermissionPolicy::AlwaysAsk,
+                    None => built_in.push(BuiltInTool { name, policy: PermissionPolicy::AlwaysAsk }),
+                }
+            }
+            let custom_tools = custom_tools
+                .into_iter()
+                .map(|tool| {
+                    let (name, description) = tool.split_once('=').unwrap_or((tool.as_str(), ""));
+                    Ok(CustomTool {
+                        name: name.to_string(),
+                        description: description.to_string(),
+                        input_schema: JsonText::parse(r#"{"type":"object"}"#)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, agentd_protocol::ApiError>>()?;
+            let spec = AgentSpec {
+                name,
+                model,
+                system,
+                tools: built_in,
+                custom_tools,
+                max_model_calls_per_turn: max_model_calls,
+            };
+            let agent = target.client()?.put_agent(id, spec).await?;
+            if target.json {
+                println!("{}", json!({"agent_id": agent.id.to_string(), "version": agent.latest_version()}));
+            } else {
+                println!("{}", agent.id);
+            }
+        }
+        AgentCommand::Get { target, agent } => {
+            let agent = target.client()?.get_agent(agent).await?;
+            let versions: Vec<_> = agent
+                .versions
+                .iter()
+                .enumerate()
+                .map(|(index, spec)| {
+                    json!({
+                        "version": index + 1,
+                        "name": spec.name,
+                        "model": spec.model,
+                        "system": spec.system,
+                        "tools": spec.tools.iter().map(|tool| json!({"name": tool.name, "policy": match tool.policy {
+                            PermissionPolicy::AlwaysAllow => "always_allow",
+                            PermissionPolicy::AlwaysAsk => "always_ask",
+                        }})).collect::<Vec<_>>(),
+                        "custom_tools": spec.custom_tools.iter().map(|tool| tool.name.clone()).collect::<Vec<_>>(),
+                        "max_model_calls_per_turn": spec.max_model_calls_per_turn,
+                    })
+                })
+                .collect();
+            let value =
+                json!({"agent_id": agent.id.to_string(), "created_at_ms": agent.created_at_ms, "versions": versions});
+            println!("{}", if target.json { value.to_string() } else { serde_json::to_string_pretty(&value)? });
+        }
+    }
+    Ok(())
+}
+
+async fn environment(command: EnvironmentCommand) -> Result<()> {
+    let EnvironmentCommand::Create { target, name, driver, network, tool_timeout_ms } = command;
+    let spec = EnvironmentSpec { name, driver, network, tool_timeout_ms };
+    let environment = target.client()?.put_environment(None, spec).await?;
+    if target.json {
+        println!("{}", json!({"environment_id": environment.id.to_string()}));
+    } else {
+        println!("{}", environment.id);
     }
     Ok(())
 }

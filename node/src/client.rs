@@ -6,9 +6,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use agentd_protocol::agent::{Agent, AgentSpec, Environment, EnvironmentSpec};
 use agentd_protocol::api::{ClientRequest, ClientResponse, ClusterStatus, Consistency, Request, SessionInfo};
 use agentd_protocol::event::{Event, EventPayload};
-use agentd_protocol::agent::{Agent, AgentSpec, Environment, EnvironmentSpec};
 use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, SessionId};
 use agentd_protocol::limits::CLIENT_FRAME_BYTES_MAX;
 use agentd_protocol::{ApiError, CLIENT_ALPN};

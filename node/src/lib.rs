@@ -3,6 +3,7 @@
 //! the `agentd` command line. Embed a node with [`Node::start`].
 
 pub mod bench;
+pub mod brain;
 pub mod cli;
 pub mod client;
 pub mod identity;

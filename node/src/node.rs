@@ -18,6 +18,10 @@ use agentd_raft::types::{Command, NodeInfo};
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::task::JoinHandle;
 
+use agentd_actors::brain::{Brain, Models, Orchestrators};
+use agentd_actors::model::RetryPolicy;
+
+use crate::brain::{drive_shards, LocalHands, LocalSessionLog};
 use crate::identity::{DataDir, JoinToken, Stored};
 use crate::options::{Bootstrap, NodeOptions};
 use crate::router::Router;
@@ -42,6 +46,7 @@ struct NodeInner {
     endpoint: quinn::Endpoint,
     host: RaftHost,
     router: Router,
+    orchestrators: Orchestrators,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -84,6 +89,14 @@ impl Node {
         }
         let _ = metadata;
         tasks.push(tokio::spawn(reconcile_loop(host.clone())));
+        let sandbox_dir = options.sandbox_dir.clone().unwrap_or_else(|| data.root().join("sandboxes"));
+        let brain = Brain::new(
+            Arc::new(LocalSessionLog::new(router.clone())),
+            Arc::new(LocalHands::new(sandbox_dir, router.clone())),
+            Models::new(options.models.clone(), RetryPolicy::default(), options.node_id),
+        );
+        let orchestrators = Orchestrators::new(Arc::new(brain));
+        tasks.push(tokio::spawn(drive_shards(host.clone(), orchestrators.clone())));
         tasks.push(tokio::spawn(observe_terms(host.clone())));
         tracing::info!(node = options.node_id, listen = %options.listen, "node started");
         Ok(NodeHandle {
@@ -93,6 +106,7 @@ impl Node {
                 endpoint,
                 host,
                 router,
+                orchestrators,
                 tasks: std::sync::Mutex::new(tasks),
             }),
         })
@@ -122,6 +136,7 @@ impl NodeHandle {
         for task in tasks {
             task.abort();
         }
+        self.inner.orchestrators.stop_all();
         self.inner.host.shutdown().await;
         self.inner.endpoint.close(0u32.into(), b"node shutting down");
         self.inner.endpoint.wait_idle().await;

@@ -88,6 +88,12 @@ pub struct NodeOptions {
     pub data_dir: PathBuf,
     pub bootstrap: Bootstrap,
     pub raft: RaftTuning,
+    /// Where session sandboxes live; default `DATA/sandboxes`. Nodes on one
+    /// host may share it, so a session that moves between them keeps its
+    /// workspace and its record of tool calls already made.
+    pub sandbox_dir: Option<PathBuf>,
+    /// How agents reach their models (API keys, base URLs, scripts).
+    pub models: agentd_actors::model::ProviderConfig,
 }
 
 impl NodeOptions {

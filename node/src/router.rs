@@ -85,8 +85,8 @@ impl Router {
         if forwarded {
             return Err(ApiError::NotLeader { leader });
         }
-        let (_, addr) =
-            leader.ok_or_else(|| ApiError::Unavailable { message: "the metadata group has no leader right now".into() })?;
+        let (_, addr) = leader
+            .ok_or_else(|| ApiError::Unavailable { message: "the metadata group has no leader right now".into() })?;
         match self.host.peers().call(&addr, ClusterRequest::Forward(request), FORWARD_TIMEOUT).await {
             Ok(ClusterResponse::Forwarded(ClientResponse::Error(error))) => Err(error),
             Ok(ClusterResponse::Forwarded(response)) => Ok(response),
@@ -95,7 +95,11 @@ impl Router {
         }
     }
 
-    async fn execute_metadata(&self, metadata: &GroupHandle, request: ClientRequest) -> Result<ClientResponse, ApiError> {
+    async fn execute_metadata(
+        &self,
+        metadata: &GroupHandle,
+        request: ClientRequest,
+    ) -> Result<ClientResponse, ApiError> {
         match request {
             ClientRequest::PutAgent { agent_id, spec } => {
                 spec.validate()?;

@@ -39,21 +39,49 @@ pub enum ClientRequest {
     /// Creates a session with a caller-chosen random id, pinned to the
     /// agent's current version. Creating an existing session again is not an
     /// error, so the call can be retried.
-    CreateSession { session_id: SessionId, agent: Option<AgentId>, environment: Option<EnvironmentId> },
-    GetSession { session_id: SessionId },
+    CreateSession {
+        session_id: SessionId,
+        agent: Option<AgentId>,
+        environment: Option<EnvironmentId>,
+    },
+    GetSession {
+        session_id: SessionId,
+    },
     /// Appends one event. `event_id` is the idempotency key: appending the
     /// same id again returns the sequence number of the first append.
-    Append { session_id: SessionId, event_id: EventId, payload: EventPayload },
+    Append {
+        session_id: SessionId,
+        event_id: EventId,
+        payload: EventPayload,
+    },
     /// Reads up to `limit` events with `seq >= from_seq`.
-    ReadEvents { session_id: SessionId, from_seq: u64, limit: u32, consistency: Consistency },
+    ReadEvents {
+        session_id: SessionId,
+        from_seq: u64,
+        limit: u32,
+        consistency: Consistency,
+    },
     /// Streams events with `seq >= from_seq`, then every new event as it commits.
-    FollowEvents { session_id: SessionId, from_seq: u64 },
+    FollowEvents {
+        session_id: SessionId,
+        from_seq: u64,
+    },
     ClusterStatus,
     /// Creates an agent, or adds a version to an existing one.
-    PutAgent { agent_id: AgentId, spec: AgentSpec },
-    GetAgent { agent_id: AgentId },
-    PutEnvironment { environment_id: EnvironmentId, spec: EnvironmentSpec },
-    GetEnvironment { environment_id: EnvironmentId },
+    PutAgent {
+        agent_id: AgentId,
+        spec: AgentSpec,
+    },
+    GetAgent {
+        agent_id: AgentId,
+    },
+    PutEnvironment {
+        environment_id: EnvironmentId,
+        spec: EnvironmentSpec,
+    },
+    GetEnvironment {
+        environment_id: EnvironmentId,
+    },
 }
 
 /// Where a request is executed.
@@ -96,9 +124,15 @@ impl ClientRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientResponse {
     Session(SessionInfo),
-    Appended { seq: u64, duplicate: bool },
+    Appended {
+        seq: u64,
+        duplicate: bool,
+    },
     /// A page of events; `next_seq` is where the next read should start.
-    Events { events: Vec<Event>, next_seq: u64 },
+    Events {
+        events: Vec<Event>,
+        next_seq: u64,
+    },
     ClusterStatus(ClusterStatus),
     Agent(Agent),
     Environment(Environment),

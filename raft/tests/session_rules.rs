@@ -18,7 +18,11 @@ fn log_id(index: u64) -> LogId {
 }
 
 /// Applies commands one entry each and returns their responses.
-fn apply(state_machine: &mut agentd_raft::store::StateMachine, first_index: u64, commands: Vec<Command>) -> Vec<CommandResponse> {
+fn apply(
+    state_machine: &mut agentd_raft::store::StateMachine,
+    first_index: u64,
+    commands: Vec<Command>,
+) -> Vec<CommandResponse> {
     let entries: Vec<Entry> = commands
         .into_iter()
         .enumerate()
@@ -44,7 +48,13 @@ fn stale_epochs_never_append_and_answers_must_match_pending_actions() {
         &mut shard,
         1,
         vec![
-            Command::CreateSession { session_id: session, shard: SHARD, created_at_ms: 1, agent: None, environment: None },
+            Command::CreateSession {
+                session_id: session,
+                shard: SHARD,
+                created_at_ms: 1,
+                agent: None,
+                environment: None,
+            },
             Command::ClaimEpoch { session_id: session },
             Command::ClaimEpoch { session_id: session },
             // The first run (epoch 1) was superseded by epoch 2.
@@ -57,7 +67,11 @@ fn stale_epochs_never_append_and_answers_must_match_pending_actions() {
             append(
                 session,
                 5,
-                EventPayload::UserToolConfirmation { tool_use_id: tool_use, result: Confirmation::Allow, deny_message: None },
+                EventPayload::UserToolConfirmation {
+                    tool_use_id: tool_use,
+                    result: Confirmation::Allow,
+                    deny_message: None,
+                },
                 None,
             ),
         ],
@@ -78,11 +92,18 @@ fn stale_epochs_never_append_and_answers_must_match_pending_actions() {
         &mut shard,
         9,
         vec![
-            append(session, 6, EventPayload::AgentToolUse { name: "bash".into(), input: JsonText::parse("{}").unwrap() }, Some(2)),
+            append(
+                session,
+                6,
+                EventPayload::AgentToolUse { name: "bash".into(), input: JsonText::parse("{}").unwrap() },
+                Some(2),
+            ),
             append(
                 session,
                 7,
-                EventPayload::SessionStatusIdle { stop_reason: StopReason::RequiresAction { event_ids: vec![tool_use] } },
+                EventPayload::SessionStatusIdle {
+                    stop_reason: StopReason::RequiresAction { event_ids: vec![tool_use] },
+                },
                 Some(2),
             ),
             append(session, 8, confirmation.clone(), None),
@@ -98,7 +119,10 @@ fn stale_epochs_never_append_and_answers_must_match_pending_actions() {
     assert_eq!(responses[4], CommandResponse::Appended { seq: 5, duplicate: false });
     assert!(matches!(responses[5], CommandResponse::Rejected(ApiError::InvalidRequest { .. })), "terminated");
     let info = reader.session(session).unwrap().unwrap();
-    assert_eq!((info.status, info.epoch, info.last_seq, info.pending_actions), (SessionStatus::Terminated, 2, 5, vec![]));
+    assert_eq!(
+        (info.status, info.epoch, info.last_seq, info.pending_actions),
+        (SessionStatus::Terminated, 2, 5, vec![])
+    );
 }
 
 #[test]

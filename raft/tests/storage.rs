@@ -48,7 +48,13 @@ fn create(session_id: SessionId, created_at_ms: u64) -> Command {
 }
 
 fn append_text(session_id: SessionId, event: EventId, text: &str, processed_at_ms: u64) -> Command {
-    Command::Append { session_id, event_id: event, payload: EventPayload::user_text(text), processed_at_ms, epoch: None }
+    Command::Append {
+        session_id,
+        event_id: event,
+        payload: EventPayload::user_text(text),
+        processed_at_ms,
+        epoch: None,
+    }
 }
 
 fn tempdir() -> TempDir {
@@ -155,7 +161,13 @@ async fn adjacent_groups_do_not_see_each_other() {
     state_machine_a
         .apply_entries([normal(
             1,
-            Command::CreateSession { session_id: session(1), shard: ShardId(1), created_at_ms: 10, agent: None, environment: None },
+            Command::CreateSession {
+                session_id: session(1),
+                shard: ShardId(1),
+                created_at_ms: 10,
+                agent: None,
+                environment: None,
+            },
         )])
         .expect("apply");
     assert_eq!(state_machine_b.applied_state().await.expect("applied").0, None);
@@ -211,10 +223,7 @@ async fn sessions_and_events_are_applied_with_exact_responses() {
         vec![
             CommandResponse::Session { info: alice_info(2), created: false },
             CommandResponse::Appended { seq: 2, duplicate: true },
-            CommandResponse::Session {
-                info: new_session_info(bob, 5002, 0),
-                created: true
-            },
+            CommandResponse::Session { info: new_session_info(bob, 5002, 0), created: true },
             CommandResponse::Appended { seq: 1, duplicate: false },
             CommandResponse::Appended { seq: 3, duplicate: false },
         ]
@@ -409,7 +418,13 @@ async fn a_snapshot_moves_a_group_state_to_another_db_and_group() {
         target
             .apply_entries([normal(
                 1,
-                Command::CreateSession { session_id: session(77), shard: ShardId(9), created_at_ms: 1, agent: None, environment: None },
+                Command::CreateSession {
+                    session_id: session(77),
+                    shard: ShardId(9),
+                    created_at_ms: 1,
+                    agent: None,
+                    environment: None,
+                },
             )])
             .expect("apply");
         target.install_snapshot(&current.meta, current.snapshot.clone()).await.expect("install snapshot");

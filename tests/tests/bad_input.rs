@@ -46,6 +46,8 @@ async fn bad_input_gets_typed_errors_and_the_node_keeps_serving() -> anyhow::Res
         data_dir: dir.path().join("n1"),
         bootstrap: Bootstrap::Init { shards: 4, replication_factor: 1 },
         raft: RaftTuning::default(),
+        sandbox_dir: None,
+        models: Default::default(),
     })
     .await?;
     let addr = node.local_addr()?;

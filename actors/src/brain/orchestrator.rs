@@ -115,6 +115,11 @@ impl Brain {
             return Err(BrainError::NoAgent(session_id));
         }
         let agent = self.log.agent(&session).await?;
+        // Claim an epoch only when there is work: a wake with nothing to do
+        // (a duplicate, a follower's late wake) writes nothing.
+        if plan(&agent, &self.log.events(session_id).await?) == Step::Wait {
+            return Ok(RunOutcome::Idle);
+        }
         let epoch = self.log.claim_epoch(session_id).await?;
         let run = Run { brain: self, session, agent, epoch };
         match run.loop_until_idle().await {
@@ -175,7 +180,11 @@ impl Run<'_> {
         Ok(RunOutcome::Idle)
     }
 
-    async fn call_model(&self, appender: &mut Appender<'_, '_>, messages: Vec<crate::model::Message>) -> Result<(), BrainError> {
+    async fn call_model(
+        &self,
+        appender: &mut Appender<'_, '_>,
+        messages: Vec<crate::model::Message>,
+    ) -> Result<(), BrainError> {
         let model = self.agent.model.clone();
         let start = appender.append(EventPayload::SpanModelRequestStart { model: model.clone() }).await?;
         let request = ModelRequest {
@@ -193,8 +202,12 @@ impl Run<'_> {
             Ok(response) => response,
             Err(error) => {
                 tracing::warn!(session = %self.session.session_id, %error, "model call failed");
-                appender.append(EventPayload::SpanModelRequestEnd { model_request_start_id: start, is_error: true }).await?;
-                appender.append(EventPayload::SessionError { kind: error.kind().into(), message: error.to_string() }).await?;
+                appender
+                    .append(EventPayload::SpanModelRequestEnd { model_request_start_id: start, is_error: true })
+                    .await?;
+                appender
+                    .append(EventPayload::SessionError { kind: error.kind().into(), message: error.to_string() })
+                    .await?;
                 let stop_reason = StopReason::RetriesExhausted;
                 appender.append(EventPayload::SessionStatusIdle { stop_reason }).await?;
                 return Ok(());
@@ -223,9 +236,8 @@ impl Run<'_> {
         for (name, input_json) in tool_uses {
             // Input that is not JSON is kept (as a JSON string) so that the
             // tool answers it with an error and the model can correct itself.
-            let input = JsonText::parse(input_json.clone()).or_else(|_| {
-                JsonText::parse(serde_json::Value::String(input_json).to_string())
-            })?;
+            let input = JsonText::parse(input_json.clone())
+                .or_else(|_| JsonText::parse(serde_json::Value::String(input_json).to_string()))?;
             let payload = if self.agent.is_custom_tool(&name) {
                 EventPayload::AgentCustomToolUse { name, input }
             } else {
@@ -273,7 +285,8 @@ impl Appender<'_, '_> {
     }
 
     async fn tool_result(&mut self, tool_use_id: EventId, content: String, is_error: bool) -> Result<(), BrainError> {
-        let payload = EventPayload::AgentToolResult { tool_use_id, content: vec![ContentBlock::text(content)], is_error };
+        let payload =
+            EventPayload::AgentToolResult { tool_use_id, content: vec![ContentBlock::text(content)], is_error };
         self.append(payload).await.map(|_| ())
     }
 }

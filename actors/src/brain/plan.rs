@@ -79,7 +79,8 @@ pub fn plan(agent: &AgentSpec, events: &[Event]) -> Step {
                     message: format!("the user denied this tool call: {reason}"),
                 };
             }
-            (Some(PermissionPolicy::AlwaysAllow), _) | (Some(PermissionPolicy::AlwaysAsk), Some((Confirmation::Allow, _))) => {
+            (Some(PermissionPolicy::AlwaysAllow), _)
+            | (Some(PermissionPolicy::AlwaysAsk), Some((Confirmation::Allow, _))) => {
                 return Step::RunTool {
                     tool_use_id: *tool_use_id,
                     seq: tool_use.seq,
@@ -94,14 +95,15 @@ pub fn plan(agent: &AgentSpec, events: &[Event]) -> Step {
         return Step::AwaitClient { event_ids: waiting };
     }
 
-    let model_calls = turn.iter().filter(|event| matches!(event.payload, EventPayload::SpanModelRequestStart { .. })).count();
+    let model_calls =
+        turn.iter().filter(|event| matches!(event.payload, EventPayload::SpanModelRequestStart { .. })).count();
     let last_said = events.iter().rev().find_map(|event| match &event.payload {
-        EventPayload::UserMessage { .. } | EventPayload::AgentToolResult { .. } | EventPayload::UserCustomToolResult { .. } => {
-            Some(true)
-        }
-        EventPayload::AgentMessage { .. } | EventPayload::AgentToolUse { .. } | EventPayload::AgentCustomToolUse { .. } => {
-            Some(false)
-        }
+        EventPayload::UserMessage { .. }
+        | EventPayload::AgentToolResult { .. }
+        | EventPayload::UserCustomToolResult { .. } => Some(true),
+        EventPayload::AgentMessage { .. }
+        | EventPayload::AgentToolUse { .. }
+        | EventPayload::AgentCustomToolUse { .. } => Some(false),
         _ => None,
     });
     if last_said != Some(true) {
@@ -206,7 +208,11 @@ pub fn conversation(events: &[Event]) -> Vec<Message> {
             ),
             EventPayload::AgentToolResult { tool_use_id, content, is_error } => push(
                 Role::User,
-                Block::ToolResult { tool_use_id: tool_use_id.to_string(), content: text_of(content), is_error: *is_error },
+                Block::ToolResult {
+                    tool_use_id: tool_use_id.to_string(),
+                    content: text_of(content),
+                    is_error: *is_error,
+                },
             ),
             EventPayload::UserCustomToolResult { custom_tool_use_id, content, is_error } => push(
                 Role::User,
@@ -319,12 +325,19 @@ mod tests {
         let ids = log.model_turn(vec![Log::tool_use("bash", r#"{"command":"ls"}"#)]);
         assert_eq!(
             plan(&agent(10), &log.0),
-            Step::RunTool { tool_use_id: ids[0], seq: 4, name: "bash".into(), input_json: r#"{"command":"ls"}"#.into() }
+            Step::RunTool {
+                tool_use_id: ids[0],
+                seq: 4,
+                name: "bash".into(),
+                input_json: r#"{"command":"ls"}"#.into()
+            }
         );
         log.result(ids[0]);
         let Step::CallModel { messages } = plan(&agent(10), &log.0) else { panic!("expected a model call") };
         assert_eq!(messages.len(), 3);
-        assert!(matches!(&messages[2].content[0], Block::ToolResult { tool_use_id, .. } if *tool_use_id == ids[0].to_string()));
+        assert!(
+            matches!(&messages[2].content[0], Block::ToolResult { tool_use_id, .. } if *tool_use_id == ids[0].to_string())
+        );
     }
 
     #[test]
@@ -334,7 +347,9 @@ mod tests {
         log.push(EventPayload::SessionStatusRunning);
         let ids = log.model_turn(vec![Log::tool_use("write", r#"{"file_path":"a","content":"b"}"#)]);
         assert_eq!(plan(&agent(10), &log.0), Step::AwaitClient { event_ids: vec![ids[0]] });
-        log.push(EventPayload::SessionStatusIdle { stop_reason: StopReason::RequiresAction { event_ids: vec![ids[0]] } });
+        log.push(EventPayload::SessionStatusIdle {
+            stop_reason: StopReason::RequiresAction { event_ids: vec![ids[0]] },
+        });
         assert_eq!(plan(&agent(10), &log.0), Step::Wait);
 
         let mut denied = Log(log.0.clone());
@@ -347,7 +362,11 @@ mod tests {
         denied.push(EventPayload::SessionStatusRunning);
         assert!(matches!(plan(&agent(10), &denied.0), Step::RejectTool { message, .. } if message.contains("not now")));
 
-        log.push(EventPayload::UserToolConfirmation { tool_use_id: ids[0], result: Confirmation::Allow, deny_message: None });
+        log.push(EventPayload::UserToolConfirmation {
+            tool_use_id: ids[0],
+            result: Confirmation::Allow,
+            deny_message: None,
+        });
         log.push(EventPayload::SessionStatusRunning);
         assert!(matches!(plan(&agent(10), &log.0), Step::RunTool { name, .. } if name == "write"));
     }
@@ -360,7 +379,9 @@ mod tests {
         let custom = EventPayload::AgentCustomToolUse { name: "lookup".into(), input: JsonText::parse("{}").unwrap() };
         let ids = log.model_turn(vec![custom]);
         assert_eq!(plan(&agent(10), &log.0), Step::AwaitClient { event_ids: vec![ids[0]] });
-        log.push(EventPayload::SessionStatusIdle { stop_reason: StopReason::RequiresAction { event_ids: vec![ids[0]] } });
+        log.push(EventPayload::SessionStatusIdle {
+            stop_reason: StopReason::RequiresAction { event_ids: vec![ids[0]] },
+        });
         log.push(EventPayload::UserCustomToolResult {
             custom_tool_use_id: ids[0],
             content: vec![ContentBlock::text("42")],
@@ -393,7 +414,10 @@ mod tests {
         let stuck = plan(&agent(10), &log.0);
         assert!(matches!(&stuck, Step::Stop { error: Some((kind, _)), .. } if kind == "stuck"), "{stuck:?}");
         let capped = plan(&agent(3), &log.0);
-        assert!(matches!(&capped, Step::Stop { error: Some((kind, _)), .. } if kind == "max_model_calls"), "{capped:?}");
+        assert!(
+            matches!(&capped, Step::Stop { error: Some((kind, _)), .. } if kind == "max_model_calls"),
+            "{capped:?}"
+        );
 
         // Different inputs are progress, not a loop.
         let mut varied = Log::new();

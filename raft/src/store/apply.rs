@@ -98,9 +98,10 @@ impl<'a> ApplyBatch<'a> {
     fn apply_command(&mut self, command: Command) -> Result<CommandResponse, Error> {
         let group = self.state.group();
         match (group, command) {
-            (GroupId::Shard(this_shard), Command::CreateSession { session_id, shard, created_at_ms, agent, environment })
-                if shard == this_shard =>
-            {
+            (
+                GroupId::Shard(this_shard),
+                Command::CreateSession { session_id, shard, created_at_ms, agent, environment },
+            ) if shard == this_shard => {
                 let record = SessionRecord {
                     shard,
                     created_at_ms,

@@ -1,9 +1,9 @@
 //! Read access to one group's state for serving queries, separate from the
 //! state machine that openraft owns.
 
+use agentd_protocol::agent::{Agent, Environment};
 use agentd_protocol::api::SessionInfo;
 use agentd_protocol::event::Event;
-use agentd_protocol::agent::{Agent, Environment};
 use agentd_protocol::ids::{AgentId, EnvironmentId, GroupId, NodeId, SessionId, ShardId};
 use agentd_protocol::limits::EVENTS_PER_PAGE_MAX;
 use tokio::sync::{broadcast, watch};

@@ -1,0 +1,234 @@
+//! Wires the brain into a node: the session log over the local shard
+//! replicas, sandboxes on this host, and the watchers that wake sessions
+//! when a client writes to them or when this node becomes a shard leader.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentd_actors::brain::{Hands, Orchestrators, SessionLog};
+use agentd_actors::sandbox::{Limits, NamespaceSandbox, Sandbox, SandboxError, ToolCall, ToolOutput};
+use agentd_protocol::agent::AgentSpec;
+use agentd_protocol::api::{ClientRequest, ClientResponse, SessionInfo, SessionStatus};
+use agentd_protocol::event::{Event, EventPayload};
+use agentd_protocol::ids::{EventId, GroupId, SessionId, ShardId};
+use agentd_protocol::limits::EVENTS_PER_PAGE_MAX;
+use agentd_protocol::ApiError;
+use agentd_raft::host::{GroupHandle, RaftHost};
+use agentd_raft::placement;
+use agentd_raft::types::{Command, CommandResponse};
+use futures_util::future::BoxFuture;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::router::{now_ms, Router};
+
+/// How often shard leadership is checked for new watchers.
+const LEADERSHIP_POLL: Duration = Duration::from_millis(500);
+
+/// The session log, read from and written to the shard leader on this node.
+pub struct LocalSessionLog {
+    router: Router,
+}
+
+impl LocalSessionLog {
+    pub fn new(router: Router) -> Self {
+        Self { router }
+    }
+
+    /// The session's shard, which this node must lead.
+    fn group(&self, session_id: SessionId) -> Result<GroupHandle, ApiError> {
+        let shard = self.router.shard_of(session_id)?;
+        let group = self
+            .router
+            .host()
+            .group(GroupId::Shard(shard))
+            .ok_or_else(|| ApiError::NotReplica { group: shard.to_string() })?;
+        if !group.raft.is_leader() {
+            return Err(ApiError::NotLeader { leader: None });
+        }
+        Ok(group)
+    }
+}
+
+fn internal(error: agentd_raft::Error) -> ApiError {
+    ApiError::Internal { message: error.to_string() }
+}
+
+impl SessionLog for LocalSessionLog {
+    fn session(&self, session_id: SessionId) -> BoxFuture<'_, Result<SessionInfo, ApiError>> {
+        Box::pin(async move {
+            let group = self.group(session_id)?;
+            group
+                .state
+                .session(session_id)
+                .map_err(internal)?
+                .ok_or_else(|| ApiError::NotFound { what: format!("session {session_id}") })
+        })
+    }
+
+    fn events(&self, session_id: SessionId) -> BoxFuture<'_, Result<Vec<Event>, ApiError>> {
+        Box::pin(async move {
+            let group = self.group(session_id)?;
+            let mut events = Vec::new();
+            loop {
+                let next = events.last().map_or(1, |event: &Event| event.seq + 1);
+                let page = group.state.events(session_id, next, EVENTS_PER_PAGE_MAX).map_err(internal)?;
+                if page.is_empty() {
+                    return Ok(events);
+                }
+                events.extend(page);
+            }
+        })
+    }
+
+    fn claim_epoch(&self, session_id: SessionId) -> BoxFuture<'_, Result<u64, ApiError>> {
+        Box::pin(async move {
+            match placement::propose(&self.group(session_id)?, Command::ClaimEpoch { session_id }).await? {
+                CommandResponse::Epoch(epoch) => Ok(epoch),
+                other => Err(ApiError::Internal { message: format!("unexpected {other:?}") }),
+            }
+        })
+    }
+
+    fn append(
+        &self,
+        session_id: SessionId,
+        event_id: EventId,
+        payload: EventPayload,
+        epoch: u64,
+    ) -> BoxFuture<'_, Result<u64, ApiError>> {
+        Box::pin(async move {
+            let command =
+                Command::Append { session_id, event_id, payload, processed_at_ms: now_ms(), epoch: Some(epoch) };
+            match placement::propose(&self.group(session_id)?, command).await? {
+                CommandResponse::Appended { seq, .. } => Ok(seq),
+                other => Err(ApiError::Internal { message: format!("unexpected {other:?}") }),
+            }
+        })
+    }
+
+    fn agent(&self, session: &SessionInfo) -> BoxFuture<'_, Result<AgentSpec, ApiError>> {
+        let pinned = session.agent;
+        Box::pin(async move {
+            let pinned =
+                pinned.ok_or_else(|| ApiError::InvalidRequest { message: "the session has no agent".into() })?;
+            match self.router.handle(ClientRequest::GetAgent { agent_id: pinned.id }, false).await {
+                ClientResponse::Agent(agent) => agent.version(pinned.version).cloned().ok_or_else(|| {
+                    ApiError::NotFound { what: format!("version {} of agent {}", pinned.version, pinned.id) }
+                }),
+                ClientResponse::Error(error) => Err(error),
+                other => Err(ApiError::Internal { message: format!("unexpected {other:?}") }),
+            }
+        })
+    }
+}
+
+/// Namespace sandboxes on this host, one per session, made on first use.
+/// Their directories live under `root`; nodes that share `root` (one host)
+/// share workspaces and idempotency ledgers, so a session moved to another
+/// node finds its workspace and does not repeat a recorded tool call.
+pub struct LocalHands {
+    root: PathBuf,
+    router: Router,
+    sandboxes: tokio::sync::Mutex<HashMap<SessionId, Arc<NamespaceSandbox>>>,
+}
+
+impl LocalHands {
+    pub fn new(root: PathBuf, router: Router) -> Self {
+        Self { root, router, sandboxes: tokio::sync::Mutex::new(HashMap::new()) }
+    }
+
+    async fn limits(&self, session: &SessionInfo) -> Limits {
+        let mut limits = Limits::default();
+        if let Some(environment_id) = session.environment {
+            if let ClientResponse::Environment(environment) =
+                self.router.handle(ClientRequest::GetEnvironment { environment_id }, false).await
+            {
+                limits.network = environment.spec.network;
+                limits.wall_clock_ms = environment.spec.tool_timeout_ms;
+            }
+        }
+        limits
+    }
+
+    async fn sandbox(&self, session: &SessionInfo) -> Result<Arc<NamespaceSandbox>, SandboxError> {
+        let mut sandboxes = self.sandboxes.lock().await;
+        if let Some(sandbox) = sandboxes.get(&session.session_id) {
+            return Ok(sandbox.clone());
+        }
+        let root = self.root.join(session.session_id.to_string());
+        let sandbox = Arc::new(NamespaceSandbox::provision(root, self.limits(session).await).await?);
+        metrics::counter!("agentd_sandboxes_provisioned_total").increment(1);
+        sandboxes.insert(session.session_id, sandbox.clone());
+        Ok(sandbox)
+    }
+}
+
+impl Hands for LocalHands {
+    fn execute(&self, session: &SessionInfo, call: ToolCall) -> BoxFuture<'_, Result<ToolOutput, SandboxError>> {
+        let session = session.clone();
+        Box::pin(async move {
+            let sandbox = self.sandbox(&session).await?;
+            let result = sandbox.execute(call).await;
+            if let Err(SandboxError::Crashed(_)) = &result {
+                // Cattle: the next call gets a fresh sandbox.
+                self.sandboxes.lock().await.remove(&session.session_id);
+            }
+            result
+        })
+    }
+}
+
+/// Keeps one watcher per shard this node leads. A new watcher first wakes
+/// every session of its shard that has an agent (the planner finds the
+/// sessions that were running when the old leader went away), then wakes a
+/// session whenever a client writes to it.
+pub async fn drive_shards(host: RaftHost, orchestrators: Orchestrators) {
+    let watchers: Mutex<HashMap<ShardId, tokio::task::JoinHandle<()>>> = Mutex::new(HashMap::new());
+    loop {
+        for group in host.groups() {
+            let GroupId::Shard(shard) = group.group else { continue };
+            if !group.raft.is_leader() {
+                continue;
+            }
+            let mut watchers = watchers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if watchers.get(&shard).is_some_and(|watcher| !watcher.is_finished()) {
+                continue;
+            }
+            watchers.insert(shard, tokio::spawn(watch_shard(group, orchestrators.clone())));
+        }
+        tokio::time::sleep(LEADERSHIP_POLL).await;
+    }
+}
+
+async fn watch_shard(group: GroupHandle, orchestrators: Orchestrators) {
+    let mut live = group.state.subscribe();
+    wake_all(&group, &orchestrators).await;
+    let mut leadership = tokio::time::interval(LEADERSHIP_POLL);
+    loop {
+        tokio::select! {
+            received = live.recv() => match received {
+                Ok(event) if event.payload.is_user_event() => orchestrators.wake(event.session_id).await,
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => wake_all(&group, &orchestrators).await,
+                Err(RecvError::Closed) => return,
+            },
+            _ = leadership.tick() => {
+                if !group.raft.is_leader() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn wake_all(group: &GroupHandle, orchestrators: &Orchestrators) {
+    let Ok(sessions) = group.state.session_ids() else { return };
+    for session_id in sessions {
+        let Ok(Some(info)) = group.state.session(session_id) else { continue };
+        if info.agent.is_some() && info.status != SessionStatus::Terminated {
+            orchestrators.wake(session_id).await;
+        }
+    }
+}
