@@ -128,7 +128,8 @@ impl FileTools {
 
     fn write(&self, input: WriteInput) -> Result<ToolOutput, ToolOutput> {
         let path = self.workspace.writable(&input.file_path).map_err(ToolOutput::failure)?;
-        replace_file(&path, input.content.as_bytes()).map_err(|error| io_failure(&input.file_path, error))?;
+        replace_file(&self.workspace, &path, input.content.as_bytes())
+            .map_err(|error| io_failure(&input.file_path, error))?;
         Ok(ToolOutput::success(format!("wrote {} bytes to {}", input.content.len(), self.workspace.display(&path))))
     }
 
@@ -166,7 +167,7 @@ impl FileTools {
             )));
         }
         let edited = text.replace(&input.old_string, &input.new_string);
-        replace_file(&path, edited.as_bytes()).map_err(|error| io_failure(&input.file_path, error))?;
+        replace_file(&self.workspace, &path, edited.as_bytes()).map_err(|error| io_failure(&input.file_path, error))?;
         Ok(ToolOutput::success(format!(
             "replaced {occurrences} occurrence{} in {}",
             if occurrences == 1 { "" } else { "s" },
@@ -294,7 +295,7 @@ fn io_failure(requested: &str, error: std::io::Error) -> ToolOutput {
 
 /// Replaces `path` atomically: a new file next to it, then rename. The rename
 /// replaces a directory entry and never follows a symlink at `path`.
-fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
+fn replace_file(workspace: &Workspace, path: &Path, content: &[u8]) -> std::io::Result<()> {
     let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
     let temporary = path.with_file_name(format!(".{name}.agentd-{:016x}", rand::random::<u64>()));
     let permissions = std::fs::metadata(path).ok().map(|metadata| metadata.permissions());
@@ -305,6 +306,7 @@ fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
             file.set_permissions(permissions)?;
         }
         file.sync_all()?;
+        workspace.hand_over(&temporary)?;
         std::fs::rename(&temporary, path)
     };
     write().inspect_err(|_| {

@@ -20,6 +20,10 @@ use super::{Limits, Sandbox, SandboxError, ToolCall, ToolOutput};
 /// Tool names reported as metric labels; anything else is labelled `unknown`, so
 /// a model cannot create unbounded label values.
 const TOOL_NAMES: [&str; 6] = ["bash", "read", "write", "edit", "glob", "grep"];
+/// How long a new shell waits for the previous one's processes to leave the cgroup.
+const SHELL_REAP_WAIT_MS: u64 = 2_000;
+/// Starts of a shell tried before the call fails with `SandboxError::Crashed`.
+const SHELL_START_ATTEMPTS: u32 = 5;
 
 /// A session's sandbox: a persistent bash inside bubblewrap namespaces plus
 /// host-side file tools confined to the same workspace. See the module docs for
@@ -88,7 +92,7 @@ impl NamespaceSandbox {
         let workspace_path = root.join("workspace");
         std::fs::create_dir_all(&workspace_path)
             .map_err(|error| SandboxError::Io(format!("creating {}: {error}", workspace_path.display())))?;
-        let workspace = Workspace::new(&workspace_path)
+        let workspace = Workspace::new(&workspace_path, resources.host_user())
             .map_err(|error| SandboxError::Io(format!("resolving {}: {error}", workspace_path.display())))?;
         let ledger = Ledger::open(root.join("ledger"))?;
         tracing::debug!(root = %root.display(), resources = %resources.describe(), "namespace sandbox provisioned");
@@ -226,8 +230,22 @@ impl NamespaceSandbox {
         })
     }
 
+    /// Starts a fresh shell. The previous sandbox's processes may still be dying and
+    /// holding the process budget, so a failed start is retried a few times.
     async fn start_shell(&self) -> Result<Shell, SandboxError> {
-        Shell::start(&self.bwrap, &self.resources, self.workspace.root(), self.limits.network).await
+        self.resources.wait_until_empty(Duration::from_millis(SHELL_REAP_WAIT_MS)).await;
+        let mut attempt = 0;
+        loop {
+            match Shell::start(&self.bwrap, &self.resources, self.workspace.root(), self.limits.network).await {
+                Ok(shell) => return Ok(shell),
+                Err(error) if attempt + 1 >= SHELL_START_ATTEMPTS => return Err(error),
+                Err(error) => {
+                    tracing::debug!(%error, attempt, "sandbox shell did not start; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+            }
+        }
     }
 
     async fn destroy_sandbox(&self) -> Result<(), SandboxError> {
