@@ -201,6 +201,25 @@ async fn repeated_idempotency_key_runs_once_even_after_reprovisioning() {
 }
 
 #[tokio::test]
+async fn a_call_interrupted_by_a_crash_is_not_run_again() {
+    use sha2::Digest;
+    let directory = tempfile::tempdir().unwrap();
+    let sandbox = provision(directory.path(), Limits::default()).await;
+    // What a crash between "started" and "recorded" leaves behind: the marker only.
+    let name: String = sha2::Sha256::digest(b"cut-off").iter().map(|byte| format!("{byte:02x}")).collect();
+    std::fs::write(directory.path().join("ledger").join(format!("{name}.started")), b"").unwrap();
+    let command = json!({ "command": "echo ran >> log" });
+    let output = call_with_key(&sandbox, "bash", command.clone(), "cut-off").await;
+    assert_error(&output);
+    assert!(output.content.contains("interrupted"), "{}", output.content);
+    assert!(!directory.path().join("workspace/log").exists(), "the interrupted call ran again");
+    assert_eq!(call_with_key(&sandbox, "bash", command.clone(), "cut-off").await, output);
+    assert_ok(&call_with_key(&sandbox, "bash", command, "fresh").await);
+    assert_eq!(std::fs::read_to_string(directory.path().join("workspace/log")).unwrap(), "ran\n");
+    sandbox.destroy().await.unwrap();
+}
+
+#[tokio::test]
 async fn file_tools_stay_inside_the_workspace() {
     let directory = tempfile::tempdir().unwrap();
     let sandbox = provision(directory.path(), Limits::default()).await;

@@ -2,11 +2,17 @@
 //!
 //! The agent loop hands each tool call (`bash`, `read`, `write`, `edit`, `glob`,
 //! `grep`) to the session's [`Sandbox`]. Tool failures are outputs with
-//! `is_error`; `Err` means the sandbox itself failed. Every output is recorded
-//! in an idempotency ledger (`root/ledger`, one file per key, named by the
-//! key's SHA-256, written with tmp + fsync + rename + directory fsync) before
-//! the call returns, so a re-sent call with the same key returns the recorded
-//! output and does not run again.
+//! `is_error`; `Err` means the sandbox itself failed (before the tool ran).
+//!
+//! Idempotency: each key has a ledger under `root/ledger`, named by the key's
+//! hex SHA-256. `<name>.started` is made durable (fsync of file and
+//! directory) before the tool runs; `<name>` (JSON, written with tmp + fsync
+//! + rename + directory fsync) holds the output before the call returns. A
+//! repeated key returns the recorded output without running; a key that
+//! started but never finished (the host crashed mid-call) is not run again
+//! and is answered, and recorded, as an "interrupted" error. So a call runs
+//! at most once per key, and retries see the recorded result. An empty key
+//! disables the ledger for that call.
 //!
 //! # The namespace sandbox ([`NamespaceSandbox`])
 //!

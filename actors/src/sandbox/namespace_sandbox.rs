@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::bwrap::Bwrap;
 use super::file_tools::FileTools;
-use super::ledger::Ledger;
+use super::ledger::{Ledger, LedgerState};
 use super::resource_control::ResourceControl;
 use super::shell::{Shell, ShellOutcome};
 use super::workspace::Workspace;
@@ -132,12 +132,30 @@ impl NamespaceSandbox {
         if !key.is_empty() {
             let ledger = self.ledger.clone();
             let lookup = key.clone();
-            let recorded = tokio::task::spawn_blocking(move || ledger.get(&lookup))
-                .await
-                .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))??;
-            if let Some(output) = recorded {
-                record_metrics(&call.name, "replayed", Duration::ZERO);
-                return Ok(output);
+            let state = tokio::task::spawn_blocking(move || -> Result<LedgerState, SandboxError> {
+                let state = ledger.state(&lookup)?;
+                if matches!(state, LedgerState::New) {
+                    ledger.begin(&lookup)?;
+                }
+                Ok(state)
+            })
+            .await
+            .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))??;
+            match state {
+                LedgerState::New => {}
+                LedgerState::Recorded(output) => {
+                    record_metrics(&call.name, "replayed", Duration::ZERO);
+                    return Ok(output);
+                }
+                LedgerState::Interrupted => {
+                    record_metrics(&call.name, "interrupted", Duration::ZERO);
+                    let output = ToolOutput::failure(
+                        "this tool call was interrupted by a crash before it finished; it was not run again \
+                         (it runs at most once per idempotency key), and its effects may be partial",
+                    );
+                    self.record(key, output.clone()).await?;
+                    return Ok(output);
+                }
             }
         }
         let started = Instant::now();
@@ -148,15 +166,31 @@ impl NamespaceSandbox {
             Err(_) => "sandbox_error",
         };
         record_metrics(&call.name, outcome, started.elapsed());
-        let output = result?;
+        let output = match result {
+            Ok(output) => output,
+            Err(error) => {
+                // A sandbox failure happens before the tool runs (the shell did not start),
+                // so a retry with this key may run it.
+                if !key.is_empty() {
+                    let ledger = self.ledger.clone();
+                    tokio::task::spawn_blocking(move || ledger.abandon(&key))
+                        .await
+                        .map_err(|join| SandboxError::Io(format!("ledger task failed: {join}")))??;
+                }
+                return Err(error);
+            }
+        };
         if !key.is_empty() {
-            let ledger = self.ledger.clone();
-            let recorded = output.clone();
-            tokio::task::spawn_blocking(move || ledger.record(&key, &recorded))
-                .await
-                .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))??;
+            self.record(key, output.clone()).await?;
         }
         Ok(output)
+    }
+
+    async fn record(&self, key: String, output: ToolOutput) -> Result<(), SandboxError> {
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || ledger.record(&key, &output))
+            .await
+            .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))?
     }
 
     async fn dispatch(&self, shell: &mut Option<Shell>, call: &ToolCall) -> Result<ToolOutput, SandboxError> {
