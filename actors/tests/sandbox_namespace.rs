@@ -262,6 +262,11 @@ async fn file_tools_stay_inside_the_workspace() {
     let output = call(&sandbox, "grep", json!({ "pattern": "root:" })).await;
     assert!(!output.content.contains("root:x"), "{}", output.content);
 
+    // A FIFO planted by the sandbox would block a host-side read forever; it is refused.
+    assert_ok(&bash(&sandbox, "mkfifo pipe").await);
+    assert_error(&call(&sandbox, "read", json!({ "file_path": "pipe" })).await);
+    assert!(!call(&sandbox, "grep", json!({ "pattern": "x", "path": "pipe" })).await.content.contains("pipe:"));
+
     // A symlink inside the workspace that stays inside is fine.
     std::fs::write(workspace.join("real.txt"), "inside\n").unwrap();
     std::os::unix::fs::symlink("real.txt", workspace.join("inner_link")).unwrap();
@@ -364,6 +369,14 @@ async fn output_is_capped_with_a_note() {
     // The stream stays in sync after a truncated call.
     assert_eq!(bash(&sandbox, "echo next").await.content, "next\n");
 
+    // One 20 MB line: grep shows a bounded prefix, read stays capped.
+    std::fs::write(directory.path().join("workspace/long.txt"), "a".repeat(20_000_000) + "\nneedle\n").unwrap();
+    let output = call(&sandbox, "grep", json!({ "pattern": "^a+$|needle" })).await;
+    assert_eq!(output.content.lines().count(), 2, "{}", &output.content[..200.min(output.content.len())]);
+    assert!(output.content.len() < 1000);
+    assert!(output.content.ends_with("long.txt:2:needle\n"));
+    let output = call(&sandbox, "read", json!({ "file_path": "long.txt" })).await;
+    assert!(output.content.len() < 100 * 1024 + 200);
     std::fs::write(directory.path().join("workspace/big.txt"), "line\n".repeat(100_000)).unwrap();
     let output = call(&sandbox, "read", json!({ "file_path": "big.txt" })).await;
     assert!(output.content.len() < 100 * 1024 + 200);
