@@ -486,6 +486,17 @@ async fn destroy_ends_the_sandbox() {
     assert!(directory.path().join("workspace").is_dir());
 }
 
+#[tokio::test]
+async fn dropping_a_sandbox_kills_its_processes() {
+    let directory = tempfile::tempdir().unwrap();
+    let sandbox = provision(directory.path(), Limits::default()).await;
+    let marker = format!("agentd-marker-{}", unique_key());
+    assert_ok(&bash(&sandbox, &format!("(exec -a {marker} sleep 100) & echo started")).await);
+    assert!(wait_for_host_processes(&marker, |count| count == 1).await, "the background process did not start");
+    drop(sandbox);
+    assert!(wait_for_host_processes(&marker, |count| count == 0).await, "the background process outlived its sandbox");
+}
+
 #[test]
 fn probe_names_the_missing_package() {
     let result = NamespaceSandbox::probe_at(Path::new("/nonexistent/bin/bwrap"));

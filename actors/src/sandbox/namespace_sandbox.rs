@@ -24,6 +24,8 @@ const TOOL_NAMES: [&str; 6] = ["bash", "read", "write", "edit", "glob", "grep"];
 const SHELL_REAP_WAIT_MS: u64 = 2_000;
 /// Starts of a shell tried before the call fails with `SandboxError::Crashed`.
 const SHELL_START_ATTEMPTS: u32 = 5;
+/// How long a dropped sandbox's cleanup waits for bwrap to die and for its cgroups to empty.
+const CLEANUP_WAIT_MS: u64 = 2_000;
 
 /// A session's sandbox: a persistent bash inside bubblewrap namespaces plus
 /// host-side file tools confined to the same workspace. See the module docs for
@@ -307,14 +309,40 @@ impl Sandbox for NamespaceSandbox {
 
 impl Drop for NamespaceSandbox {
     fn drop(&mut self) {
-        // The shell's child is killed on drop (kill_on_drop); remove the cgroups best effort.
-        if let ResourceControl::Cgroup { directories } = &self.resources {
-            if let Ok(mut shell) = self.shell.try_lock() {
-                drop(shell.take());
+        // Kill and reap bwrap, then remove the cgroups, on a short-lived thread: the kernel
+        // tears the PID namespace down asynchronously, so removal needs retries.
+        let shell = self.shell.try_lock().ok().and_then(|mut shell| shell.take());
+        let directories = match &self.resources {
+            ResourceControl::Cgroup { directories } => directories.clone(),
+            ResourceControl::Rlimit { .. } => Vec::new(),
+        };
+        if shell.is_none() && directories.is_empty() {
+            return;
+        }
+        let spawned = std::thread::Builder::new().name("agentd-sandbox-cleanup".to_owned()).spawn(move || {
+            if let Some(mut shell) = shell {
+                shell.kill_blocking(Duration::from_millis(CLEANUP_WAIT_MS));
             }
-            for directory in directories {
-                let _ = std::fs::remove_dir(directory);
+            let deadline = Instant::now() + Duration::from_millis(CLEANUP_WAIT_MS);
+            loop {
+                let remaining = directories
+                    .iter()
+                    .filter(|directory| {
+                        std::fs::remove_dir(directory).is_err_and(|error| error.kind() != std::io::ErrorKind::NotFound)
+                    })
+                    .count();
+                if remaining == 0 {
+                    return;
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(?directories, "could not remove a dropped sandbox's cgroups");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
+        });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "could not start the sandbox cleanup thread");
         }
     }
 }
