@@ -19,6 +19,8 @@ const GREP_MATCHES_MAX: usize = 1_000;
 const REGEX_SIZE_BYTES_MAX: usize = 1 << 20;
 /// Bytes of a line `grep` shows; longer lines are cut.
 const GREP_LINE_BYTES_MAX: usize = 500;
+/// Bytes of a line `grep` searches; the rest of a longer line is not searched.
+const GREP_SCAN_BYTES_MAX: usize = 64 * 1024;
 /// Files larger than this are not loaded by `edit`.
 const EDIT_FILE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
@@ -84,6 +86,10 @@ impl FileTools {
         if path.is_dir() {
             return Err(ToolOutput::failure(format!("{} is a directory; use glob to list it", input.file_path)));
         }
+        // A FIFO or device would block or never end; only regular files are read.
+        if !path.is_file() {
+            return Err(ToolOutput::failure(format!("{} is not a regular file", input.file_path)));
+        }
         let (first, last) = match input.view_range {
             None => (1, u64::MAX),
             Some((start, end)) if start >= 1 && (end == -1 || end >= start) => {
@@ -102,7 +108,8 @@ impl FileTools {
         let mut number: u64 = 0;
         loop {
             line.clear();
-            let read = reader.read_until(b'\n', &mut line).map_err(|error| io_failure(&input.file_path, error))?;
+            let read = read_line_bounded(&mut reader, &mut line, self.output_bytes_max)
+                .map_err(|error| io_failure(&input.file_path, error))?;
             if read == 0 || number >= last {
                 break;
             }
@@ -128,7 +135,8 @@ impl FileTools {
 
     fn write(&self, input: WriteInput) -> Result<ToolOutput, ToolOutput> {
         let path = self.workspace.writable(&input.file_path).map_err(ToolOutput::failure)?;
-        replace_file(&path, input.content.as_bytes()).map_err(|error| io_failure(&input.file_path, error))?;
+        replace_file(&self.workspace, &path, input.content.as_bytes())
+            .map_err(|error| io_failure(&input.file_path, error))?;
         Ok(ToolOutput::success(format!("wrote {} bytes to {}", input.content.len(), self.workspace.display(&path))))
     }
 
@@ -166,7 +174,7 @@ impl FileTools {
             )));
         }
         let edited = text.replace(&input.old_string, &input.new_string);
-        replace_file(&path, edited.as_bytes()).map_err(|error| io_failure(&input.file_path, error))?;
+        replace_file(&self.workspace, &path, edited.as_bytes()).map_err(|error| io_failure(&input.file_path, error))?;
         Ok(ToolOutput::success(format!(
             "replaced {occurrences} occurrence{} in {}",
             if occurrences == 1 { "" } else { "s" },
@@ -258,7 +266,7 @@ impl FileTools {
         let mut found = 0;
         while found < matches_max && !output.is_truncated() {
             line.clear();
-            match reader.read_until(b'\n', &mut line) {
+            match read_line_bounded(&mut reader, &mut line, GREP_SCAN_BYTES_MAX) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
@@ -274,6 +282,35 @@ impl FileTools {
             }
         }
         found
+    }
+}
+
+/// Reads one line (through `\n` or the end) into `line`, keeping at most
+/// `kept_bytes_max` bytes of it, so a file that is one huge line costs bounded memory.
+/// Returns the bytes consumed (0 at the end).
+fn read_line_bounded(reader: &mut impl BufRead, line: &mut Vec<u8>, kept_bytes_max: usize) -> std::io::Result<usize> {
+    let mut consumed = 0;
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        if available.is_empty() {
+            return Ok(consumed);
+        }
+        let (chunk, done) = match available.iter().position(|byte| *byte == b'\n') {
+            Some(newline) => (&available[..=newline], true),
+            None => (available, false),
+        };
+        let room = kept_bytes_max.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..room.min(chunk.len())]);
+        let length = chunk.len();
+        reader.consume(length);
+        consumed += length;
+        if done {
+            return Ok(consumed);
+        }
     }
 }
 
@@ -294,7 +331,7 @@ fn io_failure(requested: &str, error: std::io::Error) -> ToolOutput {
 
 /// Replaces `path` atomically: a new file next to it, then rename. The rename
 /// replaces a directory entry and never follows a symlink at `path`.
-fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
+fn replace_file(workspace: &Workspace, path: &Path, content: &[u8]) -> std::io::Result<()> {
     let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
     let temporary = path.with_file_name(format!(".{name}.agentd-{:016x}", rand::random::<u64>()));
     let permissions = std::fs::metadata(path).ok().map(|metadata| metadata.permissions());
@@ -305,6 +342,7 @@ fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
             file.set_permissions(permissions)?;
         }
         file.sync_all()?;
+        workspace.hand_over(&temporary)?;
         std::fs::rename(&temporary, path)
     };
     write().inspect_err(|_| {

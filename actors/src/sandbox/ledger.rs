@@ -10,12 +10,27 @@ use super::{SandboxError, ToolOutput};
 
 /// Recorded tool outputs, keyed by idempotency key, persisted before a call returns.
 ///
-/// **Invariant:** a key's file, once renamed into place, is complete and never
-/// rewritten, so a call cut off by a crash and re-sent takes effect at most once
-/// if it had finished, and runs if it had not.
+/// Per key (file name = hex SHA-256 of the key): `<name>.started` is made durable
+/// before the tool runs, `<name>` holds the output once it finished.
+///
+/// **Invariant:** a tool runs at most once per key. A key with an output returns
+/// it; a key that started but has no output (the host crashed mid-call) is not
+/// run again: it is answered with an "interrupted" error, which is then recorded.
+/// An output file, once renamed into place, is complete and never rewritten.
 #[derive(Debug, Clone)]
 pub(crate) struct Ledger {
     directory: PathBuf,
+}
+
+/// What the ledger knows about one key.
+#[derive(Debug)]
+pub(crate) enum LedgerState {
+    /// Never seen: run the tool.
+    New,
+    /// Started before a crash and never finished: do not run it again.
+    Interrupted,
+    /// Finished with this output.
+    Recorded(ToolOutput),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -37,8 +52,45 @@ impl Ledger {
         self.directory.join(name)
     }
 
+    fn started_path_of(&self, idempotency_key: &str) -> PathBuf {
+        self.path_of(idempotency_key).with_extension("started")
+    }
+
+    /// What is known about `idempotency_key`.
+    pub(crate) fn state(&self, idempotency_key: &str) -> Result<LedgerState, SandboxError> {
+        if let Some(output) = self.get(idempotency_key)? {
+            return Ok(LedgerState::Recorded(output));
+        }
+        if self.started_path_of(idempotency_key).exists() {
+            return Ok(LedgerState::Interrupted);
+        }
+        Ok(LedgerState::New)
+    }
+
+    /// Durably notes that the call with `idempotency_key` is about to run.
+    pub(crate) fn begin(&self, idempotency_key: &str) -> Result<(), SandboxError> {
+        let path = self.started_path_of(idempotency_key);
+        let write = || -> std::io::Result<()> {
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&path)?.sync_all()?;
+            sync_directory(&self.directory)
+        };
+        write().map_err(|error| SandboxError::Io(format!("writing ledger marker {}: {error}", path.display())))
+    }
+
+    /// Forgets that the call with `idempotency_key` started: it did not run (the
+    /// sandbox failed before the tool did), so a retry may run it.
+    pub(crate) fn abandon(&self, idempotency_key: &str) -> Result<(), SandboxError> {
+        let path = self.started_path_of(idempotency_key);
+        match std::fs::remove_file(&path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(SandboxError::Io(format!("removing ledger marker {}: {error}", path.display())))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The recorded output of `idempotency_key`, if any.
-    pub(crate) fn get(&self, idempotency_key: &str) -> Result<Option<ToolOutput>, SandboxError> {
+    fn get(&self, idempotency_key: &str) -> Result<Option<ToolOutput>, SandboxError> {
         let path = self.path_of(idempotency_key);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -72,7 +124,15 @@ impl Ledger {
             // Best effort: a leftover temporary file is harmless but untidy.
             let _ = std::fs::remove_file(&temporary);
             io(error)
-        })
+        })?;
+        // The output takes precedence over the marker, so its removal need not be durable.
+        match std::fs::remove_file(self.started_path_of(idempotency_key)) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(%error, "could not remove a ledger marker");
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 

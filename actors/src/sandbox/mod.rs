@@ -2,11 +2,18 @@
 //!
 //! The agent loop hands each tool call (`bash`, `read`, `write`, `edit`, `glob`,
 //! `grep`) to the session's [`Sandbox`]. Tool failures are outputs with
-//! `is_error`; `Err` means the sandbox itself failed. Every output is recorded
-//! in an idempotency ledger (`root/ledger`, one file per key, named by the
-//! key's SHA-256, written with tmp + fsync + rename + directory fsync) before
-//! the call returns, so a re-sent call with the same key returns the recorded
-//! output and does not run again.
+//! `is_error`; `Err` means the sandbox itself failed (before the tool ran).
+//!
+//! Idempotency: the ledger under `root/ledger` has, per key, files named by
+//! the key's hex SHA-256. `<name>.started` is made durable (fsync of the file
+//! and of the directory) before the tool runs; `<name>` holds the output as
+//! JSON, written as a temporary file, fsynced, renamed into place and the
+//! directory fsynced, before the call returns. A repeated key returns the
+//! recorded output without running; a key that started but never finished
+//! (the host crashed mid-call) is not run again and is answered, and
+//! recorded, as an "interrupted" error. So a call runs at most once per key,
+//! and retries see the recorded result. An empty key disables the ledger for
+//! that call.
 //!
 //! # The namespace sandbox ([`NamespaceSandbox`])
 //!
@@ -28,7 +35,8 @@
 //! `/dev/null`, followed by `echo "<random sentinel> $?"`; output is read up
 //! to the sentinel. A timeout kills bwrap, which takes the whole PID
 //! namespace (background processes included) with it; the next call starts
-//! a fresh shell.
+//! a fresh shell. Output that background processes print after their
+//! command finished shows up in a later call's output.
 //!
 //! ## Limits: what is and is not enforced
 //! - Wall clock: per `bash` call (`timeout_ms`, at most `Limits::wall_clock_ms`).
@@ -42,10 +50,15 @@
 //!   limits for all of the sandbox's processes together, OOM kills inside.
 //!   Otherwise the fallback is `prlimit --as --nproc` on the sandbox's first
 //!   process: RLIMIT_AS bounds each process's address space (not their sum),
-//!   and RLIMIT_NPROC bounds the processes of the sandbox's user (counted in
-//!   its user namespace on kernels >= 5.14). A warning is logged when the
-//!   fallback is used; [`NamespaceSandbox::uses_cgroup`] reports which is in
-//!   force.
+//!   and RLIMIT_NPROC bounds the processes of the sandbox's host user. The
+//!   kernel never applies RLIMIT_NPROC to root, so when agentd runs as root
+//!   the fallback starts the sandbox as host user 65534 (`setpriv`), hands
+//!   the workspace to that user (and every file the file tools create), and
+//!   needs the session root's parent directories to be traversable by it.
+//!   All fallback sandboxes of a host share that user's process budget. A
+//!   warning is logged when the fallback is used;
+//!   [`NamespaceSandbox::uses_cgroup`] reports which is in force. On the
+//!   build machines (cgroup v1 hybrid, root) the cgroup path is used.
 //! - Not enforced: CPU time or CPU share (a busy loop started in the
 //!   background uses a core until the call times out or the shell restarts),
 //!   disk usage of the workspace and of `/tmp` (tmpfs pages count against the

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::bwrap::Bwrap;
 use super::file_tools::FileTools;
-use super::ledger::Ledger;
+use super::ledger::{Ledger, LedgerState};
 use super::resource_control::ResourceControl;
 use super::shell::{Shell, ShellOutcome};
 use super::workspace::Workspace;
@@ -20,6 +20,12 @@ use super::{Limits, Sandbox, SandboxError, ToolCall, ToolOutput};
 /// Tool names reported as metric labels; anything else is labelled `unknown`, so
 /// a model cannot create unbounded label values.
 const TOOL_NAMES: [&str; 6] = ["bash", "read", "write", "edit", "glob", "grep"];
+/// How long a new shell waits for the previous one's processes to leave the cgroup.
+const SHELL_REAP_WAIT_MS: u64 = 2_000;
+/// Starts of a shell tried before the call fails with `SandboxError::Crashed`.
+const SHELL_START_ATTEMPTS: u32 = 5;
+/// How long a dropped sandbox's cleanup waits for bwrap to die and for its cgroups to empty.
+const CLEANUP_WAIT_MS: u64 = 2_000;
 
 /// A session's sandbox: a persistent bash inside bubblewrap namespaces plus
 /// host-side file tools confined to the same workspace. See the module docs for
@@ -88,7 +94,7 @@ impl NamespaceSandbox {
         let workspace_path = root.join("workspace");
         std::fs::create_dir_all(&workspace_path)
             .map_err(|error| SandboxError::Io(format!("creating {}: {error}", workspace_path.display())))?;
-        let workspace = Workspace::new(&workspace_path)
+        let workspace = Workspace::new(&workspace_path, resources.host_user())
             .map_err(|error| SandboxError::Io(format!("resolving {}: {error}", workspace_path.display())))?;
         let ledger = Ledger::open(root.join("ledger"))?;
         tracing::debug!(root = %root.display(), resources = %resources.describe(), "namespace sandbox provisioned");
@@ -128,12 +134,30 @@ impl NamespaceSandbox {
         if !key.is_empty() {
             let ledger = self.ledger.clone();
             let lookup = key.clone();
-            let recorded = tokio::task::spawn_blocking(move || ledger.get(&lookup))
-                .await
-                .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))??;
-            if let Some(output) = recorded {
-                record_metrics(&call.name, "replayed", Duration::ZERO);
-                return Ok(output);
+            let state = tokio::task::spawn_blocking(move || -> Result<LedgerState, SandboxError> {
+                let state = ledger.state(&lookup)?;
+                if matches!(state, LedgerState::New) {
+                    ledger.begin(&lookup)?;
+                }
+                Ok(state)
+            })
+            .await
+            .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))??;
+            match state {
+                LedgerState::New => {}
+                LedgerState::Recorded(output) => {
+                    record_metrics(&call.name, "replayed", Duration::ZERO);
+                    return Ok(output);
+                }
+                LedgerState::Interrupted => {
+                    record_metrics(&call.name, "interrupted", Duration::ZERO);
+                    let output = ToolOutput::failure(
+                        "this tool call was interrupted by a crash before it finished; it was not run again \
+                         (it runs at most once per idempotency key), and its effects may be partial",
+                    );
+                    self.record(key, output.clone()).await?;
+                    return Ok(output);
+                }
             }
         }
         let started = Instant::now();
@@ -144,15 +168,31 @@ impl NamespaceSandbox {
             Err(_) => "sandbox_error",
         };
         record_metrics(&call.name, outcome, started.elapsed());
-        let output = result?;
+        let output = match result {
+            Ok(output) => output,
+            Err(error) => {
+                // A sandbox failure happens before the tool runs (the shell did not start),
+                // so a retry with this key may run it.
+                if !key.is_empty() {
+                    let ledger = self.ledger.clone();
+                    tokio::task::spawn_blocking(move || ledger.abandon(&key))
+                        .await
+                        .map_err(|join| SandboxError::Io(format!("ledger task failed: {join}")))??;
+                }
+                return Err(error);
+            }
+        };
         if !key.is_empty() {
-            let ledger = self.ledger.clone();
-            let recorded = output.clone();
-            tokio::task::spawn_blocking(move || ledger.record(&key, &recorded))
-                .await
-                .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))??;
+            self.record(key, output.clone()).await?;
         }
         Ok(output)
+    }
+
+    async fn record(&self, key: String, output: ToolOutput) -> Result<(), SandboxError> {
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || ledger.record(&key, &output))
+            .await
+            .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))?
     }
 
     async fn dispatch(&self, shell: &mut Option<Shell>, call: &ToolCall) -> Result<ToolOutput, SandboxError> {
@@ -226,8 +266,22 @@ impl NamespaceSandbox {
         })
     }
 
+    /// Starts a fresh shell. The previous sandbox's processes may still be dying and
+    /// holding the process budget, so a failed start is retried a few times.
     async fn start_shell(&self) -> Result<Shell, SandboxError> {
-        Shell::start(&self.bwrap, &self.resources, self.workspace.root(), self.limits.network).await
+        self.resources.wait_until_empty(Duration::from_millis(SHELL_REAP_WAIT_MS)).await;
+        let mut attempt = 0;
+        loop {
+            match Shell::start(&self.bwrap, &self.resources, self.workspace.root(), self.limits.network).await {
+                Ok(shell) => return Ok(shell),
+                Err(error) if attempt + 1 >= SHELL_START_ATTEMPTS => return Err(error),
+                Err(error) => {
+                    tracing::debug!(%error, attempt, "sandbox shell did not start; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+            }
+        }
     }
 
     async fn destroy_sandbox(&self) -> Result<(), SandboxError> {
@@ -255,14 +309,40 @@ impl Sandbox for NamespaceSandbox {
 
 impl Drop for NamespaceSandbox {
     fn drop(&mut self) {
-        // The shell's child is killed on drop (kill_on_drop); remove the cgroups best effort.
-        if let ResourceControl::Cgroup { directories } = &self.resources {
-            if let Ok(mut shell) = self.shell.try_lock() {
-                drop(shell.take());
+        // Kill and reap bwrap, then remove the cgroups, on a short-lived thread: the kernel
+        // tears the PID namespace down asynchronously, so removal needs retries.
+        let shell = self.shell.try_lock().ok().and_then(|mut shell| shell.take());
+        let directories = match &self.resources {
+            ResourceControl::Cgroup { directories } => directories.clone(),
+            ResourceControl::Rlimit { .. } => Vec::new(),
+        };
+        if shell.is_none() && directories.is_empty() {
+            return;
+        }
+        let spawned = std::thread::Builder::new().name("agentd-sandbox-cleanup".to_owned()).spawn(move || {
+            if let Some(mut shell) = shell {
+                shell.kill_blocking(Duration::from_millis(CLEANUP_WAIT_MS));
             }
-            for directory in directories {
-                let _ = std::fs::remove_dir(directory);
+            let deadline = Instant::now() + Duration::from_millis(CLEANUP_WAIT_MS);
+            loop {
+                let remaining = directories
+                    .iter()
+                    .filter(|directory| {
+                        std::fs::remove_dir(directory).is_err_and(|error| error.kind() != std::io::ErrorKind::NotFound)
+                    })
+                    .count();
+                if remaining == 0 {
+                    return;
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(?directories, "could not remove a dropped sandbox's cgroups");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
+        });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "could not start the sandbox cleanup thread");
         }
     }
 }

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use super::Limits;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The host user ("nobody") a root-run sandbox switches to under the rlimit fallback.
+/// RLIMIT_NPROC counts all processes of this user, so fallback sandboxes share one budget.
+const RLIMIT_HOST_USER: u32 = 65534;
 
 /// The enforcement chosen for one sandbox at provision time.
 #[derive(Debug)]
@@ -14,8 +17,10 @@ pub(crate) enum ResourceControl {
     /// Memory and pids are limited for all processes of the sandbox together.
     Cgroup { directories: Vec<PathBuf> },
     /// No writable cgroup: `prlimit` sets RLIMIT_AS (per process) and RLIMIT_NPROC
-    /// (per user, counted in the sandbox's user namespace) on the sandbox's first process.
-    Rlimit { address_space_bytes: u64, processes: u64 },
+    /// (per host user) on the sandbox's first process. The kernel does not apply
+    /// RLIMIT_NPROC to root, so when this process is root the sandbox runs as the
+    /// unprivileged host user `host_user` (via `setpriv`), which then owns the workspace.
+    Rlimit { address_space_bytes: u64, processes: u64, host_user: Option<u32> },
 }
 
 impl ResourceControl {
@@ -30,21 +35,33 @@ impl ResourceControl {
             Ok(directories) => ResourceControl::Cgroup { directories },
             Err(reason) => {
                 tracing::warn!(%reason, "no writable cgroup; falling back to rlimits (RLIMIT_AS per process, RLIMIT_NPROC)");
-                ResourceControl::Rlimit { address_space_bytes: limits.memory_bytes_max, processes: limits.pids_max }
+                ResourceControl::rlimits(limits)
             }
         }
     }
 
     /// Forces the rlimit fallback (for hosts, and tests, that must not use cgroups).
     pub(crate) fn rlimits(limits: &Limits) -> ResourceControl {
-        ResourceControl::Rlimit { address_space_bytes: limits.memory_bytes_max, processes: limits.pids_max }
+        let host_user = (effective_uid() == Some(0)).then_some(RLIMIT_HOST_USER);
+        ResourceControl::Rlimit { address_space_bytes: limits.memory_bytes_max, processes: limits.pids_max, host_user }
+    }
+
+    /// The host user that must own the workspace, if the sandbox does not run as this process's user.
+    pub(crate) fn host_user(&self) -> Option<u32> {
+        match self {
+            ResourceControl::Rlimit { host_user, .. } => *host_user,
+            ResourceControl::Cgroup { .. } => None,
+        }
     }
 
     /// A short description for logs and docs.
     pub(crate) fn describe(&self) -> String {
         match self {
             ResourceControl::Cgroup { directories } => format!("cgroups {directories:?}"),
-            ResourceControl::Rlimit { .. } => "rlimits (RLIMIT_AS, RLIMIT_NPROC)".to_owned(),
+            ResourceControl::Rlimit { host_user: Some(user), .. } => {
+                format!("rlimits (RLIMIT_AS, RLIMIT_NPROC) as host user {user}")
+            }
+            ResourceControl::Rlimit { host_user: None, .. } => "rlimits (RLIMIT_AS, RLIMIT_NPROC)".to_owned(),
         }
     }
 
@@ -66,16 +83,42 @@ impl ResourceControl {
                 wrapped.extend(arguments);
                 (PathBuf::from("/bin/sh"), wrapped)
             }
-            ResourceControl::Rlimit { address_space_bytes, processes } => {
-                let mut wrapped = vec![
+            ResourceControl::Rlimit { address_space_bytes, processes, host_user } => {
+                let mut wrapped = Vec::new();
+                if let Some(user) = host_user {
+                    wrapped.extend([
+                        format!("--reuid={user}"),
+                        format!("--regid={user}"),
+                        "--clear-groups".to_owned(),
+                        "--".to_owned(),
+                        "/usr/bin/prlimit".to_owned(),
+                    ]);
+                }
+                wrapped.extend([
                     format!("--as={address_space_bytes}"),
                     format!("--nproc={processes}"),
                     "--".to_owned(),
                     program.to_string_lossy().into_owned(),
-                ];
+                ]);
                 wrapped.extend(arguments);
-                (PathBuf::from("/usr/bin/prlimit"), wrapped)
+                let launcher = if host_user.is_some() { "/usr/bin/setpriv" } else { "/usr/bin/prlimit" };
+                (PathBuf::from(launcher), wrapped)
             }
+        }
+    }
+
+    /// Waits (up to `timeout`) until no process is left in the cgroups: a killed
+    /// sandbox's processes are reaped asynchronously and still count against pids.max.
+    pub(crate) async fn wait_until_empty(&self, timeout: std::time::Duration) {
+        let ResourceControl::Cgroup { directories } = self else { return };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let occupied = || {
+            directories.iter().any(|directory| {
+                std::fs::read_to_string(directory.join("cgroup.procs")).is_ok_and(|procs| !procs.trim().is_empty())
+            })
+        };
+        while occupied() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 
@@ -96,6 +139,13 @@ impl ResourceControl {
             }
         }
     }
+}
+
+/// This process's effective uid, from /proc/self/status.
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// The cgroup path of this process for `controller` ("" for v2), from /proc/self/cgroup.

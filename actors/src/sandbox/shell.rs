@@ -178,6 +178,18 @@ impl Shell {
     }
 }
 
+impl Shell {
+    /// Kills bwrap and reaps it (for up to `timeout`) without a runtime: for `Drop`,
+    /// so that the dead bwrap does not linger as a zombie inside the sandbox's cgroup.
+    pub(crate) fn kill_blocking(&mut self, timeout: Duration) {
+        let _ = self.child.start_kill();
+        let deadline = std::time::Instant::now() + timeout;
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|window| window == needle)
 }

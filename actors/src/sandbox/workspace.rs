@@ -21,12 +21,30 @@ pub(crate) const WORKSPACE_MOUNT: &str = "/workspace";
 #[derive(Debug, Clone)]
 pub(crate) struct Workspace {
     root: PathBuf,
+    /// The host user that must own what the file tools create, when the sandbox
+    /// runs as a different host user than this process (the rlimit fallback as root).
+    owner: Option<u32>,
 }
 
 impl Workspace {
-    /// `root` must exist; it is canonicalized once here.
-    pub(crate) fn new(root: &Path) -> std::io::Result<Workspace> {
-        Ok(Workspace { root: root.canonicalize()? })
+    /// `root` must exist; it is canonicalized once here. With an `owner`, everything
+    /// already in the workspace is handed to that host user.
+    pub(crate) fn new(root: &Path, owner: Option<u32>) -> std::io::Result<Workspace> {
+        let workspace = Workspace { root: root.canonicalize()?, owner };
+        if owner.is_some() {
+            for entry in walkdir::WalkDir::new(&workspace.root).follow_links(false) {
+                workspace.hand_over(entry?.path())?;
+            }
+        }
+        Ok(workspace)
+    }
+
+    /// Gives `path` (not a symlink's target) to the workspace's owner, if it has one.
+    pub(crate) fn hand_over(&self, path: &Path) -> std::io::Result<()> {
+        match self.owner {
+            Some(owner) => std::os::unix::fs::lchown(path, Some(owner), Some(owner)),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn root(&self) -> &Path {
@@ -116,6 +134,7 @@ impl Workspace {
                 }
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                     std::fs::create_dir(&current).map_err(|error| format!("{requested}: {error}"))?;
+                    self.hand_over(&current).map_err(|error| format!("{requested}: {error}"))?;
                 }
                 Err(error) => return Err(format!("{requested}: {error}")),
             }
