@@ -1,0 +1,96 @@
+//! The node running a session is SIGKILLed in the middle of a tool call;
+//! another node wakes the session and finishes it, and the tool's effect
+//! happens exactly once.
+
+use std::time::{Duration, Instant};
+
+use agentd_protocol::agent::{AgentSpec, BuiltInTool, PermissionPolicy};
+use agentd_protocol::api::Consistency;
+use agentd_protocol::event::{ContentBlock, EventPayload, StopReason};
+use agentd_protocol::ids::GroupId;
+use agentd_tests::{leader_views, Cluster};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_survives_losing_its_node_mid_tool_call_and_the_effect_happens_once() -> anyhow::Result<()> {
+    let scripts = tempfile::tempdir()?;
+    let sandboxes = tempfile::tempdir()?;
+    std::fs::write(
+        scripts.path().join("effect.json"),
+        json!([
+            [{"type": "tool_use", "name": "bash", "input": {"command": "echo line >> effect.txt; sleep 5; echo finished"}}],
+            [{"type": "text", "text": "all done"}],
+        ])
+        .to_string(),
+    )?;
+    let scripts_flag = scripts.path().to_str().unwrap().to_string();
+    let sandboxes_flag = sandboxes.path().to_str().unwrap().to_string();
+    let mut cluster = Cluster::start(
+        agentd_tests::agentd_binary!(),
+        3,
+        &["--shards", "4", "--scripts-dir", &scripts_flag, "--sandbox-dir", &sandboxes_flag],
+    )
+    .await?;
+    let client = cluster.client()?;
+    let spec = AgentSpec {
+        name: "effectful".into(),
+        model: "scripted:effect.json".into(),
+        system: None,
+        tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
+        custom_tools: vec![],
+        max_model_calls_per_turn: 10,
+    };
+    let agent = client.put_agent(None, spec).await?;
+    let info = client.create_session_with(Some(agent.id), None).await?;
+    let session = info.session_id;
+    client.append(session, EventPayload::user_text("do the thing once")).await?;
+
+    // Wait until the tool has had its effect and is still running.
+    let effect = sandboxes.path().join(session.to_string()).join("workspace").join("effect.txt");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&effect).map(|text| text.lines().count()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the tool never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = cluster.status().await?;
+    let leader = leader_views(&status)
+        .into_iter()
+        .find(|group| group.group == GroupId::Shard(info.shard))
+        .and_then(|group| group.leader)
+        .expect("the session's shard has a leader");
+    eprintln!("killing node {leader}, which runs session {session}");
+    cluster.kill(leader)?;
+
+    // Another node takes over the shard, wakes the session and finishes it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let events = loop {
+        let events = cluster.client()?.read_all(session, Consistency::Leader).await.unwrap_or_default();
+        if matches!(events.last().map(|event| &event.payload), Some(EventPayload::SessionStatusIdle { .. })) {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "the session was not finished by another node: {events:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        events.last().map(|event| &event.payload),
+        Some(&EventPayload::SessionStatusIdle { stop_reason: StopReason::EndTurn })
+    );
+    assert!(events.iter().any(|event| matches!(&event.payload, EventPayload::AgentMessage { content }
+        if content == &vec![ContentBlock::text("all done")])));
+    let results: Vec<(String, bool)> = events
+        .iter()
+        .filter_map(|event| match &event.payload {
+            EventPayload::AgentToolResult { content, is_error, .. } => {
+                Some((content.iter().map(|ContentBlock::Text { text }| text.clone()).collect(), *is_error))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 1, "one result for the one tool use: {results:?}");
+    assert!(results[0].1, "the interrupted call is reported as an error to the model: {results:?}");
+    let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
+    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>());
+
+    assert_eq!(std::fs::read_to_string(&effect)?.lines().count(), 1, "the tool's effect happened exactly once");
+    Ok(())
+}
