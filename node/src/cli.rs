@@ -29,6 +29,22 @@ pub struct Cli {
 pub enum Command {
     /// Run a node in the foreground.
     Start(StartArgs),
+    /// A local 3-node cluster in this process running a sample agent session.
+    Dev {
+        /// Where the nodes keep their data; cleared at start.
+        #[arg(long, default_value = ".agentd/dev")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: u16,
+        /// Nodes listen on 127.0.0.1:BASE_PORT, BASE_PORT+1, ...
+        #[arg(long, default_value_t = 7701)]
+        base_port: u16,
+        #[arg(long, default_value_t = 16)]
+        shards: u32,
+        /// Keep the cluster running after the sample session (Ctrl-C stops it).
+        #[arg(long)]
+        keep_running: bool,
+    },
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -276,10 +292,13 @@ pub enum BenchCommand {
 
 /// The `agentd` program: logging to stderr, a multi-threaded runtime, the command.
 pub fn main() -> std::process::ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,quinn=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
+    // `dev` prints a session's events; node chatter would drown them.
+    let default_filter =
+        if matches!(cli.command, Command::Dev { .. }) { "warn" } else { "info,openraft=warn,quinn=warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -299,6 +318,9 @@ pub fn main() -> std::process::ExitCode {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Start(args) => start(args).await,
+        Command::Dev { data_dir, nodes, base_port, shards, keep_running } => {
+            crate::dev::run(crate::dev::DevOptions { data_dir, nodes, base_port, shards, keep_running }).await
+        }
         Command::Cluster(ClusterCommand::Status(target)) => cluster_status(target).await,
         Command::Session(command) => session(command).await,
         Command::Agent(command) => agent(command).await,

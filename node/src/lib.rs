@@ -6,6 +6,7 @@ pub mod bench;
 pub mod brain;
 pub mod cli;
 pub mod client;
+pub mod dev;
 pub mod identity;
 pub mod json;
 pub mod node;

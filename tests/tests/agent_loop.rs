@@ -55,7 +55,9 @@ async fn wait_idle(client: &Client, session: SessionId, after: usize) -> Vec<Eve
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let events = client.read_all(session, Consistency::Leader).await.expect("read events");
-        if events.len() > after && matches!(events.last().map(|event| &event.payload), Some(EventPayload::SessionStatusIdle { .. })) {
+        if events.len() > after
+            && matches!(events.last().map(|event| &event.payload), Some(EventPayload::SessionStatusIdle { .. }))
+        {
             return events;
         }
         assert!(Instant::now() < deadline, "session did not go idle; events: {events:#?}");
@@ -171,7 +173,9 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
     client.append(session, EventPayload::user_text("look it up")).await?;
     let events = wait_idle(&client, session, 1).await;
     let StopReason::RequiresAction { event_ids } = stop_reason(&events) else { panic!("{events:#?}") };
-    assert!(events.iter().any(|event| event.id == event_ids[0] && matches!(event.payload, EventPayload::AgentCustomToolUse { .. })));
+    assert!(events
+        .iter()
+        .any(|event| event.id == event_ids[0] && matches!(event.payload, EventPayload::AgentCustomToolUse { .. })));
     let result = EventPayload::UserCustomToolResult {
         custom_tool_use_id: event_ids[0],
         content: vec![ContentBlock::text("42")],
@@ -180,7 +184,9 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
     client.append(session, result).await?;
     let events = wait_idle(&client, session, events.len()).await;
     assert_eq!(stop_reason(&events), StopReason::EndTurn);
-    assert!(events.iter().any(|event| matches!(&event.payload, EventPayload::AgentMessage { content } if text_of(content) == "got it")));
+    assert!(events
+        .iter()
+        .any(|event| matches!(&event.payload, EventPayload::AgentMessage { content } if text_of(content) == "got it")));
 
     // Interrupt: the turn stops at the next step (after the running tool).
     let model = write_script(
@@ -202,7 +208,9 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
     }
     client.append(session, EventPayload::UserInterrupt).await?;
     let events = wait_idle(&client, session, 1).await;
-    assert!(!events.iter().any(|event| matches!(&event.payload, EventPayload::AgentMessage { content } if text_of(content) == "never said")));
+    assert!(!events.iter().any(
+        |event| matches!(&event.payload, EventPayload::AgentMessage { content } if text_of(content) == "never said")
+    ));
 
     // The turn cap and the stuck detector.
     let counting = write_script(
@@ -247,9 +255,7 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
     // Bad input: an unknown agent, a forged agent event.
     let unknown = client.create_session_with(Some(AgentId::from_random(12345)), None).await;
     assert!(matches!(unknown, Err(ClientError::Api(ApiError::NotFound { .. }))), "{unknown:?}");
-    let forged = client
-        .append_with_id(session, EventId::from_random(9), EventPayload::SessionStatusTerminated)
-        .await;
+    let forged = client.append_with_id(session, EventId::from_random(9), EventPayload::SessionStatusTerminated).await;
     assert!(matches!(forged, Err(ClientError::Api(ApiError::InvalidRequest { .. }))), "{forged:?}");
     Ok(())
 }

@@ -72,3 +72,30 @@ async fn cli_commands_print_json_and_fail_clearly() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `agentd dev`, the README's first command, runs a sample agent session to
+/// the end on an in-process cluster.
+#[test]
+fn agentd_dev_runs_a_sample_session_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let base_port = free_port().saturating_sub(3).max(1024).to_string();
+    let data_dir = dir.path().join("dev");
+    let output = Command::new(agentd_tests::agentd_binary!())
+        .args(["dev", "--base-port", &base_port, "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .expect("run agentd dev");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "agentd dev failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    for expected in
+        ["user.message", "agent.tool_use", "agent.tool_result", "Done: notes/hello.md", "session.status_idle"]
+    {
+        assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
+    }
+    let note = std::fs::read_dir(data_dir.join("sandboxes"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path().join("workspace/notes/hello.md"))
+        .find(|path| path.exists())
+        .expect("the agent wrote its note in the session workspace");
+    assert!(std::fs::read_to_string(note).unwrap().contains("Hello from agentd"));
+}
