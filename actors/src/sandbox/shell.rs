@@ -18,6 +18,10 @@ const START_TIMEOUT_MS: u64 = 10_000;
 /// Bytes of bwrap's own stderr kept to explain a failed start.
 const STDERR_TAIL_BYTES_MAX: usize = 4096;
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Sends signals to the sandbox's processes (no `libc` in this crate: `unsafe` is forbidden).
+const KILL_PROGRAM: &str = "/bin/kill";
+/// How long bwrap may take to exit after its namespace's init was killed, before it is killed too.
+const KILL_WAIT_MS: u64 = 1_000;
 
 /// How one command ended.
 #[derive(Debug)]
@@ -170,23 +174,56 @@ impl Shell {
         ShellOutcome::ShellExited { output: output.finish(), status }
     }
 
-    /// Kills bwrap, which takes the whole sandbox PID namespace (every process the
-    /// commands started, background ones included) with it.
+    /// Kills every process of the sandbox (background ones included) and reaps bwrap.
+    ///
+    /// The sandbox's PID namespace init (bwrap's child) is killed first: the kernel then
+    /// kills every process in the namespace and the dying init reaps them, after which
+    /// bwrap reaps init and exits. Killing bwrap first would also end the namespace
+    /// (`--die-with-parent`), but its processes would be reparented to the host's init,
+    /// and until that reaps them they stay in the sandbox's cgroup.
     pub(crate) async fn kill(&mut self) {
+        if let Some(init) = self.namespace_init_pid() {
+            let _ = tokio::process::Command::new(KILL_PROGRAM)
+                .args(["-KILL", &init.to_string()])
+                .env_clear()
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+            if tokio::time::timeout(Duration::from_millis(KILL_WAIT_MS), self.child.wait()).await.is_ok() {
+                return;
+            }
+        }
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
-}
 
-impl Shell {
-    /// Kills bwrap and reaps it (for up to `timeout`) without a runtime: for `Drop`,
-    /// so that the dead bwrap does not linger as a zombie inside the sandbox's cgroup.
+    /// `kill` without a runtime, waiting at most `timeout`: for `Drop`.
     pub(crate) fn kill_blocking(&mut self, timeout: Duration) {
-        let _ = self.child.start_kill();
-        let deadline = std::time::Instant::now() + timeout;
-        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+        if let Some(init) = self.namespace_init_pid() {
+            let _ = std::process::Command::new(KILL_PROGRAM)
+                .args(["-KILL", &init.to_string()])
+                .env_clear()
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let started = std::time::Instant::now();
+        let mut bwrap_killed = false;
+        while matches!(self.child.try_wait(), Ok(None)) && started.elapsed() < timeout {
+            if !bwrap_killed && started.elapsed() >= Duration::from_millis(KILL_WAIT_MS) {
+                let _ = self.child.start_kill();
+                bwrap_killed = true;
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// The host PID of the sandbox's PID namespace init: bwrap's only child.
+    fn namespace_init_pid(&self) -> Option<u32> {
+        let bwrap = self.child.id()?;
+        let children = std::fs::read_to_string(format!("/proc/{bwrap}/task/{bwrap}/children")).ok()?;
+        children.split_whitespace().next()?.parse().ok()
     }
 }
 
