@@ -71,6 +71,13 @@ async fn bash_keeps_shell_state_between_calls_and_restarts() {
     let output = bash(&sandbox, "printf 'no newline'").await;
     assert_eq!(output.content, "no newline");
 
+    let output = bash(&sandbox, "printf '%s\\n' \"it's a \\\\ back\tslash ü\"").await;
+    assert_eq!(output.content, "it's a \\ back\tslash ü\n");
+    let long = "a".repeat(2_000_000);
+    let output = bash(&sandbox, &format!("x='{long}'; echo ${{#x}}")).await;
+    assert_eq!(output.content, "2000000\n");
+    assert_error(&call(&sandbox, "bash", json!({ "command": "echo a\u{0}b" })).await);
+
     // `exit` ends the shell: an error now, a fresh shell next time.
     let output = bash(&sandbox, "cd sub; exit 4").await;
     assert_error(&output);

@@ -123,10 +123,19 @@ impl Shell {
         let line = format!("eval {} </dev/null 2>&1; echo \"{sentinel} $?\"\n", ansi_c_quote(command));
         let mut output = CappedOutput::new(output_bytes_max);
         let deadline = tokio::time::Instant::now() + timeout;
-        if let Err(error) = self.stdin.write_all(line.as_bytes()).await {
-            return Ok(self.exited(output, format!("the shell's stdin closed ({error})")).await);
+        // A shell busy with a background job may not read its stdin: the write is under the deadline too.
+        let write = async {
+            self.stdin.write_all(line.as_bytes()).await?;
+            self.stdin.flush().await
+        };
+        match tokio::time::timeout_at(deadline, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Ok(self.exited(output, format!("the shell's stdin closed ({error})")).await),
+            Err(_elapsed) => {
+                self.kill().await;
+                return Ok(ShellOutcome::TimedOut { output: output.finish() });
+            }
         }
-        let _ = self.stdin.flush().await;
         let sentinel_bytes = sentinel.as_bytes();
         let mut buffer = vec![0u8; READ_CHUNK_BYTES];
         loop {
