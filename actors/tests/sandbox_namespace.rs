@@ -391,6 +391,20 @@ async fn output_is_capped_with_a_note() {
     sandbox.destroy().await.unwrap();
 }
 
+#[tokio::test]
+async fn file_tools_respect_the_wall_clock() {
+    let directory = tempfile::tempdir().unwrap();
+    let sandbox = provision(directory.path(), Limits { wall_clock_ms: 1, ..Limits::default() }).await;
+    std::fs::write(directory.path().join("workspace/huge.txt"), "some text\n".repeat(5_000_000)).unwrap();
+    let output = call(&sandbox, "grep", json!({ "pattern": "absent" })).await;
+    assert_error(&output);
+    assert!(output.content.contains("timed out after 1 ms"), "{}", output.content);
+    let output = call(&sandbox, "read", json!({ "file_path": "huge.txt", "view_range": [4_999_999, -1] })).await;
+    assert_error(&output);
+    assert!(output.content.contains("timed out after 1 ms"), "{}", output.content);
+    sandbox.destroy().await.unwrap();
+}
+
 async fn assert_process_limits_hold(sandbox: &NamespaceSandbox) {
     // A fork bomb: bounded by pids_max, cut by the timeout, and the host is fine.
     let started = Instant::now();

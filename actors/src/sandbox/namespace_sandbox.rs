@@ -100,7 +100,7 @@ impl NamespaceSandbox {
         tracing::debug!(root = %root.display(), resources = %resources.describe(), "namespace sandbox provisioned");
         Ok(NamespaceSandbox {
             bwrap,
-            file_tools: FileTools::new(workspace.clone(), limits.output_bytes_max),
+            file_tools: FileTools::new(workspace.clone(), limits.output_bytes_max, limits.wall_clock_ms),
             limits,
             workspace,
             ledger,
