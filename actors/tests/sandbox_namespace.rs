@@ -458,6 +458,10 @@ async fn pids_and_memory_limits_with_cgroups() {
         eprintln!("NOTE: no writable cgroup on this machine; this test checks the rlimit fallback instead");
     }
     assert_process_limits_hold(&sandbox).await;
+    // /tmp is bounded too.
+    let output = bash(&sandbox, "head -c 200000000 /dev/zero > /tmp/fill").await;
+    assert_error(&output);
+    assert_eq!(bash(&sandbox, "echo alive").await.content, "alive\n");
     // 300 MB in one bash variable exceeds the 128 MiB memory limit: the shell is killed.
     let output = call(
         &sandbox,

@@ -272,7 +272,7 @@ impl NamespaceSandbox {
         self.resources.wait_until_empty(Duration::from_millis(SHELL_REAP_WAIT_MS)).await;
         let mut attempt = 0;
         loop {
-            match Shell::start(&self.bwrap, &self.resources, self.workspace.root(), self.limits.network).await {
+            match Shell::start(&self.bwrap, &self.resources, self.workspace.root(), &self.limits).await {
                 Ok(shell) => return Ok(shell),
                 Err(error) if attempt + 1 >= SHELL_START_ATTEMPTS => return Err(error),
                 Err(error) => {

@@ -11,7 +11,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use super::bwrap::Bwrap;
 use super::capped_output::CappedOutput;
 use super::resource_control::ResourceControl;
-use super::SandboxError;
+use super::{Limits, SandboxError};
 
 /// How long a fresh shell may take to answer its first command.
 const START_TIMEOUT_MS: u64 = 10_000;
@@ -54,9 +54,9 @@ impl Shell {
         bwrap: &Bwrap,
         resources: &ResourceControl,
         workspace: &Path,
-        network: bool,
+        limits: &Limits,
     ) -> Result<Shell, SandboxError> {
-        let mut arguments = bwrap.arguments(workspace, network);
+        let mut arguments = bwrap.arguments(workspace, limits);
         arguments.extend(["/bin/bash", "--noprofile", "--norc"].map(str::to_owned));
         let (program, arguments) = resources.wrap(bwrap.program(), arguments);
         // Spawned from the runtime's thread, not a blocking-pool thread: --die-with-parent
