@@ -511,6 +511,21 @@ async fn destroy_ends_the_sandbox() {
     assert!(directory.path().join("workspace").is_dir());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_stops_a_running_call() {
+    let directory = tempfile::tempdir().unwrap();
+    let sandbox = std::sync::Arc::new(provision(directory.path(), Limits::default()).await);
+    let running = std::sync::Arc::clone(&sandbox);
+    let call = tokio::spawn(async move { bash(&running, "echo started; sleep 60").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    sandbox.destroy().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(30), "destroy waited for the command");
+    let output = call.await.unwrap();
+    assert_error(&output);
+    assert!(output.content.contains("destroyed"), "{}", output.content);
+}
+
 #[tokio::test]
 async fn dropping_a_sandbox_kills_its_processes() {
     let directory = tempfile::tempdir().unwrap();

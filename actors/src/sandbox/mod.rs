@@ -37,8 +37,9 @@
 //! takes every process of the sandbox (background ones included) with it,
 //! then bwrap; the next call starts a fresh shell. Output that background
 //! processes print after their command finished shows up in a later call's
-//! output. Calls run one at a time per sandbox; `destroy` waits for a running
-//! call (bounded by its timeout) before killing the sandbox.
+//! output. Calls run one at a time per sandbox; `destroy` stops a running
+//! `bash` call at once (its output says so, and is recorded) and waits for a
+//! running file tool, which its wall-clock budget bounds.
 //!
 //! ## Limits: what is and is not enforced
 //! - Wall clock: per `bash` call (`timeout_ms`, at most `Limits::wall_clock_ms`);

@@ -32,6 +32,8 @@ pub(crate) enum ShellOutcome {
     TimedOut { output: String },
     /// The shell itself exited (the command ran `exit`, or something killed it).
     ShellExited { output: String, status: String },
+    /// The sandbox was destroyed while the command ran; the shell has been killed.
+    Destroyed { output: String },
 }
 
 /// One bash process inside bwrap. Commands are sent as single lines that cannot
@@ -91,7 +93,8 @@ impl Shell {
             }
         });
         let mut shell = Shell { child, stdin, stdout, pending: Vec::new(), stderr_tail };
-        match shell.run("true", Duration::from_millis(START_TIMEOUT_MS), 1024).await {
+        let (_never_destroyed, destroyed) = tokio::sync::watch::channel(false);
+        match shell.run("true", Duration::from_millis(START_TIMEOUT_MS), 1024, destroyed).await {
             Ok(ShellOutcome::Finished { exit_code: 0, .. }) => Ok(shell),
             Ok(outcome) => {
                 let stderr = shell.stderr_tail();
@@ -115,6 +118,7 @@ impl Shell {
         command: &str,
         timeout: Duration,
         output_bytes_max: usize,
+        mut destroyed: tokio::sync::watch::Receiver<bool>,
     ) -> Result<ShellOutcome, SandboxError> {
         let sentinel = format!("__agentd_done_{:032x}__", rand::random::<u128>());
         // `eval` of an ANSI-C quoted string: any command text, even with unbalanced
@@ -154,7 +158,17 @@ impl Shell {
                 output.push(&self.pending[..flushable]);
                 self.pending.drain(..flushable);
             }
-            match tokio::time::timeout_at(deadline, self.stdout.read(&mut buffer)).await {
+            let read = tokio::select! {
+                biased;
+                _ = destroyed.wait_for(|destroyed| *destroyed) => None,
+                read = tokio::time::timeout_at(deadline, self.stdout.read(&mut buffer)) => Some(read),
+            };
+            let Some(read) = read else {
+                output.push(&std::mem::take(&mut self.pending));
+                self.kill().await;
+                return Ok(ShellOutcome::Destroyed { output: output.finish() });
+            };
+            match read {
                 Err(_elapsed) => {
                     output.push(&std::mem::take(&mut self.pending));
                     self.kill().await;
