@@ -549,3 +549,20 @@ fn probe_names_the_missing_package() {
     }
     NamespaceSandbox::probe().expect("bwrap is installed on the build machines (scripts/setup.sh)");
 }
+
+#[tokio::test]
+async fn provisioning_without_bwrap_is_unavailable() {
+    let directory = tempfile::tempdir().unwrap();
+    let result = NamespaceSandbox::provision_with(
+        directory.path().to_path_buf(),
+        Limits::default(),
+        PathBuf::from("/nonexistent/bin/bwrap"),
+        false,
+    )
+    .await;
+    assert!(
+        matches!(&result, Err(SandboxError::Unavailable(message)) if message.contains("bubblewrap")),
+        "{:?}",
+        result.err()
+    );
+}
