@@ -71,6 +71,13 @@ async fn bash_keeps_shell_state_between_calls_and_restarts() {
     let output = bash(&sandbox, "printf 'no newline'").await;
     assert_eq!(output.content, "no newline");
 
+    let output = bash(&sandbox, "printf '%s\\n' \"it's a \\\\ back\tslash ü\"").await;
+    assert_eq!(output.content, "it's a \\ back\tslash ü\n");
+    let long = "a".repeat(2_000_000);
+    let output = bash(&sandbox, &format!("x='{long}'; echo ${{#x}}")).await;
+    assert_eq!(output.content, "2000000\n");
+    assert_error(&call(&sandbox, "bash", json!({ "command": "echo a\u{0}b" })).await);
+
     // `exit` ends the shell: an error now, a fresh shell next time.
     let output = bash(&sandbox, "cd sub; exit 4").await;
     assert_error(&output);
@@ -384,6 +391,20 @@ async fn output_is_capped_with_a_note() {
     sandbox.destroy().await.unwrap();
 }
 
+#[tokio::test]
+async fn file_tools_respect_the_wall_clock() {
+    let directory = tempfile::tempdir().unwrap();
+    let sandbox = provision(directory.path(), Limits { wall_clock_ms: 1, ..Limits::default() }).await;
+    std::fs::write(directory.path().join("workspace/huge.txt"), "some text\n".repeat(5_000_000)).unwrap();
+    let output = call(&sandbox, "grep", json!({ "pattern": "absent" })).await;
+    assert_error(&output);
+    assert!(output.content.contains("timed out after 1 ms"), "{}", output.content);
+    let output = call(&sandbox, "read", json!({ "file_path": "huge.txt", "view_range": [4_999_999, -1] })).await;
+    assert_error(&output);
+    assert!(output.content.contains("timed out after 1 ms"), "{}", output.content);
+    sandbox.destroy().await.unwrap();
+}
+
 async fn assert_process_limits_hold(sandbox: &NamespaceSandbox) {
     // A fork bomb: bounded by pids_max, cut by the timeout, and the host is fine.
     let started = Instant::now();
@@ -437,6 +458,10 @@ async fn pids_and_memory_limits_with_cgroups() {
         eprintln!("NOTE: no writable cgroup on this machine; this test checks the rlimit fallback instead");
     }
     assert_process_limits_hold(&sandbox).await;
+    // /tmp is bounded too.
+    let output = bash(&sandbox, "head -c 200000000 /dev/zero > /tmp/fill").await;
+    assert_error(&output);
+    assert_eq!(bash(&sandbox, "echo alive").await.content, "alive\n");
     // 300 MB in one bash variable exceeds the 128 MiB memory limit: the shell is killed.
     let output = call(
         &sandbox,
@@ -486,6 +511,21 @@ async fn destroy_ends_the_sandbox() {
     assert!(directory.path().join("workspace").is_dir());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_stops_a_running_call() {
+    let directory = tempfile::tempdir().unwrap();
+    let sandbox = std::sync::Arc::new(provision(directory.path(), Limits::default()).await);
+    let running = std::sync::Arc::clone(&sandbox);
+    let call = tokio::spawn(async move { bash(&running, "echo started; sleep 60").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    sandbox.destroy().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(30), "destroy waited for the command");
+    let output = call.await.unwrap();
+    assert_error(&output);
+    assert!(output.content.contains("destroyed"), "{}", output.content);
+}
+
 #[tokio::test]
 async fn dropping_a_sandbox_kills_its_processes() {
     let directory = tempfile::tempdir().unwrap();
@@ -508,4 +548,21 @@ fn probe_names_the_missing_package() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
     NamespaceSandbox::probe().expect("bwrap is installed on the build machines (scripts/setup.sh)");
+}
+
+#[tokio::test]
+async fn provisioning_without_bwrap_is_unavailable() {
+    let directory = tempfile::tempdir().unwrap();
+    let result = NamespaceSandbox::provision_with(
+        directory.path().to_path_buf(),
+        Limits::default(),
+        PathBuf::from("/nonexistent/bin/bwrap"),
+        false,
+    )
+    .await;
+    assert!(
+        matches!(&result, Err(SandboxError::Unavailable(message)) if message.contains("bubblewrap")),
+        "{:?}",
+        result.err()
+    );
 }

@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use super::workspace::WORKSPACE_MOUNT;
-use super::SandboxError;
+use super::{Limits, SandboxError};
 
 /// Environment variable naming the bwrap binary; unset means `bwrap` on PATH.
 pub const BWRAP_ENV: &str = "AGENTD_BWRAP";
@@ -77,7 +77,7 @@ impl Bwrap {
         }
         let bwrap = Bwrap { program: program.to_path_buf() };
         let scratch = std::env::temp_dir();
-        let mut arguments = bwrap.arguments(&scratch, false);
+        let mut arguments = bwrap.arguments(&scratch, &Limits::default());
         arguments.push("/bin/true".to_owned());
         let mut child = std::process::Command::new(&bwrap.program)
             .args(&arguments)
@@ -124,7 +124,7 @@ impl Bwrap {
 
     /// bwrap's options (the command to run follows them) for a sandbox whose workspace is
     /// `workspace` on the host.
-    pub(crate) fn arguments(&self, workspace: &Path, network: bool) -> Vec<String> {
+    pub(crate) fn arguments(&self, workspace: &Path, limits: &Limits) -> Vec<String> {
         let mut arguments: Vec<String> = [
             "--unshare-all",
             "--unshare-user",
@@ -155,7 +155,7 @@ impl Bwrap {
         .into_iter()
         .map(str::to_owned)
         .collect();
-        if network {
+        if limits.network {
             arguments.push("--share-net".to_owned());
         }
         for directory in SYSTEM_DIRECTORIES {
@@ -165,11 +165,15 @@ impl Bwrap {
             bind_host_entry(&mut arguments, Path::new(entry));
         }
         let workspace = workspace.to_string_lossy().into_owned();
+        // /tmp is memory: bounded like memory even where no cgroup counts its pages.
+        let tmp_bytes_max = limits.memory_bytes_max.to_string();
         for argument in [
             "--proc",
             "/proc",
             "--dev",
             "/dev",
+            "--size",
+            &tmp_bytes_max,
             "--tmpfs",
             "/tmp",
             "--bind",

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -30,6 +31,8 @@ const EDIT_FILE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 pub(crate) struct FileTools {
     workspace: Workspace,
     output_bytes_max: usize,
+    /// Wall-clock budget of one call; `read` and `grep` give up when it is spent.
+    wall_clock_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -64,8 +67,16 @@ fn parse<T: for<'de> Deserialize<'de>>(tool: &str, input_json: &str) -> Result<T
 }
 
 impl FileTools {
-    pub(crate) fn new(workspace: Workspace, output_bytes_max: usize) -> FileTools {
-        FileTools { workspace, output_bytes_max }
+    pub(crate) fn new(workspace: Workspace, output_bytes_max: usize, wall_clock_ms: u64) -> FileTools {
+        FileTools { workspace, output_bytes_max, wall_clock_ms }
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.wall_clock_ms)
+    }
+
+    fn timed_out(&self, tool: &str) -> ToolOutput {
+        ToolOutput::failure(format!("{tool} timed out after {} ms", self.wall_clock_ms))
     }
 
     /// Runs file tool `name`; `None` if `name` is not a file tool.
@@ -106,7 +117,11 @@ impl FileTools {
         let mut output = CappedOutput::new(self.output_bytes_max);
         let mut line = Vec::new();
         let mut number: u64 = 0;
+        let deadline = self.deadline();
         loop {
+            if Instant::now() >= deadline {
+                return Err(self.timed_out("read"));
+            }
             line.clear();
             let read = read_line_bounded(&mut reader, &mut line, self.output_bytes_max)
                 .map_err(|error| io_failure(&input.file_path, error))?;
@@ -242,12 +257,16 @@ impl FileTools {
         files.sort();
         let mut output = CappedOutput::new(self.output_bytes_max);
         let mut found = 0;
+        let deadline = self.deadline();
         for file in &files {
             if found == GREP_MATCHES_MAX || output.is_truncated() {
                 output.push_str(&format!("[stopped after {found} matches]\n"));
                 break;
             }
-            found += self.grep_file(&regex, file, GREP_MATCHES_MAX - found, &mut output);
+            found += self.grep_file(&regex, file, GREP_MATCHES_MAX - found, deadline, &mut output);
+            if Instant::now() >= deadline {
+                return Err(self.timed_out("grep"));
+            }
         }
         if found == 0 {
             return Ok(ToolOutput::success(format!("no matches for {}", input.pattern)));
@@ -257,14 +276,21 @@ impl FileTools {
 
     /// Appends `path:line:text` for each matching line of `file`; returns how many matched.
     /// Unreadable and binary files are skipped.
-    fn grep_file(&self, regex: &regex::Regex, file: &Path, matches_max: usize, output: &mut CappedOutput) -> usize {
+    fn grep_file(
+        &self,
+        regex: &regex::Regex,
+        file: &Path,
+        matches_max: usize,
+        deadline: Instant,
+        output: &mut CappedOutput,
+    ) -> usize {
         let Ok(handle) = std::fs::File::open(file) else { return 0 };
         let mut reader = std::io::BufReader::new(handle);
         let shown = self.workspace.display(file);
         let mut line = Vec::new();
         let mut number = 0u64;
         let mut found = 0;
-        while found < matches_max && !output.is_truncated() {
+        while found < matches_max && !output.is_truncated() && Instant::now() < deadline {
             line.clear();
             match read_line_bounded(&mut reader, &mut line, GREP_SCAN_BYTES_MAX) {
                 Ok(0) | Err(_) => break,

@@ -33,13 +33,17 @@
 //!
 //! Each command is sent as one `eval $'...'` line with stdin from
 //! `/dev/null`, followed by `echo "<random sentinel> $?"`; output is read up
-//! to the sentinel. A timeout kills bwrap, which takes the whole PID
-//! namespace (background processes included) with it; the next call starts
-//! a fresh shell. Output that background processes print after their
-//! command finished shows up in a later call's output.
+//! to the sentinel. A timeout kills the sandbox's PID namespace init, which
+//! takes every process of the sandbox (background ones included) with it,
+//! then bwrap; the next call starts a fresh shell. Output that background
+//! processes print after their command finished shows up in a later call's
+//! output. Calls run one at a time per sandbox; `destroy` stops a running
+//! `bash` call at once (its output says so, and is recorded) and waits for a
+//! running file tool, which its wall-clock budget bounds.
 //!
 //! ## Limits: what is and is not enforced
-//! - Wall clock: per `bash` call (`timeout_ms`, at most `Limits::wall_clock_ms`).
+//! - Wall clock: per `bash` call (`timeout_ms`, at most `Limits::wall_clock_ms`);
+//!   `read` and `grep` give up after `Limits::wall_clock_ms` too.
 //! - Output: at most `Limits::output_bytes_max` bytes kept per call; the rest
 //!   is read and dropped, and the output says how much was dropped.
 //! - Memory and processes: if this process can create cgroups (v1 memory and
@@ -59,10 +63,12 @@
 //!   warning is logged when the fallback is used;
 //!   [`NamespaceSandbox::uses_cgroup`] reports which is in force. On the
 //!   build machines (cgroup v1 hybrid, root) the cgroup path is used.
+//! - `/tmp` is a tmpfs of at most `Limits::memory_bytes_max` bytes (its pages
+//!   also count against the memory cgroup).
 //! - Not enforced: CPU time or CPU share (a busy loop started in the
-//!   background uses a core until the call times out or the shell restarts),
-//!   disk usage of the workspace and of `/tmp` (tmpfs pages count against the
-//!   memory cgroup only), and the number of open files beyond the host default.
+//!   background keeps a core busy until a call times out, the shell is
+//!   restarted or the sandbox is destroyed), disk usage of the workspace, and
+//!   the number of open files beyond the host default.
 //!
 //! The file tools run on the host, in Rust, confined to the workspace (see
 //! `workspace.rs` for the rules and the remaining TOCTOU race against

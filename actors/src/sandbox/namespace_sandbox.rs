@@ -1,7 +1,6 @@
 //! The bubblewrap sandbox driver.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
@@ -42,7 +41,8 @@ pub struct NamespaceSandbox {
     /// The persistent shell, started on the first `bash` call and after a restart, timeout or crash.
     /// Holding this lock is what serializes calls.
     shell: tokio::sync::Mutex<Option<Shell>>,
-    destroyed: AtomicBool,
+    /// Set once by `destroy`; a running `bash` call watches it and stops.
+    destroyed: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Deserialize)]
@@ -100,13 +100,13 @@ impl NamespaceSandbox {
         tracing::debug!(root = %root.display(), resources = %resources.describe(), "namespace sandbox provisioned");
         Ok(NamespaceSandbox {
             bwrap,
-            file_tools: FileTools::new(workspace.clone(), limits.output_bytes_max),
+            file_tools: FileTools::new(workspace.clone(), limits.output_bytes_max, limits.wall_clock_ms),
             limits,
             workspace,
             ledger,
             resources,
             shell: tokio::sync::Mutex::new(None),
-            destroyed: AtomicBool::new(false),
+            destroyed: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -127,7 +127,7 @@ impl NamespaceSandbox {
 
     async fn execute_call(&self, call: ToolCall) -> Result<ToolOutput, SandboxError> {
         let mut shell = self.shell.lock().await;
-        if self.destroyed.load(Ordering::SeqCst) {
+        if *self.destroyed.borrow() {
             return Err(SandboxError::Crashed("the sandbox was destroyed".to_owned()));
         }
         let key = call.idempotency_key.clone();
@@ -245,7 +245,9 @@ impl NamespaceSandbox {
             Some(current) => current,
             None => self.start_shell().await?,
         };
-        let outcome = current.run(&command, Duration::from_millis(timeout_ms), self.limits.output_bytes_max).await?;
+        let outcome = current
+            .run(&command, Duration::from_millis(timeout_ms), self.limits.output_bytes_max, self.destroyed.subscribe())
+            .await?;
         Ok(match outcome {
             ShellOutcome::Finished { output, exit_code } => {
                 *shell = Some(current);
@@ -257,6 +259,10 @@ impl NamespaceSandbox {
             }
             ShellOutcome::TimedOut { output } => ToolOutput::failure(format!(
                 "{output}{}[timed out after {timeout_ms} ms; the shell was killed and the next call gets a fresh one]",
+                separator(&output)
+            )),
+            ShellOutcome::Destroyed { output } => ToolOutput::failure(format!(
+                "{output}{}[the sandbox was destroyed while the command ran]",
                 separator(&output)
             )),
             ShellOutcome::ShellExited { output, status } => ToolOutput::failure(format!(
@@ -272,7 +278,7 @@ impl NamespaceSandbox {
         self.resources.wait_until_empty(Duration::from_millis(SHELL_REAP_WAIT_MS)).await;
         let mut attempt = 0;
         loop {
-            match Shell::start(&self.bwrap, &self.resources, self.workspace.root(), self.limits.network).await {
+            match Shell::start(&self.bwrap, &self.resources, self.workspace.root(), &self.limits).await {
                 Ok(shell) => return Ok(shell),
                 Err(error) if attempt + 1 >= SHELL_START_ATTEMPTS => return Err(error),
                 Err(error) => {
@@ -285,7 +291,7 @@ impl NamespaceSandbox {
     }
 
     async fn destroy_sandbox(&self) -> Result<(), SandboxError> {
-        self.destroyed.store(true, Ordering::SeqCst);
+        self.destroyed.send_replace(true);
         let mut shell = self.shell.lock().await;
         if let Some(mut current) = shell.take() {
             current.kill().await;

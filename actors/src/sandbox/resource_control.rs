@@ -9,6 +9,8 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The host user ("nobody") a root-run sandbox switches to under the rlimit fallback.
 /// RLIMIT_NPROC counts all processes of this user, so fallback sandboxes share one budget.
 const RLIMIT_HOST_USER: u32 = 65534;
+/// How long `remove` waits for a destroyed sandbox's cgroups to empty.
+const CGROUP_REMOVE_WAIT_MS: u64 = 5_000;
 
 /// The enforcement chosen for one sandbox at provision time.
 #[derive(Debug)]
@@ -122,17 +124,19 @@ impl ResourceControl {
         }
     }
 
-    /// Removes the cgroups. Their processes must already be dead; retries briefly
+    /// Removes the cgroups. Their processes must already be dead; retries for a while
     /// because the kernel reaps a killed PID namespace asynchronously.
     pub(crate) async fn remove(&self) {
         let ResourceControl::Cgroup { directories } = self else { return };
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(CGROUP_REMOVE_WAIT_MS);
         for directory in directories {
-            for attempt in 0..50 {
+            loop {
                 match std::fs::remove_dir(directory) {
                     Ok(()) => break,
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(error) if attempt == 49 => {
+                    Err(error) if tokio::time::Instant::now() >= deadline => {
                         tracing::warn!(directory = %directory.display(), %error, "could not remove sandbox cgroup");
+                        break;
                     }
                     Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
                 }

@@ -11,13 +11,17 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use super::bwrap::Bwrap;
 use super::capped_output::CappedOutput;
 use super::resource_control::ResourceControl;
-use super::SandboxError;
+use super::{Limits, SandboxError};
 
 /// How long a fresh shell may take to answer its first command.
 const START_TIMEOUT_MS: u64 = 10_000;
 /// Bytes of bwrap's own stderr kept to explain a failed start.
 const STDERR_TAIL_BYTES_MAX: usize = 4096;
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Sends signals to the sandbox's processes (no `libc` in this crate: `unsafe` is forbidden).
+const KILL_PROGRAM: &str = "/bin/kill";
+/// How long bwrap may take to exit after its namespace's init was killed, before it is killed too.
+const KILL_WAIT_MS: u64 = 1_000;
 
 /// How one command ended.
 #[derive(Debug)]
@@ -28,6 +32,8 @@ pub(crate) enum ShellOutcome {
     TimedOut { output: String },
     /// The shell itself exited (the command ran `exit`, or something killed it).
     ShellExited { output: String, status: String },
+    /// The sandbox was destroyed while the command ran; the shell has been killed.
+    Destroyed { output: String },
 }
 
 /// One bash process inside bwrap. Commands are sent as single lines that cannot
@@ -50,9 +56,9 @@ impl Shell {
         bwrap: &Bwrap,
         resources: &ResourceControl,
         workspace: &Path,
-        network: bool,
+        limits: &Limits,
     ) -> Result<Shell, SandboxError> {
-        let mut arguments = bwrap.arguments(workspace, network);
+        let mut arguments = bwrap.arguments(workspace, limits);
         arguments.extend(["/bin/bash", "--noprofile", "--norc"].map(str::to_owned));
         let (program, arguments) = resources.wrap(bwrap.program(), arguments);
         // Spawned from the runtime's thread, not a blocking-pool thread: --die-with-parent
@@ -87,7 +93,8 @@ impl Shell {
             }
         });
         let mut shell = Shell { child, stdin, stdout, pending: Vec::new(), stderr_tail };
-        match shell.run("true", Duration::from_millis(START_TIMEOUT_MS), 1024).await {
+        let (_never_destroyed, destroyed) = tokio::sync::watch::channel(false);
+        match shell.run("true", Duration::from_millis(START_TIMEOUT_MS), 1024, destroyed).await {
             Ok(ShellOutcome::Finished { exit_code: 0, .. }) => Ok(shell),
             Ok(outcome) => {
                 let stderr = shell.stderr_tail();
@@ -111,6 +118,7 @@ impl Shell {
         command: &str,
         timeout: Duration,
         output_bytes_max: usize,
+        mut destroyed: tokio::sync::watch::Receiver<bool>,
     ) -> Result<ShellOutcome, SandboxError> {
         let sentinel = format!("__agentd_done_{:032x}__", rand::random::<u128>());
         // `eval` of an ANSI-C quoted string: any command text, even with unbalanced
@@ -119,10 +127,19 @@ impl Shell {
         let line = format!("eval {} </dev/null 2>&1; echo \"{sentinel} $?\"\n", ansi_c_quote(command));
         let mut output = CappedOutput::new(output_bytes_max);
         let deadline = tokio::time::Instant::now() + timeout;
-        if let Err(error) = self.stdin.write_all(line.as_bytes()).await {
-            return Ok(self.exited(output, format!("the shell's stdin closed ({error})")).await);
+        // A shell busy with a background job may not read its stdin: the write is under the deadline too.
+        let write = async {
+            self.stdin.write_all(line.as_bytes()).await?;
+            self.stdin.flush().await
+        };
+        match tokio::time::timeout_at(deadline, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Ok(self.exited(output, format!("the shell's stdin closed ({error})")).await),
+            Err(_elapsed) => {
+                self.kill().await;
+                return Ok(ShellOutcome::TimedOut { output: output.finish() });
+            }
         }
-        let _ = self.stdin.flush().await;
         let sentinel_bytes = sentinel.as_bytes();
         let mut buffer = vec![0u8; READ_CHUNK_BYTES];
         loop {
@@ -141,7 +158,17 @@ impl Shell {
                 output.push(&self.pending[..flushable]);
                 self.pending.drain(..flushable);
             }
-            match tokio::time::timeout_at(deadline, self.stdout.read(&mut buffer)).await {
+            let read = tokio::select! {
+                biased;
+                _ = destroyed.wait_for(|destroyed| *destroyed) => None,
+                read = tokio::time::timeout_at(deadline, self.stdout.read(&mut buffer)) => Some(read),
+            };
+            let Some(read) = read else {
+                output.push(&std::mem::take(&mut self.pending));
+                self.kill().await;
+                return Ok(ShellOutcome::Destroyed { output: output.finish() });
+            };
+            match read {
                 Err(_elapsed) => {
                     output.push(&std::mem::take(&mut self.pending));
                     self.kill().await;
@@ -170,23 +197,56 @@ impl Shell {
         ShellOutcome::ShellExited { output: output.finish(), status }
     }
 
-    /// Kills bwrap, which takes the whole sandbox PID namespace (every process the
-    /// commands started, background ones included) with it.
+    /// Kills every process of the sandbox (background ones included) and reaps bwrap.
+    ///
+    /// The sandbox's PID namespace init (bwrap's child) is killed first: the kernel then
+    /// kills every process in the namespace and the dying init reaps them, after which
+    /// bwrap reaps init and exits. Killing bwrap first would also end the namespace
+    /// (`--die-with-parent`), but its processes would be reparented to the host's init,
+    /// and until that reaps them they stay in the sandbox's cgroup.
     pub(crate) async fn kill(&mut self) {
+        if let Some(init) = self.namespace_init_pid() {
+            let _ = tokio::process::Command::new(KILL_PROGRAM)
+                .args(["-KILL", &init.to_string()])
+                .env_clear()
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+            if tokio::time::timeout(Duration::from_millis(KILL_WAIT_MS), self.child.wait()).await.is_ok() {
+                return;
+            }
+        }
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
-}
 
-impl Shell {
-    /// Kills bwrap and reaps it (for up to `timeout`) without a runtime: for `Drop`,
-    /// so that the dead bwrap does not linger as a zombie inside the sandbox's cgroup.
+    /// `kill` without a runtime, waiting at most `timeout`: for `Drop`.
     pub(crate) fn kill_blocking(&mut self, timeout: Duration) {
-        let _ = self.child.start_kill();
-        let deadline = std::time::Instant::now() + timeout;
-        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+        if let Some(init) = self.namespace_init_pid() {
+            let _ = std::process::Command::new(KILL_PROGRAM)
+                .args(["-KILL", &init.to_string()])
+                .env_clear()
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let started = std::time::Instant::now();
+        let mut bwrap_killed = false;
+        while matches!(self.child.try_wait(), Ok(None)) && started.elapsed() < timeout {
+            if !bwrap_killed && started.elapsed() >= Duration::from_millis(KILL_WAIT_MS) {
+                let _ = self.child.start_kill();
+                bwrap_killed = true;
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// The host PID of the sandbox's PID namespace init: bwrap's only child.
+    fn namespace_init_pid(&self) -> Option<u32> {
+        let bwrap = self.child.id()?;
+        let children = std::fs::read_to_string(format!("/proc/{bwrap}/task/{bwrap}/children")).ok()?;
+        children.split_whitespace().next()?.parse().ok()
     }
 }
 
