@@ -112,3 +112,85 @@ pub async fn run_append(bench: AppendBench) -> Result<BenchReport> {
         max_ms: percentile(1.0),
     })
 }
+
+/// Time from sending a message to the first model request of the turn, for
+/// sandboxes provisioned lazily (at the first tool call) and eagerly (when
+/// the turn starts), in one run against one cluster.
+#[derive(Debug, Clone)]
+pub struct FirstModelRequestBench {
+    pub addrs: Vec<String>,
+    pub ca_pem: Option<String>,
+    pub sessions: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FirstModelRequestReport {
+    pub provisioning: &'static str,
+    pub sessions: u32,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub max_ms: f64,
+}
+
+pub async fn run_first_model_request(bench: FirstModelRequestBench) -> Result<Vec<FirstModelRequestReport>> {
+    use agentd_protocol::agent::{AgentSpec, BuiltInTool, EnvironmentSpec, PermissionPolicy};
+
+    let client = Client::for_addrs(bench.addrs.clone(), bench.ca_pem.clone())?;
+    let agent = client
+        .put_agent(
+            None,
+            AgentSpec {
+                name: "bench".into(),
+                model: "scripted:echo".into(),
+                system: None,
+                tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
+                custom_tools: vec![],
+                max_model_calls_per_turn: 5,
+            },
+        )
+        .await?;
+    let mut reports = Vec::new();
+    for (provisioning, eager) in [("lazy", false), ("eager", true)] {
+        let environment = client
+            .put_environment(
+                None,
+                EnvironmentSpec {
+                    name: format!("bench-{provisioning}"),
+                    driver: "namespace".into(),
+                    network: false,
+                    tool_timeout_ms: agentd_protocol::limits::TOOL_TIMEOUT_MS_DEFAULT,
+                    eager_provisioning: eager,
+                },
+            )
+            .await?;
+        let mut latencies = Vec::new();
+        for number in 0..bench.sessions {
+            let session = client.create_session_with(Some(agent.id), Some(environment.id)).await?.session_id;
+            let mut subscription = client.subscribe(session, 1);
+            let sent = Instant::now();
+            client.append(session, EventPayload::user_text(format!("message {number}"))).await?;
+            'wait: loop {
+                for event in subscription.next().await? {
+                    if matches!(event.payload, EventPayload::SpanModelRequestStart { .. }) {
+                        latencies.push(sent.elapsed());
+                        break 'wait;
+                    }
+                }
+            }
+        }
+        latencies.sort_unstable();
+        let percentile = |fraction: f64| -> f64 {
+            let index = ((latencies.len() as f64 * fraction).ceil() as usize).clamp(1, latencies.len().max(1)) - 1;
+            latencies.get(index).map_or(0.0, |latency| latency.as_secs_f64() * 1000.0)
+        };
+        eprintln!("bench: {provisioning} provisioning measured over {} sessions", latencies.len());
+        reports.push(FirstModelRequestReport {
+            provisioning,
+            sessions: bench.sessions,
+            p50_ms: percentile(0.50),
+            p95_ms: percentile(0.95),
+            max_ms: percentile(1.0),
+        });
+    }
+    Ok(reports)
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use agentd_actors::brain::{Hands, Orchestrators, SessionLog};
 use agentd_actors::sandbox::{Limits, NamespaceSandbox, Sandbox, SandboxError, ToolCall, ToolOutput};
-use agentd_protocol::agent::AgentSpec;
+use agentd_protocol::agent::{AgentSpec, EnvironmentSpec};
 use agentd_protocol::api::{ClientRequest, ClientResponse, SessionInfo, SessionStatus};
 use agentd_protocol::event::{Event, EventPayload};
 use agentd_protocol::ids::{EventId, GroupId, SessionId, ShardId};
@@ -139,15 +139,19 @@ impl LocalHands {
         Self { root, router, sandboxes: tokio::sync::Mutex::new(HashMap::new()) }
     }
 
+    async fn environment(&self, session: &SessionInfo) -> Option<EnvironmentSpec> {
+        let environment_id = session.environment?;
+        match self.router.handle(ClientRequest::GetEnvironment { environment_id }, false).await {
+            ClientResponse::Environment(environment) => Some(environment.spec),
+            _ => None,
+        }
+    }
+
     async fn limits(&self, session: &SessionInfo) -> Limits {
         let mut limits = Limits::default();
-        if let Some(environment_id) = session.environment {
-            if let ClientResponse::Environment(environment) =
-                self.router.handle(ClientRequest::GetEnvironment { environment_id }, false).await
-            {
-                limits.network = environment.spec.network;
-                limits.wall_clock_ms = environment.spec.tool_timeout_ms;
-            }
+        if let Some(environment) = self.environment(session).await {
+            limits.network = environment.network;
+            limits.wall_clock_ms = environment.tool_timeout_ms;
         }
         limits
     }
@@ -176,6 +180,16 @@ impl Hands for LocalHands {
                 self.sandboxes.lock().await.remove(&session.session_id);
             }
             result
+        })
+    }
+
+    fn on_turn_start(&self, session: &SessionInfo) -> BoxFuture<'_, Result<(), SandboxError>> {
+        let session = session.clone();
+        Box::pin(async move {
+            if self.environment(&session).await.is_some_and(|environment| environment.eager_provisioning) {
+                self.sandbox(&session).await?;
+            }
+            Ok(())
         })
     }
 }

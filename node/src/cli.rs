@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use crate::bench::{run_append, AppendBench};
+use crate::bench::{run_append, run_first_model_request, AppendBench, FirstModelRequestBench};
 use crate::client::Client;
 use crate::json;
 use crate::node::Node;
@@ -204,6 +204,9 @@ pub enum EnvironmentCommand {
         network: bool,
         #[arg(long, default_value_t = agentd_protocol::limits::TOOL_TIMEOUT_MS_DEFAULT)]
         tool_timeout_ms: u64,
+        /// Provision the sandbox when a turn starts instead of at the first tool call.
+        #[arg(long)]
+        eager_provisioning: bool,
     },
 }
 
@@ -277,6 +280,13 @@ pub enum SessionCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Time from a message to the first model request, lazy vs eager sandboxes.
+    FirstModelRequest {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 50)]
+        sessions: u32,
+    },
     /// Closed-loop appends: commit latency percentiles and throughput.
     Append {
         #[command(flatten)]
@@ -325,6 +335,20 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Session(command) => session(command).await,
         Command::Agent(command) => agent(command).await,
         Command::Environment(command) => environment(command).await,
+        Command::Bench(BenchCommand::FirstModelRequest { target, sessions }) => {
+            let bench = FirstModelRequestBench { addrs: target.addr.clone(), ca_pem: target.ca_pem()?, sessions };
+            for report in run_first_model_request(bench).await? {
+                if target.json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    println!(
+                        "{:<5} provisioning, {} sessions: p50 {:.2} ms, p95 {:.2} ms, max {:.2} ms",
+                        report.provisioning, report.sessions, report.p50_ms, report.p95_ms, report.max_ms
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Bench(BenchCommand::Append { target, clients, events, payload_bytes }) => {
             let report = run_append(AppendBench {
                 addrs: target.addr.clone(),
@@ -627,8 +651,8 @@ async fn agent(command: AgentCommand) -> Result<()> {
 }
 
 async fn environment(command: EnvironmentCommand) -> Result<()> {
-    let EnvironmentCommand::Create { target, name, driver, network, tool_timeout_ms } = command;
-    let spec = EnvironmentSpec { name, driver, network, tool_timeout_ms };
+    let EnvironmentCommand::Create { target, name, driver, network, tool_timeout_ms, eager_provisioning } = command;
+    let spec = EnvironmentSpec { name, driver, network, tool_timeout_ms, eager_provisioning };
     let environment = target.client()?.put_environment(None, spec).await?;
     if target.json {
         println!("{}", json!({"environment_id": environment.id.to_string()}));

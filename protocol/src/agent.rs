@@ -115,6 +115,9 @@ pub struct EnvironmentSpec {
     pub driver: String,
     pub network: bool,
     pub tool_timeout_ms: u64,
+    /// Provision the sandbox when a turn starts, before the first model
+    /// call, instead of at the first tool call.
+    pub eager_provisioning: bool,
 }
 
 impl EnvironmentSpec {

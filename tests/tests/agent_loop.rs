@@ -29,7 +29,7 @@ fn agent(model: &str, tools: &[(&str, PermissionPolicy)], custom: &[&str], max_c
             .map(|name| CustomTool {
                 name: (*name).into(),
                 description: "answered by the client".into(),
-                input_schema: JsonText::parse(r#"{"type":"object"}"#).unwrap(),
+                input_schema: JsonText::parse(r#"{"type":"object"}"#).expect("valid schema"),
             })
             .collect(),
         max_model_calls_per_turn: max_calls,
@@ -37,7 +37,7 @@ fn agent(model: &str, tools: &[(&str, PermissionPolicy)], custom: &[&str], max_c
 }
 
 fn write_script(dir: &Path, name: &str, turns: serde_json::Value) -> String {
-    std::fs::write(dir.join(name), turns.to_string()).unwrap();
+    std::fs::write(dir.join(name), turns.to_string()).expect("write the script");
     format!("scripted:{name}")
 }
 

@@ -57,6 +57,9 @@ pub trait SessionLog: Send + Sync + 'static {
 /// The session's sandbox, provisioned on first use.
 pub trait Hands: Send + Sync + 'static {
     fn execute(&self, session: &SessionInfo, call: ToolCall) -> BoxFuture<'_, Result<ToolOutput, SandboxError>>;
+    /// Called when a turn starts, before the first model call: an
+    /// environment that asks for eager provisioning gets its sandbox now.
+    fn on_turn_start(&self, session: &SessionInfo) -> BoxFuture<'_, Result<(), SandboxError>>;
 }
 
 /// Model providers by model string, each behind retries and a breaker.
@@ -79,8 +82,7 @@ impl Models {
         }
         let inner = provider_for(model, &self.config)?;
         let breaker = Arc::new(CircuitBreaker::default());
-        let provider: Arc<dyn ModelProvider> =
-            Arc::new(ResilientProvider::new(inner, self.retry.clone(), breaker, self.seed));
+        let provider: Arc<dyn ModelProvider> = Arc::new(ResilientProvider::new(inner, self.retry, breaker, self.seed));
         providers.insert(model.to_string(), provider.clone());
         Ok(provider)
     }
@@ -151,6 +153,10 @@ impl Run<'_> {
             match step {
                 Step::Wait => return Ok(RunOutcome::Idle),
                 Step::Start => {
+                    if let Err(error) = self.brain.hands.on_turn_start(&self.session).await {
+                        // The first tool call will try again (and report it).
+                        tracing::warn!(%session_id, %error, "eager sandbox provisioning failed");
+                    }
                     appender.append(EventPayload::SessionStatusRunning).await?;
                 }
                 Step::CallModel { messages } => self.call_model(&mut appender, messages).await?,
