@@ -223,7 +223,9 @@ async fn watch_shard(group: GroupHandle, orchestrators: Orchestrators) {
     loop {
         tokio::select! {
             received = live.recv() => match received {
-                Ok(event) if event.payload.is_user_event() => orchestrators.wake(event.session_id).await,
+                Ok(event) if event.payload.is_user_event() || event.payload == EventPayload::SessionStatusRescheduled => {
+                    orchestrators.wake(event.session_id).await
+                }
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => wake_all(&group, &orchestrators).await,
                 Err(RecvError::Closed) => return,

@@ -247,6 +247,18 @@ pub enum SessionCommand {
         #[arg(long)]
         error: bool,
     },
+    /// Show a session: status, pinned agent, pending actions, last stop reason.
+    Get {
+        #[command(flatten)]
+        target: Target,
+        session: SessionId,
+    },
+    /// Resume a dead-lettered session (idle after its model retries ran out).
+    Retry {
+        #[command(flatten)]
+        target: Target,
+        session: SessionId,
+    },
     /// Stop the agent's current turn.
     Interrupt {
         #[command(flatten)]
@@ -528,6 +540,30 @@ async fn session(command: SessionCommand) -> Result<()> {
                 is_error: error,
             };
             print_seq(&target, session, target.client()?.append(session, payload).await?);
+        }
+        SessionCommand::Get { target, session } => {
+            let info = target.client()?.get_session(session).await?;
+            let stop_reason = info.stop_reason.as_ref().map(|reason| match reason {
+                agentd_protocol::event::StopReason::EndTurn => "end_turn",
+                agentd_protocol::event::StopReason::RequiresAction { .. } => "requires_action",
+                agentd_protocol::event::StopReason::RetriesExhausted => "retries_exhausted",
+            });
+            let value = json!({
+                "session_id": info.session_id.to_string(),
+                "shard": info.shard.0,
+                "status": format!("{:?}", info.status).to_lowercase(),
+                "stop_reason": stop_reason,
+                "dead_lettered": stop_reason == Some("retries_exhausted"),
+                "agent": info.agent.map(|agent| json!({"id": agent.id.to_string(), "version": agent.version})),
+                "environment": info.environment.map(|environment| environment.to_string()),
+                "last_seq": info.last_seq,
+                "epoch": info.epoch,
+                "pending_actions": info.pending_actions.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            });
+            println!("{}", if target.json { value.to_string() } else { serde_json::to_string_pretty(&value)? });
+        }
+        SessionCommand::Retry { target, session } => {
+            print_seq(&target, session, target.client()?.retry_session(session).await?);
         }
         SessionCommand::Interrupt { target, session } => {
             print_seq(&target, session, target.client()?.append(session, EventPayload::UserInterrupt).await?);

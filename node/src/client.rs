@@ -215,6 +215,15 @@ impl Client {
         }
     }
 
+    /// Resumes a dead-lettered session; returns the sequence number of its
+    /// `session.status_rescheduled` event.
+    pub async fn retry_session(&self, session_id: SessionId) -> Result<u64, ClientError> {
+        match self.call(ClientRequest::RetrySession { session_id }).await? {
+            ClientResponse::Appended { seq, .. } => Ok(seq),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Creates an agent (a new id) or adds a version to an existing one.
     pub async fn put_agent(&self, agent_id: Option<AgentId>, spec: AgentSpec) -> Result<Agent, ClientError> {
         let agent_id = agent_id.unwrap_or_else(|| AgentId::from_random(rand::random()));

@@ -187,6 +187,17 @@ impl Router {
                     other => Err(unexpected(other)),
                 }
             }
+            ClientRequest::RetrySession { session_id } => {
+                let command = Command::Reschedule {
+                    session_id,
+                    event_id: agentd_protocol::ids::EventId::from_random(rand::random()),
+                    at_ms: now_ms(),
+                };
+                match placement::propose(group, command).await? {
+                    CommandResponse::Appended { seq, duplicate } => Ok(ClientResponse::Appended { seq, duplicate }),
+                    other => Err(unexpected(other)),
+                }
+            }
             ClientRequest::GetSession { session_id } => {
                 ensure_linearizable(group).await?;
                 let info = group.state.session(session_id).map_err(internal)?;
@@ -374,6 +385,7 @@ fn request_kind(request: &ClientRequest) -> &'static str {
         ClientRequest::GetAgent { .. } => "get_agent",
         ClientRequest::PutEnvironment { .. } => "put_environment",
         ClientRequest::GetEnvironment { .. } => "get_environment",
+        ClientRequest::RetrySession { .. } => "retry_session",
     }
 }
 

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{Agent, AgentRef, AgentSpec, Environment, EnvironmentSpec};
-use crate::event::{Event, EventPayload};
+use crate::event::{Event, EventPayload, StopReason};
 use crate::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId};
 use crate::ApiError;
 
@@ -82,6 +82,11 @@ pub enum ClientRequest {
     GetEnvironment {
         environment_id: EnvironmentId,
     },
+    /// Resumes a dead-lettered session (idle after its model retries ran
+    /// out): the turn is taken up again from where it failed.
+    RetrySession {
+        session_id: SessionId,
+    },
 }
 
 /// Where a request is executed.
@@ -103,7 +108,8 @@ impl ClientRequest {
             | ClientRequest::GetSession { session_id }
             | ClientRequest::Append { session_id, .. }
             | ClientRequest::ReadEvents { session_id, .. }
-            | ClientRequest::FollowEvents { session_id, .. } => Some(*session_id),
+            | ClientRequest::FollowEvents { session_id, .. }
+            | ClientRequest::RetrySession { session_id } => Some(*session_id),
             ClientRequest::ClusterStatus
             | ClientRequest::PutAgent { .. }
             | ClientRequest::GetAgent { .. }
@@ -161,6 +167,9 @@ pub struct SessionInfo {
     pub epoch: u64,
     /// Tool uses waiting for the client's answer.
     pub pending_actions: Vec<EventId>,
+    /// Why the session last went idle. `RetriesExhausted` marks a
+    /// dead-lettered session, which `RetrySession` resumes.
+    pub stop_reason: Option<StopReason>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

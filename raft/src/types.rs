@@ -61,6 +61,13 @@ pub enum Command {
     ClaimEpoch {
         session_id: SessionId,
     },
+    /// An operator resumes a dead-lettered session: appends
+    /// `session.status_rescheduled`, which starts a new turn.
+    Reschedule {
+        session_id: SessionId,
+        event_id: EventId,
+        at_ms: u64,
+    },
     // Metadata commands.
     /// The first command of a cluster: fixes the shard count for its lifetime.
     InitCluster {
@@ -102,6 +109,7 @@ impl fmt::Display for Command {
             Command::AddNode { node_id, addr } => write!(f, "add node {node_id} at {addr}"),
             Command::SetPlacement { shard, replicas } => write!(f, "place {shard} on {replicas:?}"),
             Command::ClaimEpoch { session_id } => write!(f, "claim epoch of {session_id}"),
+            Command::Reschedule { session_id, .. } => write!(f, "reschedule {session_id}"),
             Command::PutAgent { agent_id, .. } => write!(f, "put agent {agent_id}"),
             Command::PutEnvironment { environment_id, .. } => write!(f, "put environment {environment_id}"),
         }

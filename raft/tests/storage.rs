@@ -533,5 +533,6 @@ fn new_session_info(session_id: SessionId, created_at_ms: u64, last_seq: u64) ->
         status: agentd_protocol::api::SessionStatus::Idle,
         epoch: 0,
         pending_actions: Vec::new(),
+        stop_reason: None,
     }
 }

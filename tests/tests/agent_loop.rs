@@ -252,6 +252,20 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
     let events = wait_idle(&client, session, events.len()).await;
     assert_eq!(errors(&events).len(), 2);
 
+    // The session is dead-lettered; once the model works again an operator
+    // retries it and the turn is taken up where it failed.
+    assert_eq!(client.get_session(session).await?.stop_reason, Some(StopReason::RetriesExhausted));
+    write_script(scripts.path(), "missing.json", json!([[text("back again")]]));
+    client.retry_session(session).await?;
+    let events = wait_idle(&client, session, events.len()).await;
+    assert_eq!(stop_reason(&events), StopReason::EndTurn);
+    assert!(events.iter().any(|event| event.payload == EventPayload::SessionStatusRescheduled));
+    assert!(events.iter().any(
+        |event| matches!(&event.payload, EventPayload::AgentMessage { content } if text_of(content) == "back again")
+    ));
+    let not_dead = client.retry_session(session).await;
+    assert!(matches!(not_dead, Err(ClientError::Api(ApiError::InvalidRequest { .. }))), "{not_dead:?}");
+
     // Bad input: an unknown agent, a forged agent event.
     let unknown = client.create_session_with(Some(AgentId::from_random(12345)), None).await;
     assert!(matches!(unknown, Err(ClientError::Api(ApiError::NotFound { .. }))), "{unknown:?}");

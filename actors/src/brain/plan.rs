@@ -46,7 +46,9 @@ struct OpenToolUse {
 pub fn plan(agent: &AgentSpec, events: &[Event]) -> Step {
     let turn_start = events.iter().rposition(|event| matches!(event.payload, EventPayload::SessionStatusIdle { .. }));
     let since_idle = &events[turn_start.map_or(0, |index| index + 1)..];
-    if !since_idle.iter().any(|event| event.payload.is_user_event()) {
+    let wakes =
+        |event: &Event| event.payload.is_user_event() || event.payload == EventPayload::SessionStatusRescheduled;
+    if !since_idle.iter().any(wakes) {
         return Step::Wait;
     }
     let Some(running) = since_idle.iter().position(|event| event.payload == EventPayload::SessionStatusRunning) else {

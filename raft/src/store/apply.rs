@@ -111,6 +111,7 @@ impl<'a> ApplyBatch<'a> {
                     status: SessionStatus::Idle,
                     epoch: 0,
                     pending_actions: Vec::new(),
+                    stop_reason: None,
                 };
                 self.create_session(session_id, record)
             }
@@ -118,6 +119,9 @@ impl<'a> ApplyBatch<'a> {
                 self.append(session_id, event_id, payload, processed_at_ms, epoch)
             }
             (GroupId::Shard(_), Command::ClaimEpoch { session_id }) => self.claim_epoch(session_id),
+            (GroupId::Shard(_), Command::Reschedule { session_id, event_id, at_ms }) => {
+                self.reschedule(session_id, event_id, at_ms)
+            }
             (GroupId::Metadata, Command::PutAgent { agent_id, spec, at_ms }) => self.put_agent(agent_id, spec, at_ms),
             (GroupId::Metadata, Command::PutEnvironment { environment_id, spec, at_ms }) => {
                 let environment = Environment { id: environment_id, spec, created_at_ms: at_ms };
@@ -174,6 +178,25 @@ impl<'a> ApplyBatch<'a> {
         let epoch = record.epoch;
         self.put_session(session_id, record)?;
         Ok(CommandResponse::Epoch(epoch))
+    }
+
+    fn reschedule(&mut self, session_id: SessionId, event_id: EventId, at_ms: u64) -> Result<CommandResponse, Error> {
+        if let Some(seq) = self.event_seq(session_id, event_id)? {
+            return Ok(CommandResponse::Appended { seq, duplicate: true });
+        }
+        let Some(record) = self.session(session_id)? else {
+            return Ok(CommandResponse::Rejected(ApiError::NotFound { what: format!("session {session_id}") }));
+        };
+        let dead_lettered =
+            record.status == SessionStatus::Idle && record.stop_reason == Some(StopReason::RetriesExhausted);
+        if !dead_lettered {
+            return Ok(CommandResponse::Rejected(ApiError::InvalidRequest {
+                message: format!("session {session_id} is not dead-lettered (idle after its retries ran out)"),
+            }));
+        }
+        // Written by the runtime on the operator's behalf, in the current epoch.
+        let epoch = Some(record.epoch);
+        self.append(session_id, event_id, EventPayload::SessionStatusRescheduled, at_ms, epoch)
     }
 
     fn put_agent(&mut self, agent_id: AgentId, spec: AgentSpec, at_ms: u64) -> Result<CommandResponse, Error> {
@@ -290,8 +313,10 @@ fn admit_runtime_event(record: &mut SessionRecord, payload: &EventPayload, epoch
     }
     match payload {
         EventPayload::SessionStatusRunning => record.status = SessionStatus::Running,
+        EventPayload::SessionStatusRescheduled => record.stop_reason = None,
         EventPayload::SessionStatusIdle { stop_reason } => {
             record.status = SessionStatus::Idle;
+            record.stop_reason = Some(stop_reason.clone());
             record.pending_actions = match stop_reason {
                 StopReason::RequiresAction { event_ids } => event_ids.clone(),
                 _ => Vec::new(),

@@ -4,7 +4,7 @@
 
 use agentd_protocol::agent::{Agent, AgentRef, Environment};
 use agentd_protocol::api::{SessionInfo, SessionStatus};
-use agentd_protocol::event::Event;
+use agentd_protocol::event::{Event, StopReason};
 use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,7 @@ pub(crate) struct SessionRecord {
     pub(crate) status: SessionStatus,
     pub(crate) epoch: u64,
     pub(crate) pending_actions: Vec<EventId>,
+    pub(crate) stop_reason: Option<StopReason>,
 }
 
 impl SessionRecord {
@@ -60,6 +61,7 @@ impl SessionRecord {
             status: self.status,
             epoch: self.epoch,
             pending_actions: self.pending_actions.clone(),
+            stop_reason: self.stop_reason.clone(),
         }
     }
 }
