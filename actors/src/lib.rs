@@ -3,3 +3,4 @@
 pub mod brain;
 pub mod model;
 pub mod sandbox;
+pub mod session;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use agentd_actors::brain::{Hands, Orchestrators, SessionLog};
 use agentd_actors::sandbox::{Limits, NamespaceSandbox, Sandbox, SandboxError, ToolCall, ToolOutput};
+use agentd_actors::session::Sessions;
 use agentd_protocol::agent::{AgentSpec, EnvironmentSpec};
 use agentd_protocol::api::{ClientRequest, ClientResponse, SessionInfo, SessionStatus};
 use agentd_protocol::event::{Event, EventPayload};
@@ -198,7 +199,7 @@ impl Hands for LocalHands {
 /// every session of its shard that has an agent (the planner finds the
 /// sessions that were running when the old leader went away), then wakes a
 /// session whenever a client writes to it.
-pub async fn drive_shards(host: RaftHost, orchestrators: Orchestrators) {
+pub async fn drive_shards(host: RaftHost, orchestrators: Orchestrators, sessions: Sessions) {
     let watchers: Mutex<HashMap<ShardId, tokio::task::JoinHandle<()>>> = Mutex::new(HashMap::new());
     loop {
         for group in host.groups() {
@@ -210,23 +211,25 @@ pub async fn drive_shards(host: RaftHost, orchestrators: Orchestrators) {
             if watchers.get(&shard).is_some_and(|watcher| !watcher.is_finished()) {
                 continue;
             }
-            watchers.insert(shard, tokio::spawn(watch_shard(group, orchestrators.clone())));
+            watchers.insert(shard, tokio::spawn(watch_shard(group, orchestrators.clone(), sessions.clone())));
         }
         tokio::time::sleep(LEADERSHIP_POLL).await;
     }
 }
 
-async fn watch_shard(group: GroupHandle, orchestrators: Orchestrators) {
+async fn watch_shard(group: GroupHandle, orchestrators: Orchestrators, sessions: Sessions) {
     let mut live = group.state.subscribe();
     wake_all(&group, &orchestrators).await;
     let mut leadership = tokio::time::interval(LEADERSHIP_POLL);
     loop {
         tokio::select! {
             received = live.recv() => match received {
-                Ok(event) if event.payload.is_user_event() || event.payload == EventPayload::SessionStatusRescheduled => {
-                    orchestrators.wake(event.session_id).await
+                Ok(event) => {
+                    sessions.applied(&event);
+                    if event.payload.is_user_event() || event.payload == EventPayload::SessionStatusRescheduled {
+                        orchestrators.wake(event.session_id).await;
+                    }
                 }
-                Ok(_) => {}
                 Err(RecvError::Lagged(_)) => wake_all(&group, &orchestrators).await,
                 Err(RecvError::Closed) => return,
             },

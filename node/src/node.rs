@@ -96,7 +96,7 @@ impl Node {
             Models::new(options.models.clone(), RetryPolicy::default(), options.node_id),
         );
         let orchestrators = Orchestrators::new(Arc::new(brain));
-        tasks.push(tokio::spawn(drive_shards(host.clone(), orchestrators.clone())));
+        tasks.push(tokio::spawn(drive_shards(host.clone(), orchestrators.clone(), router.sessions().clone())));
         tasks.push(tokio::spawn(observe_terms(host.clone())));
         tracing::info!(node = options.node_id, listen = %options.listen, "node started");
         Ok(NodeHandle {
@@ -137,6 +137,7 @@ impl NodeHandle {
             task.abort();
         }
         self.inner.orchestrators.stop_all();
+        self.inner.router.sessions().stop_all();
         self.inner.host.shutdown().await;
         self.inner.endpoint.close(0u32.into(), b"node shutting down");
         self.inner.endpoint.wait_idle().await;

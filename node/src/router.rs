@@ -5,6 +5,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use agentd_actors::session::Sessions;
 use agentd_protocol::agent::AgentRef;
 use agentd_protocol::api::{ClientRequest, ClientResponse, ClusterStatus, Consistency, GroupStatus, NodeStatus, Route};
 use agentd_protocol::cluster::{ClusterRequest, ClusterResponse};
@@ -29,15 +30,21 @@ pub struct Router {
     // each start from the same placement and the later would undo the
     // earlier, so the metadata leader runs them one at a time.
     admissions: std::sync::Arc<tokio::sync::Mutex<()>>,
+    sessions: Sessions,
 }
 
 impl Router {
     pub fn new(host: RaftHost, advertise: String) -> Self {
-        Self { host, advertise, admissions: Default::default() }
+        Self { host, advertise, admissions: Default::default(), sessions: Sessions::new() }
     }
 
     pub fn host(&self) -> &RaftHost {
         &self.host
+    }
+
+    /// This node's session actors.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// Answers one request. `forwarded` requests came from another node and
@@ -178,14 +185,8 @@ impl Router {
             }
             ClientRequest::Append { session_id, event_id, payload } => {
                 payload.validate_from_client()?;
-                let command = Command::Append { session_id, event_id, payload, processed_at_ms: now_ms(), epoch: None };
-                let started = std::time::Instant::now();
-                let response = placement::propose(group, command).await?;
-                metrics::histogram!("agentd_append_commit_seconds").record(started.elapsed().as_secs_f64());
-                match response {
-                    CommandResponse::Appended { seq, duplicate } => Ok(ClientResponse::Appended { seq, duplicate }),
-                    other => Err(unexpected(other)),
-                }
+                let (seq, duplicate) = self.sessions.append(group, session_id, event_id, payload, now_ms()).await?;
+                Ok(ClientResponse::Appended { seq, duplicate })
             }
             ClientRequest::RetrySession { session_id } => {
                 let command = Command::Reschedule {
@@ -200,12 +201,12 @@ impl Router {
             }
             ClientRequest::GetSession { session_id } => {
                 ensure_linearizable(group).await?;
-                let info = group.state.session(session_id).map_err(internal)?;
-                info.map(ClientResponse::Session).ok_or_else(|| not_found(session_id))
+                Ok(ClientResponse::Session(self.sessions.info(group, session_id).await?))
             }
             ClientRequest::ReadEvents { session_id, from_seq, limit, .. } => {
                 ensure_linearizable(group).await?;
-                read_events(group, session_id, from_seq, limit)
+                let (events, next_seq) = self.sessions.read(group, session_id, from_seq, limit).await?;
+                Ok(ClientResponse::Events { events, next_seq })
             }
             ClientRequest::FollowEvents { .. }
             | ClientRequest::ClusterStatus

@@ -13,6 +13,7 @@ pub mod event;
 pub mod frame;
 pub mod ids;
 pub mod limits;
+pub mod rules;
 
 pub use error::{ApiError, Error};
 

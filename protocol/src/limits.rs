@@ -49,3 +49,5 @@ pub const TOOL_TIMEOUT_MS_MAX: u64 = 30 * 60 * 1000;
 pub const TOOL_TIMEOUT_MS_DEFAULT: u64 = 120_000;
 /// The same tool with the same input this many turns in a row stops the agent.
 pub const STUCK_REPEATS_MAX: usize = 3;
+/// Events a session actor keeps in memory to serve reads.
+pub const SESSION_TAIL_EVENTS_MAX: usize = 256;

@@ -67,7 +67,14 @@ async fn cli_commands_print_json_and_fail_clearly() -> anyhow::Result<()> {
     connection.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
     let mut body = String::new();
     connection.read_to_string(&mut body)?;
-    for metric in ["agentd_append_commit_seconds", "agentd_storage_syncs_total", "agentd_groups_led"] {
+    // Reads of a live session are served by its session actor from the cached tail.
+    for metric in [
+        "agentd_append_commit_seconds",
+        "agentd_storage_syncs_total",
+        "agentd_groups_led",
+        "agentd_session_actors",
+        "agentd_session_reads_cached_total",
+    ] {
         assert!(body.contains(metric), "metrics lack {metric}:\n{body}");
     }
     Ok(())

@@ -280,24 +280,9 @@ impl<'a> ApplyBatch<'a> {
 
 /// Checks a client's event against the session and records what it answers.
 fn admit_user_event(record: &mut SessionRecord, payload: &EventPayload) -> Result<(), ApiError> {
-    if !payload.is_user_event() {
-        return Err(ApiError::InvalidRequest { message: format!("clients may not append {}", payload.type_name()) });
-    }
-    if record.status == SessionStatus::Terminated {
-        return Err(ApiError::InvalidRequest { message: "the session is terminated".into() });
-    }
-    let answered = match payload {
-        EventPayload::UserToolConfirmation { tool_use_id, .. } => Some(*tool_use_id),
-        EventPayload::UserCustomToolResult { custom_tool_use_id, .. } => Some(*custom_tool_use_id),
-        _ => None,
-    };
+    let answered = agentd_protocol::rules::admit_user_event(record.status, &record.pending_actions, payload)?;
     if let Some(answered) = answered {
-        let Some(position) = record.pending_actions.iter().position(|pending| *pending == answered) else {
-            return Err(ApiError::InvalidRequest {
-                message: format!("{} answers {answered}, which is not waiting for an answer", payload.type_name()),
-            });
-        };
-        record.pending_actions.remove(position);
+        record.pending_actions.retain(|pending| *pending != answered);
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use agentd_protocol::agent::{Agent, Environment};
 use agentd_protocol::api::SessionInfo;
 use agentd_protocol::event::Event;
-use agentd_protocol::ids::{AgentId, EnvironmentId, GroupId, NodeId, SessionId, ShardId};
+use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId};
 use agentd_protocol::limits::EVENTS_PER_PAGE_MAX;
 use tokio::sync::{broadcast, watch};
 
@@ -67,6 +67,11 @@ impl StateReader {
     }
 
     /// The shard count and replication factor, once the cluster is initialised.
+    /// The sequence number an event id was appended at, if it was.
+    pub fn event_seq(&self, session_id: SessionId, event_id: EventId) -> Result<Option<u64>, Error> {
+        self.state.event_seq(session_id, event_id)
+    }
+
     /// An agent with all its versions (metadata group).
     pub fn agent(&self, agent_id: AgentId) -> Result<Option<Agent>, Error> {
         self.state.agent(agent_id)
