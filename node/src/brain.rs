@@ -143,7 +143,7 @@ impl LocalHands {
     async fn environment(&self, session: &SessionInfo) -> Option<EnvironmentSpec> {
         let environment_id = session.environment?;
         match self.router.handle(ClientRequest::GetEnvironment { environment_id }, false).await {
-            ClientResponse::Environment(environment) => Some(environment.spec),
+            ClientResponse::Environment(environment) => environment.latest().cloned(),
             _ => None,
         }
     }

@@ -190,10 +190,13 @@ pub enum AgentCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum EnvironmentCommand {
-    /// Create an environment; prints its id.
+    /// Create an environment (or, with --id, add a version to one); prints its id.
     Create {
         #[command(flatten)]
         target: Target,
+        /// Add a version to this environment instead of creating a new one.
+        #[arg(long)]
+        id: Option<EnvironmentId>,
         #[arg(long)]
         name: String,
         /// Sandbox driver.
@@ -687,11 +690,11 @@ async fn agent(command: AgentCommand) -> Result<()> {
 }
 
 async fn environment(command: EnvironmentCommand) -> Result<()> {
-    let EnvironmentCommand::Create { target, name, driver, network, tool_timeout_ms, eager_provisioning } = command;
+    let EnvironmentCommand::Create { target, id, name, driver, network, tool_timeout_ms, eager_provisioning } = command;
     let spec = EnvironmentSpec { name, driver, network, tool_timeout_ms, eager_provisioning };
-    let environment = target.client()?.put_environment(None, spec).await?;
+    let environment = target.client()?.put_environment(id, spec).await?;
     if target.json {
-        println!("{}", json!({"environment_id": environment.id.to_string()}));
+        println!("{}", json!({"environment_id": environment.id.to_string(), "version": environment.versions.len()}));
     } else {
         println!("{}", environment.id);
     }

@@ -136,11 +136,19 @@ impl EnvironmentSpec {
     }
 }
 
+/// An environment and every version it has had; versions start at 1. A
+/// session's tools run in the environment's latest version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Environment {
     pub id: EnvironmentId,
-    pub spec: EnvironmentSpec,
+    pub versions: Vec<EnvironmentSpec>,
     pub created_at_ms: u64,
+}
+
+impl Environment {
+    pub fn latest(&self) -> Option<&EnvironmentSpec> {
+        self.versions.last()
+    }
 }
 
 #[cfg(test)]

@@ -151,3 +151,26 @@ fn agents_gain_versions_and_retries_add_none() {
     assert_eq!(agent.version(2).unwrap().model, "scripted:other");
     assert!(reader.agent(AgentId::from_random(6)).unwrap().is_none());
 }
+
+#[test]
+fn environments_gain_versions_too() {
+    use agentd_protocol::agent::EnvironmentSpec;
+    use agentd_protocol::ids::EnvironmentId;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let (mut metadata, reader) = db.state_machine(GroupId::Metadata).unwrap();
+    let environment_id = EnvironmentId::from_random(3);
+    let spec = |network: bool| EnvironmentSpec {
+        name: "default".into(),
+        driver: "namespace".into(),
+        network,
+        tool_timeout_ms: 1000,
+        eager_provisioning: false,
+    };
+    let put = |network| Command::PutEnvironment { environment_id, spec: spec(network), at_ms: 1 };
+    apply(&mut metadata, 1, vec![put(false), put(false), put(true)]);
+    let environment = reader.environment(environment_id).unwrap().unwrap();
+    assert_eq!(environment.versions, vec![spec(false), spec(true)]);
+    assert_eq!(environment.latest(), Some(&spec(true)));
+}

@@ -9,10 +9,10 @@
 
 use std::collections::HashMap;
 
-use agentd_protocol::agent::{Agent, AgentSpec, Environment};
+use agentd_protocol::agent::{Agent, AgentSpec, Environment, EnvironmentSpec};
 use agentd_protocol::api::SessionStatus;
 use agentd_protocol::event::{Event, EventPayload, StopReason};
-use agentd_protocol::ids::{AgentId, EventId, GroupId, NodeId, SessionId, ShardId};
+use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId};
 use agentd_protocol::ApiError;
 use openraft::EntryPayload;
 use rocksdb::WriteBatch;
@@ -34,6 +34,7 @@ pub(crate) struct ApplyBatch<'a> {
     event_seqs: HashMap<(SessionId, EventId), u64>,
     cluster_config: Option<ClusterConfig>,
     agents: HashMap<AgentId, Agent>,
+    environments: HashMap<EnvironmentId, Environment>,
     events: Vec<Event>,
 }
 
@@ -55,6 +56,7 @@ impl<'a> ApplyBatch<'a> {
             event_seqs: HashMap::new(),
             cluster_config: None,
             agents: HashMap::new(),
+            environments: HashMap::new(),
             events: Vec::new(),
         }
     }
@@ -124,9 +126,7 @@ impl<'a> ApplyBatch<'a> {
             }
             (GroupId::Metadata, Command::PutAgent { agent_id, spec, at_ms }) => self.put_agent(agent_id, spec, at_ms),
             (GroupId::Metadata, Command::PutEnvironment { environment_id, spec, at_ms }) => {
-                let environment = Environment { id: environment_id, spec, created_at_ms: at_ms };
-                self.put(keys::environment_key(self.state.group(), environment_id), &environment)?;
-                Ok(CommandResponse::Environment(environment))
+                self.put_environment(environment_id, spec, at_ms)
             }
             (GroupId::Metadata, Command::InitCluster { shards, replication_factor }) => {
                 self.init_cluster(ClusterConfig { shards, replication_factor })
@@ -197,6 +197,27 @@ impl<'a> ApplyBatch<'a> {
         // Written by the runtime on the operator's behalf, in the current epoch.
         let epoch = Some(record.epoch);
         self.append(session_id, event_id, EventPayload::SessionStatusRescheduled, at_ms, epoch)
+    }
+
+    fn put_environment(
+        &mut self,
+        environment_id: EnvironmentId,
+        spec: EnvironmentSpec,
+        at_ms: u64,
+    ) -> Result<CommandResponse, Error> {
+        let existing = match self.environments.get(&environment_id) {
+            Some(environment) => Some(environment.clone()),
+            None => self.state.environment(environment_id)?,
+        };
+        let mut environment =
+            existing.unwrap_or(Environment { id: environment_id, versions: Vec::new(), created_at_ms: at_ms });
+        // Re-proposing the current version (a retried request) adds nothing.
+        if environment.versions.last() != Some(&spec) {
+            environment.versions.push(spec);
+        }
+        self.put(keys::environment_key(self.state.group(), environment_id), &environment)?;
+        self.environments.insert(environment_id, environment.clone());
+        Ok(CommandResponse::Environment(environment))
     }
 
     fn put_agent(&mut self, agent_id: AgentId, spec: AgentSpec, at_ms: u64) -> Result<CommandResponse, Error> {
