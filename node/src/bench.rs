@@ -194,3 +194,76 @@ pub async fn run_first_model_request(bench: FirstModelRequestBench) -> Result<Ve
     }
     Ok(reports)
 }
+
+/// Sandbox cold start (provision to the first `execute` result) and the
+/// latency of later calls, per available driver.
+#[derive(Debug, Clone)]
+pub struct SandboxBench {
+    pub sandboxes: u32,
+    pub calls: u32,
+    pub dir: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxReport {
+    pub driver: &'static str,
+    pub sandboxes: u32,
+    pub cold_start_p50_ms: f64,
+    pub cold_start_p95_ms: f64,
+    pub bash_call_p50_ms: f64,
+    pub bash_call_p95_ms: f64,
+    pub read_call_p50_ms: f64,
+    pub read_call_p95_ms: f64,
+}
+
+fn percentiles(mut samples: Vec<Duration>, fractions: [f64; 2]) -> [f64; 2] {
+    samples.sort_unstable();
+    fractions.map(|fraction| {
+        let index = ((samples.len() as f64 * fraction).ceil() as usize).clamp(1, samples.len().max(1)) - 1;
+        samples.get(index).map_or(0.0, |sample| sample.as_secs_f64() * 1000.0)
+    })
+}
+
+pub async fn run_sandbox(bench: SandboxBench) -> Result<Vec<SandboxReport>> {
+    use agentd_actors::sandbox::{Limits, NamespaceSandbox, Sandbox, ToolCall};
+
+    NamespaceSandbox::probe()?;
+    let call = |name: &str, input: &str, key: String| ToolCall {
+        name: name.into(),
+        input_json: input.into(),
+        idempotency_key: key,
+    };
+    let (mut cold, mut bash, mut read) = (Vec::new(), Vec::new(), Vec::new());
+    for index in 0..bench.sandboxes {
+        let root = bench.dir.join(format!("sandbox-{index}"));
+        let started = Instant::now();
+        let sandbox = NamespaceSandbox::provision(root, Limits::default()).await?;
+        let first = sandbox.execute(call("bash", r#"{"command":"true"}"#, format!("{index}-first"))).await?;
+        cold.push(started.elapsed());
+        anyhow::ensure!(!first.is_error, "the first call failed: {}", first.content);
+        sandbox.execute(call("write", r#"{"file_path":"f.txt","content":"x\n"}"#, format!("{index}-write"))).await?;
+        for number in 0..bench.calls {
+            let started = Instant::now();
+            sandbox.execute(call("bash", r#"{"command":"echo hi"}"#, format!("{index}-bash-{number}"))).await?;
+            bash.push(started.elapsed());
+            let started = Instant::now();
+            sandbox.execute(call("read", r#"{"file_path":"f.txt"}"#, format!("{index}-read-{number}"))).await?;
+            read.push(started.elapsed());
+        }
+        sandbox.destroy().await?;
+        eprintln!("bench: sandbox {}/{} done", index + 1, bench.sandboxes);
+    }
+    let [cold_start_p50_ms, cold_start_p95_ms] = percentiles(cold, [0.5, 0.95]);
+    let [bash_call_p50_ms, bash_call_p95_ms] = percentiles(bash, [0.5, 0.95]);
+    let [read_call_p50_ms, read_call_p95_ms] = percentiles(read, [0.5, 0.95]);
+    Ok(vec![SandboxReport {
+        driver: "namespace",
+        sandboxes: bench.sandboxes,
+        cold_start_p50_ms,
+        cold_start_p95_ms,
+        bash_call_p50_ms,
+        bash_call_p95_ms,
+        read_call_p50_ms,
+        read_call_p95_ms,
+    }])
+}

@@ -12,7 +12,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use crate::bench::{run_append, run_first_model_request, AppendBench, FirstModelRequestBench};
+use crate::bench::{
+    run_append, run_first_model_request, run_sandbox, AppendBench, FirstModelRequestBench, SandboxBench,
+};
 use crate::client::Client;
 use crate::json;
 use crate::node::Node;
@@ -295,6 +297,19 @@ pub enum SessionCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Sandbox cold start and per-call latency, per available driver (no cluster needed).
+    Sandbox {
+        #[arg(long, default_value_t = 20)]
+        sandboxes: u32,
+        /// Calls of each kind per sandbox after the first.
+        #[arg(long, default_value_t = 20)]
+        calls: u32,
+        /// Where the sandboxes are made (a temporary directory by default).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Time from a message to the first model request, lazy vs eager sandboxes.
     FirstModelRequest {
         #[command(flatten)]
@@ -350,6 +365,24 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Session(command) => session(command).await,
         Command::Agent(command) => agent(command).await,
         Command::Environment(command) => environment(command).await,
+        Command::Bench(BenchCommand::Sandbox { sandboxes, calls, dir, json }) => {
+            let dir = dir
+                .unwrap_or_else(|| std::env::temp_dir().join(format!("agentd-bench-sandbox-{}", std::process::id())));
+            let reports = run_sandbox(SandboxBench { sandboxes, calls, dir: dir.clone() }).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            for report in reports? {
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    println!(
+                        "{}: {} sandboxes; cold start p50 {:.1} ms p95 {:.1} ms; bash call p50 {:.2} ms p95 {:.2} ms; read call p50 {:.2} ms p95 {:.2} ms",
+                        report.driver, report.sandboxes, report.cold_start_p50_ms, report.cold_start_p95_ms,
+                        report.bash_call_p50_ms, report.bash_call_p95_ms, report.read_call_p50_ms, report.read_call_p95_ms
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Bench(BenchCommand::FirstModelRequest { target, sessions }) => {
             let bench = FirstModelRequestBench { addrs: target.addr.clone(), ca_pem: target.ca_pem()?, sessions };
             for report in run_first_model_request(bench).await? {
