@@ -10,7 +10,7 @@ use std::time::Duration;
 use agentd_actors::brain::{Hands, Orchestrators, SessionLog};
 use agentd_actors::sandbox::{Limits, NamespaceSandbox, Sandbox, SandboxError, ToolCall, ToolOutput};
 use agentd_actors::session::Sessions;
-use agentd_protocol::agent::{AgentSpec, EnvironmentSpec};
+use agentd_protocol::agent::{AgentRef, AgentSpec, EnvironmentSpec};
 use agentd_protocol::api::{ClientRequest, ClientResponse, SessionInfo, SessionStatus};
 use agentd_protocol::event::{Event, EventPayload};
 use agentd_protocol::ids::{EventId, GroupId, SessionId, ShardId};
@@ -30,11 +30,13 @@ const LEADERSHIP_POLL: Duration = Duration::from_millis(500);
 /// The session log, read from and written to the shard leader on this node.
 pub struct LocalSessionLog {
     router: Router,
+    // Agent versions never change once written, so they are cached.
+    agents: Mutex<HashMap<AgentRef, AgentSpec>>,
 }
 
 impl LocalSessionLog {
     pub fn new(router: Router) -> Self {
-        Self { router }
+        Self { router, agents: Mutex::new(HashMap::new()) }
     }
 
     /// The session's shard, which this node must lead.
@@ -114,13 +116,18 @@ impl SessionLog for LocalSessionLog {
         Box::pin(async move {
             let pinned =
                 pinned.ok_or_else(|| ApiError::InvalidRequest { message: "the session has no agent".into() })?;
-            match self.router.handle(ClientRequest::GetAgent { agent_id: pinned.id }, false).await {
+            if let Some(spec) = self.agents.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&pinned) {
+                return Ok(spec.clone());
+            }
+            let spec = match self.router.handle(ClientRequest::GetAgent { agent_id: pinned.id }, false).await {
                 ClientResponse::Agent(agent) => agent.version(pinned.version).cloned().ok_or_else(|| {
                     ApiError::NotFound { what: format!("version {} of agent {}", pinned.version, pinned.id) }
-                }),
-                ClientResponse::Error(error) => Err(error),
-                other => Err(ApiError::Internal { message: format!("unexpected {other:?}") }),
-            }
+                })?,
+                ClientResponse::Error(error) => return Err(error),
+                other => return Err(ApiError::Internal { message: format!("unexpected {other:?}") }),
+            };
+            self.agents.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(pinned, spec.clone());
+            Ok(spec)
         })
     }
 }

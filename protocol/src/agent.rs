@@ -102,7 +102,7 @@ impl Agent {
 }
 
 /// A session's pinned agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AgentRef {
     pub id: AgentId,
     pub version: u32,

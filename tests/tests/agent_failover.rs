@@ -68,7 +68,11 @@ async fn a_session_survives_losing_its_node_mid_tool_call_and_the_effect_happens
         if matches!(events.last().map(|event| &event.payload), Some(EventPayload::SessionStatusIdle { .. })) {
             break events;
         }
-        assert!(Instant::now() < deadline, "the session was not finished by another node: {events:#?}");
+        if Instant::now() > deadline {
+            let logs: Vec<String> =
+                cluster.nodes.iter().map(|node| format!("--- node {}:\n{}", node.id, node.log_tail())).collect();
+            panic!("the session was not finished by another node: {events:#?}\n{}", logs.join("\n"));
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(

@@ -8,10 +8,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use agentd_protocol::ids::SessionId;
+use agentd_protocol::ApiError;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::orchestrator::{Brain, RunOutcome};
+use super::orchestrator::{Brain, BrainError};
 
 /// Messages of a session's orchestrator.
 #[derive(Debug)]
@@ -25,7 +28,13 @@ struct OrchestratorActor;
 struct OrchestratorState {
     brain: Arc<Brain>,
     session_id: SessionId,
+    /// Failed runs in a row; the next retry waits longer.
+    failures: u32,
 }
+
+/// The first retry of a failed run waits this long; each further one twice as long.
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(500);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 impl Actor for OrchestratorActor {
     type Msg = OrchestratorMessage;
@@ -42,16 +51,27 @@ impl Actor for OrchestratorActor {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
             OrchestratorMessage::Wake => match state.brain.run(state.session_id).await {
-                Ok(RunOutcome::Idle) => tracing::debug!(session = %state.session_id, "orchestrator idle"),
-                Ok(RunOutcome::Fenced) => tracing::info!(session = %state.session_id, "orchestrator fenced"),
-                // Errors end this run only; the next wake tries again.
-                Err(error) => tracing::warn!(session = %state.session_id, %error, "orchestrator run failed"),
+                Ok(outcome) => {
+                    state.failures = 0;
+                    tracing::debug!(session = %state.session_id, ?outcome, "orchestrator run ended");
+                }
+                // Another node leads the session's shard now; it wakes the session.
+                Err(BrainError::Api(ApiError::NotLeader { .. } | ApiError::NotReplica { .. })) => state.failures = 0,
+                // Anything else (a metadata leader still being elected, a
+                // storage hiccup) is retried with backoff: nothing else
+                // would wake this session again.
+                Err(error) => {
+                    let backoff = RETRY_BACKOFF_MIN.saturating_mul(1 << state.failures.min(10)).min(RETRY_BACKOFF_MAX);
+                    state.failures += 1;
+                    tracing::warn!(session = %state.session_id, %error, ?backoff, "orchestrator run failed; retrying");
+                    myself.send_after(backoff, || OrchestratorMessage::Wake);
+                }
             },
         }
         Ok(())
@@ -78,7 +98,7 @@ impl Orchestrators {
                 return;
             }
         }
-        let state = OrchestratorState { brain: self.brain.clone(), session_id };
+        let state = OrchestratorState { brain: self.brain.clone(), session_id, failures: 0 };
         match Actor::spawn(None, OrchestratorActor, state).await {
             Ok((actor, _)) => {
                 let _ = actor.cast(OrchestratorMessage::Wake);
