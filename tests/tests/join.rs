@@ -1,0 +1,68 @@
+//! Joining and restarting with bad input fails fast with a clear message,
+//! and leaves the cluster serving.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use agentd_tests::{free_port, Cluster};
+
+fn start(args: &[&str]) -> Output {
+    let mut child = Command::new(agentd_tests::agentd_binary!())
+        .arg("start")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run agentd start");
+    // Bad input must end the process on its own, quickly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("poll").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("agentd start {args:?} kept running on bad input");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("collect output")
+}
+
+fn assert_fails_with(output: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "expected a failure, got success: {stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in:\n{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_joins_and_restarts_are_refused_clearly() -> anyhow::Result<()> {
+    let cluster = Cluster::start(agentd_tests::agentd_binary!(), 1, &["--shards", "2"]).await?;
+    let seed = cluster.addrs()[0].clone();
+    let token = std::fs::read_to_string(cluster.nodes[0].data_dir.join("join-token"))?.trim().to_string();
+    let (_, fingerprint) = token.rsplit_once('.').expect("token has a fingerprint");
+    let dir = tempfile::tempdir()?;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let data = |name: &str| dir.path().join(name).to_string_lossy().to_string();
+
+    let wrong_secret = format!("agentd-join.00000000000000000000000000000000.{fingerprint}");
+    let output = start(&["--node-id", "2", "--listen", &listen, "--data-dir", &data("a"), "--join", &seed, "--token", &wrong_secret]);
+    assert_fails_with(&output, "join token does not match");
+
+    let wrong_ca = format!("agentd-join.abc.{}", "0".repeat(64));
+    let output = start(&["--node-id", "2", "--listen", &listen, "--data-dir", &data("b"), "--join", &seed, "--token", &wrong_ca]);
+    assert_fails_with(&output, "cannot join");
+
+    let output = start(&["--node-id", "2", "--listen", &listen, "--data-dir", &data("c"), "--join", &seed, "--token", "nonsense"]);
+    assert_fails_with(&output, "malformed join token");
+
+    let output = start(&["--node-id", "2", "--listen", &listen, "--data-dir", &data("d")]);
+    assert_fails_with(&output, "is not initialised");
+
+    let node1_data = cluster.nodes[0].data_dir.to_string_lossy().to_string();
+    let output = start(&["--node-id", "7", "--listen", &listen, "--data-dir", &node1_data]);
+    assert_fails_with(&output, "belongs to node 1");
+
+    // None of it disturbed the cluster.
+    let client = cluster.client()?;
+    let session = client.create_session().await?.session_id;
+    assert_eq!(client.append(session, agentd_protocol::event::EventPayload::user_text("still fine")).await?, 1);
+    Ok(())
+}
