@@ -72,7 +72,8 @@ impl Node {
             .with_context(|| format!("cannot listen on {}", options.listen))?;
         let peers = Peers::new(options.node_id, endpoint.clone(), stored.identity.cluster_client_config()?);
         let host = RaftHost::new(options.node_id, db, peers, options.raft.openraft_config()?);
-        let metadata = host.open_group(GroupId::Metadata).await?;
+        // Every node replicates the metadata group (as voter or learner).
+        host.open_group(GroupId::Metadata).await?;
         let router = Router::new(host.clone(), advertise.clone());
         let admission = Arc::new(Admission { ca: stored.ca, secret: stored.token.secret.clone() });
 
@@ -87,7 +88,6 @@ impl Node {
                 Bootstrap::Restart => unreachable!("create_identity refuses a restart of an empty directory"),
             }
         }
-        let _ = metadata;
         tasks.push(tokio::spawn(reconcile_loop(host.clone())));
         let sandbox_dir = options.sandbox_dir.clone().unwrap_or_else(|| data.root().join("sandboxes"));
         let brain = Brain::new(
