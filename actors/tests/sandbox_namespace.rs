@@ -20,7 +20,12 @@ async fn provision(root: &Path, limits: Limits) -> NamespaceSandbox {
 
 async fn call_with_key(sandbox: &NamespaceSandbox, name: &str, input: serde_json::Value, key: &str) -> ToolOutput {
     sandbox
-        .execute(ToolCall { name: name.to_owned(), input_json: input.to_string(), idempotency_key: key.to_owned() })
+        .execute(ToolCall {
+            name: name.to_owned(),
+            input_json: input.to_string(),
+            idempotency_key: key.to_owned(),
+            secrets: vec![],
+        })
         .await
         .expect("the sandbox itself should not fail")
 }
@@ -165,7 +170,7 @@ async fn file_tools_read_write_edit_glob_grep() {
     assert_error(&output);
     assert!(output.content.contains("unknown tool"), "{}", output.content);
     let output = sandbox
-        .execute(ToolCall { name: "read".into(), input_json: "{not json".into(), idempotency_key: unique_key() })
+        .execute(ToolCall { name: "read".into(), input_json: "{not json".into(), idempotency_key: unique_key(), secrets: vec![] })
         .await
         .unwrap();
     assert_error(&output);
@@ -504,6 +509,7 @@ async fn destroy_ends_the_sandbox() {
             name: "bash".into(),
             input_json: json!({ "command": "true" }).to_string(),
             idempotency_key: unique_key(),
+            secrets: vec![],
         })
         .await;
     assert!(matches!(result, Err(SandboxError::Crashed(_))), "{result:?}");
@@ -565,4 +571,56 @@ async fn provisioning_without_bwrap_is_unavailable() {
         "{:?}",
         result.err()
     );
+}
+
+#[tokio::test]
+async fn secrets_reach_the_command_and_never_its_recorded_output() {
+    use agentd_actors::sandbox::Secret;
+
+    let directory = tempfile::tempdir().unwrap();
+    let sandbox = provision(directory.path(), Limits::default()).await;
+    let secret = Secret { name: "API_TOKEN".into(), value: "s3cr3t-value-42".into() };
+    let key = unique_key();
+    let with_secret = |command: &str, key: String| ToolCall {
+        name: "bash".into(),
+        input_json: json!({ "command": command }).to_string(),
+        idempotency_key: key,
+        secrets: vec![secret.clone()],
+    };
+    let output = sandbox
+        .execute(with_secret("echo token=$API_TOKEN; echo \"$API_TOKEN\" > leaked.txt; test -n \"$API_TOKEN\"", key.clone()))
+        .await
+        .unwrap();
+    assert!(!output.is_error, "{output:?}");
+    assert_eq!(output.content, "token=[REDACTED:API_TOKEN]\n");
+    // A file tool reading what the command wrote is scrubbed too.
+    let read = sandbox
+        .execute(ToolCall {
+            name: "read".into(),
+            input_json: json!({ "file_path": "leaked.txt" }).to_string(),
+            idempotency_key: unique_key(),
+            secrets: vec![secret.clone()],
+        })
+        .await
+        .unwrap();
+    assert!(read.content.contains("[REDACTED:API_TOKEN]") && !read.content.contains("s3cr3t"), "{read:?}");
+    // The variable does not outlive the call, and the ledger holds no secret.
+    assert_eq!(bash(&sandbox, "echo \"[${API_TOKEN:-unset}]\"").await.content, "[unset]\n");
+    for entry in std::fs::read_dir(directory.path().join("ledger")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("s3cr3t-value-42"), "a ledger entry holds the secret");
+    }
+    // The replayed output is the scrubbed one.
+    assert_eq!(sandbox.execute(with_secret("true", key)).await.unwrap().content, "token=[REDACTED:API_TOKEN]\n");
+    let bad = sandbox
+        .execute(ToolCall {
+            name: "bash".into(),
+            input_json: json!({ "command": "true" }).to_string(),
+            idempotency_key: unique_key(),
+            secrets: vec![Secret { name: "BAD NAME".into(), value: "x".into() }],
+        })
+        .await
+        .unwrap();
+    assert!(bad.is_error);
+    sandbox.destroy().await.unwrap();
 }

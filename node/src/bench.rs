@@ -232,6 +232,7 @@ pub async fn run_sandbox(bench: SandboxBench) -> Result<Vec<SandboxReport>> {
         name: name.into(),
         input_json: input.into(),
         idempotency_key: key,
+        secrets: Vec::new(),
     };
     let (mut cold, mut bash, mut read) = (Vec::new(), Vec::new(), Vec::new());
     for index in 0..bench.sandboxes {

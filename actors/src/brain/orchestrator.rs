@@ -162,7 +162,7 @@ impl Run<'_> {
                 Step::CallModel { messages } => self.call_model(&mut appender, messages).await?,
                 Step::RunTool { tool_use_id, seq, name, input_json } => {
                     let idempotency_key = idempotency_key(session_id, seq, &name);
-                    let call = ToolCall { name, input_json, idempotency_key };
+                    let call = ToolCall { name, input_json, idempotency_key, secrets: Vec::new() };
                     let output = match self.brain.hands.execute(&self.session, call).await {
                         Ok(output) => output,
                         Err(error) => ToolOutput { content: format!("the sandbox failed: {error}"), is_error: true },

@@ -92,7 +92,7 @@ pub use bwrap::BWRAP_ENV;
 pub use error::SandboxError;
 pub use limits::Limits;
 pub use namespace_sandbox::NamespaceSandbox;
-pub use tool_call::{ToolCall, ToolOutput};
+pub use tool_call::{redact, Secret, ToolCall, ToolOutput};
 
 /// One session's sandbox: runs tool calls in isolation.
 pub trait Sandbox: Send + Sync + 'static {

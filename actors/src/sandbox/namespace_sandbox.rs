@@ -14,7 +14,7 @@ use super::ledger::{Ledger, LedgerState};
 use super::resource_control::ResourceControl;
 use super::shell::{Shell, ShellOutcome};
 use super::workspace::Workspace;
-use super::{Limits, Sandbox, SandboxError, ToolCall, ToolOutput};
+use super::{redact, Limits, Sandbox, SandboxError, Secret, ToolCall, ToolOutput};
 
 /// Tool names reported as metric labels; anything else is labelled `unknown`, so
 /// a model cannot create unbounded label values.
@@ -160,8 +160,15 @@ impl NamespaceSandbox {
                 }
             }
         }
+        if let Some(bad) = call.secrets.iter().find(|secret| !Secret::is_valid_name(&secret.name)) {
+            return Ok(ToolOutput::failure(format!("secret name {:?} is not a valid environment variable name", bad.name)));
+        }
         let started = Instant::now();
-        let result = self.dispatch(&mut shell, &call).await;
+        let result = self.dispatch(&mut shell, &call).await.map(|output| ToolOutput {
+            // Scrubbed before the ledger records it or anyone sees it.
+            content: redact(&output.content, &call.secrets),
+            is_error: output.is_error,
+        });
         let outcome = match &result {
             Ok(output) if output.is_error => "tool_error",
             Ok(_) => "ok",
@@ -197,7 +204,7 @@ impl NamespaceSandbox {
 
     async fn dispatch(&self, shell: &mut Option<Shell>, call: &ToolCall) -> Result<ToolOutput, SandboxError> {
         if call.name == "bash" {
-            return self.bash(shell, &call.input_json).await;
+            return self.bash(shell, &call.input_json, &call.secrets).await;
         }
         let file_tools = self.file_tools.clone();
         let (name, input_json) = (call.name.clone(), call.input_json.clone());
@@ -213,7 +220,7 @@ impl NamespaceSandbox {
         }))
     }
 
-    async fn bash(&self, shell: &mut Option<Shell>, input_json: &str) -> Result<ToolOutput, SandboxError> {
+    async fn bash(&self, shell: &mut Option<Shell>, input_json: &str, secrets: &[Secret]) -> Result<ToolOutput, SandboxError> {
         let input: BashInput = match serde_json::from_str(input_json) {
             Ok(input) => input,
             Err(error) => return Ok(ToolOutput::failure(format!("invalid input for bash: {error}"))),
@@ -246,7 +253,7 @@ impl NamespaceSandbox {
             None => self.start_shell().await?,
         };
         let outcome = current
-            .run(&command, Duration::from_millis(timeout_ms), self.limits.output_bytes_max, self.destroyed.subscribe())
+            .run(&command, secrets, Duration::from_millis(timeout_ms), self.limits.output_bytes_max, self.destroyed.subscribe())
             .await?;
         Ok(match outcome {
             ShellOutcome::Finished { output, exit_code } => {

@@ -11,7 +11,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use super::bwrap::Bwrap;
 use super::capped_output::CappedOutput;
 use super::resource_control::ResourceControl;
-use super::{Limits, SandboxError};
+use super::{Limits, SandboxError, Secret};
 
 /// How long a fresh shell may take to answer its first command.
 const START_TIMEOUT_MS: u64 = 10_000;
@@ -94,7 +94,7 @@ impl Shell {
         });
         let mut shell = Shell { child, stdin, stdout, pending: Vec::new(), stderr_tail };
         let (_never_destroyed, destroyed) = tokio::sync::watch::channel(false);
-        match shell.run("true", Duration::from_millis(START_TIMEOUT_MS), 1024, destroyed).await {
+        match shell.run("true", &[], Duration::from_millis(START_TIMEOUT_MS), 1024, destroyed).await {
             Ok(ShellOutcome::Finished { exit_code: 0, .. }) => Ok(shell),
             Ok(outcome) => {
                 let stderr = shell.stderr_tail();
@@ -116,6 +116,7 @@ impl Shell {
     pub(crate) async fn run(
         &mut self,
         command: &str,
+        secrets: &[Secret],
         timeout: Duration,
         output_bytes_max: usize,
         mut destroyed: tokio::sync::watch::Receiver<bool>,
@@ -124,7 +125,15 @@ impl Shell {
         // `eval` of an ANSI-C quoted string: any command text, even with unbalanced
         // quotes or heredocs, is one line to the shell and cannot swallow the sentinel.
         // stdin is /dev/null so a command cannot read the next command.
-        let line = format!("eval {} </dev/null 2>&1; echo \"{sentinel} $?\"\n", ansi_c_quote(command));
+        // Secrets are exported for this command only (names are validated by
+        // the caller) and unset before the status is reported.
+        let exports: String =
+            secrets.iter().map(|secret| format!("export {}={}; ", secret.name, ansi_c_quote(&secret.value))).collect();
+        let unsets: String = secrets.iter().map(|secret| format!("unset {}; ", secret.name)).collect();
+        let line = format!(
+            "{exports}eval {} </dev/null 2>&1; __agentd_status=$?; {unsets}echo \"{sentinel} $__agentd_status\"\n",
+            ansi_c_quote(command)
+        );
         let mut output = CappedOutput::new(output_bytes_max);
         let deadline = tokio::time::Instant::now() + timeout;
         // A shell busy with a background job may not read its stdin: the write is under the deadline too.
