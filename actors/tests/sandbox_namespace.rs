@@ -170,7 +170,12 @@ async fn file_tools_read_write_edit_glob_grep() {
     assert_error(&output);
     assert!(output.content.contains("unknown tool"), "{}", output.content);
     let output = sandbox
-        .execute(ToolCall { name: "read".into(), input_json: "{not json".into(), idempotency_key: unique_key(), secrets: vec![] })
+        .execute(ToolCall {
+            name: "read".into(),
+            input_json: "{not json".into(),
+            idempotency_key: unique_key(),
+            secrets: vec![],
+        })
         .await
         .unwrap();
     assert_error(&output);
@@ -588,7 +593,10 @@ async fn secrets_reach_the_command_and_never_its_recorded_output() {
         secrets: vec![secret.clone()],
     };
     let output = sandbox
-        .execute(with_secret("echo token=$API_TOKEN; echo \"$API_TOKEN\" > leaked.txt; test -n \"$API_TOKEN\"", key.clone()))
+        .execute(with_secret(
+            "echo token=$API_TOKEN; echo \"$API_TOKEN\" > leaked.txt; test -n \"$API_TOKEN\"",
+            key.clone(),
+        ))
         .await
         .unwrap();
     assert!(!output.is_error, "{output:?}");

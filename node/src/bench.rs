@@ -160,6 +160,7 @@ pub async fn run_first_model_request(bench: FirstModelRequestBench) -> Result<Ve
                     network: false,
                     tool_timeout_ms: agentd_protocol::limits::TOOL_TIMEOUT_MS_DEFAULT,
                     eager_provisioning: eager,
+                    vaults: vec![],
                 },
             )
             .await?;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentd_actors::brain::{Hands, Orchestrators, SessionLog};
-use agentd_actors::sandbox::{Limits, NamespaceSandbox, Sandbox, SandboxError, ToolCall, ToolOutput};
+use agentd_actors::sandbox::{Limits, NamespaceSandbox, Sandbox, SandboxError, Secret, ToolCall, ToolOutput};
 use agentd_actors::session::Sessions;
 use agentd_protocol::agent::{AgentRef, AgentSpec, EnvironmentSpec};
 use agentd_protocol::api::{ClientRequest, ClientResponse, SessionInfo, SessionStatus};
@@ -164,6 +164,29 @@ impl LocalHands {
         limits
     }
 
+    /// The secrets of the session's environment's vaults, opened.
+    async fn secrets(&self, session: &SessionInfo) -> Result<Vec<Secret>, SandboxError> {
+        let Some(environment) = self.environment(session).await else { return Ok(Vec::new()) };
+        let Some(metadata) = self.router.host().group(GroupId::Metadata) else { return Ok(Vec::new()) };
+        let mut secrets = Vec::new();
+        for vault_id in environment.vaults {
+            let vault = metadata
+                .state
+                .vault(vault_id)
+                .map_err(|error| SandboxError::Io(format!("reading vault {vault_id}: {error}")))?
+                .ok_or_else(|| SandboxError::Unavailable(format!("vault {vault_id} does not exist")))?;
+            for (name, sealed) in vault.secrets {
+                let value = self
+                    .router
+                    .secrets_key()
+                    .open(&crate::vault::seal_context(&vault_id, &name), &sealed)
+                    .map_err(|error| SandboxError::Unavailable(format!("secret {name} of {vault_id}: {error}")))?;
+                secrets.push(Secret { name, value });
+            }
+        }
+        Ok(secrets)
+    }
+
     async fn sandbox(&self, session: &SessionInfo) -> Result<Arc<NamespaceSandbox>, SandboxError> {
         let mut sandboxes = self.sandboxes.lock().await;
         if let Some(sandbox) = sandboxes.get(&session.session_id) {
@@ -178,9 +201,12 @@ impl LocalHands {
 }
 
 impl Hands for LocalHands {
-    fn execute(&self, session: &SessionInfo, call: ToolCall) -> BoxFuture<'_, Result<ToolOutput, SandboxError>> {
+    fn execute(&self, session: &SessionInfo, mut call: ToolCall) -> BoxFuture<'_, Result<ToolOutput, SandboxError>> {
         let session = session.clone();
         Box::pin(async move {
+            // Credentials are opened here, for this call only; the sandbox
+            // scrubs them from the output before anything records it.
+            call.secrets = self.secrets(&session).await?;
             let sandbox = self.sandbox(&session).await?;
             let result = sandbox.execute(call).await;
             if let Err(SandboxError::Crashed(_)) = &result {

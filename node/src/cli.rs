@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use agentd_protocol::agent::{AgentSpec, BuiltInTool, CustomTool, EnvironmentSpec, PermissionPolicy};
 use agentd_protocol::api::{ClusterStatus, Consistency};
 use agentd_protocol::event::{Confirmation, ContentBlock, EventPayload, JsonText};
-use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, SessionId};
+use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, SessionId, VaultId};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -59,6 +59,9 @@ pub enum Command {
     /// Define environments: where an agent's tools run.
     #[command(subcommand)]
     Environment(EnvironmentCommand),
+    /// Store credentials that tool calls get and results never show.
+    #[command(subcommand)]
+    Vault(VaultCommand),
     /// Measure a running cluster.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -191,6 +194,25 @@ pub enum AgentCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Set a secret (creating the vault without --id); prints the vault id.
+    /// The value is read from standard input, so it stays out of shell
+    /// history and the process list.
+    Put {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        id: Option<VaultId>,
+        /// The vault's name (used when it is created).
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// The secret's name: the environment variable tools see.
+        #[arg(long)]
+        secret: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum EnvironmentCommand {
     /// Create an environment (or, with --id, add a version to one); prints its id.
     Create {
@@ -212,6 +234,9 @@ pub enum EnvironmentCommand {
         /// Provision the sandbox when a turn starts instead of at the first tool call.
         #[arg(long)]
         eager_provisioning: bool,
+        /// A vault whose secrets every tool call gets (repeatable).
+        #[arg(long = "vault")]
+        vaults: Vec<VaultId>,
     },
 }
 
@@ -365,6 +390,18 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Session(command) => session(command).await,
         Command::Agent(command) => agent(command).await,
         Command::Environment(command) => environment(command).await,
+        Command::Vault(VaultCommand::Put { target, id, name, secret }) => {
+            let mut value = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut value)?;
+            let value = value.strip_suffix('\n').unwrap_or(&value).to_string();
+            let vault = target.client()?.put_secret(id, name, secret, value).await?;
+            if target.json {
+                println!("{}", json!({"vault_id": vault.id.to_string(), "secrets": vault.secret_names}));
+            } else {
+                println!("{}", vault.id);
+            }
+            Ok(())
+        }
         Command::Bench(BenchCommand::Sandbox { sandboxes, calls, dir, json }) => {
             let dir = dir
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("agentd-bench-sandbox-{}", std::process::id())));
@@ -723,8 +760,9 @@ async fn agent(command: AgentCommand) -> Result<()> {
 }
 
 async fn environment(command: EnvironmentCommand) -> Result<()> {
-    let EnvironmentCommand::Create { target, id, name, driver, network, tool_timeout_ms, eager_provisioning } = command;
-    let spec = EnvironmentSpec { name, driver, network, tool_timeout_ms, eager_provisioning };
+    let EnvironmentCommand::Create { target, id, name, driver, network, tool_timeout_ms, eager_provisioning, vaults } =
+        command;
+    let spec = EnvironmentSpec { name, driver, network, tool_timeout_ms, eager_provisioning, vaults };
     let environment = target.client()?.put_environment(id, spec).await?;
     if target.json {
         println!("{}", json!({"environment_id": environment.id.to_string(), "version": environment.versions.len()}));

@@ -6,10 +6,10 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use agentd_protocol::agent::{Agent, AgentSpec, Environment, EnvironmentSpec};
+use agentd_protocol::agent::{Agent, AgentSpec, Environment, EnvironmentSpec, VaultInfo};
 use agentd_protocol::api::{ClientRequest, ClientResponse, ClusterStatus, Consistency, Request, SessionInfo};
 use agentd_protocol::event::{Event, EventPayload};
-use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, SessionId};
+use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, SessionId, VaultId};
 use agentd_protocol::limits::CLIENT_FRAME_BYTES_MAX;
 use agentd_protocol::{ApiError, CLIENT_ALPN};
 use agentd_raft::peers::{host_of, resolve};
@@ -220,6 +220,21 @@ impl Client {
     pub async fn retry_session(&self, session_id: SessionId) -> Result<u64, ClientError> {
         match self.call(ClientRequest::RetrySession { session_id }).await? {
             ClientResponse::Appended { seq, .. } => Ok(seq),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sets a secret in a vault (a new vault when `vault_id` is `None`).
+    pub async fn put_secret(
+        &self,
+        vault_id: Option<VaultId>,
+        vault_name: String,
+        secret_name: String,
+        value: String,
+    ) -> Result<VaultInfo, ClientError> {
+        let vault_id = vault_id.unwrap_or_else(|| VaultId::from_random(rand::random()));
+        match self.call(ClientRequest::PutSecret { vault_id, vault_name, secret_name, value }).await? {
+            ClientResponse::Vault(info) => Ok(info),
             other => Err(unexpected(other)),
         }
     }

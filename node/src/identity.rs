@@ -7,6 +7,7 @@
 //! DATA/tls/ca.key       cluster CA key (every node can admit new nodes)
 //! DATA/tls/node.pem     this node's certificate
 //! DATA/tls/node.key     this node's key
+//! DATA/tls/secrets.key  the key that seals vault secrets (same on every node)
 //! DATA/join-token       token that admits new nodes: agentd-join.SECRET.CA_FINGERPRINT
 //! DATA/db/              RocksDB
 //! ```
@@ -66,6 +67,7 @@ pub struct Stored {
     pub identity: NodeIdentity,
     pub ca: ClusterCa,
     pub token: JoinToken,
+    pub secrets_key: crate::vault::SecretsKey,
 }
 
 impl DataDir {
@@ -109,7 +111,8 @@ impl DataDir {
             key_pem: read(&tls.join("node.key"))?,
         };
         let token = JoinToken::parse(&read(&self.token_path())?)?;
-        Ok(Stored { identity, ca, token })
+        let secrets_key = crate::vault::SecretsKey::from_hex(&read(&tls.join("secrets.key"))?)?;
+        Ok(Stored { identity, ca, token, secrets_key })
     }
 
     /// Writes a new member's files. `node.json` is written last, so a crash
@@ -121,6 +124,7 @@ impl DataDir {
         write_private(&tls.join("ca.key"), &stored.ca.key_pem())?;
         write_private(&tls.join("node.pem"), &stored.identity.cert_pem)?;
         write_private(&tls.join("node.key"), &stored.identity.key_pem)?;
+        write_private(&tls.join("secrets.key"), &stored.secrets_key.to_hex())?;
         write_private(&self.token_path(), &format!("{}\n", stored.token))?;
         write_private(&self.root.join("node.json"), &serde_json::to_string_pretty(&NodeFile { node_id })?)?;
         Ok(())

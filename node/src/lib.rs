@@ -13,6 +13,7 @@ pub mod node;
 pub mod options;
 pub mod router;
 pub mod server;
+pub mod vault;
 
 pub use client::{Client, ClientError};
 pub use node::{Node, NodeHandle};

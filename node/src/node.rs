@@ -74,8 +74,9 @@ impl Node {
         let host = RaftHost::new(options.node_id, db, peers, options.raft.openraft_config()?);
         // Every node replicates the metadata group (as voter or learner).
         host.open_group(GroupId::Metadata).await?;
-        let router = Router::new(host.clone(), advertise.clone());
-        let admission = Arc::new(Admission { ca: stored.ca, secret: stored.token.secret.clone() });
+        let secrets_key = Arc::new(stored.secrets_key);
+        let router = Router::new(host.clone(), advertise.clone(), secrets_key.clone());
+        let admission = Arc::new(Admission { ca: stored.ca, secret: stored.token.secret.clone(), secrets_key });
 
         let mut tasks = vec![tokio::spawn(server::serve(endpoint.clone(), router.clone(), admission))];
         if fresh {
@@ -155,7 +156,7 @@ async fn create_identity(options: &NodeOptions, data: &DataDir, advertise: &str)
             let ca = ClusterCa::generate()?;
             let identity = ca.issue_node(options.node_id, host_part)?;
             let token = JoinToken::generate(&ca);
-            Stored { identity, ca, token }
+            Stored { identity, ca, token, secrets_key: crate::vault::SecretsKey::generate()? }
         }
         Bootstrap::Join { seed, token } => {
             let token = JoinToken::parse(token)?;
@@ -188,13 +189,14 @@ async fn join(seed: &str, token: &JoinToken, node_id: NodeId, advertise: &str) -
         .ok_or_else(|| anyhow!("{seed} closed the join stream without answering"))?;
     connection.close(0u32.into(), b"joined");
     match response {
-        JoinResponse::Accepted { ca_cert_pem, ca_key_pem, node_cert_pem, node_key_pem } => {
+        JoinResponse::Accepted { ca_cert_pem, ca_key_pem, node_cert_pem, node_key_pem, secrets_key_hex } => {
             let ca = ClusterCa::from_pem(&ca_cert_pem, &ca_key_pem)?;
             if ca.fingerprint() != token.ca_fingerprint {
                 bail!("{seed} sent a CA that does not match the join token");
             }
             let identity = NodeIdentity { ca_cert_pem, cert_pem: node_cert_pem, key_pem: node_key_pem };
-            Ok(Stored { identity, ca, token: token.clone() })
+            let secrets_key = crate::vault::SecretsKey::from_hex(&secrets_key_hex)?;
+            Ok(Stored { identity, ca, token: token.clone(), secrets_key })
         }
         JoinResponse::Error(error) => bail!("{seed} refused to admit node {node_id}: {error}"),
     }

@@ -15,6 +15,8 @@ use agentd_protocol::ApiError;
 use agentd_raft::host::{GroupHandle, RaftHost};
 use agentd_raft::placement;
 use agentd_raft::types::{Command, CommandResponse};
+
+use crate::vault::SecretsKey;
 use openraft::raft::ReadPolicy;
 use tracing::Instrument;
 
@@ -31,15 +33,21 @@ pub struct Router {
     // earlier, so the metadata leader runs them one at a time.
     admissions: std::sync::Arc<tokio::sync::Mutex<()>>,
     sessions: Sessions,
+    secrets_key: std::sync::Arc<SecretsKey>,
 }
 
 impl Router {
-    pub fn new(host: RaftHost, advertise: String) -> Self {
-        Self { host, advertise, admissions: Default::default(), sessions: Sessions::new() }
+    pub fn new(host: RaftHost, advertise: String, secrets_key: std::sync::Arc<SecretsKey>) -> Self {
+        Self { host, advertise, admissions: Default::default(), sessions: Sessions::new(), secrets_key }
     }
 
     pub fn host(&self) -> &RaftHost {
         &self.host
+    }
+
+    /// The key that seals and opens vault secrets.
+    pub fn secrets_key(&self) -> &SecretsKey {
+        &self.secrets_key
     }
 
     /// This node's session actors.
@@ -135,7 +143,32 @@ impl Router {
                     .map(ClientResponse::Environment)
                     .ok_or_else(|| ApiError::NotFound { what: format!("environment {environment_id}") })
             }
-            other => Err(ApiError::InvalidRequest { message: format!("{other:?} is not a metadata request") }),
+            ClientRequest::PutSecret { vault_id, vault_name, secret_name, value } => {
+                if !agentd_protocol::agent::is_secret_name(&secret_name) {
+                    return Err(ApiError::InvalidRequest {
+                        message: format!("secret name {secret_name:?} must be an environment variable name"),
+                    });
+                }
+                if vault_name.is_empty() || vault_name.len() > agentd_protocol::limits::NAME_BYTES_MAX {
+                    return Err(ApiError::InvalidRequest { message: "a vault needs a name".into() });
+                }
+                if value.is_empty() || value.len() > agentd_protocol::limits::TEXT_BYTES_MAX {
+                    return Err(ApiError::InvalidRequest { message: "a secret value is 1 byte to 256 KiB".into() });
+                }
+                let context = crate::vault::seal_context(&vault_id, &secret_name);
+                let sealed = self
+                    .secrets_key
+                    .seal(&context, &value)
+                    .map_err(|error| ApiError::Internal { message: error.to_string() })?;
+                let command = Command::PutSecret { vault_id, vault_name, secret_name, sealed };
+                match placement::propose(metadata, command).await? {
+                    CommandResponse::Vault(info) => Ok(ClientResponse::Vault(info)),
+                    other => Err(unexpected(other)),
+                }
+            }
+            other => {
+                Err(ApiError::InvalidRequest { message: format!("{} is not a metadata request", request_kind(&other)) })
+            }
         }
     }
 
@@ -213,7 +246,8 @@ impl Router {
             | ClientRequest::PutAgent { .. }
             | ClientRequest::GetAgent { .. }
             | ClientRequest::PutEnvironment { .. }
-            | ClientRequest::GetEnvironment { .. } => {
+            | ClientRequest::GetEnvironment { .. }
+            | ClientRequest::PutSecret { .. } => {
                 Err(ApiError::InvalidRequest { message: "this request cannot be executed as a single call".into() })
             }
         }
@@ -387,6 +421,7 @@ fn request_kind(request: &ClientRequest) -> &'static str {
         ClientRequest::PutEnvironment { .. } => "put_environment",
         ClientRequest::GetEnvironment { .. } => "get_environment",
         ClientRequest::RetrySession { .. } => "retry_session",
+        ClientRequest::PutSecret { .. } => "put_secret",
     }
 }
 

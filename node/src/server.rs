@@ -27,6 +27,7 @@ const FOLLOW_PAGE_EVENTS: u32 = 256;
 pub struct Admission {
     pub ca: ClusterCa,
     pub secret: String,
+    pub secrets_key: Arc<crate::vault::SecretsKey>,
 }
 
 pub async fn serve(endpoint: quinn::Endpoint, router: Router, admission: Arc<Admission>) {
@@ -280,6 +281,7 @@ fn admit_join(router: &Router, admission: &Admission, request: &JoinRequest) -> 
         ca_key_pem: admission.ca.key_pem(),
         node_cert_pem: identity.cert_pem,
         node_key_pem: identity.key_pem,
+        secrets_key_hex: admission.secrets_key.to_hex(),
     })
 }
 

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::JsonText;
-use crate::ids::{AgentId, EnvironmentId};
+use crate::ids::{AgentId, EnvironmentId, VaultId};
 use crate::{limits, ApiError};
 
 /// Whether a tool call runs at once or waits for the client's confirmation.
@@ -118,6 +118,9 @@ pub struct EnvironmentSpec {
     /// Provision the sandbox when a turn starts, before the first model
     /// call, instead of at the first tool call.
     pub eager_provisioning: bool,
+    /// Vaults whose secrets are injected into every tool call (as
+    /// environment variables for `bash`) and scrubbed from every result.
+    pub vaults: Vec<VaultId>,
 }
 
 impl EnvironmentSpec {
@@ -149,6 +152,41 @@ impl Environment {
     pub fn latest(&self) -> Option<&EnvironmentSpec> {
         self.versions.last()
     }
+}
+
+/// What clients see of a vault: never the values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultInfo {
+    pub id: VaultId,
+    pub name: String,
+    pub secret_names: Vec<String>,
+}
+
+/// A vault as stored: each value sealed (nonce and AES-256-GCM ciphertext)
+/// with the cluster's secrets key, which never enters the replicated log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedVault {
+    pub id: VaultId,
+    pub name: String,
+    pub secrets: Vec<(String, Vec<u8>)>,
+}
+
+impl SealedVault {
+    pub fn info(&self) -> VaultInfo {
+        VaultInfo {
+            id: self.id,
+            name: self.name.clone(),
+            secret_names: self.secrets.iter().map(|(name, _)| name.clone()).collect(),
+        }
+    }
+}
+
+/// Whether `name` can be an environment variable: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn is_secret_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= limits::NAME_BYTES_MAX
+        && chars.next().is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+        && chars.all(|rest| rest.is_ascii_alphanumeric() || rest == '_')
 }
 
 #[cfg(test)]

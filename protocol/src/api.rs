@@ -6,9 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::{Agent, AgentRef, AgentSpec, Environment, EnvironmentSpec};
+use crate::agent::{Agent, AgentRef, AgentSpec, Environment, EnvironmentSpec, VaultInfo};
 use crate::event::{Event, EventPayload, StopReason};
-use crate::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId};
+use crate::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId};
 use crate::ApiError;
 
 /// The envelope of every client call; `version` is the handshake.
@@ -87,6 +87,14 @@ pub enum ClientRequest {
     RetrySession {
         session_id: SessionId,
     },
+    /// Creates a vault if needed and sets one secret in it. The value is
+    /// sealed by the metadata leader before it is replicated.
+    PutSecret {
+        vault_id: VaultId,
+        vault_name: String,
+        secret_name: String,
+        value: String,
+    },
 }
 
 /// Where a request is executed.
@@ -114,7 +122,8 @@ impl ClientRequest {
             | ClientRequest::PutAgent { .. }
             | ClientRequest::GetAgent { .. }
             | ClientRequest::PutEnvironment { .. }
-            | ClientRequest::GetEnvironment { .. } => None,
+            | ClientRequest::GetEnvironment { .. }
+            | ClientRequest::PutSecret { .. } => None,
         }
     }
 
@@ -142,6 +151,7 @@ pub enum ClientResponse {
     ClusterStatus(ClusterStatus),
     Agent(Agent),
     Environment(Environment),
+    Vault(VaultInfo),
     Error(ApiError),
 }
 

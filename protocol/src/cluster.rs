@@ -85,6 +85,8 @@ pub enum JoinResponse {
         ca_key_pem: String,
         node_cert_pem: String,
         node_key_pem: String,
+        /// The key that seals vault secrets (hex), so every node can open them.
+        secrets_key_hex: String,
     },
     Error(ApiError),
 }

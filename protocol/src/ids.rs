@@ -121,6 +121,12 @@ random_id!(
     "env_"
 );
 
+random_id!(
+    /// A vault: named credentials, stored encrypted in the metadata group.
+    VaultId,
+    "vault_"
+);
+
 /// The shard a session lives on: a stable hash of its id modulo the shard
 /// count fixed at cluster init. FNV-1a is used because it is stable across
 /// builds and platforms (the std hasher is not).

@@ -6,10 +6,10 @@
 
 use std::fmt;
 
-use agentd_protocol::agent::{Agent, AgentRef, AgentSpec, Environment, EnvironmentSpec};
+use agentd_protocol::agent::{Agent, AgentRef, AgentSpec, Environment, EnvironmentSpec, VaultInfo};
 use agentd_protocol::api::SessionInfo;
 use agentd_protocol::event::EventPayload;
-use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, NodeId, SessionId, ShardId};
+use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, NodeId, SessionId, ShardId, VaultId};
 use agentd_protocol::ApiError;
 use openraft::type_config::alias;
 use serde::{Deserialize, Serialize};
@@ -94,6 +94,13 @@ pub enum Command {
         spec: EnvironmentSpec,
         at_ms: u64,
     },
+    /// Sets one secret of a vault; `sealed` is the nonce and ciphertext.
+    PutSecret {
+        vault_id: VaultId,
+        vault_name: String,
+        secret_name: String,
+        sealed: Vec<u8>,
+    },
 }
 
 impl fmt::Display for Command {
@@ -112,6 +119,7 @@ impl fmt::Display for Command {
             Command::Reschedule { session_id, .. } => write!(f, "reschedule {session_id}"),
             Command::PutAgent { agent_id, .. } => write!(f, "put agent {agent_id}"),
             Command::PutEnvironment { environment_id, .. } => write!(f, "put environment {environment_id}"),
+            Command::PutSecret { vault_id, secret_name, .. } => write!(f, "put secret {secret_name} in {vault_id}"),
         }
     }
 }
@@ -124,6 +132,7 @@ pub enum CommandResponse {
     Epoch(u64),
     Agent(Agent),
     Environment(Environment),
+    Vault(VaultInfo),
     Done,
     Rejected(ApiError),
 }

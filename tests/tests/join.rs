@@ -43,14 +43,47 @@ async fn bad_joins_and_restarts_are_refused_clearly() -> anyhow::Result<()> {
     let data = |name: &str| dir.path().join(name).to_string_lossy().to_string();
 
     let wrong_secret = format!("agentd-join.00000000000000000000000000000000.{fingerprint}");
-    let output = start(&["--node-id", "2", "--listen", &listen, "--data-dir", &data("a"), "--join", &seed, "--token", &wrong_secret]);
+    let output = start(&[
+        "--node-id",
+        "2",
+        "--listen",
+        &listen,
+        "--data-dir",
+        &data("a"),
+        "--join",
+        &seed,
+        "--token",
+        &wrong_secret,
+    ]);
     assert_fails_with(&output, "join token does not match");
 
     let wrong_ca = format!("agentd-join.abc.{}", "0".repeat(64));
-    let output = start(&["--node-id", "2", "--listen", &listen, "--data-dir", &data("b"), "--join", &seed, "--token", &wrong_ca]);
+    let output = start(&[
+        "--node-id",
+        "2",
+        "--listen",
+        &listen,
+        "--data-dir",
+        &data("b"),
+        "--join",
+        &seed,
+        "--token",
+        &wrong_ca,
+    ]);
     assert_fails_with(&output, "cannot join");
 
-    let output = start(&["--node-id", "2", "--listen", &listen, "--data-dir", &data("c"), "--join", &seed, "--token", "nonsense"]);
+    let output = start(&[
+        "--node-id",
+        "2",
+        "--listen",
+        &listen,
+        "--data-dir",
+        &data("c"),
+        "--join",
+        &seed,
+        "--token",
+        "nonsense",
+    ]);
     assert_fails_with(&output, "malformed join token");
 
     let output = start(&["--node-id", "2", "--listen", &listen, "--data-dir", &data("d")]);

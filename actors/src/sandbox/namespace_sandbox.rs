@@ -161,7 +161,10 @@ impl NamespaceSandbox {
             }
         }
         if let Some(bad) = call.secrets.iter().find(|secret| !Secret::is_valid_name(&secret.name)) {
-            return Ok(ToolOutput::failure(format!("secret name {:?} is not a valid environment variable name", bad.name)));
+            return Ok(ToolOutput::failure(format!(
+                "secret name {:?} is not a valid environment variable name",
+                bad.name
+            )));
         }
         let started = Instant::now();
         let result = self.dispatch(&mut shell, &call).await.map(|output| ToolOutput {
@@ -220,7 +223,12 @@ impl NamespaceSandbox {
         }))
     }
 
-    async fn bash(&self, shell: &mut Option<Shell>, input_json: &str, secrets: &[Secret]) -> Result<ToolOutput, SandboxError> {
+    async fn bash(
+        &self,
+        shell: &mut Option<Shell>,
+        input_json: &str,
+        secrets: &[Secret],
+    ) -> Result<ToolOutput, SandboxError> {
         let input: BashInput = match serde_json::from_str(input_json) {
             Ok(input) => input,
             Err(error) => return Ok(ToolOutput::failure(format!("invalid input for bash: {error}"))),
@@ -253,7 +261,13 @@ impl NamespaceSandbox {
             None => self.start_shell().await?,
         };
         let outcome = current
-            .run(&command, secrets, Duration::from_millis(timeout_ms), self.limits.output_bytes_max, self.destroyed.subscribe())
+            .run(
+                &command,
+                secrets,
+                Duration::from_millis(timeout_ms),
+                self.limits.output_bytes_max,
+                self.destroyed.subscribe(),
+            )
             .await?;
         Ok(match outcome {
             ShellOutcome::Finished { output, exit_code } => {

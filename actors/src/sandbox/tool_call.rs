@@ -45,7 +45,9 @@ impl Secret {
 pub fn redact(text: &str, secrets: &[Secret]) -> String {
     let mut ordered: Vec<&Secret> = secrets.iter().filter(|secret| !secret.value.is_empty()).collect();
     ordered.sort_by_key(|secret| std::cmp::Reverse(secret.value.len()));
-    ordered.iter().fold(text.to_string(), |text, secret| text.replace(&secret.value, &format!("[REDACTED:{}]", secret.name)))
+    ordered
+        .iter()
+        .fold(text.to_string(), |text, secret| text.replace(&secret.value, &format!("[REDACTED:{}]", secret.name)))
 }
 
 /// What a tool call produced. Tool failures are outputs with `is_error` set, not `Err`.

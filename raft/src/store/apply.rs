@@ -9,10 +9,10 @@
 
 use std::collections::HashMap;
 
-use agentd_protocol::agent::{Agent, AgentSpec, Environment, EnvironmentSpec};
+use agentd_protocol::agent::{Agent, AgentSpec, Environment, EnvironmentSpec, SealedVault};
 use agentd_protocol::api::SessionStatus;
 use agentd_protocol::event::{Event, EventPayload, StopReason};
-use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId};
+use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId};
 use agentd_protocol::ApiError;
 use openraft::EntryPayload;
 use rocksdb::WriteBatch;
@@ -35,6 +35,7 @@ pub(crate) struct ApplyBatch<'a> {
     cluster_config: Option<ClusterConfig>,
     agents: HashMap<AgentId, Agent>,
     environments: HashMap<EnvironmentId, Environment>,
+    vaults: HashMap<VaultId, SealedVault>,
     events: Vec<Event>,
 }
 
@@ -57,6 +58,7 @@ impl<'a> ApplyBatch<'a> {
             cluster_config: None,
             agents: HashMap::new(),
             environments: HashMap::new(),
+            vaults: HashMap::new(),
             events: Vec::new(),
         }
     }
@@ -128,6 +130,9 @@ impl<'a> ApplyBatch<'a> {
             (GroupId::Metadata, Command::PutEnvironment { environment_id, spec, at_ms }) => {
                 self.put_environment(environment_id, spec, at_ms)
             }
+            (GroupId::Metadata, Command::PutSecret { vault_id, vault_name, secret_name, sealed }) => {
+                self.put_secret(vault_id, vault_name, secret_name, sealed)
+            }
             (GroupId::Metadata, Command::InitCluster { shards, replication_factor }) => {
                 self.init_cluster(ClusterConfig { shards, replication_factor })
             }
@@ -197,6 +202,28 @@ impl<'a> ApplyBatch<'a> {
         // Written by the runtime on the operator's behalf, in the current epoch.
         let epoch = Some(record.epoch);
         self.append(session_id, event_id, EventPayload::SessionStatusRescheduled, at_ms, epoch)
+    }
+
+    fn put_secret(
+        &mut self,
+        vault_id: VaultId,
+        vault_name: String,
+        secret_name: String,
+        sealed: Vec<u8>,
+    ) -> Result<CommandResponse, Error> {
+        let existing = match self.vaults.get(&vault_id) {
+            Some(vault) => Some(vault.clone()),
+            None => self.state.vault(vault_id)?,
+        };
+        let mut vault = existing.unwrap_or(SealedVault { id: vault_id, name: vault_name, secrets: Vec::new() });
+        match vault.secrets.iter_mut().find(|(name, _)| *name == secret_name) {
+            Some((_, value)) => *value = sealed,
+            None => vault.secrets.push((secret_name, sealed)),
+        }
+        self.put(keys::vault_key(self.state.group(), vault_id), &vault)?;
+        let info = vault.info();
+        self.vaults.insert(vault_id, vault);
+        Ok(CommandResponse::Vault(info))
     }
 
     fn put_environment(

@@ -2,10 +2,10 @@
 //! family. Shared by the state machine (which writes them) and the state
 //! reader (which serves queries from them).
 
-use agentd_protocol::agent::{Agent, AgentRef, Environment};
+use agentd_protocol::agent::{Agent, AgentRef, Environment, SealedVault};
 use agentd_protocol::api::{SessionInfo, SessionStatus};
 use agentd_protocol::event::{Event, StopReason};
-use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId};
+use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -118,6 +118,10 @@ impl GroupState {
         self.get(&keys::event_id_key(self.group, session_id, event_id), || {
             format!("index of event {event_id} in session {session_id}")
         })
+    }
+
+    pub(crate) fn vault(&self, vault_id: VaultId) -> Result<Option<SealedVault>, Error> {
+        self.get(&keys::vault_key(self.group, vault_id), || format!("vault {vault_id}"))
     }
 
     pub(crate) fn agent(&self, agent_id: AgentId) -> Result<Option<Agent>, Error> {

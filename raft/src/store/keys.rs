@@ -17,7 +17,7 @@
 //! sorts after every key of a group, including the metadata group whose
 //! prefix is all ones and so has no successor of the same width.
 
-use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId};
+use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId};
 
 pub(crate) const LOG_CF: &str = "log";
 pub(crate) const RAFT_CF: &str = "raft";
@@ -47,6 +47,7 @@ const NODE_TAG: u8 = 5;
 const PLACEMENT_TAG: u8 = 6;
 const AGENT_TAG: u8 = 7;
 const ENVIRONMENT_TAG: u8 = 8;
+const VAULT_TAG: u8 = 9;
 
 fn key(group: GroupId, parts: &[&[u8]]) -> Vec<u8> {
     let mut key = Vec::with_capacity(GROUP_BYTES + SUFFIX_BYTES_MAX);
@@ -175,6 +176,10 @@ pub(crate) fn placement_key(group: GroupId, shard: ShardId) -> Vec<u8> {
 
 pub(crate) fn agent_key(group: GroupId, agent_id: AgentId) -> Vec<u8> {
     key(group, &[&[AGENT_TAG], &agent_id.0])
+}
+
+pub(crate) fn vault_key(group: GroupId, vault_id: VaultId) -> Vec<u8> {
+    key(group, &[&[VAULT_TAG], &vault_id.0])
 }
 
 pub(crate) fn environment_key(group: GroupId, environment_id: EnvironmentId) -> Vec<u8> {

@@ -1,10 +1,10 @@
 //! Read access to one group's state for serving queries, separate from the
 //! state machine that openraft owns.
 
-use agentd_protocol::agent::{Agent, Environment};
+use agentd_protocol::agent::{Agent, Environment, SealedVault};
 use agentd_protocol::api::SessionInfo;
 use agentd_protocol::event::Event;
-use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId};
+use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId};
 use agentd_protocol::limits::EVENTS_PER_PAGE_MAX;
 use tokio::sync::{broadcast, watch};
 
@@ -75,6 +75,11 @@ impl StateReader {
     /// An agent with all its versions (metadata group).
     pub fn agent(&self, agent_id: AgentId) -> Result<Option<Agent>, Error> {
         self.state.agent(agent_id)
+    }
+
+    /// A vault with its sealed secrets (metadata group).
+    pub fn vault(&self, vault_id: VaultId) -> Result<Option<SealedVault>, Error> {
+        self.state.vault(vault_id)
     }
 
     /// An environment (metadata group).
