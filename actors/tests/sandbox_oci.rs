@@ -340,3 +340,50 @@ async fn probe_names_what_is_missing() {
         OciSandbox::provision(directory.path().join("s"), Limits::default(), PathBuf::from("/nonexistent/x")).await;
     assert!(result.is_err());
 }
+
+/// Container ids that `runc list` shows, one per line after the header.
+fn runc_containers() -> String {
+    let output = std::process::Command::new("runc").args(["list", "-q"]).output().expect("runc list");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn destroy_stops_a_running_call_and_drop_removes_the_container() {
+    let Some(rootfs) = available("destroy_stops_a_running_call_and_drop_removes_the_container") else { return };
+    let directory = tempfile::tempdir().unwrap();
+    let sandbox = std::sync::Arc::new(provision(&directory.path().join("a"), Limits::default(), &rootfs).await);
+    let running = {
+        let sandbox = std::sync::Arc::clone(&sandbox);
+        tokio::spawn(async move { bash(&sandbox, "echo started; sleep 60").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    sandbox.destroy().await.unwrap();
+    let output = running.await.unwrap();
+    assert_error(&output);
+    assert!(output.content.contains("destroyed"), "{}", output.content);
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    // Dropping a sandbox with a live shell kills and deletes its container.
+    let dropped = provision(&directory.path().join("b"), Limits::default(), &rootfs).await;
+    assert_ok(&bash(&dropped, "true").await);
+    let bundle = directory.path().join("b/bundle");
+    // Other tests run containers at the same time: count only those over this bundle.
+    let over_bundle = |containers: &str| {
+        containers
+            .lines()
+            .filter(|id| {
+                let state = std::process::Command::new("runc").args(["state", id]).output();
+                state.is_ok_and(|state| String::from_utf8_lossy(&state.stdout).contains(&*bundle.to_string_lossy()))
+            })
+            .count()
+    };
+    let before = runc_containers();
+    assert_eq!(over_bundle(&before), 1, "the live container of {} was not listed: {before}", bundle.display());
+    drop(dropped);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while over_bundle(&runc_containers()) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(over_bundle(&runc_containers()), 0, "the dropped sandbox's container is still there");
+}
