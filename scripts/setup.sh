@@ -7,7 +7,9 @@ set -euo pipefail
 # protobuf-compiler, libprotobuf-dev: the etcd-client crate (tests/etcd-bench) generates its
 # gRPC code with protoc, which needs the well-known .proto files (a "Recommends" we skip).
 # bubblewrap: the namespace sandbox that runs the agents' bash tool (actors/src/sandbox).
-packages=(librocksdb-dev libclang-dev clang pkg-config etcd-server etcd-client protobuf-compiler libprotobuf-dev bubblewrap)
+# runc, busybox-static: the OCI sandbox (a runc container over a busybox rootfs).
+packages=(librocksdb-dev libclang-dev clang pkg-config etcd-server etcd-client protobuf-compiler libprotobuf-dev bubblewrap
+  runc busybox-static)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -19,3 +21,4 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 echo "setup: system packages present"
+"$(dirname "$0")/oci-rootfs.sh"

@@ -73,6 +73,32 @@
 //! The file tools run on the host, in Rust, confined to the workspace (see
 //! `workspace.rs` for the rules and the remaining TOCTOU race against
 //! processes inside the sandbox).
+//!
+//! # The OCI sandbox ([`OciSandbox`])
+//!
+//! The same tools, ledger, secrets and shell protocol, with `bash` served by a
+//! busybox `sh` (ash, which understands the `eval $'...'` lines) in a runc
+//! container run in the foreground (`runc run`, stdio piped). The bundle under
+//! `root/bundle` is generated per sandbox (`oci_bundle.rs`):
+//! - the root is a shared read-only rootfs built by `scripts/oci-rootfs.sh`
+//!   (busybox-static and its applets, `/bin/bash` running ash, an `/etc/passwd`
+//!   with uid 1000); no host path is visible except the session's workspace,
+//!   bound read-write at `/workspace`;
+//! - fresh `/proc`, a tmpfs `/dev` with runc's default devices, `/tmp` a tmpfs of
+//!   at most `Limits::memory_bytes_max` bytes;
+//! - the shell runs as uid/gid 1000 without a user namespace (the workspace is
+//!   handed to host uid 1000, as are the files the file tools create), with no
+//!   capabilities and `noNewPrivileges`;
+//! - new PID, IPC, UTS, mount, cgroup and network namespaces (the network one
+//!   only unless `Limits::network`);
+//! - cgroup limits set by runc: memory (`Limits::memory_bytes_max`), pids
+//!   (`Limits::pids_max`) and CPU (one core's quota, half the default shares),
+//!   so unlike the namespace sandbox a background busy loop is bounded.
+//!
+//! Every shell gets a new container (a fresh id); a timeout, `restart`,
+//! `destroy` or drop runs `runc kill <id> KILL` (which ends the PID namespace)
+//! and `runc delete --force <id>`. Needs root and the `runc` and
+//! `busybox-static` packages.
 
 mod bwrap;
 mod capped_output;
@@ -81,6 +107,8 @@ mod file_tools;
 mod ledger;
 mod limits;
 mod namespace_sandbox;
+mod oci_bundle;
+mod oci_sandbox;
 mod resource_control;
 mod shell;
 mod tool_call;
@@ -92,6 +120,8 @@ pub use bwrap::BWRAP_ENV;
 pub use error::SandboxError;
 pub use limits::Limits;
 pub use namespace_sandbox::NamespaceSandbox;
+pub use oci_bundle::RUNC_ENV;
+pub use oci_sandbox::OciSandbox;
 pub use tool_call::{redact, Secret, ToolCall, ToolOutput};
 
 /// One session's sandbox: runs tool calls in isolation.

@@ -1,6 +1,6 @@
 //! The persistent bash of a namespace sandbox, spoken to over pipes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,6 +48,17 @@ pub(crate) struct Shell {
     /// Bytes read past the last sentinel (output of background processes, usually empty).
     pending: Vec<u8>,
     stderr_tail: Arc<Mutex<Vec<u8>>>,
+    stopper: ShellStopper,
+}
+
+/// How every process of a shell's sandbox is killed.
+#[derive(Debug, Clone)]
+pub(crate) enum ShellStopper {
+    /// The spawned process is bwrap: kill its only child, the PID namespace's init.
+    NamespaceInit,
+    /// The spawned process is `runc run` (foreground): `runc kill <id> KILL` kills the
+    /// container's init, which ends its PID namespace; `runc run` then exits.
+    Runc { program: PathBuf, container_id: String },
 }
 
 impl Shell {
@@ -61,17 +72,28 @@ impl Shell {
         let mut arguments = bwrap.arguments(workspace, limits);
         arguments.extend(["/bin/bash", "--noprofile", "--norc"].map(str::to_owned));
         let (program, arguments) = resources.wrap(bwrap.program(), arguments);
+        let mut command = tokio::process::Command::new(&program);
+        command.args(&arguments).env_clear();
+        Shell::spawn(command, ShellStopper::NamespaceInit).await
+    }
+
+    /// Spawns `command`, whose stdin and stdout must reach a shell that speaks this
+    /// protocol (bash, or busybox ash: both understand `eval $'...'`), and checks it
+    /// answers. `stopper` says how to kill every process of its sandbox.
+    pub(crate) async fn spawn(
+        mut command: tokio::process::Command,
+        stopper: ShellStopper,
+    ) -> Result<Shell, SandboxError> {
+        let program = command.as_std().get_program().to_string_lossy().into_owned();
         // Spawned from the runtime's thread, not a blocking-pool thread: --die-with-parent
         // fires when the spawning thread exits, and pool threads exit when idle.
-        let mut child = tokio::process::Command::new(&program)
-            .args(&arguments)
-            .env_clear()
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|error| SandboxError::Crashed(format!("cannot start {}: {error}", program.display())))?;
+            .map_err(|error| SandboxError::Crashed(format!("cannot start {program}: {error}")))?;
         let (Some(stdin), Some(stdout), Some(mut stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -92,7 +114,7 @@ impl Shell {
                 }
             }
         });
-        let mut shell = Shell { child, stdin, stdout, pending: Vec::new(), stderr_tail };
+        let mut shell = Shell { child, stdin, stdout, pending: Vec::new(), stderr_tail, stopper };
         let (_never_destroyed, destroyed) = tokio::sync::watch::channel(false);
         match shell.run("true", &[], Duration::from_millis(START_TIMEOUT_MS), 1024, destroyed).await {
             Ok(ShellOutcome::Finished { exit_code: 0, .. }) => Ok(shell),
@@ -214,27 +236,38 @@ impl Shell {
     /// (`--die-with-parent`), but its processes would be reparented to the host's init,
     /// and until that reaps them they stay in the sandbox's cgroup.
     pub(crate) async fn kill(&mut self) {
-        if let Some(init) = self.namespace_init_pid() {
-            let _ = tokio::process::Command::new(KILL_PROGRAM)
-                .args(["-KILL", &init.to_string()])
+        if let Some((program, arguments)) = self.stop_command() {
+            let _ = tokio::process::Command::new(program)
+                .args(arguments)
                 .env_clear()
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
                 .await;
-            if tokio::time::timeout(Duration::from_millis(KILL_WAIT_MS), self.child.wait()).await.is_ok() {
-                return;
+            if tokio::time::timeout(Duration::from_millis(KILL_WAIT_MS), self.child.wait()).await.is_err() {
+                let _ = self.child.start_kill();
+                let _ = self.child.wait().await;
             }
+        } else {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
         }
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
+        if let Some((program, arguments)) = self.cleanup_command() {
+            let _ = tokio::process::Command::new(program)
+                .args(arguments)
+                .env_clear()
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+        }
     }
 
     /// `kill` without a runtime, waiting at most `timeout`: for `Drop`.
     pub(crate) fn kill_blocking(&mut self, timeout: Duration) {
-        if let Some(init) = self.namespace_init_pid() {
-            let _ = std::process::Command::new(KILL_PROGRAM)
-                .args(["-KILL", &init.to_string()])
+        if let Some((program, arguments)) = self.stop_command() {
+            let _ = std::process::Command::new(program)
+                .args(arguments)
                 .env_clear()
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -248,6 +281,39 @@ impl Shell {
                 bwrap_killed = true;
             }
             std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some((program, arguments)) = self.cleanup_command() {
+            let _ = std::process::Command::new(program)
+                .args(arguments)
+                .env_clear()
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    /// What removes the sandbox's leftovers once its processes are dead: a runc container's
+    /// state and cgroups (`runc run` removes them itself when it exits normally, not when it
+    /// was killed).
+    fn cleanup_command(&self) -> Option<(PathBuf, Vec<String>)> {
+        match &self.stopper {
+            ShellStopper::NamespaceInit => None,
+            ShellStopper::Runc { program, container_id } => {
+                Some((program.clone(), vec!["delete".to_owned(), "--force".to_owned(), container_id.clone()]))
+            }
+        }
+    }
+
+    /// The program and arguments that kill the sandbox's PID namespace init, if it can be found.
+    fn stop_command(&self) -> Option<(PathBuf, Vec<String>)> {
+        match &self.stopper {
+            ShellStopper::NamespaceInit => {
+                let init = self.namespace_init_pid()?;
+                Some((PathBuf::from(KILL_PROGRAM), vec!["-KILL".to_owned(), init.to_string()]))
+            }
+            ShellStopper::Runc { program, container_id } => {
+                Some((program.clone(), vec!["kill".to_owned(), container_id.clone(), "KILL".to_owned()]))
+            }
         }
     }
 
