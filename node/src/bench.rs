@@ -226,46 +226,63 @@ fn percentiles(mut samples: Vec<Duration>, fractions: [f64; 2]) -> [f64; 2] {
 }
 
 pub async fn run_sandbox(bench: SandboxBench) -> Result<Vec<SandboxReport>> {
-    use agentd_actors::sandbox::{Limits, NamespaceSandbox, Sandbox, ToolCall};
+    use agentd_actors::sandbox::{Limits, NamespaceSandbox, OciSandbox, Sandbox, ToolCall, OCI_ROOTFS_DEFAULT};
 
-    NamespaceSandbox::probe()?;
     let call = |name: &str, input: &str, key: String| ToolCall {
         name: name.into(),
         input_json: input.into(),
         idempotency_key: key,
         secrets: Vec::new(),
     };
-    let (mut cold, mut bash, mut read) = (Vec::new(), Vec::new(), Vec::new());
-    for index in 0..bench.sandboxes {
-        let root = bench.dir.join(format!("sandbox-{index}"));
-        let started = Instant::now();
-        let sandbox = NamespaceSandbox::provision(root, Limits::default()).await?;
-        let first = sandbox.execute(call("bash", r#"{"command":"true"}"#, format!("{index}-first"))).await?;
-        cold.push(started.elapsed());
-        anyhow::ensure!(!first.is_error, "the first call failed: {}", first.content);
-        sandbox.execute(call("write", r#"{"file_path":"f.txt","content":"x\n"}"#, format!("{index}-write"))).await?;
-        for number in 0..bench.calls {
-            let started = Instant::now();
-            sandbox.execute(call("bash", r#"{"command":"echo hi"}"#, format!("{index}-bash-{number}"))).await?;
-            bash.push(started.elapsed());
-            let started = Instant::now();
-            sandbox.execute(call("read", r#"{"file_path":"f.txt"}"#, format!("{index}-read-{number}"))).await?;
-            read.push(started.elapsed());
+    let rootfs = std::path::PathBuf::from(OCI_ROOTFS_DEFAULT);
+    let mut reports = Vec::new();
+    for driver in ["namespace", "oci"] {
+        let available = match driver {
+            "oci" => OciSandbox::probe(&rootfs),
+            _ => NamespaceSandbox::probe(),
+        };
+        if let Err(error) = available {
+            eprintln!("bench: skipping the {driver} driver: {error}");
+            continue;
         }
-        sandbox.destroy().await?;
-        eprintln!("bench: sandbox {}/{} done", index + 1, bench.sandboxes);
+        let (mut cold, mut bash, mut read) = (Vec::new(), Vec::new(), Vec::new());
+        for index in 0..bench.sandboxes {
+            let root = bench.dir.join(format!("{driver}-{index}"));
+            let started = Instant::now();
+            let sandbox: Box<dyn Sandbox> = match driver {
+                "oci" => Box::new(OciSandbox::provision(root, Limits::default(), rootfs.clone()).await?),
+                _ => Box::new(NamespaceSandbox::provision(root, Limits::default()).await?),
+            };
+            let first = sandbox.execute(call("bash", r#"{"command":"true"}"#, format!("{index}-first"))).await?;
+            cold.push(started.elapsed());
+            anyhow::ensure!(!first.is_error, "the first {driver} call failed: {}", first.content);
+            sandbox
+                .execute(call("write", r#"{"file_path":"f.txt","content":"x\n"}"#, format!("{index}-write")))
+                .await?;
+            for number in 0..bench.calls {
+                let started = Instant::now();
+                sandbox.execute(call("bash", r#"{"command":"echo hi"}"#, format!("{index}-bash-{number}"))).await?;
+                bash.push(started.elapsed());
+                let started = Instant::now();
+                sandbox.execute(call("read", r#"{"file_path":"f.txt"}"#, format!("{index}-read-{number}"))).await?;
+                read.push(started.elapsed());
+            }
+            sandbox.destroy().await?;
+        }
+        eprintln!("bench: {driver}: {} sandboxes done", bench.sandboxes);
+        let [cold_start_p50_ms, cold_start_p95_ms] = percentiles(cold, [0.5, 0.95]);
+        let [bash_call_p50_ms, bash_call_p95_ms] = percentiles(bash, [0.5, 0.95]);
+        let [read_call_p50_ms, read_call_p95_ms] = percentiles(read, [0.5, 0.95]);
+        reports.push(SandboxReport {
+            driver,
+            sandboxes: bench.sandboxes,
+            cold_start_p50_ms,
+            cold_start_p95_ms,
+            bash_call_p50_ms,
+            bash_call_p95_ms,
+            read_call_p50_ms,
+            read_call_p95_ms,
+        });
     }
-    let [cold_start_p50_ms, cold_start_p95_ms] = percentiles(cold, [0.5, 0.95]);
-    let [bash_call_p50_ms, bash_call_p95_ms] = percentiles(bash, [0.5, 0.95]);
-    let [read_call_p50_ms, read_call_p95_ms] = percentiles(read, [0.5, 0.95]);
-    Ok(vec![SandboxReport {
-        driver: "namespace",
-        sandboxes: bench.sandboxes,
-        cold_start_p50_ms,
-        cold_start_p95_ms,
-        bash_call_p50_ms,
-        bash_call_p95_ms,
-        read_call_p50_ms,
-        read_call_p95_ms,
-    }])
+    Ok(reports)
 }

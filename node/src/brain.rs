@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentd_actors::brain::{Hands, Orchestrators, SessionLog};
-use agentd_actors::sandbox::{Limits, NamespaceSandbox, Sandbox, SandboxError, Secret, ToolCall, ToolOutput};
+use agentd_actors::sandbox::{
+    Limits, NamespaceSandbox, OciSandbox, Sandbox, SandboxError, Secret, ToolCall, ToolOutput, OCI_ROOTFS_DEFAULT,
+};
 use agentd_actors::session::Sessions;
 use agentd_protocol::agent::{AgentRef, AgentSpec, EnvironmentSpec};
 use agentd_protocol::api::{ClientRequest, ClientResponse, SessionInfo, SessionStatus};
@@ -139,7 +141,7 @@ impl SessionLog for LocalSessionLog {
 pub struct LocalHands {
     root: PathBuf,
     router: Router,
-    sandboxes: tokio::sync::Mutex<HashMap<SessionId, Arc<NamespaceSandbox>>>,
+    sandboxes: tokio::sync::Mutex<HashMap<SessionId, Arc<dyn Sandbox>>>,
 }
 
 impl LocalHands {
@@ -187,13 +189,18 @@ impl LocalHands {
         Ok(secrets)
     }
 
-    async fn sandbox(&self, session: &SessionInfo) -> Result<Arc<NamespaceSandbox>, SandboxError> {
+    async fn sandbox(&self, session: &SessionInfo) -> Result<Arc<dyn Sandbox>, SandboxError> {
         let mut sandboxes = self.sandboxes.lock().await;
         if let Some(sandbox) = sandboxes.get(&session.session_id) {
             return Ok(sandbox.clone());
         }
         let root = self.root.join(session.session_id.to_string());
-        let sandbox = Arc::new(NamespaceSandbox::provision(root, self.limits(session).await).await?);
+        let limits = self.limits(session).await;
+        let driver = self.environment(session).await.map(|environment| environment.driver);
+        let sandbox: Arc<dyn Sandbox> = match driver.as_deref() {
+            Some("oci") => Arc::new(OciSandbox::provision(root, limits, PathBuf::from(OCI_ROOTFS_DEFAULT)).await?),
+            _ => Arc::new(NamespaceSandbox::provision(root, limits).await?),
+        };
         metrics::counter!("agentd_sandboxes_provisioned_total").increment(1);
         sandboxes.insert(session.session_id, sandbox.clone());
         Ok(sandbox)

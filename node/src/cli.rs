@@ -223,7 +223,7 @@ pub enum EnvironmentCommand {
         id: Option<EnvironmentId>,
         #[arg(long)]
         name: String,
-        /// Sandbox driver.
+        /// Sandbox driver: namespace (bubblewrap) or oci (runc).
         #[arg(long, default_value = "namespace")]
         driver: String,
         /// Let tools use the network.

@@ -122,6 +122,9 @@ pub use limits::Limits;
 pub use namespace_sandbox::NamespaceSandbox;
 pub use oci_bundle::RUNC_ENV;
 pub use oci_sandbox::OciSandbox;
+
+/// Where `scripts/oci-rootfs.sh` builds the OCI sandbox's root filesystem.
+pub const OCI_ROOTFS_DEFAULT: &str = "/var/cache/agentd/oci-rootfs";
 pub use tool_call::{redact, Secret, ToolCall, ToolOutput};
 
 /// One session's sandbox: runs tool calls in isolation.
