@@ -101,6 +101,7 @@
 //! `busybox-static` packages.
 
 mod bwrap;
+mod call_runner;
 mod capped_output;
 mod error;
 mod file_tools;
