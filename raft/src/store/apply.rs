@@ -9,13 +9,13 @@
 
 use std::collections::HashMap;
 
+use crate::store::disk::Batch;
 use agentd_protocol::agent::{Agent, AgentSpec, Environment, EnvironmentSpec, SealedVault};
 use agentd_protocol::api::SessionStatus;
 use agentd_protocol::event::{Event, EventPayload, StopReason};
 use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId};
 use agentd_protocol::ApiError;
 use openraft::EntryPayload;
-use rocksdb::WriteBatch;
 use serde::Serialize;
 
 use crate::store::codec::encode;
@@ -27,7 +27,7 @@ use crate::Error;
 /// Entries applied but not yet written.
 pub(crate) struct ApplyBatch<'a> {
     state: &'a GroupState,
-    batch: WriteBatch,
+    batch: Batch,
     applied: AppliedState,
     entries: usize,
     sessions: HashMap<SessionId, SessionRecord>,
@@ -50,7 +50,7 @@ impl<'a> ApplyBatch<'a> {
     pub(crate) fn new(state: &'a GroupState, applied: AppliedState) -> ApplyBatch<'a> {
         ApplyBatch {
             state,
-            batch: WriteBatch::default(),
+            batch: Batch::default(),
             applied,
             entries: 0,
             sessions: HashMap::new(),
@@ -95,7 +95,7 @@ impl<'a> ApplyBatch<'a> {
 
     fn put(&mut self, key: Vec<u8>, value: &impl Serialize) -> Result<(), Error> {
         let value = encode(value)?;
-        self.batch.put_cf(self.state.db().cf(STATE_CF), key, value);
+        self.batch.put(STATE_CF, key, value);
         Ok(())
     }
 
@@ -280,7 +280,7 @@ impl<'a> ApplyBatch<'a> {
         }
         let verdict = match epoch {
             None => admit_user_event(&mut record, &payload),
-            Some(epoch) => admit_runtime_event(&mut record, &payload, epoch),
+            Some(epoch) => admit_runtime_event(&mut record, &payload, epoch, self.state.db().bugs().skip_epoch_fence),
         };
         if let Err(error) = verdict {
             return Ok(CommandResponse::Rejected(error));
@@ -337,8 +337,16 @@ fn admit_user_event(record: &mut SessionRecord, payload: &EventPayload) -> Resul
 
 /// Checks an orchestrator's event: only the current epoch may write, and
 /// status events move the session's status.
-fn admit_runtime_event(record: &mut SessionRecord, payload: &EventPayload, epoch: u64) -> Result<(), ApiError> {
-    if epoch != record.epoch {
+///
+/// `skip_fence` is the simulator's planted bug (`--bug skip-epoch-fence`):
+/// any epoch may write. Never set in production.
+fn admit_runtime_event(
+    record: &mut SessionRecord,
+    payload: &EventPayload,
+    epoch: u64,
+    skip_fence: bool,
+) -> Result<(), ApiError> {
+    if epoch != record.epoch && !skip_fence {
         return Err(ApiError::StaleEpoch { epoch, current: record.epoch });
     }
     if payload.is_user_event() {

@@ -1,5 +1,5 @@
-//! The node's one RocksDB instance, shared by the log stores and state
-//! machines of every Raft group it hosts.
+//! The node's store handle, shared by the log stores and state machines of
+//! every Raft group it hosts, over one [`Disk`].
 
 use std::io;
 use std::path::Path;
@@ -7,43 +7,57 @@ use std::sync::Arc;
 
 use agentd_protocol::ids::GroupId;
 use openraft::storage::IOFlushed;
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB};
 use tokio::sync::oneshot;
 
-use crate::store::keys::COLUMN_FAMILIES;
-use crate::store::syncer::{SyncWaiter, Syncer};
+use crate::store::disk::{Batch, Cf, Disk, KeyValue};
+use crate::store::rocks_disk::RocksDisk;
+use crate::store::syncer::SyncWaiter;
 use crate::store::{LogStore, StateMachine, StateReader};
 use crate::types::TypeConfig;
 use crate::Error;
 
-/// A handle on the node's RocksDB instance. Cheap to clone; the database
-/// closes, after its last pending sync, when the last handle is dropped
-/// (log stores, state machines and state readers each hold one).
-/// A key and its value, as RocksDB returns them.
-pub(crate) type KeyValue = (Box<[u8]>, Box<[u8]>);
-
+/// A handle on the node's disk. Cheap to clone; the disk closes, after its
+/// last pending sync, when the last handle is dropped (log stores, state
+/// machines and state readers each hold one).
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<DbInner>,
 }
 
 struct DbInner {
-    // Declared first so that it is dropped first: joining the syncer thread
-    // releases the thread's handle on `rocks` before `rocks` itself drops.
-    syncer: Syncer,
-    rocks: Arc<DB>,
+    disk: Arc<dyn Disk>,
+    bugs: PlantedBugs,
+}
+
+/// Bugs planted on purpose, for the simulator to prove that its checkers
+/// catch them (`agentd sim run --bug NAME`). Production never sets any.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// Log appends are acknowledged to Raft at once, without a sync.
+    pub ack_before_sync: bool,
+    /// The state machine lets any orchestrator epoch append, not only the
+    /// current one.
+    pub skip_epoch_fence: bool,
 }
 
 impl Db {
-    /// Opens (or creates) the database in `path` and starts its syncer thread.
+    /// Opens (or creates) the RocksDB database in `path`.
     pub fn open(path: &Path) -> Result<Db, Error> {
-        let mut options = Options::default();
-        options.create_if_missing(true);
-        options.create_missing_column_families(true);
-        let families = COLUMN_FAMILIES.map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let rocks = Arc::new(DB::open_cf_descriptors(&options, path, families)?);
-        let syncer = Syncer::start(Arc::clone(&rocks))?;
-        Ok(Db { inner: Arc::new(DbInner { syncer, rocks }) })
+        Ok(Db::with_disk(Arc::new(RocksDisk::open(path)?)))
+    }
+
+    /// A store over any disk (the simulator passes its in-memory disk).
+    pub fn with_disk(disk: Arc<dyn Disk>) -> Db {
+        Db::with_planted_bugs(disk, PlantedBugs::default())
+    }
+
+    /// A store with planted bugs; only the simulator uses this.
+    pub fn with_planted_bugs(disk: Arc<dyn Disk>, bugs: PlantedBugs) -> Db {
+        Db { inner: Arc::new(DbInner { disk, bugs }) }
+    }
+
+    pub(crate) fn bugs(&self) -> PlantedBugs {
+        self.inner.bugs
     }
 
     /// The Raft log store of `group`.
@@ -57,53 +71,42 @@ impl Db {
         StateMachine::open(self.clone(), group)
     }
 
-    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
-        // `open` creates every column family, so a missing one is a bug.
-        self.inner.rocks.cf_handle(name).expect("column family created by Db::open")
-    }
-
     /// Writes a batch without syncing: readable at once, durable after the
     /// next sync.
-    pub(crate) fn write(&self, batch: WriteBatch) -> Result<(), Error> {
-        Ok(self.inner.rocks.write(batch)?)
+    pub(crate) fn write(&self, batch: Batch) -> Result<(), Error> {
+        self.inner.disk.write(batch)
     }
 
-    pub(crate) fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.inner.rocks.get_cf(self.cf(cf), key)?)
+    pub(crate) fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.inner.disk.get(cf, key)
     }
 
     /// Every `(key, value)` of `cf` in `[start, end)`, at most `limit` of them,
-    /// in key order. The iterator reads one consistent view of the database.
-    pub(crate) fn scan(&self, cf: &str, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, Error> {
-        let mut read_options = ReadOptions::default();
-        read_options.set_iterate_upper_bound(end);
-        let iterator =
-            self.inner.rocks.iterator_cf_opt(self.cf(cf), read_options, IteratorMode::From(start, Direction::Forward));
-        let mut pairs = Vec::new();
-        for pair in iterator.take(limit) {
-            pairs.push(pair?);
-        }
-        Ok(pairs)
+    /// in key order, from one consistent view.
+    pub(crate) fn scan(&self, cf: Cf, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, Error> {
+        self.inner.disk.scan(cf, start, end, limit)
     }
 
     /// The last `(key, value)` of `cf` in `[start, end)`, if any.
-    pub(crate) fn last(&self, cf: &str, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, Error> {
-        let mut read_options = ReadOptions::default();
-        read_options.set_iterate_lower_bound(start);
-        read_options.set_iterate_upper_bound(end);
-        let mut iterator = self.inner.rocks.iterator_cf_opt(self.cf(cf), read_options, IteratorMode::End);
-        Ok(iterator.next().transpose()?)
+    pub(crate) fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, Error> {
+        self.inner.disk.last(cf, start, end)
     }
 
     /// Calls `callback` once everything written so far is durable.
     pub(crate) async fn on_synced(&self, callback: IOFlushed<TypeConfig>) {
-        self.inner.syncer.enqueue(SyncWaiter::Flushed(callback)).await;
+        if self.inner.bugs.ack_before_sync {
+            // The planted bug: acknowledged at once, durable only when some
+            // later sync (a vote, an installed snapshot) happens to cover it.
+            callback.io_completed(Ok(()));
+            return;
+        }
+        self.inner.disk.sync(SyncWaiter::Flushed(callback)).await;
     }
 
     /// Returns once everything written so far is durable.
     pub(crate) async fn synced(&self) -> io::Result<()> {
         let (sender, receiver) = oneshot::channel();
-        self.inner.syncer.enqueue(SyncWaiter::Notify(sender)).await;
+        self.inner.disk.sync(SyncWaiter::Notify(sender)).await;
         receiver.await.unwrap_or_else(|_| Err(io::Error::other("the storage syncer dropped a sync request")))
     }
 }

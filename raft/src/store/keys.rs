@@ -19,11 +19,12 @@
 
 use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId};
 
-pub(crate) const LOG_CF: &str = "log";
-pub(crate) const RAFT_CF: &str = "raft";
-pub(crate) const STATE_CF: &str = "state";
-pub(crate) const SNAPSHOT_CF: &str = "snapshot";
-pub(crate) const COLUMN_FAMILIES: [&str; 4] = [LOG_CF, RAFT_CF, STATE_CF, SNAPSHOT_CF];
+use crate::store::disk::Cf;
+
+pub(crate) const LOG_CF: Cf = Cf::Log;
+pub(crate) const RAFT_CF: Cf = Cf::Raft;
+pub(crate) const STATE_CF: Cf = Cf::State;
+pub(crate) const SNAPSHOT_CF: Cf = Cf::Snapshot;
 
 pub(crate) const GROUP_BYTES: usize = 4;
 const SESSION_BYTES: usize = 16;

@@ -8,11 +8,11 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 
+use crate::store::disk::Batch;
 use agentd_protocol::ids::GroupId;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
-use rocksdb::WriteBatch;
 use serde::de::DeserializeOwned;
 
 use crate::store::codec::{decode, encode, io_error};
@@ -47,8 +47,8 @@ impl LogStore {
     }
 
     fn write_raft_record<T: serde::Serialize>(&self, key: Vec<u8>, value: &T) -> Result<(), Error> {
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.db.cf(RAFT_CF), key, encode(value)?);
+        let mut batch = Batch::default();
+        batch.put(RAFT_CF, key, encode(value)?);
         self.db.write(batch)
     }
 
@@ -100,10 +100,9 @@ impl LogStore {
     }
 
     fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), Error> {
-        let mut batch = WriteBatch::default();
-        let cf = self.db.cf(LOG_CF);
+        let mut batch = Batch::default();
         for entry in entries {
-            batch.put_cf(cf, keys::log_key(self.group, entry.index()), encode(&entry)?);
+            batch.put(LOG_CF, keys::log_key(self.group, entry.index()), encode(&entry)?);
         }
         self.db.write(batch)
     }
@@ -113,21 +112,17 @@ impl LogStore {
             Some(log_id) => keys::log_key_after(self.group, log_id.index),
             None => keys::log_key(self.group, 0),
         };
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.db.cf(LOG_CF), start, keys::group_end(self.group));
+        let mut batch = Batch::default();
+        batch.delete_range(LOG_CF, start, keys::group_end(self.group));
         self.db.write(batch)
     }
 
     fn delete_upto(&self, log_id: LogId) -> Result<(), Error> {
         // The purge record and the deletion go in one batch, so that the
         // state after a crash is either before or after the purge.
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.db.cf(RAFT_CF), keys::purged_key(self.group), encode(&log_id)?);
-        batch.delete_range_cf(
-            self.db.cf(LOG_CF),
-            keys::log_key(self.group, 0),
-            keys::log_key_after(self.group, log_id.index),
-        );
+        let mut batch = Batch::default();
+        batch.put(RAFT_CF, keys::purged_key(self.group), encode(&log_id)?);
+        batch.delete_range(LOG_CF, keys::log_key(self.group, 0), keys::log_key_after(self.group, log_id.index));
         self.db.write(batch)
     }
 }

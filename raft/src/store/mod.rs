@@ -12,16 +12,23 @@
 mod apply;
 mod codec;
 mod db;
+pub mod disk;
 mod group_state;
 mod keys;
 mod log_store;
+pub mod memory_disk;
+mod rocks_disk;
 mod snapshot;
 mod state_machine;
 mod state_reader;
 mod syncer;
 
-pub use db::Db;
+pub use db::{Db, PlantedBugs};
+pub use disk::{Batch, Cf, Disk};
 pub use log_store::LogStore;
+pub use memory_disk::{CrashMode, MemoryDisk};
+pub use rocks_disk::RocksDisk;
 pub use snapshot::SnapshotBuilder;
 pub use state_machine::StateMachine;
 pub use state_reader::StateReader;
+pub use syncer::SyncWaiter;

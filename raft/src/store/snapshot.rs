@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use openraft::storage::RaftSnapshotBuilder;
 
 use crate::store::codec::{decode, encode, io_error};
+use crate::store::disk::Batch;
 use crate::store::group_state::{GroupState, Record};
 use crate::store::keys::{self, SNAPSHOT_CF};
 use crate::types::{Snapshot, SnapshotData, SnapshotMeta, TypeConfig};
@@ -116,8 +117,8 @@ impl SnapshotBuilder {
                 return Ok(());
             }
         }
-        let mut batch = rocksdb::WriteBatch::default();
-        batch.put_cf(self.state.db().cf(SNAPSHOT_CF), keys::snapshot_key(self.state.group()), encode_record(snapshot)?);
+        let mut batch = Batch::default();
+        batch.put(SNAPSHOT_CF, keys::snapshot_key(self.state.group()), encode_record(snapshot)?);
         // Unsynced: the state it was built from is already in the database,
         // and the WAL keeps writes in order, so a log purge that relies on
         // this snapshot never survives a crash that this write does not.

@@ -7,13 +7,13 @@
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::store::disk::Batch;
 use agentd_protocol::event::Event;
 use agentd_protocol::ids::GroupId;
 use agentd_protocol::limits::{FOLLOW_BUFFER_EVENTS_MAX, WRITE_BATCH_ENTRIES_MAX};
 use futures_util::{Stream, StreamExt};
 use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::OptionalSend;
-use rocksdb::WriteBatch;
 use tokio::sync::{broadcast, watch};
 
 use crate::store::apply::{AppliedBatch, ApplyBatch};
@@ -92,16 +92,15 @@ impl StateMachine {
 
         // One batch replaces the whole state, so a crash leaves either the
         // old state or the new one, never a mix.
-        let mut batch = WriteBatch::default();
-        let state_cf = db.cf(STATE_CF);
-        batch.delete_range_cf(state_cf, prefix.clone(), keys::group_end(group));
+        let mut batch = Batch::default();
+        batch.delete_range(STATE_CF, prefix.clone(), keys::group_end(group));
         for (suffix, value) in records {
             let mut key = prefix.clone();
             key.extend_from_slice(&suffix);
-            batch.put_cf(state_cf, key, value);
+            batch.put(STATE_CF, key, value);
         }
-        batch.put_cf(state_cf, keys::applied_key(group), encode(&applied)?);
-        batch.put_cf(db.cf(SNAPSHOT_CF), keys::snapshot_key(group), current);
+        batch.put(STATE_CF, keys::applied_key(group), encode(&applied)?);
+        batch.put(SNAPSHOT_CF, keys::snapshot_key(group), current);
 
         let _guard = self.current_snapshot_lock.lock().unwrap_or_else(PoisonError::into_inner);
         db.write(batch)

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::types::TypeConfig;
 
 /// Someone waiting for their writes to become durable.
-pub(crate) enum SyncWaiter {
+pub enum SyncWaiter {
     /// An openraft log append.
     Flushed(IOFlushed<TypeConfig>),
     /// An internal caller that awaits the sync (votes, installed snapshots).
@@ -33,7 +33,7 @@ pub(crate) enum SyncWaiter {
 impl SyncWaiter {
     /// Completes the waiter with the outcome of a sync (the error message of
     /// a failed sync, shared by every waiter of that sync).
-    fn complete(self, result: &Result<(), String>) {
+    pub fn complete(self, result: &Result<(), String>) {
         let result = result
             .as_ref()
             .map(|_| ())

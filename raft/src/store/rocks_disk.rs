@@ -1,0 +1,78 @@
+//! The production [`Disk`]: one RocksDB instance per node, with the group
+//! commit syncer thread (see `syncer.rs`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB};
+
+use crate::store::disk::{Batch, Cf, Disk, KeyValue, Op};
+use crate::store::syncer::{SyncWaiter, Syncer};
+use crate::Error;
+
+pub struct RocksDisk {
+    // Declared first so that it is dropped first: joining the syncer thread
+    // releases the thread's handle on `rocks` before `rocks` itself drops.
+    syncer: Syncer,
+    rocks: Arc<DB>,
+}
+
+impl RocksDisk {
+    /// Opens (or creates) the database in `path` and starts its syncer thread.
+    pub fn open(path: &Path) -> Result<RocksDisk, Error> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let families = Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+        let rocks = Arc::new(DB::open_cf_descriptors(&options, path, families)?);
+        let syncer = Syncer::start(Arc::clone(&rocks))?;
+        Ok(RocksDisk { syncer, rocks })
+    }
+
+    fn cf(&self, cf: Cf) -> &ColumnFamily {
+        // `open` creates every column family, so a missing one is a bug.
+        self.rocks.cf_handle(cf.name()).expect("column family created by RocksDisk::open")
+    }
+}
+
+impl Disk for RocksDisk {
+    fn write(&self, batch: Batch) -> Result<(), Error> {
+        let mut rocks_batch = WriteBatch::default();
+        for op in batch.into_ops() {
+            match op {
+                Op::Put { cf, key, value } => rocks_batch.put_cf(self.cf(cf), key, value),
+                Op::DeleteRange { cf, start, end } => rocks_batch.delete_range_cf(self.cf(cf), start, end),
+            }
+        }
+        Ok(self.rocks.write(rocks_batch)?)
+    }
+
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.rocks.get_cf(self.cf(cf), key)?)
+    }
+
+    fn scan(&self, cf: Cf, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KeyValue>, Error> {
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(end);
+        let iterator =
+            self.rocks.iterator_cf_opt(self.cf(cf), read_options, IteratorMode::From(start, Direction::Forward));
+        let mut pairs = Vec::new();
+        for pair in iterator.take(limit) {
+            pairs.push(pair?);
+        }
+        Ok(pairs)
+    }
+
+    fn last(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<KeyValue>, Error> {
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_lower_bound(start);
+        read_options.set_iterate_upper_bound(end);
+        let mut iterator = self.rocks.iterator_cf_opt(self.cf(cf), read_options, IteratorMode::End);
+        Ok(iterator.next().transpose()?)
+    }
+
+    fn sync(&self, waiter: SyncWaiter) -> BoxFuture<'_, ()> {
+        Box::pin(self.syncer.enqueue(waiter))
+    }
+}
