@@ -24,21 +24,46 @@ use agentd_raft::types::{Command, CommandResponse};
 use futures_util::future::BoxFuture;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::router::{now_ms, Router};
+use crate::router::Router;
+
+/// The longest one session-log or metadata call of the brain may take: a
+/// call that cannot finish (a leader that cannot confirm itself, a read
+/// that waits on an apply that does not come) fails instead of holding the
+/// session's orchestrator forever; the orchestrator retries with backoff.
+const BRAIN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn bounded<T>(what: &str, call: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+    tokio::time::timeout(BRAIN_CALL_TIMEOUT, call).await.unwrap_or_else(|_| {
+        Err(ApiError::Unavailable { message: format!("{what} did not finish within {BRAIN_CALL_TIMEOUT:?}") })
+    })
+}
 
 /// How often shard leadership is checked for new watchers.
 const LEADERSHIP_POLL: Duration = Duration::from_millis(500);
+
+/// Told of every epoch claim and runtime append that committed: the
+/// simulator's epoch checker listens here.
+pub trait LogObserver: Send + Sync + 'static {
+    fn claimed(&self, session_id: SessionId, epoch: u64);
+    fn appended(&self, session_id: SessionId, epoch: u64, seq: u64);
+}
 
 /// The session log, read from and written to the shard leader on this node.
 pub struct LocalSessionLog {
     router: Router,
     // Agent versions never change once written, so they are cached.
     agents: Mutex<HashMap<AgentRef, AgentSpec>>,
+    observer: Option<Arc<dyn LogObserver>>,
 }
 
 impl LocalSessionLog {
     pub fn new(router: Router) -> Self {
-        Self { router, agents: Mutex::new(HashMap::new()) }
+        Self { router, agents: Mutex::new(HashMap::new()), observer: None }
+    }
+
+    pub fn with_observer(mut self, observer: Option<Arc<dyn LogObserver>>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// The session's shard, which this node must lead.
@@ -50,7 +75,11 @@ impl LocalSessionLog {
             .group(GroupId::Shard(shard))
             .ok_or_else(|| ApiError::NotReplica { group: shard.to_string() })?;
         if !group.raft.is_leader() {
-            return Err(ApiError::NotLeader { leader: None });
+            // `None` while this node may still be becoming the leader (or
+            // no leader is known): the orchestrator retries. Another known
+            // leader wakes the session itself.
+            let leader = self.router.leader_of(&group).filter(|(leader, _)| *leader != self.router.host().node_id());
+            return Err(ApiError::NotLeader { leader });
         }
         Ok(group)
     }
@@ -62,18 +91,18 @@ fn internal(error: agentd_raft::Error) -> ApiError {
 
 impl SessionLog for LocalSessionLog {
     fn session(&self, session_id: SessionId) -> BoxFuture<'_, Result<SessionInfo, ApiError>> {
-        Box::pin(async move {
+        Box::pin(bounded("reading the session", async move {
             let group = self.group(session_id)?;
             group
                 .state
                 .session(session_id)
                 .map_err(internal)?
                 .ok_or_else(|| ApiError::NotFound { what: format!("session {session_id}") })
-        })
+        }))
     }
 
     fn events(&self, session_id: SessionId) -> BoxFuture<'_, Result<Vec<Event>, ApiError>> {
-        Box::pin(async move {
+        Box::pin(bounded("reading the session's events", async move {
             let group = self.group(session_id)?;
             let mut events = Vec::new();
             loop {
@@ -84,16 +113,21 @@ impl SessionLog for LocalSessionLog {
                 }
                 events.extend(page);
             }
-        })
+        }))
     }
 
     fn claim_epoch(&self, session_id: SessionId) -> BoxFuture<'_, Result<u64, ApiError>> {
-        Box::pin(async move {
+        Box::pin(bounded("claiming an epoch", async move {
             match placement::propose(&self.group(session_id)?, Command::ClaimEpoch { session_id }).await? {
-                CommandResponse::Epoch(epoch) => Ok(epoch),
+                CommandResponse::Epoch(epoch) => {
+                    if let Some(observer) = &self.observer {
+                        observer.claimed(session_id, epoch);
+                    }
+                    Ok(epoch)
+                }
                 other => Err(ApiError::Internal { message: format!("unexpected {other:?}") }),
             }
-        })
+        }))
     }
 
     fn append(
@@ -103,19 +137,29 @@ impl SessionLog for LocalSessionLog {
         payload: EventPayload,
         epoch: u64,
     ) -> BoxFuture<'_, Result<u64, ApiError>> {
-        Box::pin(async move {
-            let command =
-                Command::Append { session_id, event_id, payload, processed_at_ms: now_ms(), epoch: Some(epoch) };
+        Box::pin(bounded("appending", async move {
+            let command = Command::Append {
+                session_id,
+                event_id,
+                payload,
+                processed_at_ms: self.router.now_ms(),
+                epoch: Some(epoch),
+            };
             match placement::propose(&self.group(session_id)?, command).await? {
-                CommandResponse::Appended { seq, .. } => Ok(seq),
+                CommandResponse::Appended { seq, duplicate } => {
+                    if let (Some(observer), false) = (&self.observer, duplicate) {
+                        observer.appended(session_id, epoch, seq);
+                    }
+                    Ok(seq)
+                }
                 other => Err(ApiError::Internal { message: format!("unexpected {other:?}") }),
             }
-        })
+        }))
     }
 
     fn agent(&self, session: &SessionInfo) -> BoxFuture<'_, Result<AgentSpec, ApiError>> {
         let pinned = session.agent;
-        Box::pin(async move {
+        Box::pin(bounded("reading the agent", async move {
             let pinned =
                 pinned.ok_or_else(|| ApiError::InvalidRequest { message: "the session has no agent".into() })?;
             if let Some(spec) = self.agents.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&pinned) {
@@ -130,45 +174,91 @@ impl SessionLog for LocalSessionLog {
             };
             self.agents.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(pinned, spec.clone());
             Ok(spec)
+        }))
+    }
+}
+
+/// Makes a session's sandbox: the seam between the brain's hands and the
+/// sandbox drivers. Production uses [`HostProvisioner`]; the simulator a
+/// fake with an effect ledger.
+pub trait Provisioner: Send + Sync + 'static {
+    /// A sandbox for `session` whose directory on the host is `root`, with
+    /// the driver its environment names (`None`: the default).
+    fn provision(
+        &self,
+        session: &SessionInfo,
+        root: PathBuf,
+        limits: Limits,
+        driver: Option<String>,
+    ) -> BoxFuture<'_, Result<Arc<dyn Sandbox>, SandboxError>>;
+}
+
+/// The real sandbox drivers on this host.
+pub struct HostProvisioner;
+
+impl Provisioner for HostProvisioner {
+    fn provision(
+        &self,
+        _session: &SessionInfo,
+        root: PathBuf,
+        limits: Limits,
+        driver: Option<String>,
+    ) -> BoxFuture<'_, Result<Arc<dyn Sandbox>, SandboxError>> {
+        Box::pin(async move {
+            let sandbox: Arc<dyn Sandbox> = match driver.as_deref() {
+                Some("oci") => Arc::new(OciSandbox::provision(root, limits, PathBuf::from(OCI_ROOTFS_DEFAULT)).await?),
+                _ => Arc::new(NamespaceSandbox::provision(root, limits).await?),
+            };
+            Ok(sandbox)
         })
     }
 }
 
-/// Namespace sandboxes on this host, one per session, made on first use.
+/// Sandboxes on this host, one per session, made on first use.
 /// Their directories live under `root`; nodes that share `root` (one host)
 /// share workspaces and idempotency ledgers, so a session moved to another
 /// node finds its workspace and does not repeat a recorded tool call.
 pub struct LocalHands {
     root: PathBuf,
     router: Router,
+    provisioner: Arc<dyn Provisioner>,
     sandboxes: tokio::sync::Mutex<HashMap<SessionId, Arc<dyn Sandbox>>>,
 }
 
 impl LocalHands {
-    pub fn new(root: PathBuf, router: Router) -> Self {
-        Self { root, router, sandboxes: tokio::sync::Mutex::new(HashMap::new()) }
+    pub fn new(root: PathBuf, router: Router, provisioner: Arc<dyn Provisioner>) -> Self {
+        Self { root, router, provisioner, sandboxes: tokio::sync::Mutex::new(HashMap::new()) }
     }
 
-    async fn environment(&self, session: &SessionInfo) -> Option<EnvironmentSpec> {
-        let environment_id = session.environment?;
-        match self.router.handle(ClientRequest::GetEnvironment { environment_id }, false).await {
-            ClientResponse::Environment(environment) => environment.latest().cloned(),
-            _ => None,
-        }
+    /// The session's environment (`None`: it has none). A lookup that
+    /// fails or times out fails the tool call rather than running it
+    /// without the environment's limits and credentials.
+    async fn environment(&self, session: &SessionInfo) -> Result<Option<EnvironmentSpec>, SandboxError> {
+        let Some(environment_id) = session.environment else { return Ok(None) };
+        let lookup = async {
+            match self.router.handle(ClientRequest::GetEnvironment { environment_id }, false).await {
+                ClientResponse::Environment(environment) => Ok(environment.latest().cloned()),
+                ClientResponse::Error(error) => Err(error),
+                other => Err(ApiError::Internal { message: format!("unexpected {other:?}") }),
+            }
+        };
+        bounded("reading the environment", lookup)
+            .await
+            .map_err(|error| SandboxError::Unavailable(format!("environment {environment_id}: {error}")))
     }
 
-    async fn limits(&self, session: &SessionInfo) -> Limits {
+    async fn limits(&self, session: &SessionInfo) -> Result<Limits, SandboxError> {
         let mut limits = Limits::default();
-        if let Some(environment) = self.environment(session).await {
+        if let Some(environment) = self.environment(session).await? {
             limits.network = environment.network;
             limits.wall_clock_ms = environment.tool_timeout_ms;
         }
-        limits
+        Ok(limits)
     }
 
     /// The secrets of the session's environment's vaults, opened.
     async fn secrets(&self, session: &SessionInfo) -> Result<Vec<Secret>, SandboxError> {
-        let Some(environment) = self.environment(session).await else { return Ok(Vec::new()) };
+        let Some(environment) = self.environment(session).await? else { return Ok(Vec::new()) };
         let Some(metadata) = self.router.host().group(GroupId::Metadata) else { return Ok(Vec::new()) };
         let mut secrets = Vec::new();
         for vault_id in environment.vaults {
@@ -195,12 +285,9 @@ impl LocalHands {
             return Ok(sandbox.clone());
         }
         let root = self.root.join(session.session_id.to_string());
-        let limits = self.limits(session).await;
-        let driver = self.environment(session).await.map(|environment| environment.driver);
-        let sandbox: Arc<dyn Sandbox> = match driver.as_deref() {
-            Some("oci") => Arc::new(OciSandbox::provision(root, limits, PathBuf::from(OCI_ROOTFS_DEFAULT)).await?),
-            _ => Arc::new(NamespaceSandbox::provision(root, limits).await?),
-        };
+        let limits = self.limits(session).await?;
+        let driver = self.environment(session).await?.map(|environment| environment.driver);
+        let sandbox = self.provisioner.provision(session, root, limits, driver).await?;
         metrics::counter!("agentd_sandboxes_provisioned_total").increment(1);
         sandboxes.insert(session.session_id, sandbox.clone());
         Ok(sandbox)
@@ -227,7 +314,7 @@ impl Hands for LocalHands {
     fn on_turn_start(&self, session: &SessionInfo) -> BoxFuture<'_, Result<(), SandboxError>> {
         let session = session.clone();
         Box::pin(async move {
-            if self.environment(&session).await.is_some_and(|environment| environment.eager_provisioning) {
+            if self.environment(&session).await?.is_some_and(|environment| environment.eager_provisioning) {
                 self.sandbox(&session).await?;
             }
             Ok(())
@@ -284,9 +371,11 @@ async fn watch_shard(group: GroupHandle, orchestrators: Orchestrators, sessions:
 
 async fn wake_all(group: &GroupHandle, orchestrators: &Orchestrators) {
     let Ok(sessions) = group.state.session_ids() else { return };
+    tracing::debug!(group = %group.group, sessions = sessions.len(), "waking every agent session of a newly led shard");
     for session_id in sessions {
         let Ok(Some(info)) = group.state.session(session_id) else { continue };
         if info.agent.is_some() && info.status != SessionStatus::Terminated {
+            tracing::debug!(%session_id, status = ?info.status, last_seq = info.last_seq, "waking");
             orchestrators.wake(session_id).await;
         }
     }

@@ -65,6 +65,10 @@ pub enum Command {
     /// Measure a running cluster.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run the real cluster code under a seeded plan of crashes, partitions
+    /// and disk faults in one process, and check every invariant.
+    #[command(subcommand)]
+    Sim(crate::sim::cli::SimCommand),
 }
 
 #[derive(Debug, Args)]
@@ -358,6 +362,14 @@ pub enum BenchCommand {
 /// The `agentd` program: logging to stderr, a multi-threaded runtime, the command.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Sim(command) = cli.command {
+        // The simulator makes its own runtimes (one per simulated host) and
+        // logs only errors unless AGENTD_LOG asks for more.
+        let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTD_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        return crate::sim::cli::main(command);
+    }
     // `dev` prints a session's events; node chatter would drown them.
     let default_filter =
         if matches!(cli.command, Command::Dev { .. }) { "warn" } else { "info,openraft=warn,quinn=warn" };
@@ -402,6 +414,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Sim(_) => anyhow::bail!("`agentd sim` runs outside a tokio runtime; call agentd_node::sim::cli::main"),
         Command::Bench(BenchCommand::Sandbox { sandboxes, calls, dir, json }) => {
             let dir = dir
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("agentd-bench-sandbox-{}", std::process::id())));
@@ -489,10 +502,19 @@ async fn start(args: StartArgs) -> Result<()> {
     };
     let node = Node::start(options).await?;
     eprintln!("agentd: node {} serving on {}", node.node_id(), node.advertise_addr());
-    shutdown_signal().await;
-    eprintln!("agentd: shutting down");
-    node.shutdown().await;
-    Ok(())
+    tokio::select! {
+        _ = shutdown_signal() => {
+            eprintln!("agentd: shutting down");
+            node.shutdown().await;
+            Ok(())
+        }
+        failure = node.failed() => {
+            // Fail-stop: a group whose storage failed cannot go on; the
+            // process exits so its supervisor restarts it from what is durable.
+            node.shutdown().await;
+            anyhow::bail!("stopping: {failure}")
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -74,9 +74,22 @@ impl Client {
         if addrs.is_empty() {
             return Err(ClientError::Setup("at least one node address is needed".into()));
         }
-        let config = client_config(trust, CLIENT_ALPN).map_err(|error| ClientError::Setup(error.to_string()))?;
         let bind = "0.0.0.0:0".parse().map_err(|_| ClientError::Setup("bad bind address".into()))?;
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|error| ClientError::Setup(error.to_string()))?;
+        let endpoint = quinn::Endpoint::client(bind).map_err(|error| ClientError::Setup(error.to_string()))?;
+        Self::with_endpoint(endpoint, addrs, trust)
+    }
+
+    /// A client on an endpoint the caller made (the simulator's runs on a
+    /// simulated socket).
+    pub fn with_endpoint(
+        mut endpoint: quinn::Endpoint,
+        addrs: Vec<String>,
+        trust: ServerTrust,
+    ) -> Result<Self, ClientError> {
+        if addrs.is_empty() {
+            return Err(ClientError::Setup("at least one node address is needed".into()));
+        }
+        let config = client_config(trust, CLIENT_ALPN).map_err(|error| ClientError::Setup(error.to_string()))?;
         endpoint.set_default_client_config(config);
         Ok(Self { endpoint, addrs, current: Mutex::new((0, None)), retry: RetryPolicy::default() })
     }
@@ -208,7 +221,17 @@ impl Client {
         agent: Option<AgentId>,
         environment: Option<EnvironmentId>,
     ) -> Result<SessionInfo, ClientError> {
-        let session_id = SessionId::from_random(rand::random());
+        self.create_session_as(SessionId::from_random(rand::random()), agent, environment).await
+    }
+
+    /// Creates a session with an id the caller chose (retrying it is safe:
+    /// a second create of the same id is refused as a duplicate).
+    pub async fn create_session_as(
+        &self,
+        session_id: SessionId,
+        agent: Option<AgentId>,
+        environment: Option<EnvironmentId>,
+    ) -> Result<SessionInfo, ClientError> {
         match self.call(ClientRequest::CreateSession { session_id, agent, environment }).await? {
             ClientResponse::Session(info) => Ok(info),
             other => Err(unexpected(other)),

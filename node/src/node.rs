@@ -21,7 +21,13 @@ use tokio::task::JoinHandle;
 use agentd_actors::brain::{Brain, Models, Orchestrators};
 use agentd_actors::model::RetryPolicy;
 
-use crate::brain::{drive_shards, LocalHands, LocalSessionLog};
+use std::path::PathBuf;
+
+use agentd_actors::model::ModelProvider;
+use quinn::Runtime as _;
+
+use crate::brain::{drive_shards, HostProvisioner, LocalHands, LocalSessionLog, LogObserver, Provisioner};
+use crate::clock::Clock;
 use crate::identity::{DataDir, JoinToken, Stored};
 use crate::options::{Bootstrap, NodeOptions};
 use crate::router::Router;
@@ -50,7 +56,37 @@ struct NodeInner {
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// The seams between a node and the world. [`Node::start`] builds the
+/// production ones (RocksDB in the data directory, a UDP socket, the host's
+/// sandbox drivers, the system clock, OS randomness); the simulator passes
+/// its own (an in-memory disk, a simulated socket, a fake sandbox, a
+/// scripted model, simulated time and seeded randomness).
+pub struct NodeIo {
+    pub db: Db,
+    /// The socket the node's QUIC endpoint runs on.
+    pub socket: Arc<dyn quinn::AsyncUdpSocket>,
+    /// The QUIC endpoint's configuration (its randomness seed, among others).
+    pub endpoint_config: quinn::EndpointConfig,
+    pub identity: Stored,
+    /// The store holds no cluster state yet: the node runs its bootstrap
+    /// (`Init` or `Join`) instead of restarting.
+    pub fresh: bool,
+    pub provisioner: Arc<dyn Provisioner>,
+    /// Model providers served by name before the configuration is consulted.
+    pub models: Vec<(String, Arc<dyn ModelProvider>)>,
+    pub clock: Clock,
+    /// Seeds openraft's randomness (election timeouts).
+    pub seed: u64,
+    /// Where session sandboxes live.
+    pub sandbox_dir: PathBuf,
+    /// Told of every committed epoch claim and runtime append (the
+    /// simulator's epoch checker).
+    pub log_observer: Option<Arc<dyn LogObserver>>,
+}
+
 impl Node {
+    /// Starts a node on this host: identity and RocksDB store in the data
+    /// directory, a UDP socket on `options.listen`.
     pub async fn start(options: NodeOptions) -> Result<NodeHandle> {
         options.validate()?;
         let data = DataDir::new(&options.data_dir);
@@ -65,36 +101,91 @@ impl Node {
             }
             data.load(options.node_id)?
         };
-
         let db = Db::open(&data.db_path())
             .with_context(|| format!("cannot open the store in {}", data.db_path().display()))?;
-        let endpoint = quinn::Endpoint::server(stored.identity.server_config()?, options.listen)
+        let socket = std::net::UdpSocket::bind(options.listen)
             .with_context(|| format!("cannot listen on {}", options.listen))?;
+        let socket = quinn::TokioRuntime
+            .wrap_udp_socket(socket)
+            .with_context(|| format!("cannot listen on {}", options.listen))?;
+        let io = NodeIo {
+            db,
+            socket,
+            endpoint_config: quinn::EndpointConfig::default(),
+            identity: stored,
+            fresh,
+            provisioner: Arc::new(HostProvisioner),
+            models: Vec::new(),
+            clock: Clock::System,
+            seed: rand::random(),
+            sandbox_dir: options.sandbox_dir.clone().unwrap_or_else(|| data.root().join("sandboxes")),
+            log_observer: None,
+        };
+        let announce_init = fresh && matches!(options.bootstrap, Bootstrap::Init { .. });
+        let handle = Node::start_with(options, io).await?;
+        if announce_init {
+            eprintln!("agentd: cluster initialised; join token in {}", data.token_path().display());
+        }
+        Ok(handle)
+    }
+
+    /// Starts a node over the given seams (see [`NodeIo`]).
+    pub async fn start_with(options: NodeOptions, io: NodeIo) -> Result<NodeHandle> {
+        options.validate()?;
+        let advertise = options.advertise_addr();
+        let NodeIo {
+            db,
+            socket,
+            endpoint_config,
+            identity: stored,
+            fresh,
+            provisioner,
+            models,
+            clock,
+            seed,
+            sandbox_dir,
+            log_observer,
+        } = io;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config,
+            Some(stored.identity.server_config()?),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
         let peers = Peers::new(options.node_id, endpoint.clone(), stored.identity.cluster_client_config()?);
-        let host = RaftHost::new(options.node_id, db, peers, options.raft.openraft_config()?);
+        let host = RaftHost::new(options.node_id, db, peers, options.raft.openraft_config()?, seed);
         // Every node replicates the metadata group (as voter or learner).
         host.open_group(GroupId::Metadata).await?;
         let secrets_key = Arc::new(stored.secrets_key);
-        let router = Router::new(host.clone(), advertise.clone(), secrets_key.clone());
+        let router = Router::new(host.clone(), advertise.clone(), secrets_key.clone(), clock);
         let admission = Arc::new(Admission { ca: stored.ca, secret: stored.token.secret.clone(), secrets_key });
 
+        // A new cluster is fully initialised before this node serves anyone:
+        // a node admitted half-way through would have its shard placement
+        // overwritten by the initial one (the simulator found this race).
+        if fresh {
+            if let Bootstrap::Init { shards, replication_factor } = &options.bootstrap {
+                init_cluster(&host, &advertise, *shards, *replication_factor).await?;
+            }
+        }
         let mut tasks = vec![tokio::spawn(server::serve(endpoint.clone(), router.clone(), admission))];
         if fresh {
             match &options.bootstrap {
-                Bootstrap::Init { shards, replication_factor } => {
-                    init_cluster(&host, &advertise, *shards, *replication_factor).await?;
-                    eprintln!("agentd: cluster initialised; join token in {}", data.token_path().display());
-                }
+                Bootstrap::Init { .. } => {}
                 Bootstrap::Join { seed, .. } => request_admission(&host, seed, &advertise).await?,
-                Bootstrap::Restart => unreachable!("create_identity refuses a restart of an empty directory"),
+                Bootstrap::Restart => bail!("a restart needs an initialised store"),
             }
         }
         tasks.push(tokio::spawn(reconcile_loop(host.clone())));
-        let sandbox_dir = options.sandbox_dir.clone().unwrap_or_else(|| data.root().join("sandboxes"));
+        let mut model_providers = Models::new(options.models.clone(), RetryPolicy::default(), options.node_id);
+        for (model, provider) in models {
+            model_providers = model_providers.with_provider(&model, provider);
+        }
         let brain = Brain::new(
-            Arc::new(LocalSessionLog::new(router.clone())),
-            Arc::new(LocalHands::new(sandbox_dir, router.clone())),
-            Models::new(options.models.clone(), RetryPolicy::default(), options.node_id),
+            Arc::new(LocalSessionLog::new(router.clone()).with_observer(log_observer)),
+            Arc::new(LocalHands::new(sandbox_dir, router.clone(), provisioner)),
+            model_providers,
         );
         let orchestrators = Orchestrators::new(Arc::new(brain));
         tasks.push(tokio::spawn(drive_shards(host.clone(), orchestrators.clone(), router.sessions().clone())));
@@ -129,6 +220,28 @@ impl NodeHandle {
 
     pub fn router(&self) -> &Router {
         &self.inner.router
+    }
+
+    pub fn host(&self) -> &RaftHost {
+        &self.inner.host
+    }
+
+    pub fn orchestrators(&self) -> &Orchestrators {
+        &self.inner.orchestrators
+    }
+
+    /// Resolves when a Raft group of this node stopped on a fatal error
+    /// (a failed fsync or an unreadable log): the node cannot serve that
+    /// group any more and must be restarted. Says which group and why.
+    pub async fn failed(&self) -> String {
+        loop {
+            for group in self.inner.host.groups() {
+                if let Err(fatal) = &group.raft.metrics().borrow_watched().running_state {
+                    return format!("{} stopped: {fatal}", group.group);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Stops accepting calls, stops every group and closes connections.

@@ -3,7 +3,7 @@
 
 use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use agentd_actors::session::Sessions;
 use agentd_protocol::agent::AgentRef;
@@ -16,6 +16,7 @@ use agentd_raft::host::{GroupHandle, RaftHost};
 use agentd_raft::placement;
 use agentd_raft::types::{Command, CommandResponse};
 
+use crate::clock::Clock;
 use crate::vault::SecretsKey;
 use openraft::raft::ReadPolicy;
 use tracing::Instrument;
@@ -34,11 +35,17 @@ pub struct Router {
     admissions: std::sync::Arc<tokio::sync::Mutex<()>>,
     sessions: Sessions,
     secrets_key: std::sync::Arc<SecretsKey>,
+    clock: Clock,
 }
 
 impl Router {
-    pub fn new(host: RaftHost, advertise: String, secrets_key: std::sync::Arc<SecretsKey>) -> Self {
-        Self { host, advertise, admissions: Default::default(), sessions: Sessions::new(), secrets_key }
+    pub fn new(host: RaftHost, advertise: String, secrets_key: std::sync::Arc<SecretsKey>, clock: Clock) -> Self {
+        Self { host, advertise, admissions: Default::default(), sessions: Sessions::new(), secrets_key, clock }
+    }
+
+    /// Milliseconds since the Unix epoch, from the node's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     pub fn host(&self) -> &RaftHost {
@@ -118,14 +125,14 @@ impl Router {
         match request {
             ClientRequest::PutAgent { agent_id, spec } => {
                 spec.validate()?;
-                match placement::propose(metadata, Command::PutAgent { agent_id, spec, at_ms: now_ms() }).await? {
+                match placement::propose(metadata, Command::PutAgent { agent_id, spec, at_ms: self.now_ms() }).await? {
                     CommandResponse::Agent(agent) => Ok(ClientResponse::Agent(agent)),
                     other => Err(unexpected(other)),
                 }
             }
             ClientRequest::PutEnvironment { environment_id, spec } => {
                 spec.validate()?;
-                let command = Command::PutEnvironment { environment_id, spec, at_ms: now_ms() };
+                let command = Command::PutEnvironment { environment_id, spec, at_ms: self.now_ms() };
                 match placement::propose(metadata, command).await? {
                     CommandResponse::Environment(environment) => Ok(ClientResponse::Environment(environment)),
                     other => Err(unexpected(other)),
@@ -210,7 +217,8 @@ impl Router {
                 if let Some(environment_id) = environment {
                     self.handle_metadata(ClientRequest::GetEnvironment { environment_id }, false).await?;
                 }
-                let command = Command::CreateSession { session_id, shard, created_at_ms: now_ms(), agent, environment };
+                let command =
+                    Command::CreateSession { session_id, shard, created_at_ms: self.now_ms(), agent, environment };
                 match placement::propose(group, command).await? {
                     CommandResponse::Session { info, .. } => Ok(ClientResponse::Session(info)),
                     other => Err(unexpected(other)),
@@ -218,14 +226,15 @@ impl Router {
             }
             ClientRequest::Append { session_id, event_id, payload } => {
                 payload.validate_from_client()?;
-                let (seq, duplicate) = self.sessions.append(group, session_id, event_id, payload, now_ms()).await?;
+                let (seq, duplicate) =
+                    self.sessions.append(group, session_id, event_id, payload, self.now_ms()).await?;
                 Ok(ClientResponse::Appended { seq, duplicate })
             }
             ClientRequest::RetrySession { session_id } => {
                 let command = Command::Reschedule {
                     session_id,
                     event_id: agentd_protocol::ids::EventId::from_random(rand::random()),
-                    at_ms: now_ms(),
+                    at_ms: self.now_ms(),
                 };
                 match placement::propose(group, command).await? {
                     CommandResponse::Appended { seq, duplicate } => Ok(ClientResponse::Appended { seq, duplicate }),
@@ -300,7 +309,7 @@ impl Router {
         })
     }
 
-    fn leader_of(&self, group: &GroupHandle) -> Option<(NodeId, String)> {
+    pub fn leader_of(&self, group: &GroupHandle) -> Option<(NodeId, String)> {
         let metrics = group.raft.metrics().borrow_watched().clone();
         let leader = metrics.current_leader?;
         let node = metrics.membership_config.membership().get_node(&leader)?.clone();
@@ -423,10 +432,6 @@ fn request_kind(request: &ClientRequest) -> &'static str {
         ClientRequest::RetrySession { .. } => "retry_session",
         ClientRequest::PutSecret { .. } => "put_secret",
     }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
 }
 
 fn not_found(session_id: SessionId) -> ApiError {

@@ -12,7 +12,7 @@ use agentd_protocol::ApiError;
 use crate::network::{serve_rpc, GroupNetwork};
 use crate::peers::Peers;
 use crate::store::{Db, StateReader};
-use crate::types::Raft;
+use crate::types::{Raft, Runtime};
 use crate::Error;
 
 /// One hosted group: its Raft handle and a reader of its applied state.
@@ -34,19 +34,24 @@ struct HostInner {
     db: Db,
     peers: Peers,
     config: Arc<openraft::Config>,
+    /// Seeds openraft's randomness; each group derives its own from it.
+    seed: u64,
     groups: RwLock<BTreeMap<GroupId, GroupHandle>>,
     // Serialises group creation so a group is never opened twice.
     opening: tokio::sync::Mutex<()>,
 }
 
 impl RaftHost {
-    pub fn new(node_id: NodeId, db: Db, peers: Peers, config: Arc<openraft::Config>) -> Self {
+    /// `seed` drives openraft's randomness (election timeouts) in every
+    /// group: production passes an OS-random seed, the simulator its own.
+    pub fn new(node_id: NodeId, db: Db, peers: Peers, config: Arc<openraft::Config>, seed: u64) -> Self {
         Self {
             inner: Arc::new(HostInner {
                 node_id,
                 db,
                 peers,
                 config,
+                seed,
                 groups: RwLock::new(BTreeMap::new()),
                 opening: tokio::sync::Mutex::new(()),
             }),
@@ -70,9 +75,12 @@ impl RaftHost {
         let log_store = self.inner.db.log_store(group);
         let (state_machine, state) = self.inner.db.state_machine(group)?;
         let network = GroupNetwork { peers: self.inner.peers.clone(), group };
-        let raft = Raft::new(self.inner.node_id, self.inner.config.clone(), network, log_store, state_machine)
-            .await
-            .map_err(|fatal| Error::Raft(format!("cannot start {group}: {fatal}")))?;
+        // openraft draws its randomness from the task-local seed of the
+        // scope it is started in; every task it spawns inherits a derived one.
+        let seed = group_seed(self.inner.seed, self.inner.node_id, group);
+        let start = Raft::new(self.inner.node_id, self.inner.config.clone(), network, log_store, state_machine);
+        let raft =
+            Runtime::scope(seed, start).await.map_err(|fatal| Error::Raft(format!("cannot start {group}: {fatal}")))?;
         let handle = GroupHandle { group, raft, state };
         self.inner.groups.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(group, handle.clone());
         tracing::debug!(%group, "group opened");
@@ -108,4 +116,13 @@ impl RaftHost {
             }
         }
     }
+}
+
+/// A group's seed: the host seed mixed with the node and the group, so that
+/// groups (and nodes sharing a seed) draw different election timeouts.
+fn group_seed(seed: u64, node_id: NodeId, group: GroupId) -> u64 {
+    let mut mixed = seed ^ node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(group.storage_key());
+    mixed ^= mixed >> 33;
+    mixed = mixed.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    mixed ^ (mixed >> 33)
 }

@@ -21,7 +21,14 @@ openraft::declare_raft_types!(
         R = CommandResponse,
         NodeId = NodeId,
         Node = NodeInfo,
+        AsyncRuntime = Runtime,
 );
+
+/// openraft's runtime: tokio, with openraft's own randomness (election
+/// timeouts) drawn from a seeded generator per group instead of the OS, so
+/// that the simulator replays a seed exactly. Every group is started inside
+/// a seed scope (see `RaftHost::open_group`); production seeds from the OS.
+pub type Runtime = openraft::rt::deterministic_rng::DeterministicRng<openraft::impls::TokioRuntime>;
 
 /// What a Raft membership records about a node: where to dial it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -75,6 +75,16 @@ impl Models {
         Self { config, retry, seed, providers: Mutex::new(HashMap::new()) }
     }
 
+    /// Serves `model` with `inner` (behind the same retries and breaker as
+    /// any provider) instead of resolving it from the configuration: how
+    /// the simulator plugs in its deterministic model.
+    pub fn with_provider(self, model: &str, inner: Arc<dyn ModelProvider>) -> Self {
+        let breaker = Arc::new(CircuitBreaker::default());
+        let provider: Arc<dyn ModelProvider> = Arc::new(ResilientProvider::new(inner, self.retry, breaker, self.seed));
+        self.providers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(model.to_string(), provider);
+        self
+    }
+
     fn provider(&self, model: &str) -> Result<Arc<dyn ModelProvider>, crate::model::ModelError> {
         let mut providers = self.providers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(provider) = providers.get(model) {

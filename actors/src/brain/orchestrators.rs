@@ -62,8 +62,16 @@ impl Actor for OrchestratorActor {
                     tracing::debug!(session = %state.session_id, ?outcome, "orchestrator run ended");
                 }
                 // Another node leads the session's shard now; it wakes the session.
-                Err(BrainError::Api(ApiError::NotLeader { .. } | ApiError::NotReplica { .. })) => state.failures = 0,
-                // Anything else (a metadata leader still being elected, a
+                Err(BrainError::Api(
+                    error @ (ApiError::NotLeader { leader: Some(_) } | ApiError::NotReplica { .. }),
+                )) => {
+                    tracing::debug!(session = %state.session_id, %error, "not this node's session any more");
+                    state.failures = 0;
+                }
+                // A plain event log: no agent, nothing for an orchestrator to do.
+                Err(BrainError::NoAgent(_)) => state.failures = 0,
+                // Anything else (no leader known yet, perhaps this node on its
+                // way to leading; a metadata leader still being elected; a
                 // storage hiccup) is retried with backoff: nothing else
                 // would wake this session again.
                 Err(error) => {
@@ -95,9 +103,11 @@ impl Orchestrators {
         let existing = self.actors.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&session_id).cloned();
         if let Some(actor) = existing {
             if actor.cast(OrchestratorMessage::Wake).is_ok() {
+                tracing::debug!(%session_id, "woke the session's orchestrator");
                 return;
             }
         }
+        tracing::debug!(%session_id, "starting an orchestrator");
         let state = OrchestratorState { brain: self.brain.clone(), session_id, failures: 0 };
         match Actor::spawn(None, OrchestratorActor, state).await {
             Ok((actor, _)) => {
