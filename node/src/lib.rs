@@ -6,6 +6,7 @@ pub mod bench;
 pub mod brain;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod dev;
 pub mod identity;
 pub mod json;
@@ -13,6 +14,7 @@ pub mod node;
 pub mod options;
 pub mod router;
 pub mod server;
+pub mod sim;
 pub mod vault;
 
 pub use client::{Client, ClientError};
