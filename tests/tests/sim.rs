@@ -4,6 +4,7 @@
 
 use std::process::{Command, Output};
 
+
 /// A smaller run than the default, so the suite stays quick: the same
 /// phases and faults, a shorter safety phase and workload.
 const SMALL: [&str; 8] = ["--steps", "8000", "--clients", "2", "--appends", "15", "--agent-sessions", "2"];
@@ -31,6 +32,19 @@ fn a_range_of_failover_seeds_runs_clean() {
     let output = sim(&args);
     assert_eq!(output.status.code(), Some(0), "a failover seed failed:\n{}", stdout(&output));
     assert!(stdout(&output).contains("sweep: 3 seeds, 0 failed"), "{}", stdout(&output));
+}
+
+/// Seeds that once failed, kept as regression tests. Seed 11 lost an agent
+/// session after a power cut: its new shard leader woke it before the
+/// leadership was confirmed and the orchestrator gave up on "not leader".
+#[test]
+fn seeds_that_found_bugs_pass() {
+    for seed in ["11"] {
+        let mut args = vec!["run", "--seed", seed];
+        args.extend(SMALL);
+        let output = sim(&args);
+        assert_eq!(output.status.code(), Some(0), "seed {seed}:\n{}", stdout(&output));
+    }
 }
 
 #[test]
@@ -63,13 +77,15 @@ fn a_recorded_trace_replays_and_a_changed_one_is_reported() {
     assert!(stdout(&output).contains("diverged"));
 }
 
-/// Each planted bug, the invariant that must catch it, and how many seeds
-/// it may take.
-const BUGS: [(&str, &str, u64); 4] = [
-    ("ack-before-sync", "acknowledged-events-kept", 8),
-    ("skip-epoch-fence", "stale-epochs-never-append", 4),
-    ("reexecute-repeated-key", "tool-effects-at-most-once", 4),
-    ("skip-redaction", "no-secret-in-log", 2),
+/// Each planted bug, the invariants that may catch it, and how many seeds
+/// it may take. Acknowledging unsynced appends loses acknowledged events;
+/// openraft usually notices first that its log went backwards and panics,
+/// which the no-panic checker reports.
+const BUGS: [(&str, &[&str], u64); 4] = [
+    ("ack-before-sync", &["acknowledged-events-kept", "no-panic"], 4),
+    ("skip-epoch-fence", &["stale-epochs-never-append"], 4),
+    ("reexecute-repeated-key", &["tool-effects-at-most-once"], 8),
+    ("skip-redaction", &["no-secret-in-log"], 2),
 ];
 
 #[test]
@@ -77,7 +93,7 @@ fn every_planted_bug_is_listed_and_caught() {
     let listed = stdout(&sim(&["bugs"]));
     let names: Vec<&str> = listed.lines().collect();
     assert_eq!(names, BUGS.map(|(name, _, _)| name).to_vec());
-    for (bug, invariant, seeds) in BUGS {
+    for (bug, invariants, seeds) in BUGS {
         let caught = (1..=seeds).find_map(|seed| {
             let seed = seed.to_string();
             let mut args = vec!["run", "--seed", seed.as_str(), "--bug", bug, "--faults", "none"];
@@ -86,7 +102,10 @@ fn every_planted_bug_is_listed_and_caught() {
             (output.status.code() == Some(1)).then(|| (seed.clone(), stdout(&output)))
         });
         let Some((seed, report)) = caught else { panic!("planted bug {bug} was not caught in {seeds} seeds") };
-        assert!(report.contains(invariant), "bug {bug} (seed {seed}) was caught, but not as {invariant}:\n{report}");
+        assert!(
+            invariants.iter().any(|invariant| report.contains(&format!("  {invariant}: "))),
+            "bug {bug} (seed {seed}) was caught, but not as any of {invariants:?}:\n{report}"
+        );
         assert!(report.contains("reproduce: agentd sim run --seed"), "{report}");
     }
 }
