@@ -20,6 +20,9 @@ pub const RUNSC_ENV: &str = "AGENTD_RUNSC";
 /// runsc user's: `runsc --root /run/agentd/runsc list` shows them.
 pub const GVISOR_STATE_ROOT: &str = "/run/agentd/runsc";
 
+/// Where the cgroup hierarchies are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
 /// How long the probe container may take to start and exit (runsc takes about 0.25 s
 /// here; a platform that hangs, like this machine's kvm, must not hang the caller).
 const PROBE_TIMEOUT_MS: u64 = 10_000;
@@ -221,6 +224,23 @@ impl RuntimeCli {
     /// Removes a container's state whatever it is doing; a missing container is fine.
     pub(crate) fn delete_blocking(&self, container_id: &str) {
         self.quietly(&["delete", "--force", container_id]);
+        self.remove_leftovers(container_id);
+    }
+
+    /// Removes what a container killed before the runtime recorded its state leaves
+    /// behind, which `delete` cannot find: its (empty) cgroup directories, which both
+    /// runtimes name after the container id, and runsc's lock file for it. A cgroup that
+    /// still has processes cannot be removed, so a live container is never touched.
+    pub(crate) fn remove_leftovers(&self, container_id: &str) {
+        let root = Path::new(CGROUP_ROOT);
+        let controllers = std::fs::read_dir(root).into_iter().flatten().flatten().map(|entry| entry.path());
+        for cgroup in controllers.chain([root.to_path_buf()]).map(|directory| directory.join(container_id)) {
+            let _ = std::fs::remove_dir(cgroup);
+        }
+        if self.runtime == ContainerRuntime::Gvisor {
+            let lock = format!("{container_id}_sandbox:{container_id}.lock");
+            let _ = std::fs::remove_file(Path::new(GVISOR_STATE_ROOT).join(lock));
+        }
     }
 
     fn quietly(&self, subcommand: &[&str]) {

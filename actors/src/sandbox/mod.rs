@@ -134,9 +134,9 @@
 //! - Wall clock and output: the same as every driver. A shell must answer
 //!   within the shell start timeout (10 s; runsc starts in about 0.25 s here),
 //!   else it is killed: `runsc kill`, then the `runsc run` process (the
-//!   sandbox is attached to it and dies with it), then `runsc delete --force`.
-//!   A start killed before runsc wrote its state leaves an empty cgroup
-//!   directory and a lock file in the state root behind.
+//!   sandbox is attached to it and dies with it), then `runsc delete --force`,
+//!   then the empty cgroup directories and the lock file that a start killed
+//!   before runsc recorded it leaves behind are removed.
 //! - Cost: a cold start of about 0.25 s, every system call and page fault is
 //!   a round trip through ptrace, and each process costs the host some 100s of
 //!   KiB of gVisor memory.

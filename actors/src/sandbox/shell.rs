@@ -266,6 +266,7 @@ impl Shell {
                 .status()
                 .await;
         }
+        self.remove_leftovers();
     }
 
     /// `kill` without a runtime, waiting at most `timeout`: for `Drop`.
@@ -294,6 +295,15 @@ impl Shell {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
+        }
+        self.remove_leftovers();
+    }
+
+    /// Removes what a container killed before its runtime recorded it leaves behind, which
+    /// the runtime's `delete` cannot find (a few directory removals: cheap enough to do inline).
+    fn remove_leftovers(&self) {
+        if let ShellStopper::Container { runtime, container_id } = &self.stopper {
+            runtime.remove_leftovers(container_id);
         }
     }
 
