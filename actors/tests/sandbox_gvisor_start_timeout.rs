@@ -1,13 +1,13 @@
-//! A runsc that never starts its container is cut off and cleaned up. gVisor's kvm
-//! platform hangs on this machine kind's nested KVM, so a wrapper that swaps agentd's
-//! `--platform=ptrace` for `--platform=kvm` gives a real runsc that hangs. Its own test
-//! binary, because it sets `AGENTD_RUNSC` for the whole process.
+//! A runsc that never starts its container is cut off and cleaned up, and provisioning
+//! says so. gVisor's kvm platform hangs on this machine kind's nested KVM, so a wrapper
+//! that swaps agentd's `--platform=ptrace` for `--platform=kvm` gives a real runsc that
+//! hangs. Its own test binary, because it sets `AGENTD_RUNSC` for the whole process.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agentd_actors::sandbox::{ContainerRuntime, OciSandbox, SandboxError, GVISOR_STATE_ROOT, RUNSC_ENV};
+use agentd_actors::sandbox::{ContainerRuntime, Limits, OciSandbox, SandboxError, GVISOR_STATE_ROOT, RUNSC_ENV};
 
 const ROOTFS: &str = "/var/cache/agentd/oci-rootfs";
 const RUNSC: &str = "/usr/bin/runsc";
@@ -39,8 +39,8 @@ fn new_probe_leftovers(before: &[PathBuf]) -> Vec<PathBuf> {
     probe_leftovers().into_iter().filter(|path| !before.contains(path)).collect()
 }
 
-#[test]
-fn a_runsc_start_that_hangs_times_out_and_leaves_no_process() {
+#[tokio::test]
+async fn a_runsc_start_that_hangs_fails_provisioning_and_leaves_nothing_behind() {
     if let Err(error) = OciSandbox::probe_with(ContainerRuntime::Gvisor, Path::new(ROOTFS)) {
         eprintln!("skipped: gVisor is unavailable here: {error}");
         return;
@@ -57,9 +57,15 @@ fn a_runsc_start_that_hangs_times_out_and_leaves_no_process() {
 
     let before = probe_leftovers();
     let started = Instant::now();
-    let result = OciSandbox::probe_with(ContainerRuntime::Gvisor, Path::new(ROOTFS));
+    let result = OciSandbox::provision_with(
+        ContainerRuntime::Gvisor,
+        directory.path().join("session"),
+        Limits::default(),
+        ROOTFS.into(),
+    )
+    .await;
     let elapsed = started.elapsed();
-    match result {
+    match result.map(|_sandbox| ()) {
         Ok(()) => {
             eprintln!("skipped: runsc's kvm platform works here, so nothing hangs");
             return;
@@ -69,7 +75,7 @@ fn a_runsc_start_that_hangs_times_out_and_leaves_no_process() {
         }
         Err(other) => panic!("expected Unavailable, got {other:?}"),
     }
-    assert!(elapsed < Duration::from_secs(30), "the probe took {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(30), "provisioning took {elapsed:?}");
     // The sandbox and gofer are attached to `runsc run`: killing it ends them too.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !kvm_runsc_processes().is_empty() && Instant::now() < deadline {

@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -147,11 +148,19 @@ impl RuntimeCli {
         Ok(())
     }
 
-    /// Locates the runtime and readies it for containers (its state directory).
-    pub(crate) fn ready(runtime: ContainerRuntime) -> Result<RuntimeCli, SandboxError> {
-        let cli = RuntimeCli::locate(runtime)?;
-        cli.prepare()?;
-        Ok(cli)
+    /// [`RuntimeCli::probe`], unless a probe of this runtime already succeeded in this
+    /// process. Failures are not remembered: once the operator installs what was missing,
+    /// the next provisioning works.
+    pub(crate) fn probe_once(&self, rootfs: &Path) -> Result<(), SandboxError> {
+        static PROBED: Mutex<Vec<ContainerRuntime>> = Mutex::new(Vec::new());
+        if PROBED.lock().is_ok_and(|probed| probed.contains(&self.runtime)) {
+            return Ok(());
+        }
+        self.probe(rootfs)?;
+        if let Ok(mut probed) = PROBED.lock() {
+            probed.push(self.runtime);
+        }
+        Ok(())
     }
 
     /// Checks that `rootfs` looks like a rootfs from `scripts/oci-rootfs.sh`, then runs

@@ -141,9 +141,11 @@
 //!   a round trip through ptrace, and each process costs the host some 100s of
 //!   KiB of gVisor memory.
 //!
-//! Needs root, the `runsc` package (`apt-get install runsc`) and ptrace;
-//! [`OciSandbox::probe_with`] starts a `/bin/true` container (with a
-//! timeout) and says what is missing.
+//! Needs root, the `runsc` package (`apt-get install runsc`) and ptrace. The
+//! first provisioning in a process (and [`OciSandbox::probe_with`]) starts a
+//! `/bin/true` container within a timeout, so a machine that cannot run
+//! gVisor fails provisioning with `SandboxError::Unavailable` saying what is
+//! missing (the same holds for runc).
 
 mod bwrap;
 mod call_runner;

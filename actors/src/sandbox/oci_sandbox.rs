@@ -42,15 +42,21 @@ impl OciSandbox {
     /// (created if missing): the workspace is `root/workspace` (handed to the container's
     /// uid 1000), the ledger `root/ledger`, the OCI bundle `root/bundle`. `rootfs` is the
     /// shared read-only root filesystem built by `scripts/oci-rootfs.sh`. The container
-    /// itself starts lazily on the first `bash` call.
+    /// itself starts lazily on the first `bash` call; the first provisioning of a process
+    /// probes the runtime (see [`OciSandbox::probe_with`]), so a machine that cannot run it
+    /// fails here with what is missing, not at the first `bash` call.
     pub async fn provision_with(
         runtime: ContainerRuntime,
         root: PathBuf,
         limits: Limits,
         rootfs: PathBuf,
     ) -> Result<OciSandbox, SandboxError> {
-        let runtime = RuntimeCli::ready(runtime)?;
+        let runtime = RuntimeCli::locate(runtime)?;
         check_rootfs(&rootfs)?;
+        let (probe_runtime, probe_rootfs) = (runtime.clone(), rootfs.clone());
+        tokio::task::spawn_blocking(move || probe_runtime.probe_once(&probe_rootfs))
+            .await
+            .map_err(|error| SandboxError::Unavailable(format!("the runtime probe failed: {error}")))??;
         let workspace_path = root.join("workspace");
         std::fs::create_dir_all(&workspace_path)
             .map_err(|error| SandboxError::Io(format!("creating {}: {error}", workspace_path.display())))?;
