@@ -1,5 +1,6 @@
 //! Calling a sandbox's tools from a test, for every driver.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -65,4 +66,17 @@ pub async fn timeout_kills_the_command_and_the_next_call_works(sandbox: &impl Sa
     assert_ok(&output);
     assert_eq!(output.content, "after fresh\n");
     assert_error(&call(sandbox, "bash", json!({ "command": "true", "timeout_ms": 10_000_000 })).await);
+}
+
+/// `first` can neither read nor find a file that `second`, whose session directory is
+/// `second_root`, wrote to its own workspace.
+pub async fn sibling_workspace_is_out_of_reach(first: &impl Sandbox, second: &impl Sandbox, second_root: &Path) {
+    assert_ok(&bash(second, "echo sibling-secret > secret.txt").await);
+    let sibling_file = second_root.join("workspace/secret.txt");
+    assert!(sibling_file.exists());
+    let output = bash(first, &format!("cat {}", sibling_file.display())).await;
+    assert_error(&output);
+    assert!(!output.content.contains("sibling-secret"), "{}", output.content);
+    let output = bash(first, "find / -path /proc -prune -o -name secret.txt -print 2>/dev/null; echo searched").await;
+    assert_eq!(output.content, "searched\n");
 }
