@@ -1,49 +1,17 @@
 //! Real bubblewrap sandboxes: tools, idempotency, confinement and limits.
 //! Needs `bwrap` (scripts/setup.sh installs it).
 
+mod sandbox_calls;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agentd_actors::sandbox::{Limits, NamespaceSandbox, Sandbox, SandboxError, ToolCall, ToolOutput};
+use agentd_actors::sandbox::{Limits, NamespaceSandbox, Sandbox, SandboxError, ToolCall};
+use sandbox_calls::{assert_error, assert_ok, bash, bash_with_secrets, call, call_with_key, unique_key};
 use serde_json::json;
-
-static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
-
-fn unique_key() -> String {
-    format!("key-{}", NEXT_KEY.fetch_add(1, Ordering::SeqCst))
-}
 
 async fn provision(root: &Path, limits: Limits) -> NamespaceSandbox {
     NamespaceSandbox::provision(root.to_path_buf(), limits).await.expect("provision")
-}
-
-async fn call_with_key(sandbox: &NamespaceSandbox, name: &str, input: serde_json::Value, key: &str) -> ToolOutput {
-    sandbox
-        .execute(ToolCall {
-            name: name.to_owned(),
-            input_json: input.to_string(),
-            idempotency_key: key.to_owned(),
-            secrets: vec![],
-        })
-        .await
-        .expect("the sandbox itself should not fail")
-}
-
-async fn call(sandbox: &NamespaceSandbox, name: &str, input: serde_json::Value) -> ToolOutput {
-    call_with_key(sandbox, name, input, &unique_key()).await
-}
-
-async fn bash(sandbox: &NamespaceSandbox, command: &str) -> ToolOutput {
-    call(sandbox, "bash", json!({ "command": command })).await
-}
-
-fn assert_ok(output: &ToolOutput) {
-    assert!(!output.is_error, "expected success, got error: {}", output.content);
-}
-
-fn assert_error(output: &ToolOutput) {
-    assert!(output.is_error, "expected an error, got success: {}", output.content);
 }
 
 #[tokio::test]
@@ -296,17 +264,9 @@ async fn bash_cannot_touch_the_host_system_or_a_sibling_session() {
     let parent = tempfile::tempdir().unwrap();
     let first = provision(&parent.path().join("session-a"), Limits::default()).await;
     let second = provision(&parent.path().join("session-b"), Limits::default()).await;
-    assert_ok(&bash(&second, "echo sibling-secret > secret.txt").await);
-    let sibling_file = parent.path().join("session-b/workspace/secret.txt");
-    assert!(sibling_file.exists());
-
-    let output = bash(&first, &format!("cat {}", sibling_file.display())).await;
-    assert_error(&output);
-    assert!(!output.content.contains("sibling-secret"), "{}", output.content);
+    sandbox_calls::sibling_workspace_is_out_of_reach(&first, &second, &parent.path().join("session-b")).await;
     let output = bash(&first, &format!("ls {}", parent.path().display())).await;
     assert_error(&output);
-    let output = bash(&first, "find / -path /proc -prune -o -name secret.txt -print 2>/dev/null; echo searched").await;
-    assert_eq!(output.content, "searched\n");
 
     for command in ["touch /usr/agentd-test", "touch /etc/agentd-test", "echo x >> /etc/passwd", "touch /agentd-test"] {
         let output = bash(&first, command).await;
@@ -356,17 +316,7 @@ async fn network_is_off_unless_allowed() {
 async fn timeout_kills_the_command_and_the_next_call_works() {
     let directory = tempfile::tempdir().unwrap();
     let sandbox = provision(directory.path(), Limits::default()).await;
-    assert_ok(&bash(&sandbox, "export BEFORE=1").await);
-    let started = Instant::now();
-    let output = call(&sandbox, "bash", json!({ "command": "echo started; sleep 10", "timeout_ms": 300 })).await;
-    assert_error(&output);
-    assert!(output.content.contains("started"), "{}", output.content);
-    assert!(output.content.contains("timed out after 300 ms"), "{}", output.content);
-    assert!(started.elapsed() < Duration::from_secs(10), "the sleep was not cut short");
-    let output = bash(&sandbox, "echo after ${BEFORE:-fresh}").await;
-    assert_ok(&output);
-    assert_eq!(output.content, "after fresh\n");
-    assert_error(&call(&sandbox, "bash", json!({ "command": "true", "timeout_ms": 10_000_000 })).await);
+    sandbox_calls::timeout_kills_the_command_and_the_next_call_works(&sandbox).await;
     sandbox.destroy().await.unwrap();
 }
 
@@ -527,7 +477,7 @@ async fn destroy_stops_a_running_call() {
     let directory = tempfile::tempdir().unwrap();
     let sandbox = std::sync::Arc::new(provision(directory.path(), Limits::default()).await);
     let running = std::sync::Arc::clone(&sandbox);
-    let call = tokio::spawn(async move { bash(&running, "echo started; sleep 60").await });
+    let call = tokio::spawn(async move { bash(&*running, "echo started; sleep 60").await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     sandbox.destroy().await.unwrap();
@@ -586,12 +536,7 @@ async fn secrets_reach_the_command_and_never_its_recorded_output() {
     let sandbox = provision(directory.path(), Limits::default()).await;
     let secret = Secret { name: "API_TOKEN".into(), value: "s3cr3t-value-42".into() };
     let key = unique_key();
-    let with_secret = |command: &str, key: String| ToolCall {
-        name: "bash".into(),
-        input_json: json!({ "command": command }).to_string(),
-        idempotency_key: key,
-        secrets: vec![secret.clone()],
-    };
+    let with_secret = |command: &str, key: String| bash_with_secrets(command, key, vec![secret.clone()]);
     let output = sandbox
         .execute(with_secret(
             "echo token=$API_TOKEN; echo \"$API_TOKEN\" > leaked.txt; test -n \"$API_TOKEN\"",

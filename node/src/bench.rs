@@ -226,7 +226,9 @@ fn percentiles(mut samples: Vec<Duration>, fractions: [f64; 2]) -> [f64; 2] {
 }
 
 pub async fn run_sandbox(bench: SandboxBench) -> Result<Vec<SandboxReport>> {
-    use agentd_actors::sandbox::{Limits, NamespaceSandbox, OciSandbox, Sandbox, ToolCall, OCI_ROOTFS_DEFAULT};
+    use agentd_actors::sandbox::{
+        ContainerRuntime, Limits, NamespaceSandbox, OciSandbox, Sandbox, ToolCall, OCI_ROOTFS_DEFAULT,
+    };
 
     let call = |name: &str, input: &str, key: String| ToolCall {
         name: name.into(),
@@ -236,10 +238,15 @@ pub async fn run_sandbox(bench: SandboxBench) -> Result<Vec<SandboxReport>> {
     };
     let rootfs = std::path::PathBuf::from(OCI_ROOTFS_DEFAULT);
     let mut reports = Vec::new();
-    for driver in ["namespace", "oci"] {
-        let available = match driver {
-            "oci" => OciSandbox::probe(&rootfs),
-            _ => NamespaceSandbox::probe(),
+    for driver in ["namespace", "oci", "gvisor"] {
+        let container = match driver {
+            "oci" => Some(ContainerRuntime::Runc),
+            "gvisor" => Some(ContainerRuntime::Gvisor),
+            _ => None,
+        };
+        let available = match container {
+            Some(runtime) => OciSandbox::probe_with(runtime, &rootfs),
+            None => NamespaceSandbox::probe(),
         };
         if let Err(error) = available {
             eprintln!("bench: skipping the {driver} driver: {error}");
@@ -249,9 +256,11 @@ pub async fn run_sandbox(bench: SandboxBench) -> Result<Vec<SandboxReport>> {
         for index in 0..bench.sandboxes {
             let root = bench.dir.join(format!("{driver}-{index}"));
             let started = Instant::now();
-            let sandbox: Box<dyn Sandbox> = match driver {
-                "oci" => Box::new(OciSandbox::provision(root, Limits::default(), rootfs.clone()).await?),
-                _ => Box::new(NamespaceSandbox::provision(root, Limits::default()).await?),
+            let sandbox: Box<dyn Sandbox> = match container {
+                Some(runtime) => {
+                    Box::new(OciSandbox::provision_with(runtime, root, Limits::default(), rootfs.clone()).await?)
+                }
+                None => Box::new(NamespaceSandbox::provision(root, Limits::default()).await?),
             };
             let first = sandbox.execute(call("bash", r#"{"command":"true"}"#, format!("{index}-first"))).await?;
             cold.push(started.elapsed());

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use agentd_actors::brain::{Hands, Orchestrators, SessionLog};
 use agentd_actors::sandbox::{
-    Limits, NamespaceSandbox, OciSandbox, Sandbox, SandboxError, Secret, ToolCall, ToolOutput, OCI_ROOTFS_DEFAULT,
+    ContainerRuntime, Limits, NamespaceSandbox, OciSandbox, Sandbox, SandboxError, Secret, ToolCall, ToolOutput,
+    OCI_ROOTFS_DEFAULT,
 };
 use agentd_actors::session::Sessions;
 use agentd_protocol::agent::{AgentRef, AgentSpec, EnvironmentSpec};
@@ -207,6 +208,10 @@ impl Provisioner for HostProvisioner {
         Box::pin(async move {
             let sandbox: Arc<dyn Sandbox> = match driver.as_deref() {
                 Some("oci") => Arc::new(OciSandbox::provision(root, limits, PathBuf::from(OCI_ROOTFS_DEFAULT)).await?),
+                Some("gvisor") => Arc::new(
+                    OciSandbox::provision_with(ContainerRuntime::Gvisor, root, limits, PathBuf::from(OCI_ROOTFS_DEFAULT))
+                        .await?,
+                ),
                 _ => Arc::new(NamespaceSandbox::provision(root, limits).await?),
             };
             Ok(sandbox)

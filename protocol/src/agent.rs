@@ -111,7 +111,7 @@ pub struct AgentRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvironmentSpec {
     pub name: String,
-    /// The sandbox driver: `namespace` (bubblewrap) or `oci` (runc).
+    /// The sandbox driver: `namespace` (bubblewrap), `oci` (runc) or `gvisor` (runsc).
     pub driver: String,
     pub network: bool,
     pub tool_timeout_ms: u64,
@@ -129,8 +129,8 @@ impl EnvironmentSpec {
         if self.name.is_empty() || self.name.len() > limits::NAME_BYTES_MAX {
             return invalid(format!("an environment name is 1 to {} bytes", limits::NAME_BYTES_MAX));
         }
-        if !["namespace", "oci"].contains(&self.driver.as_str()) {
-            return invalid(format!("unknown sandbox driver {:?}; available: namespace, oci", self.driver));
+        if !["namespace", "oci", "gvisor"].contains(&self.driver.as_str()) {
+            return invalid(format!("unknown sandbox driver {:?}; available: namespace, oci, gvisor", self.driver));
         }
         if self.tool_timeout_ms == 0 || self.tool_timeout_ms > limits::TOOL_TIMEOUT_MS_MAX {
             return invalid(format!("tool_timeout_ms is 1 to {}", limits::TOOL_TIMEOUT_MS_MAX));
@@ -231,5 +231,24 @@ mod tests {
         assert!(agent.version(1).is_some());
         assert!(agent.version(0).is_none());
         assert!(agent.version(2).is_none());
+    }
+
+    #[test]
+    fn environments_name_a_known_sandbox_driver() {
+        let environment = |driver: &str| EnvironmentSpec {
+            name: "env".into(),
+            driver: driver.into(),
+            network: false,
+            tool_timeout_ms: 1_000,
+            eager_provisioning: false,
+            vaults: vec![],
+        };
+        for driver in ["namespace", "oci", "gvisor"] {
+            assert!(environment(driver).validate().is_ok(), "{driver}");
+        }
+        let Err(ApiError::InvalidRequest { message }) = environment("runsc").validate() else {
+            panic!("an unknown driver was accepted");
+        };
+        assert!(message.contains("available: namespace, oci, gvisor"), "{message}");
     }
 }

@@ -133,30 +133,36 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
     assert!(events.iter().any(|event| matches!(&event.payload, EventPayload::AgentMessage { content } if text_of(content) == "The file says hello.")));
     assert_eq!(client.get_session(session).await?.status, agentd_protocol::api::SessionStatus::Idle);
 
-    // The same agent in an OCI (runc) environment: tools run in a container.
-    let oci = client
-        .put_environment(
-            None,
-            agentd_protocol::agent::EnvironmentSpec {
-                name: "oci".into(),
-                driver: "oci".into(),
-                network: false,
-                tool_timeout_ms: 10_000,
-                eager_provisioning: false,
-                vaults: vec![],
-            },
-        )
-        .await?;
-    let model = write_script(
-        scripts.path(),
-        "oci.json",
-        json!([[tool_use("bash", json!({"command": "echo in a container; id -u"}))], [text("ok")]]),
-    );
-    let agent_id = client.put_agent(None, agent(&model, &[("bash", allow)], &[], 10)).await?.id;
-    let session = client.create_session_with(Some(agent_id), Some(oci.id)).await?.session_id;
-    client.append(session, EventPayload::user_text("where am I?")).await?;
-    let events = wait_idle(&client, session, 1).await;
-    assert_eq!(tool_results(&events), vec![("in a container\n1000\n".to_string(), false)], "{events:#?}");
+    // The same agent in OCI environments: tools run in a runc container, and in a gVisor one.
+    for driver in ["oci", "gvisor"] {
+        let environment = client
+            .put_environment(
+                None,
+                agentd_protocol::agent::EnvironmentSpec {
+                    name: driver.into(),
+                    driver: driver.into(),
+                    network: false,
+                    tool_timeout_ms: 10_000,
+                    eager_provisioning: false,
+                    vaults: vec![],
+                },
+            )
+            .await?;
+        let model = write_script(
+            scripts.path(),
+            &format!("{driver}.json"),
+            json!([[tool_use("bash", json!({"command": "echo in a container; id -u; uname -r"}))], [text("ok")]]),
+        );
+        let agent_id = client.put_agent(None, agent(&model, &[("bash", allow)], &[], 10)).await?.id;
+        let session = client.create_session_with(Some(agent_id), Some(environment.id)).await?.session_id;
+        client.append(session, EventPayload::user_text("where am I?")).await?;
+        let events = wait_idle(&client, session, 1).await;
+        // gVisor's kernel says it is Linux 4.4.0, whatever the host runs.
+        let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+        let kernel = if driver == "gvisor" { "4.4.0\n" } else { host_kernel.as_str() };
+        let expected = format!("in a container\n1000\n{kernel}");
+        assert_eq!(tool_results(&events), vec![(expected, false)], "{driver}: {events:#?}");
+    }
 
     // always_ask: the turn pauses; allow runs the tool, deny returns an error to the model.
     let model = write_script(

@@ -99,10 +99,58 @@
 //! `destroy` or drop runs `runc kill <id> KILL` (which ends the PID namespace)
 //! and `runc delete --force <id>`. Needs root and the `runc` and
 //! `busybox-static` packages.
+//!
+//! # The gVisor sandbox ([`OciSandbox`] with [`ContainerRuntime::Gvisor`])
+//!
+//! The same bundle and rootfs, run by gVisor's `runsc --platform=ptrace` (state
+//! under [`GVISOR_STATE_ROOT`]) instead of runc. The difference is the kernel:
+//! the container's system calls never reach the host kernel; gVisor's
+//! user-space kernel (the sentry, itself under a seccomp filter) serves them,
+//! and file access goes through its gofer, which sees only the bundle's mounts.
+//! A kernel bug reachable from a system call is therefore not reachable from
+//! the sandbox. What the sandbox sees is the OCI sandbox's view (read-only
+//! busybox root, the workspace at `/workspace`, uid 1000, no capabilities, its
+//! own PID, IPC, UTS and mount namespaces), served by gVisor's kernel.
+//! - Network: without `Limits::network`, `--network=none` and a new network
+//!   namespace: only gVisor's own loopback. With it, `--network=host` and the
+//!   host's network namespace: sockets pass through the sentry to the host's
+//!   stack. (runsc's own `sandbox` network would need a prepared network
+//!   namespace with a veth pair, which agentd does not set up.)
+//! - Processes: RLIMIT_NPROC = `Limits::pids_max`, enforced by gVisor's
+//!   kernel per user inside the sandbox (every process there is uid 1000, which
+//!   cannot raise it): a fork past it fails with EAGAIN, as under runc's pids
+//!   cgroup. The host's pids cgroup is only a backstop, at 16 host tasks per
+//!   allowed process plus 256, because the ptrace platform spends about 9 host
+//!   tasks (sentry threads, stub processes) per sandbox process.
+//! - Memory: the host's memory cgroup around the whole sandbox, at
+//!   `Limits::memory_bytes_max` plus 64 MiB for gVisor's own kernel (`MemTotal`
+//!   inside shows that sum). gVisor (the 2022 Debian build) has no OOM killer
+//!   of its own, so going past it makes the host kill gVisor's kernel: **the
+//!   whole sandbox dies, not just the offending process** (the call fails with
+//!   "the shell exited", the shell's state is lost, the next call gets a fresh
+//!   sandbox). `/tmp` is a tmpfs of at most `Limits::memory_bytes_max`, which
+//!   gVisor honours.
+//! - CPU: the same one-core quota and half shares as runc, on the host cgroup.
+//! - Wall clock and output: the same as every driver. A shell must answer
+//!   within the shell start timeout (10 s; runsc starts in about 0.25 s here),
+//!   else it is killed: `runsc kill`, then the `runsc run` process (the
+//!   sandbox is attached to it and dies with it), then `runsc delete --force`,
+//!   then the empty cgroup directories and the lock file that a start killed
+//!   before runsc recorded it leaves behind are removed.
+//! - Cost: a cold start of about 0.25 s, every system call and page fault is
+//!   a round trip through ptrace, and each process costs the host some 100s of
+//!   KiB of gVisor memory.
+//!
+//! Needs root, the `runsc` package (`apt-get install runsc`) and ptrace. The
+//! first provisioning in a process (and [`OciSandbox::probe_with`]) starts a
+//! `/bin/true` container within a timeout, so a machine that cannot run
+//! gVisor fails provisioning with `SandboxError::Unavailable` saying what is
+//! missing (the same holds for runc).
 
 mod bwrap;
 mod call_runner;
 mod capped_output;
+mod container_runtime;
 mod error;
 mod file_tools;
 mod ledger;
@@ -118,10 +166,10 @@ mod workspace;
 use futures_util::future::BoxFuture;
 
 pub use bwrap::BWRAP_ENV;
+pub use container_runtime::{ContainerRuntime, GVISOR_STATE_ROOT, RUNC_ENV, RUNSC_ENV};
 pub use error::SandboxError;
 pub use limits::Limits;
 pub use namespace_sandbox::NamespaceSandbox;
-pub use oci_bundle::RUNC_ENV;
 pub use oci_sandbox::OciSandbox;
 
 /// Where `scripts/oci-rootfs.sh` builds the OCI sandbox's root filesystem.

@@ -1,16 +1,12 @@
-//! The OCI bundle (`config.json`) of an OCI sandbox, and the runc binary that runs it.
+//! The OCI bundle (`config.json`) of a container sandbox, for runc or gVisor's runsc.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+use std::path::Path;
 
 use serde_json::{json, Value};
 
+use super::container_runtime::ContainerRuntime;
 use super::workspace::WORKSPACE_MOUNT;
 use super::{Limits, SandboxError};
-
-/// Environment variable naming the runc binary; unset means `runc` on PATH.
-pub const RUNC_ENV: &str = "AGENTD_RUNC";
 
 /// Inside the container the shell runs as this unprivileged user (and group); the
 /// workspace is handed to it on the host, where the same number means the same user
@@ -19,9 +15,6 @@ pub(crate) const SANDBOX_UID: u32 = 1000;
 
 /// The shell of the container; `scripts/oci-rootfs.sh` makes it busybox ash.
 pub(crate) const SHELL_PATH: &str = "/bin/sh";
-
-/// How long the probe container may take to start and exit.
-const PROBE_TIMEOUT_MS: u64 = 5_000;
 
 /// CPU time per period the container may use: one core, so a busy loop cannot take the host.
 const CPU_QUOTA_US: i64 = 100_000;
@@ -32,119 +25,19 @@ const CPU_SHARES: u64 = 512;
 const DEV_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Open files per process.
 const OPEN_FILES_MAX: u64 = 1024;
+/// Memory that gVisor's own kernel (the sentry and its gofer) uses on top of the
+/// sandbox's processes; the host cgroup's limit adds it to `Limits::memory_bytes_max`.
+/// An idle sandbox takes about 15 MiB here, and each process some 100s of KiB more.
+const GVISOR_KERNEL_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
+/// Host tasks (sentry threads and ptrace stub processes) per process inside a gVisor
+/// sandbox: about 9 were measured here (2 cores) with 200 processes; the host pids
+/// cgroup is only a backstop, the sandbox's own process limit is RLIMIT_NPROC.
+const GVISOR_HOST_TASKS_PER_PROCESS: u64 = 16;
+/// Host tasks of an idle gVisor sandbox (about 40 measured) plus headroom.
+const GVISOR_KERNEL_TASKS: u64 = 256;
 
 /// How to build the rootfs, for error messages.
 const ROOTFS_HINT: &str = "build it with scripts/oci-rootfs.sh DIR (needs the `busybox-static` package)";
-
-/// A usable runc binary.
-#[derive(Debug, Clone)]
-pub(crate) struct Runc {
-    program: PathBuf,
-}
-
-impl Runc {
-    /// The runc named by `AGENTD_RUNC`, else found on PATH (or in /usr/sbin, which root's
-    /// PATH has but a service's may not).
-    pub(crate) fn locate() -> Result<Runc, SandboxError> {
-        if let Some(path) = std::env::var_os(RUNC_ENV) {
-            let program = PathBuf::from(path);
-            if !program.is_file() {
-                return Err(SandboxError::Unavailable(format!(
-                    "runc binary {} (from {RUNC_ENV}) does not exist: install the `runc` package \
-                     (apt-get install runc)",
-                    program.display()
-                )));
-            }
-            return Ok(Runc { program });
-        }
-        std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-            .map(|directory| directory.join("runc"))
-            .find(|candidate| candidate.is_file())
-            .map(|program| Runc { program })
-            .ok_or_else(|| {
-                SandboxError::Unavailable(
-                    "runc was not found on PATH: install the `runc` package (apt-get install runc)".to_owned(),
-                )
-            })
-    }
-
-    pub(crate) fn program(&self) -> &Path {
-        &self.program
-    }
-
-    /// Checks that `rootfs` looks like a rootfs from `scripts/oci-rootfs.sh`, then runs
-    /// `/bin/true` in a container over it with a throwaway bundle and workspace.
-    pub(crate) fn probe(&self, rootfs: &Path) -> Result<(), SandboxError> {
-        check_rootfs(rootfs)?;
-        let scratch = std::env::temp_dir().join(format!("agentd-oci-probe-{:016x}", rand::random::<u64>()));
-        let result = self.probe_in(&scratch, rootfs);
-        let _ = std::fs::remove_dir_all(&scratch);
-        result
-    }
-
-    fn probe_in(&self, scratch: &Path, rootfs: &Path) -> Result<(), SandboxError> {
-        let unavailable = |error: std::io::Error| SandboxError::Unavailable(format!("preparing the probe: {error}"));
-        let workspace = scratch.join("workspace");
-        std::fs::create_dir_all(&workspace).map_err(unavailable)?;
-        let mut config = bundle_config(rootfs, &workspace, &Limits::default());
-        config["process"]["args"] = json!(["/bin/true"]);
-        let bundle = scratch.join("bundle");
-        write_bundle(&bundle, &config).map_err(|error| SandboxError::Unavailable(error.to_string()))?;
-        let container_id = format!("agentd-probe-{:016x}", rand::random::<u64>());
-        let mut child = std::process::Command::new(&self.program)
-            .args(["run", "--bundle"])
-            .arg(&bundle)
-            .arg(&container_id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|error| SandboxError::Unavailable(format!("cannot run {}: {error}", self.program.display())))?;
-        let deadline = std::time::Instant::now() + Duration::from_millis(PROBE_TIMEOUT_MS);
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    self.delete_blocking(&container_id);
-                    return Err(SandboxError::Unavailable(format!(
-                        "{} did not run a container within {PROBE_TIMEOUT_MS} ms",
-                        self.program.display()
-                    )));
-                }
-                Err(error) => return Err(SandboxError::Unavailable(format!("waiting for runc: {error}"))),
-            }
-        };
-        self.delete_blocking(&container_id);
-        if status.success() {
-            return Ok(());
-        }
-        let mut stderr = String::new();
-        if let Some(mut pipe) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-        }
-        Err(SandboxError::Unavailable(format!(
-            "runc cannot run a container here ({status}): {}; it needs root, cgroups and pid, mount, ipc, uts, \
-             cgroup and network namespaces",
-            stderr.trim()
-        )))
-    }
-
-    /// Removes a container's state whatever it is doing; a missing container is fine.
-    pub(crate) fn delete_blocking(&self, container_id: &str) {
-        let _ = std::process::Command::new(&self.program)
-            .args(["delete", "--force", container_id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
 
 /// Explains what is missing when `rootfs` cannot be the container's root.
 pub(crate) fn check_rootfs(rootfs: &Path) -> Result<(), SandboxError> {
@@ -175,7 +68,12 @@ pub(crate) fn write_bundle(bundle: &Path, config: &Value) -> std::io::Result<()>
 /// The OCI runtime config of a sandbox: the shared `rootfs` read-only, the session's
 /// `workspace` read-write at `/workspace`, an unprivileged shell without capabilities,
 /// fresh namespaces (network too, unless `limits.network`) and cgroup limits.
-pub(crate) fn bundle_config(rootfs: &Path, workspace: &Path, limits: &Limits) -> Value {
+///
+/// Under gVisor the host cgroup holds gVisor's kernel as well as the sandbox's
+/// processes, so its memory and pids limits get headroom for the kernel, and the
+/// sandbox's process count is bounded inside gVisor by RLIMIT_NPROC (which gVisor's
+/// kernel enforces per user of the sandbox; every process there is uid 1000).
+pub(crate) fn bundle_config(runtime: ContainerRuntime, rootfs: &Path, workspace: &Path, limits: &Limits) -> Value {
     let mut namespaces = vec![
         json!({ "type": "pid" }),
         json!({ "type": "ipc" }),
@@ -188,6 +86,17 @@ pub(crate) fn bundle_config(rootfs: &Path, workspace: &Path, limits: &Limits) ->
         namespaces.push(json!({ "type": "network" }));
     }
     let no_capabilities: Vec<String> = Vec::new();
+    let mut rlimits = vec![json!({ "type": "RLIMIT_NOFILE", "hard": OPEN_FILES_MAX, "soft": OPEN_FILES_MAX })];
+    let (memory_limit_bytes, pids_limit) = match runtime {
+        ContainerRuntime::Runc => (limits.memory_bytes_max, limits.pids_max),
+        ContainerRuntime::Gvisor => {
+            rlimits.push(json!({ "type": "RLIMIT_NPROC", "hard": limits.pids_max, "soft": limits.pids_max }));
+            (
+                limits.memory_bytes_max.saturating_add(GVISOR_KERNEL_MEMORY_BYTES),
+                limits.pids_max.saturating_mul(GVISOR_HOST_TASKS_PER_PROCESS).saturating_add(GVISOR_KERNEL_TASKS),
+            )
+        }
+    };
     json!({
         "ociVersion": "1.0.2-dev",
         "process": {
@@ -208,7 +117,7 @@ pub(crate) fn bundle_config(rootfs: &Path, workspace: &Path, limits: &Limits) ->
                 "permitted": no_capabilities,
                 "ambient": no_capabilities,
             },
-            "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": OPEN_FILES_MAX, "soft": OPEN_FILES_MAX }],
+            "rlimits": rlimits,
             "noNewPrivileges": true,
         },
         "root": { "path": rootfs, "readonly": true },
@@ -244,8 +153,8 @@ pub(crate) fn bundle_config(rootfs: &Path, workspace: &Path, limits: &Limits) ->
         "linux": {
             "resources": {
                 "devices": [{ "allow": false, "access": "rwm" }],
-                "memory": { "limit": limits.memory_bytes_max },
-                "pids": { "limit": limits.pids_max },
+                "memory": { "limit": memory_limit_bytes },
+                "pids": { "limit": pids_limit },
                 "cpu": { "shares": CPU_SHARES, "quota": CPU_QUOTA_US, "period": CPU_PERIOD_US },
             },
             "namespaces": namespaces,

@@ -1,4 +1,4 @@
-//! The OCI container sandbox driver (runc).
+//! The OCI container sandbox drivers: runc (`oci`) and gVisor's runsc (`gvisor`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,22 +7,23 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use super::call_runner::{instance_name, CallRunner, ShellLauncher};
+use super::container_runtime::{ContainerRuntime, RuntimeCli};
 use super::ledger::Ledger;
-use super::oci_bundle::{bundle_config, check_rootfs, write_bundle, Runc, SANDBOX_UID};
+use super::oci_bundle::{bundle_config, check_rootfs, write_bundle, SANDBOX_UID};
 use super::shell::{Shell, ShellStopper};
 use super::workspace::Workspace;
 use super::{Limits, Sandbox, SandboxError, ToolCall, ToolOutput};
 
-/// How long a dropped sandbox's cleanup waits for `runc run` to exit.
+/// How long a dropped sandbox's cleanup waits for the runtime's `run` to exit.
 const CLEANUP_WAIT_MS: u64 = 2_000;
 
-/// A session's sandbox: a persistent busybox shell in a runc container over a shared
-/// read-only rootfs, plus host-side file tools confined to the same workspace. See the
-/// module docs for what is isolated and which limits are enforced.
+/// A session's sandbox: a persistent busybox shell in a container (runc, or gVisor's
+/// runsc) over a shared read-only rootfs, plus host-side file tools confined to the same
+/// workspace. See the module docs for what is isolated and which limits are enforced.
 ///
 /// Calls run one at a time, in the order they arrive.
 pub struct OciSandbox {
-    runc: Runc,
+    runtime: RuntimeCli,
     /// `root/bundle`, holding the generated `config.json`.
     bundle: PathBuf,
     /// Prefix of the container ids; each shell's container adds a counter to it.
@@ -32,14 +33,30 @@ pub struct OciSandbox {
 }
 
 impl OciSandbox {
-    /// Prepares a sandbox whose session directory on the host is `root` (created if
-    /// missing): the workspace is `root/workspace` (handed to the container's uid 1000),
-    /// the ledger `root/ledger`, the OCI bundle `root/bundle`. `rootfs` is the shared
-    /// read-only root filesystem built by `scripts/oci-rootfs.sh`. The container itself
-    /// starts lazily on the first `bash` call.
+    /// A runc sandbox: [`OciSandbox::provision_with`] with [`ContainerRuntime::Runc`].
     pub async fn provision(root: PathBuf, limits: Limits, rootfs: PathBuf) -> Result<OciSandbox, SandboxError> {
-        let runc = Runc::locate()?;
+        OciSandbox::provision_with(ContainerRuntime::Runc, root, limits, rootfs).await
+    }
+
+    /// Prepares a sandbox run by `runtime` whose session directory on the host is `root`
+    /// (created if missing): the workspace is `root/workspace` (handed to the container's
+    /// uid 1000), the ledger `root/ledger`, the OCI bundle `root/bundle`. `rootfs` is the
+    /// shared read-only root filesystem built by `scripts/oci-rootfs.sh`. The container
+    /// itself starts lazily on the first `bash` call; the first provisioning of a process
+    /// probes the runtime (see [`OciSandbox::probe_with`]), so a machine that cannot run it
+    /// fails here with what is missing, not at the first `bash` call.
+    pub async fn provision_with(
+        runtime: ContainerRuntime,
+        root: PathBuf,
+        limits: Limits,
+        rootfs: PathBuf,
+    ) -> Result<OciSandbox, SandboxError> {
+        let runtime = RuntimeCli::locate(runtime)?;
         check_rootfs(&rootfs)?;
+        let (probe_runtime, probe_rootfs) = (runtime.clone(), rootfs.clone());
+        tokio::task::spawn_blocking(move || probe_runtime.probe_once(&probe_rootfs))
+            .await
+            .map_err(|error| SandboxError::Unavailable(format!("the runtime probe failed: {error}")))??;
         let workspace_path = root.join("workspace");
         std::fs::create_dir_all(&workspace_path)
             .map_err(|error| SandboxError::Io(format!("creating {}: {error}", workspace_path.display())))?;
@@ -48,12 +65,17 @@ impl OciSandbox {
         let workspace = Workspace::new(&workspace_path, Some(SANDBOX_UID))
             .map_err(|error| SandboxError::Io(format!("resolving {}: {error}", workspace_path.display())))?;
         let bundle = root.join("bundle");
-        write_bundle(&bundle, &bundle_config(&rootfs, workspace.root(), &limits))
+        write_bundle(&bundle, &bundle_config(runtime.runtime(), &rootfs, workspace.root(), &limits))
             .map_err(|error| SandboxError::Io(format!("writing the bundle in {}: {error}", bundle.display())))?;
         let ledger = Ledger::open(root.join("ledger"))?;
-        tracing::debug!(root = %root.display(), rootfs = %rootfs.display(), "oci sandbox provisioned");
+        tracing::debug!(
+            root = %root.display(),
+            rootfs = %rootfs.display(),
+            driver = runtime.runtime().driver(),
+            "container sandbox provisioned"
+        );
         Ok(OciSandbox {
-            runc,
+            runtime,
             bundle,
             container_prefix: instance_name(&root),
             shells_started: std::sync::atomic::AtomicU64::new(0),
@@ -62,19 +84,28 @@ impl OciSandbox {
     }
 
     /// Whether runc (from `AGENTD_RUNC`, else PATH) can run a container over `rootfs` on this
-    /// machine: starts one that runs `/bin/true`.
+    /// machine: [`OciSandbox::probe_with`] with [`ContainerRuntime::Runc`].
     pub fn probe(rootfs: &Path) -> Result<(), SandboxError> {
-        Runc::locate()?.probe(rootfs)
+        OciSandbox::probe_with(ContainerRuntime::Runc, rootfs)
     }
 
-    /// Runs `runc run` in the foreground: its stdin and stdout are the container shell's.
-    /// Every container gets a fresh id, so a dying predecessor never collides with it.
+    /// Whether `runtime` (its binary from `AGENTD_RUNC` / `AGENTD_RUNSC`, else PATH) can run
+    /// a container over `rootfs` on this machine: starts one that runs `/bin/true`, within
+    /// a timeout. The error names the package to install or what the machine lacks.
+    pub fn probe_with(runtime: ContainerRuntime, rootfs: &Path) -> Result<(), SandboxError> {
+        RuntimeCli::locate(runtime)?.probe(rootfs)
+    }
+
+    /// Runs the runtime's `run` in the foreground: its stdin and stdout are the container
+    /// shell's. Every container gets a fresh id, so a dying predecessor never collides with
+    /// it. `Shell::spawn` bounds the start: a shell that does not answer in time is killed
+    /// and its container deleted.
     async fn spawn_container(&self) -> Result<Shell, SandboxError> {
         let number = self.shells_started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let container_id = format!("{}-{number}", self.container_prefix);
-        let mut command = tokio::process::Command::new(self.runc.program());
-        command.args(["run", "--bundle"]).arg(&self.bundle).arg(&container_id).env_clear();
-        let stopper = ShellStopper::Runc { program: self.runc.program().to_path_buf(), container_id };
+        let mut command = tokio::process::Command::new(self.runtime.program());
+        command.args(self.runtime.run_arguments(&self.bundle, &container_id, self.runner.limits.network)).env_clear();
+        let stopper = ShellStopper::Container { runtime: self.runtime.clone(), container_id };
         Shell::spawn(command, stopper).await
     }
 }

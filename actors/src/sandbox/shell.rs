@@ -1,5 +1,6 @@
 //! The persistent bash of a namespace sandbox, spoken to over pipes.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use super::bwrap::Bwrap;
 use super::capped_output::CappedOutput;
+use super::container_runtime::RuntimeCli;
 use super::resource_control::ResourceControl;
 use super::{Limits, SandboxError, Secret};
 
@@ -56,9 +58,12 @@ pub(crate) struct Shell {
 pub(crate) enum ShellStopper {
     /// The spawned process is bwrap: kill its only child, the PID namespace's init.
     NamespaceInit,
-    /// The spawned process is `runc run` (foreground): `runc kill <id> KILL` kills the
-    /// container's init, which ends its PID namespace; `runc run` then exits.
-    Runc { program: PathBuf, container_id: String },
+    /// The spawned process is `runc run` or `runsc run` (foreground): `kill <id> KILL`
+    /// kills the container's init, which ends its PID namespace (under gVisor, the whole
+    /// sandbox); the `run` process then exits. A container still starting has no state
+    /// yet, so `kill` misses it: the `run` process is killed after a wait (runsc's
+    /// sandbox is attached to it and dies with it).
+    Container { runtime: RuntimeCli, container_id: String },
 }
 
 impl Shell {
@@ -261,6 +266,7 @@ impl Shell {
                 .status()
                 .await;
         }
+        self.remove_leftovers();
     }
 
     /// `kill` without a runtime, waiting at most `timeout`: for `Drop`.
@@ -290,29 +296,38 @@ impl Shell {
                 .stderr(Stdio::null())
                 .status();
         }
+        self.remove_leftovers();
     }
 
-    /// What removes the sandbox's leftovers once its processes are dead: a runc container's
-    /// state and cgroups (`runc run` removes them itself when it exits normally, not when it
+    /// Removes what a container killed before its runtime recorded it leaves behind, which
+    /// the runtime's `delete` cannot find (a few directory removals: cheap enough to do inline).
+    fn remove_leftovers(&self) {
+        if let ShellStopper::Container { runtime, container_id } = &self.stopper {
+            runtime.remove_leftovers(container_id);
+        }
+    }
+
+    /// What removes the sandbox's leftovers once its processes are dead: a container's
+    /// state and cgroups (`run` removes them itself when it exits normally, not when it
     /// was killed).
-    fn cleanup_command(&self) -> Option<(PathBuf, Vec<String>)> {
+    fn cleanup_command(&self) -> Option<(PathBuf, Vec<OsString>)> {
         match &self.stopper {
             ShellStopper::NamespaceInit => None,
-            ShellStopper::Runc { program, container_id } => {
-                Some((program.clone(), vec!["delete".to_owned(), "--force".to_owned(), container_id.clone()]))
+            ShellStopper::Container { runtime, container_id } => {
+                Some((runtime.program().to_path_buf(), runtime.arguments(["delete", "--force", container_id])))
             }
         }
     }
 
     /// The program and arguments that kill the sandbox's PID namespace init, if it can be found.
-    fn stop_command(&self) -> Option<(PathBuf, Vec<String>)> {
+    fn stop_command(&self) -> Option<(PathBuf, Vec<OsString>)> {
         match &self.stopper {
             ShellStopper::NamespaceInit => {
                 let init = self.namespace_init_pid()?;
-                Some((PathBuf::from(KILL_PROGRAM), vec!["-KILL".to_owned(), init.to_string()]))
+                Some((PathBuf::from(KILL_PROGRAM), vec!["-KILL".into(), init.to_string().into()]))
             }
-            ShellStopper::Runc { program, container_id } => {
-                Some((program.clone(), vec!["kill".to_owned(), container_id.clone(), "KILL".to_owned()]))
+            ShellStopper::Container { runtime, container_id } => {
+                Some((runtime.program().to_path_buf(), runtime.arguments(["kill", container_id, "KILL"])))
             }
         }
     }
