@@ -209,8 +209,13 @@ impl Provisioner for HostProvisioner {
             let sandbox: Arc<dyn Sandbox> = match driver.as_deref() {
                 Some("oci") => Arc::new(OciSandbox::provision(root, limits, PathBuf::from(OCI_ROOTFS_DEFAULT)).await?),
                 Some("gvisor") => Arc::new(
-                    OciSandbox::provision_with(ContainerRuntime::Gvisor, root, limits, PathBuf::from(OCI_ROOTFS_DEFAULT))
-                        .await?,
+                    OciSandbox::provision_with(
+                        ContainerRuntime::Gvisor,
+                        root,
+                        limits,
+                        PathBuf::from(OCI_ROOTFS_DEFAULT),
+                    )
+                    .await?,
                 ),
                 _ => Arc::new(NamespaceSandbox::provision(root, limits).await?),
             };

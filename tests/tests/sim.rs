@@ -4,7 +4,6 @@
 
 use std::process::{Command, Output};
 
-
 /// A smaller run than the default, so the suite stays quick: the same
 /// phases and faults, a shorter safety phase and workload.
 const SMALL: [&str; 8] = ["--steps", "8000", "--clients", "2", "--appends", "15", "--agent-sessions", "2"];
@@ -39,7 +38,8 @@ fn a_range_of_failover_seeds_runs_clean() {
 /// leadership was confirmed and the orchestrator gave up on "not leader".
 #[test]
 fn seeds_that_found_bugs_pass() {
-    for seed in ["11"] {
+    let seeds: &[&str] = &["11"];
+    for seed in seeds {
         let mut args = vec!["run", "--seed", seed];
         args.extend(SMALL);
         let output = sim(&args);
