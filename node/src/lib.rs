@@ -7,6 +7,7 @@ pub mod brain;
 pub mod cli;
 pub mod client;
 pub mod dev;
+pub mod hands;
 pub mod identity;
 pub mod json;
 pub mod node;

@@ -99,6 +99,16 @@
 //! `destroy` or drop runs `runc kill <id> KILL` (which ends the PID namespace)
 //! and `runc delete --force <id>`. Needs root and the `runc` and
 //! `busybox-static` packages.
+//!
+//! # The local sandbox ([`LocalSandbox`])
+//!
+//! The same runner with `bash` a plain local shell (bash, or busybox ash) in
+//! its own process group, working in the workspace; a timeout or `destroy`
+//! kills the group (a process that left it with `setsid` survives). It
+//! isolates nothing: `agentd hands` serves it from inside a VM, which is the
+//! boundary. The shell gets `oom_score_adj` 1000 so that memory exhaustion
+//! kills tool processes before the agent; with `run_as` it runs as that uid
+//! under `ulimit -u pids_max`. Memory is the VM's.
 
 mod bwrap;
 mod call_runner;
@@ -107,6 +117,7 @@ mod error;
 mod file_tools;
 mod ledger;
 mod limits;
+mod local_sandbox;
 mod namespace_sandbox;
 mod oci_bundle;
 mod oci_sandbox;
@@ -120,6 +131,7 @@ use futures_util::future::BoxFuture;
 pub use bwrap::BWRAP_ENV;
 pub use error::SandboxError;
 pub use limits::Limits;
+pub use local_sandbox::LocalSandbox;
 pub use namespace_sandbox::NamespaceSandbox;
 pub use oci_bundle::RUNC_ENV;
 pub use oci_sandbox::OciSandbox;

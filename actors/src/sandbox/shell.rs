@@ -59,6 +59,9 @@ pub(crate) enum ShellStopper {
     /// The spawned process is `runc run` (foreground): `runc kill <id> KILL` kills the
     /// container's init, which ends its PID namespace; `runc run` then exits.
     Runc { program: PathBuf, container_id: String },
+    /// The spawned process is a plain local shell that leads its own process group:
+    /// kill the group (processes that left it with `setsid` are not reached).
+    ProcessGroup,
 }
 
 impl Shell {
@@ -297,7 +300,7 @@ impl Shell {
     /// was killed).
     fn cleanup_command(&self) -> Option<(PathBuf, Vec<String>)> {
         match &self.stopper {
-            ShellStopper::NamespaceInit => None,
+            ShellStopper::NamespaceInit | ShellStopper::ProcessGroup => None,
             ShellStopper::Runc { program, container_id } => {
                 Some((program.clone(), vec!["delete".to_owned(), "--force".to_owned(), container_id.clone()]))
             }
@@ -313,6 +316,10 @@ impl Shell {
             }
             ShellStopper::Runc { program, container_id } => {
                 Some((program.clone(), vec!["kill".to_owned(), container_id.clone(), "KILL".to_owned()]))
+            }
+            ShellStopper::ProcessGroup => {
+                let leader = self.child.id()?;
+                Some((PathBuf::from(KILL_PROGRAM), vec!["-KILL".to_owned(), "--".to_owned(), format!("-{leader}")]))
             }
         }
     }
