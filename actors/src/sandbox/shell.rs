@@ -239,6 +239,7 @@ impl Shell {
     /// (`--die-with-parent`), but its processes would be reparented to the host's init,
     /// and until that reaps them they stay in the sandbox's cgroup.
     pub(crate) async fn kill(&mut self) {
+        self.kill_process_group();
         if let Some((program, arguments)) = self.stop_command() {
             let _ = tokio::process::Command::new(program)
                 .args(arguments)
@@ -268,6 +269,7 @@ impl Shell {
 
     /// `kill` without a runtime, waiting at most `timeout`: for `Drop`.
     pub(crate) fn kill_blocking(&mut self, timeout: Duration) {
+        self.kill_process_group();
         if let Some((program, arguments)) = self.stop_command() {
             let _ = std::process::Command::new(program)
                 .args(arguments)
@@ -295,6 +297,18 @@ impl Shell {
         }
     }
 
+    /// Kills the process group a local shell leads (its own processes and their children).
+    fn kill_process_group(&self) {
+        if !matches!(self.stopper, ShellStopper::ProcessGroup) {
+            return;
+        }
+        let leader = self.child.id().and_then(|id| i32::try_from(id).ok()).and_then(rustix::process::Pid::from_raw);
+        if let Some(leader) = leader {
+            // The group may be gone already; there is nothing to do then.
+            let _ = rustix::process::kill_process_group(leader, rustix::process::Signal::KILL);
+        }
+    }
+
     /// What removes the sandbox's leftovers once its processes are dead: a runc container's
     /// state and cgroups (`runc run` removes them itself when it exits normally, not when it
     /// was killed).
@@ -317,10 +331,7 @@ impl Shell {
             ShellStopper::Runc { program, container_id } => {
                 Some((program.clone(), vec!["kill".to_owned(), container_id.clone(), "KILL".to_owned()]))
             }
-            ShellStopper::ProcessGroup => {
-                let leader = self.child.id()?;
-                Some((PathBuf::from(KILL_PROGRAM), vec!["-KILL".to_owned(), "--".to_owned(), format!("-{leader}")]))
-            }
+            ShellStopper::ProcessGroup => None,
         }
     }
 
