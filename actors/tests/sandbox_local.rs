@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agentd_actors::sandbox::{Limits, LocalSandbox, Sandbox, ToolCall, ToolOutput};
+use agentd_actors::sandbox::{Limits, LocalSandbox, LocalShell, Sandbox, ToolCall, ToolOutput};
 use serde_json::json;
 
 async fn bash(sandbox: &LocalSandbox, command: &str, timeout_ms: u64) -> ToolOutput {
@@ -32,8 +32,7 @@ async fn a_timeout_kills_background_processes_too() {
     let sandbox = LocalSandbox::open(
         &dir.path().join("workspace"),
         &dir.path().join("ledger"),
-        "/bin/bash".into(),
-        None,
+        LocalShell { program: "/bin/bash".into(), run_as: None, network_namespace: None },
         Limits::default(),
     )
     .unwrap();
@@ -65,8 +64,7 @@ async fn run_as_limits_the_shell_users_processes() {
     let sandbox = LocalSandbox::open(
         &dir.path().join("workspace"),
         &dir.path().join("ledger"),
-        "/bin/bash".into(),
-        Some(64_123),
+        LocalShell { program: "/bin/bash".into(), run_as: Some(64_123), network_namespace: None },
         limits,
     )
     .unwrap();

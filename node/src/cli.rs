@@ -103,6 +103,9 @@ pub struct HandsArgs {
     /// Run the shell as this uid (the workspace is handed to it).
     #[arg(long)]
     pub run_as: Option<u32>,
+    /// Start the shell in the network namespace bound at this path (needs root and nsenter).
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -520,8 +523,11 @@ async fn hands(args: HandsArgs) -> Result<()> {
         ledger,
         identity,
         limits,
-        shell: args.shell,
-        run_as: args.run_as,
+        shell: agentd_actors::sandbox::LocalShell {
+            program: args.shell,
+            run_as: args.run_as,
+            network_namespace: args.netns,
+        },
     })?;
     // Scripts and the microVM driver wait for this line.
     println!("agentd hands listening on {}", agent.local_addr()?);

@@ -26,51 +26,78 @@ const CLEANUP_WAIT_MS: u64 = 2_000;
 /// (`oom_score_adj` 1000), so memory exhaustion inside the VM takes them, not
 /// the agent. With `run_as`, the shell runs as that user (and the workspace
 /// is handed to it) with at most `Limits::pids_max` processes (RLIMIT_NPROC,
-/// which the kernel does not apply to root).
+/// which the kernel does not apply to root). With a `network_namespace`, the shell
+/// starts there.
 pub struct LocalSandbox {
-    shell_program: PathBuf,
+    shell: LocalShell,
     workspace: Workspace,
-    run_as: Option<u32>,
     runner: CallRunner,
+}
+
+/// How the local shell is started.
+#[derive(Debug, Clone)]
+pub struct LocalShell {
+    /// bash, or a shell that speaks its quoting (busybox ash).
+    pub program: PathBuf,
+    /// Run the shell as this uid and gid (the workspace is handed to it).
+    pub run_as: Option<u32>,
+    /// Start the shell in the network namespace bound at this path (through
+    /// `nsenter`, which must be on `PATH`, as root): a namespace without
+    /// interfaces leaves tools with no network while the agent keeps its own.
+    pub network_namespace: Option<PathBuf>,
 }
 
 impl LocalSandbox {
     /// Serves tools over `workspace` (created if missing) with the ledger in
-    /// `ledger`. `shell_program` is bash, or a shell that speaks its quoting
-    /// (busybox ash). The shell starts on the first `bash` call.
+    /// `ledger`. The shell starts on the first `bash` call.
     pub fn open(
         workspace: &Path,
         ledger: &Path,
-        shell_program: PathBuf,
-        run_as: Option<u32>,
+        shell: LocalShell,
         limits: Limits,
     ) -> Result<LocalSandbox, SandboxError> {
         std::fs::create_dir_all(workspace)
             .map_err(|error| SandboxError::Io(format!("creating {}: {error}", workspace.display())))?;
-        if !shell_program.exists() {
-            return Err(SandboxError::Unavailable(format!("no shell at {}", shell_program.display())));
+        if !shell.program.exists() {
+            return Err(SandboxError::Unavailable(format!("no shell at {}", shell.program.display())));
         }
-        let workspace = Workspace::new(workspace, run_as)
+        if let Some(namespace) = shell.network_namespace.as_ref().filter(|namespace| !namespace.exists()) {
+            return Err(SandboxError::Unavailable(format!("no network namespace at {}", namespace.display())));
+        }
+        let workspace = Workspace::new(workspace, shell.run_as)
             .map_err(|error| SandboxError::Io(format!("resolving {}: {error}", workspace.display())))?;
         let ledger = Ledger::open(ledger.to_path_buf())?;
-        Ok(LocalSandbox {
-            shell_program,
-            runner: CallRunner::new(limits, workspace.clone(), ledger),
-            workspace,
-            run_as,
-        })
+        Ok(LocalSandbox { shell, runner: CallRunner::new(limits, workspace.clone(), ledger), workspace })
     }
 
     async fn spawn_shell(&self) -> Result<Shell, SandboxError> {
         // The first shell adjusts itself, then becomes the persistent one, so the
         // settings hold for everything it starts.
         let mut setup = "echo 1000 > /proc/self/oom_score_adj 2>/dev/null; ".to_owned();
-        if self.run_as.is_some() {
+        if self.shell.run_as.is_some() {
             setup.push_str(&format!("ulimit -u {} || exit 1; ", self.runner.limits.pids_max));
         }
-        let program = self.shell_program.to_string_lossy().into_owned();
+        let program = self.shell.program.to_string_lossy().into_owned();
         setup.push_str(&format!("exec {program}"));
-        let mut command = tokio::process::Command::new(&self.shell_program);
+        let mut command = match &self.shell.network_namespace {
+            // nsenter enters the namespace as root, then takes the uid; it does not fork.
+            Some(namespace) => {
+                let mut command = tokio::process::Command::new("nsenter");
+                command.arg(format!("-n{}", namespace.display()));
+                if let Some(uid) = self.shell.run_as {
+                    command.args(["-S", &uid.to_string(), "-G", &uid.to_string()]);
+                }
+                command.arg("--").arg(&self.shell.program);
+                command
+            }
+            None => {
+                let mut command = tokio::process::Command::new(&self.shell.program);
+                if let Some(uid) = self.shell.run_as {
+                    command.uid(uid).gid(uid);
+                }
+                command
+            }
+        };
         command
             .arg("-c")
             .arg(setup)
@@ -79,9 +106,6 @@ impl LocalSandbox {
             .env("PATH", SHELL_PATH)
             .env("HOME", self.workspace.root())
             .process_group(0);
-        if let Some(uid) = self.run_as {
-            command.uid(uid).gid(uid);
-        }
         Shell::spawn(command, ShellStopper::ProcessGroup).await
     }
 }

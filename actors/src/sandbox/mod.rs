@@ -131,7 +131,7 @@ use futures_util::future::BoxFuture;
 pub use bwrap::BWRAP_ENV;
 pub use error::SandboxError;
 pub use limits::Limits;
-pub use local_sandbox::LocalSandbox;
+pub use local_sandbox::{LocalSandbox, LocalShell};
 pub use namespace_sandbox::NamespaceSandbox;
 pub use oci_bundle::RUNC_ENV;
 pub use oci_sandbox::OciSandbox;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use agentd_actors::sandbox::{Limits, LocalSandbox, Sandbox, SandboxError, Secret, ToolCall};
+use agentd_actors::sandbox::{Limits, LocalSandbox, LocalShell, Sandbox, SandboxError, Secret, ToolCall};
 use agentd_protocol::hands::{HandsCall, HandsError, HandsRequest, HandsResponse};
 use agentd_protocol::limits::HANDS_FRAME_BYTES_MAX;
 use agentd_protocol::PROTOCOL_VERSION;
@@ -21,10 +21,8 @@ pub struct HandsAgentOptions {
     /// The CA certificate, and this agent's certificate and key (PEM text).
     pub identity: HandsIdentity,
     pub limits: Limits,
-    /// bash, or busybox ash.
-    pub shell: PathBuf,
-    /// Run the shell as this uid (with RLIMIT_NPROC), else as the agent's user.
-    pub run_as: Option<u32>,
+    /// How the tools' shell starts (program, user, network namespace).
+    pub shell: LocalShell,
 }
 
 /// A running agent: its address, and the task serving it.
@@ -36,9 +34,8 @@ pub struct HandsAgent {
 impl HandsAgent {
     /// Opens the sandbox and binds the endpoint; `serve` then answers calls.
     pub fn bind(options: HandsAgentOptions) -> Result<HandsAgent> {
-        let sandbox =
-            LocalSandbox::open(&options.workspace, &options.ledger, options.shell, options.run_as, options.limits)
-                .context("cannot open the sandbox")?;
+        let sandbox = LocalSandbox::open(&options.workspace, &options.ledger, options.shell, options.limits)
+            .context("cannot open the sandbox")?;
         let config = options.identity.agent_server_config().context("bad agent certificate")?;
         let endpoint = quinn::Endpoint::server(config, options.listen)
             .with_context(|| format!("cannot listen on {}", options.listen))?;

@@ -31,6 +31,8 @@
 
 pub mod agent;
 pub mod client;
+pub mod microvm;
 
 pub use agent::{HandsAgent, HandsAgentOptions};
 pub use client::HandsClient;
+pub use microvm::{MicrovmImage, MicrovmSandbox};

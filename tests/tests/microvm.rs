@@ -1,0 +1,169 @@
+//! Real QEMU microVMs running the real `agentd hands`: tools, confinement
+//! (host files, network), contained fork bombs and memory exhaustion, limits.
+//! Boots take seconds under TCG, so one VM serves every case that does not
+//! need its own. Skipped, with the reason on stderr, only when QEMU, the
+//! cloud kernel or busybox-static is missing.
+
+use std::time::{Duration, Instant};
+
+use agentd_actors::sandbox::{Limits, Sandbox, SandboxError, ToolCall, ToolOutput};
+use agentd_node::hands::microvm::{MicrovmImage, MicrovmSandbox, MICROVM_CACHE_DIR_DEFAULT};
+
+async fn image(test: &str) -> Option<MicrovmImage> {
+    match MicrovmImage::prepare(&agentd_tests::agentd_binary!(), std::path::Path::new(MICROVM_CACHE_DIR_DEFAULT)).await
+    {
+        Ok(image) => Some(image),
+        Err(SandboxError::Unavailable(reason)) => {
+            eprintln!("skipped: {test}: {reason}");
+            None
+        }
+        Err(error) => panic!("preparing the microvm image: {error}"),
+    }
+}
+
+async fn call(sandbox: &MicrovmSandbox, name: &str, input: serde_json::Value, key: &str) -> ToolOutput {
+    sandbox
+        .execute(ToolCall {
+            name: name.into(),
+            input_json: input.to_string(),
+            idempotency_key: key.into(),
+            secrets: Vec::new(),
+        })
+        .await
+        .expect("the sandbox answers")
+}
+
+async fn bash(sandbox: &MicrovmSandbox, command: &str, timeout_ms: u64) -> ToolOutput {
+    call(sandbox, "bash", serde_json::json!({"command": command, "timeout_ms": timeout_ms}), "").await
+}
+
+/// Whether a guest can open a TCP connection to a listener on the host's loopback
+/// (slirp maps 10.0.2.2 to it). Returns what the guest printed and whether the host accepted.
+async fn guest_reaches_host(sandbox: &MicrovmSandbox) -> (ToolOutput, bool) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a listener");
+    let port = listener.local_addr().expect("its address").port();
+    let accepted = tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_secs(8), listener.accept()).await.is_ok_and(|accepted| accepted.is_ok())
+    });
+    let output = bash(sandbox, &format!("echo hi | nc -w 3 10.0.2.2 {port}; echo rc=$?"), 15_000).await;
+    (output, accepted.await.expect("the listener task"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_microvm_runs_tools_confined_and_contains_abuse() {
+    let Some(image) = image("a_microvm_runs_tools_confined_and_contains_abuse").await else { return };
+    eprintln!("microvm accelerator: {}", image.accel().name());
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        wall_clock_ms: 20_000,
+        output_bytes_max: 4_000,
+        memory_bytes_max: 384 * 1024 * 1024,
+        pids_max: 64,
+        network: false,
+    };
+    let booted = Instant::now();
+    let sandbox = MicrovmSandbox::provision(dir.path().join("session"), limits, &image).await.expect("the VM boots");
+    eprintln!("booted in {:?}", booted.elapsed());
+    let qemu = sandbox.qemu_pid().await.expect("QEMU runs");
+
+    // Tools round trip.
+    let written = call(&sandbox, "write", serde_json::json!({"file_path": "a.txt", "content": "one\ntwo\n"}), "").await;
+    assert!(!written.is_error, "{written:?}");
+    let edited = call(
+        &sandbox,
+        "edit",
+        serde_json::json!({"file_path": "a.txt", "old_string": "two", "new_string": "three"}),
+        "",
+    )
+    .await;
+    assert!(!edited.is_error, "{edited:?}");
+    let shell = bash(&sandbox, "cat /workspace/a.txt; id -u; uname -r", 20_000).await;
+    let words: Vec<&str> = shell.content.split_whitespace().collect();
+    assert_eq!(&words[..3], ["one", "three", "1000"], "{shell:?}");
+    assert!(words[3].ends_with("-cloud-amd64"), "the guest runs the cloud kernel: {shell:?}");
+    let grepped = call(&sandbox, "grep", serde_json::json!({"pattern": "thr"}), "").await;
+    assert!(grepped.content.contains("a.txt"), "{grepped:?}");
+
+    // A host file is invisible to the guest.
+    let marker_dir = tempfile::tempdir().unwrap();
+    let secret = format!("host-only-{:016x}", rand::random::<u64>());
+    let marker = marker_dir.path().join("marker.txt");
+    std::fs::write(&marker, &secret).unwrap();
+    let looked = bash(
+        &sandbox,
+        &format!("cat {} 2>&1; grep -rl {secret} / 2>/dev/null | head -3; true", marker.display()),
+        20_000,
+    )
+    .await;
+    assert!(!looked.content.contains(&secret) || looked.content.contains("grep -rl"), "{looked:?}");
+    assert!(looked.content.contains("No such file"), "{looked:?}");
+    let read = call(&sandbox, "read", serde_json::json!({"file_path": marker.to_string_lossy()}), "").await;
+    assert!(read.is_error && !read.content.contains(&secret), "{read:?}");
+
+    // No network when the environment does not allow it.
+    let (output, accepted) = guest_reaches_host(&sandbox).await;
+    assert!(!accepted, "the guest reached the host: {output:?}");
+    assert!(!output.content.contains("rc=0"), "{output:?}");
+
+    // The agent's key is root's; the tools run as uid 1000.
+    let key = bash(&sandbox, "cat /etc/agentd/agent.key 2>&1 | head -1", 20_000).await;
+    assert!(!key.content.contains("PRIVATE KEY"), "{key:?}");
+
+    // Wall clock and output limits.
+    let slow = bash(&sandbox, "sleep 60", 1_000).await;
+    assert!(slow.is_error && slow.content.contains("timed out"), "{slow:?}");
+    let flood = bash(&sandbox, "yes flood | head -c 1000000", 20_000).await;
+    assert!(flood.content.len() < 4_500 && flood.content.contains("flood"), "{} bytes", flood.content.len());
+
+    // A fork bomb is bounded by the process limit and ended by the timeout; the VM stays.
+    let bomb = bash(&sandbox, "bomb() { bomb | bomb & }; bomb; sleep 30", 5_000).await;
+    eprintln!("fork bomb: {bomb:?}");
+    assert!(bomb.is_error && bomb.content.contains("timed out"), "{bomb:?}");
+    let after = bash(&sandbox, "echo alive", 20_000).await;
+    assert_eq!(after.content.trim(), "alive", "{after:?}");
+
+    // Memory exhaustion kills the tool, not the agent.
+    let hog = bash(&sandbox, "tail /dev/zero && echo survived", 20_000).await;
+    eprintln!("memory hog: {hog:?}");
+    assert!(hog.is_error && hog.content.contains("exit code 137") && !hog.content.contains("survived"), "{hog:?}");
+    let after = bash(&sandbox, "echo alive", 20_000).await;
+    assert_eq!(after.content.trim(), "alive", "{after:?}");
+
+    // A repeated idempotency key runs once.
+    let append = serde_json::json!({"command": "echo x >> once.txt; wc -l < once.txt"});
+    let first = call(&sandbox, "bash", append.clone(), "key-1").await;
+    let again = call(&sandbox, "bash", append, "key-1").await;
+    assert_eq!(first, again);
+    assert_eq!(first.content.trim(), "1");
+    let count = bash(&sandbox, "wc -l < once.txt", 20_000).await;
+    assert_eq!(count.content.trim(), "1");
+
+    sandbox.destroy().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{qemu}")).exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!std::path::Path::new(&format!("/proc/{qemu}")).exists(), "QEMU is gone after destroy");
+    assert!(matches!(
+        sandbox
+            .execute(ToolCall {
+                name: "bash".into(),
+                input_json: "{}".into(),
+                idempotency_key: String::new(),
+                secrets: vec![]
+            })
+            .await,
+        Err(SandboxError::Crashed(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_microvm_with_network_allowed_reaches_the_host() {
+    let Some(image) = image("a_microvm_with_network_allowed_reaches_the_host").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { network: true, memory_bytes_max: 256 * 1024 * 1024, ..Limits::default() };
+    let sandbox = MicrovmSandbox::provision(dir.path().join("session"), limits, &image).await.expect("the VM boots");
+    let (output, accepted) = guest_reaches_host(&sandbox).await;
+    assert!(accepted && output.content.contains("rc=0"), "{output:?}");
+    sandbox.destroy().await.unwrap();
+}
