@@ -142,11 +142,13 @@ pub struct LocalHands {
     root: PathBuf,
     router: Router,
     sandboxes: tokio::sync::Mutex<HashMap<SessionId, Arc<dyn Sandbox>>>,
+    /// The microvm driver's kernel and initramfs, prepared at its first use.
+    microvm: tokio::sync::OnceCell<crate::hands::MicrovmImage>,
 }
 
 impl LocalHands {
     pub fn new(root: PathBuf, router: Router) -> Self {
-        Self { root, router, sandboxes: tokio::sync::Mutex::new(HashMap::new()) }
+        Self { root, router, sandboxes: tokio::sync::Mutex::new(HashMap::new()), microvm: tokio::sync::OnceCell::new() }
     }
 
     async fn environment(&self, session: &SessionInfo) -> Option<EnvironmentSpec> {
@@ -199,6 +201,10 @@ impl LocalHands {
         let driver = self.environment(session).await.map(|environment| environment.driver);
         let sandbox: Arc<dyn Sandbox> = match driver.as_deref() {
             Some("oci") => Arc::new(OciSandbox::provision(root, limits, PathBuf::from(OCI_ROOTFS_DEFAULT)).await?),
+            Some("microvm") => {
+                let image = self.microvm.get_or_try_init(crate::hands::MicrovmImage::prepare_default).await?;
+                Arc::new(crate::hands::MicrovmSandbox::provision(root, limits, image).await?)
+            }
             _ => Arc::new(NamespaceSandbox::provision(root, limits).await?),
         };
         metrics::counter!("agentd_sandboxes_provisioned_total").increment(1);

@@ -264,7 +264,7 @@ pub enum EnvironmentCommand {
         id: Option<EnvironmentId>,
         #[arg(long)]
         name: String,
-        /// Sandbox driver: namespace (bubblewrap) or oci (runc).
+        /// Sandbox driver: namespace (bubblewrap), oci (runc) or microvm (QEMU).
         #[arg(long, default_value = "namespace")]
         driver: String,
         /// Let tools use the network.

@@ -167,3 +167,100 @@ async fn a_microvm_with_network_allowed_reaches_the_host() {
     assert!(accepted && output.content.contains("rc=0"), "{output:?}");
     sandbox.destroy().await.unwrap();
 }
+
+/// A session on a real node whose environment chooses the microvm driver: the
+/// node boots a VM for the session and its tool calls run in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_in_a_microvm_environment_runs_its_tools_in_a_vm() -> anyhow::Result<()> {
+    use agentd_protocol::agent::{AgentSpec, BuiltInTool, EnvironmentSpec, PermissionPolicy};
+    use agentd_protocol::api::Consistency;
+    use agentd_protocol::event::{ContentBlock, EventPayload};
+
+    if image("a_session_in_a_microvm_environment_runs_its_tools_in_a_vm").await.is_none() {
+        return Ok(());
+    }
+    let scripts = tempfile::tempdir()?;
+    let scripts_flag = scripts.path().to_string_lossy().into_owned();
+    let turns = serde_json::json!([
+        [{"type": "tool_use", "name": "bash", "input": {"command": "uname -r; id -u"}}],
+        [{"type": "text", "text": "done"}],
+    ]);
+    std::fs::write(scripts.path().join("vm.json"), turns.to_string())?;
+    let cluster = agentd_tests::Cluster::start(
+        agentd_tests::agentd_binary!(),
+        1,
+        &["--shards", "2", "--scripts-dir", &scripts_flag],
+    )
+    .await?;
+    let client = cluster.client()?;
+    let environment = client
+        .put_environment(
+            None,
+            EnvironmentSpec {
+                name: "vm".into(),
+                driver: "microvm".into(),
+                network: false,
+                tool_timeout_ms: 30_000,
+                eager_provisioning: false,
+                vaults: vec![],
+            },
+        )
+        .await?;
+    let agent = client
+        .put_agent(
+            None,
+            AgentSpec {
+                name: "vm agent".into(),
+                model: "scripted:vm.json".into(),
+                system: None,
+                tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
+                custom_tools: vec![],
+                max_model_calls_per_turn: 10,
+            },
+        )
+        .await?;
+    let session = client.create_session_with(Some(agent.id), Some(environment.id)).await?.session_id;
+    client.append(session, EventPayload::user_text("where do tools run?")).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let result = loop {
+        let events = client.read_all(session, Consistency::Leader).await?;
+        let result = events.iter().find_map(|event| match &event.payload {
+            EventPayload::AgentToolResult { content, is_error, .. } => {
+                Some((content.iter().map(|ContentBlock::Text { text }| text.as_str()).collect::<String>(), *is_error))
+            }
+            _ => None,
+        });
+        if let Some(result) = result {
+            break result;
+        }
+        assert!(Instant::now() < deadline, "no tool result; events: {events:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let lines: Vec<&str> = result.0.lines().collect();
+    assert!(!result.1 && lines.len() == 2, "{result:?}");
+    assert!(lines[0].ends_with("-cloud-amd64") && lines[1] == "1000", "the tool ran in the guest: {result:?}");
+
+    // The node's VM dies with the node, even when the node is SIGKILLed.
+    let cluster_dir = cluster.dir.path().to_string_lossy().into_owned();
+    assert_eq!(processes_mentioning(&cluster_dir).len(), 1, "one QEMU runs for the session");
+    drop(cluster);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&cluster_dir).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(processes_mentioning(&cluster_dir), Vec::<u32>::new(), "QEMU outlived its node");
+    Ok(())
+}
+
+/// Processes whose command line mentions `text` (QEMU names its VM's files).
+fn processes_mentioning(text: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(text))
+                && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.starts_with("qemu"))
+        })
+        .collect()
+}

@@ -60,6 +60,11 @@ pub const QEMU_ENV: &str = "AGENTD_QEMU";
 pub const KERNEL_ENV: &str = "AGENTD_MICROVM_KERNEL";
 /// `kvm` or `tcg`: skips the KVM probe.
 pub const ACCEL_ENV: &str = "AGENTD_MICROVM_ACCEL";
+/// The agentd binary put into the guest (default: this program). Embedders whose
+/// program is not `agentd` set it.
+pub const HANDS_BINARY_ENV: &str = "AGENTD_HANDS_BINARY";
+/// Overrides the image cache directory.
+pub const CACHE_DIR_ENV: &str = "AGENTD_MICROVM_CACHE";
 /// The initramfs builder, embedded so that an installed binary can build its image.
 const INITRAMFS_SCRIPT: &str = include_str!("../../../scripts/microvm-initramfs.sh");
 /// The port the agent listens on inside the guest.
@@ -79,6 +84,8 @@ const BOOT_ATTEMPTS: u32 = 2;
 #[derive(Debug, Clone)]
 pub struct MicrovmImage {
     qemu: PathBuf,
+    /// util-linux `setpriv`, if present: ties QEMU's life to this process.
+    setpriv: Option<PathBuf>,
     kernel: PathBuf,
     initramfs: PathBuf,
     accel: Accel,
@@ -118,13 +125,30 @@ impl MicrovmImage {
             )));
         }
         let initramfs = build_initramfs(agentd_binary, &release, cache_dir).await?;
-        let mut image = MicrovmImage { qemu, kernel, initramfs, accel: Accel::Tcg, tsc_khz: host_tsc_khz() };
+        let setpriv = find_in_path("setpriv");
+        if setpriv.is_none() {
+            tracing::warn!("setpriv (util-linux) not found: a microvm outlives a node that is killed with SIGKILL");
+        }
+        let mut image = MicrovmImage { qemu, setpriv, kernel, initramfs, accel: Accel::Tcg, tsc_khz: host_tsc_khz() };
         image.accel = match std::env::var(ACCEL_ENV).ok().as_deref() {
             Some("kvm") => Accel::Kvm,
             Some("tcg") => Accel::Tcg,
             _ => *ACCEL_PROBED.get_or_init(|| image.probe_kvm(cache_dir, &release)).await,
         };
         Ok(image)
+    }
+
+    /// `prepare` with the agent binary from `AGENTD_HANDS_BINARY` (else this program)
+    /// and the cache from `AGENTD_MICROVM_CACHE` (else [`MICROVM_CACHE_DIR_DEFAULT`]).
+    pub async fn prepare_default() -> Result<MicrovmImage, SandboxError> {
+        let binary = match std::env::var_os(HANDS_BINARY_ENV) {
+            Some(path) => PathBuf::from(path),
+            None => std::env::current_exe()
+                .map_err(|error| SandboxError::Unavailable(format!("cannot find this program's binary: {error}")))?,
+        };
+        let cache =
+            std::env::var_os(CACHE_DIR_ENV).map_or_else(|| PathBuf::from(MICROVM_CACHE_DIR_DEFAULT), PathBuf::from);
+        MicrovmImage::prepare(&binary, &cache).await
     }
 
     pub fn accel(&self) -> Accel {
@@ -212,7 +236,18 @@ impl MicrovmImage {
         // port as well. Without network, the tools' shell runs in a namespace that
         // has only loopback (see the initramfs's /init), so the agent alone uses eth0.
         let netdev = format!("user,id=net0,hostfwd=udp:127.0.0.1:{port}-10.0.2.15:{GUEST_PORT}");
-        let mut command = tokio::process::Command::new(&self.qemu);
+        // QEMU must not outlive this process, even when it is SIGKILLed (kill_on_drop
+        // covers only orderly drops): `setpriv --pdeathsig KILL` (util-linux) asks the
+        // kernel to kill QEMU when the thread that started it dies. That is a runtime
+        // worker thread, which lives as long as the runtime.
+        let mut command = match &self.setpriv {
+            Some(setpriv) => {
+                let mut command = tokio::process::Command::new(setpriv);
+                command.args(["--pdeathsig", "KILL", "--"]).arg(&self.qemu);
+                command
+            }
+            None => tokio::process::Command::new(&self.qemu),
+        };
         command
             .args(["-M", "microvm,acpi=on", "-accel", self.accel.name()])
             .args(["-cpu", if self.accel == Accel::Kvm { "host" } else { "max" }])
@@ -407,15 +442,16 @@ fn locate_qemu() -> Result<PathBuf, SandboxError> {
     if let Some(path) = std::env::var_os(QEMU_ENV) {
         return Ok(PathBuf::from(path));
     }
+    find_in_path("qemu-system-x86_64").ok_or_else(|| {
+        SandboxError::Unavailable(
+            "qemu-system-x86_64 not found; install the qemu-system-x86 package (scripts/setup.sh)".to_owned(),
+        )
+    })
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|directory| directory.join("qemu-system-x86_64"))
-        .find(|candidate| candidate.is_file())
-        .ok_or_else(|| {
-            SandboxError::Unavailable(
-                "qemu-system-x86_64 not found; install the qemu-system-x86 package (scripts/setup.sh)".to_owned(),
-            )
-        })
+    std::env::split_paths(&path).map(|directory| directory.join(program)).find(|candidate| candidate.is_file())
 }
 
 /// The newest Debian cloud kernel in /boot, unless `AGENTD_MICROVM_KERNEL` names one.
