@@ -7,13 +7,13 @@
 //! initramfs is built once per agentd binary by `scripts/microvm-initramfs.sh`
 //! (embedded here, so an installed binary needs no checkout) into the image
 //! cache directory: busybox-static, the virtio, network, rng and fw_cfg
-//! modules of that kernel, the agentd binary (debug info stripped) with its
+//! modules of that kernel, the agentd binary (stripped) with its
 //! shared libraries, and an `/init` that configures slirp networking
 //! (10.0.2.15/24, gateway 10.0.2.2) and hands over to busybox `init`, which
 //! reaps orphans and restarts the agent if it dies.
 //!
 //! Per VM, the certificates (`ClusterCa::issue_hands`), the limits and the
-//! host's clock reach the guest as QEMU `fw_cfg` files (no copy of the 50 MB
+//! host's clock reach the guest as QEMU `fw_cfg` files (no copy of the 45 MB
 //! initramfs per VM); the guest copies them to `/etc/agentd` (mode 0700).
 //!
 //! # Isolation and limits
@@ -69,7 +69,7 @@ pub const CACHE_DIR_ENV: &str = "AGENTD_MICROVM_CACHE";
 const INITRAMFS_SCRIPT: &str = include_str!("../../../scripts/microvm-initramfs.sh");
 /// The port the agent listens on inside the guest.
 const GUEST_PORT: u16 = 4433;
-/// The least memory a guest gets: the initramfs alone takes about 55 MB of it.
+/// The least memory a guest gets: the initramfs alone takes about 45 MB of it.
 pub const GUEST_MEMORY_MIB_MIN: u64 = 256;
 /// How long the KVM probe waits for a guest to come up.
 const KVM_PROBE_TIMEOUT_MS: u64 = 15_000;
