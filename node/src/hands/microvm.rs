@@ -26,9 +26,14 @@
 //! - Processes: the shell runs as uid 1000 with `ulimit -u` of
 //!   `Limits::pids_max`, so a fork bomb stops there; it cannot read the
 //!   agent's key (root, 0600).
-//! - Network: `-netdev user,restrict=on` unless `Limits::network`: the guest
-//!   can reach nothing (not even the host); only the forwarded agent port
-//!   reaches it, from the host's loopback.
+//! - Network: slirp (`-netdev user`) with one forwarded UDP port, from the
+//!   host's loopback to the agent. slirp's `restrict=on` would cut egress but
+//!   also drops the guest's UDP replies on the forwarded port, so it is not
+//!   used. Instead, unless `Limits::network`, the tools' shell starts in a
+//!   network namespace that has only loopback (`agentd hands --netns`); only
+//!   the agent (root) has `eth0`. With `Limits::network`, the tools share the
+//!   agent's namespace: slirp NAT to anything the host reaches, **including
+//!   services on the host's loopback** (as 10.0.2.2).
 //! - Wall clock and output: per call, enforced by the agent as in every
 //!   driver. Boots are bounded by `SANDBOX_BOOT_TIMEOUT_MS`.
 //!
@@ -209,6 +214,11 @@ impl MicrovmImage {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let mut vm = self.spawn(directory, limits, port)?;
             match vm.wait_ready(timeout).await {
+                // A VM that did not come up in time will not do better on another port.
+                Err(BootFailure::TimedOut(error)) => {
+                    vm.kill().await;
+                    return Err(error);
+                }
                 Ok(()) => {
                     let client = HandsClient::new(addr, &identities, limits.wall_clock_ms)?;
                     match client.ping().await {
@@ -219,7 +229,7 @@ impl MicrovmImage {
                         Err(error) => last_error = Some(vm.failure(format!("the agent did not answer: {error}"))),
                     }
                 }
-                Err(error) => last_error = Some(error),
+                Err(BootFailure::Exited(error)) => last_error = Some(error),
             }
             vm.kill().await;
         }
@@ -306,6 +316,13 @@ async fn read_console(
     }
 }
 
+/// Why a VM did not come up.
+enum BootFailure {
+    /// QEMU exited (a taken port, a broken accelerator): another attempt may work.
+    Exited(SandboxError),
+    TimedOut(SandboxError),
+}
+
 /// One running VM. Dropping it kills QEMU.
 struct Vm {
     child: tokio::process::Child,
@@ -315,7 +332,7 @@ struct Vm {
 }
 
 impl Vm {
-    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), SandboxError> {
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), BootFailure> {
         let outcome = tokio::time::timeout(timeout, async {
             tokio::select! {
                 ready = self.ready.wait_for(|ready| *ready) => ready.is_ok(),
@@ -325,8 +342,10 @@ impl Vm {
         .await;
         match outcome {
             Ok(true) => Ok(()),
-            Ok(false) => Err(self.failure("QEMU exited before the agent started".to_owned())),
-            Err(_) => Err(self.failure(format!("the VM did not boot within {} ms", timeout.as_millis()))),
+            Ok(false) => Err(BootFailure::Exited(self.failure("QEMU exited before the agent started".to_owned()))),
+            Err(_) => Err(BootFailure::TimedOut(
+                self.failure(format!("the VM did not boot within {} ms", timeout.as_millis())),
+            )),
         }
     }
 
@@ -398,6 +417,13 @@ impl MicrovmSandbox {
         }
         let _ = std::fs::remove_dir_all(&self.directory);
         Ok(())
+    }
+}
+
+impl Drop for MicrovmSandbox {
+    /// QEMU is killed by its `Child` (kill on drop); the VM's certificates go too.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.directory);
     }
 }
 
