@@ -138,6 +138,21 @@ async fn a_microvm_runs_tools_confined_and_contains_abuse() {
     let count = bash(&sandbox, "wc -l < once.txt", 20_000).await;
     assert_eq!(count.content.trim(), "1");
 
+    // The VM dies in the middle of a call: the call fails, and its key is never run again.
+    let cut = ToolCall {
+        name: "bash".into(),
+        input_json: serde_json::json!({"command": "echo cut >> cut.txt; sleep 60"}).to_string(),
+        idempotency_key: "key-cut".into(),
+        secrets: Vec::new(),
+    };
+    let crash = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let killed = std::process::Command::new("kill").args(["-KILL", &qemu.to_string()]).status();
+        assert!(killed.is_ok_and(|status| status.success()), "kill QEMU");
+    };
+    let (cut_result, ()) = tokio::join!(sandbox.execute(cut.clone()), crash);
+    assert!(matches!(cut_result, Err(SandboxError::Crashed(_))), "{cut_result:?}");
+
     sandbox.destroy().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::path::Path::new(&format!("/proc/{qemu}")).exists() && Instant::now() < deadline {

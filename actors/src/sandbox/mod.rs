@@ -130,6 +130,7 @@ use futures_util::future::BoxFuture;
 
 pub use bwrap::BWRAP_ENV;
 pub use error::SandboxError;
+pub use ledger::{interrupted_output, Ledger, LedgerState};
 pub use limits::Limits;
 pub use local_sandbox::{LocalSandbox, LocalShell};
 pub use namespace_sandbox::NamespaceSandbox;

@@ -130,6 +130,11 @@ impl HandsClient {
         Ok(connection)
     }
 
+    /// Whether `close` was called.
+    pub fn is_closed(&self) -> bool {
+        self.destroyed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Stops calling the agent and closes the connection.
     pub fn close(&self) {
         self.destroyed.store(true, std::sync::atomic::Ordering::Release);

@@ -18,7 +18,11 @@
 //!
 //! # Isolation and limits
 //! - The guest sees only its initramfs (in guest RAM): no host file, no other
-//!   sandbox. Its workspace and ledger live in guest RAM and die with it.
+//!   sandbox. Its workspace lives in guest RAM and dies with it. Idempotency
+//!   keys are recorded twice: by the agent, and on the host under
+//!   `root/ledger` (the same files as the other drivers), which outlives the
+//!   VM: a key whose call failed with the VM is answered "interrupted", never
+//!   run again in the next VM.
 //! - Memory: `-m` from `Limits::memory_bytes_max` (at least
 //!   [`GUEST_MEMORY_MIB_MIN`]); the tools' processes are the OOM killer's
 //!   first choice and the agent is exempt, so exhausting memory kills tools,
@@ -48,7 +52,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentd_actors::sandbox::{Limits, Sandbox, SandboxError, ToolCall, ToolOutput};
+use agentd_actors::sandbox::{
+    interrupted_output, Ledger, LedgerState, Limits, Sandbox, SandboxError, ToolCall, ToolOutput,
+};
 use agentd_protocol::limits::SANDBOX_BOOT_TIMEOUT_MS;
 use agentd_raft::tls::ClusterCa;
 use futures_util::future::BoxFuture;
@@ -367,6 +373,10 @@ impl Vm {
 pub struct MicrovmSandbox {
     vm: tokio::sync::Mutex<Option<Vm>>,
     client: HandsClient,
+    /// The host's record of idempotency keys (`root/ledger`), which outlives the VM.
+    ledger: Ledger,
+    /// Serializes calls, so that a key's ledger check and its run are one step.
+    calls: tokio::sync::Mutex<()>,
     /// The VM's files (certificates, config); removed on destroy.
     directory: PathBuf,
     accel: Accel,
@@ -381,10 +391,18 @@ impl MicrovmSandbox {
         image: &MicrovmImage,
     ) -> Result<MicrovmSandbox, SandboxError> {
         let directory = root.join("vm");
+        let ledger = Ledger::open(root.join("ledger"))?;
         let mut vm = image.boot(&directory, &limits, Duration::from_millis(SANDBOX_BOOT_TIMEOUT_MS)).await?;
         let client = vm.client.take().ok_or_else(|| SandboxError::Crashed("the VM has no client".to_owned()))?;
         tracing::debug!(root = %root.display(), accel = image.accel.name(), "microvm sandbox booted");
-        Ok(MicrovmSandbox { vm: tokio::sync::Mutex::new(Some(vm)), client, directory, accel: image.accel })
+        Ok(MicrovmSandbox {
+            vm: tokio::sync::Mutex::new(Some(vm)),
+            client,
+            ledger,
+            calls: tokio::sync::Mutex::new(()),
+            directory,
+            accel: image.accel,
+        })
     }
 
     pub fn accel(&self) -> Accel {
@@ -396,7 +414,52 @@ impl MicrovmSandbox {
         self.vm.lock().await.as_ref().and_then(|vm| vm.child.id())
     }
 
+    /// The host's ledger first (the guest's dies with the VM), then the guest.
     async fn execute_call(&self, call: ToolCall) -> Result<ToolOutput, SandboxError> {
+        let _serial = self.calls.lock().await;
+        if self.client.is_closed() {
+            return Err(SandboxError::Crashed("the sandbox was destroyed".to_owned()));
+        }
+        let key = call.idempotency_key.clone();
+        if !key.is_empty() {
+            let ledger = self.ledger.clone();
+            let lookup = key.clone();
+            let state = tokio::task::spawn_blocking(move || -> Result<LedgerState, SandboxError> {
+                let state = ledger.state(&lookup)?;
+                if matches!(state, LedgerState::New) {
+                    ledger.begin(&lookup)?;
+                }
+                Ok(state)
+            })
+            .await
+            .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))??;
+            match state {
+                LedgerState::New => {}
+                LedgerState::Recorded(output) => return Ok(output),
+                LedgerState::Interrupted => {
+                    let output = interrupted_output();
+                    self.record(key, output.clone()).await?;
+                    return Ok(output);
+                }
+            }
+        }
+        let result = self.call_guest(call).await;
+        // After a failure the guest may or may not have run the call: the marker stays, so
+        // a retry with this key is answered "interrupted" instead of running twice.
+        if let (Ok(output), false) = (&result, key.is_empty()) {
+            self.record(key, output.clone()).await?;
+        }
+        result
+    }
+
+    async fn record(&self, key: String, output: ToolOutput) -> Result<(), SandboxError> {
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || ledger.record(&key, &output))
+            .await
+            .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))?
+    }
+
+    async fn call_guest(&self, call: ToolCall) -> Result<ToolOutput, SandboxError> {
         let result = self.client.execute(call).await;
         if let Err(SandboxError::Crashed(message)) = &result {
             // Say why, if QEMU is gone.
