@@ -12,7 +12,8 @@
 //! (10.0.2.15/24, gateway 10.0.2.2) and hands over to busybox `init`, which
 //! reaps orphans and restarts the agent if it dies.
 //!
-//! Per VM, the certificates (`ClusterCa::issue_hands`), the limits and the
+//! Per VM, the certificates (`ClusterCa::issue_hands` from a CA made for that
+//! VM alone, see `hands/mod.rs`), the limits and the
 //! host's clock reach the guest as QEMU `fw_cfg` files (no copy of the 45 MB
 //! initramfs per VM); the guest copies them to `/etc/agentd` (mode 0700).
 //!
