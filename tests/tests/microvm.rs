@@ -152,6 +152,15 @@ async fn a_microvm_runs_tools_confined_and_contains_abuse() {
     };
     let (cut_result, ()) = tokio::join!(sandbox.execute(cut.clone()), crash);
     assert!(matches!(cut_result, Err(SandboxError::Crashed(_))), "{cut_result:?}");
+    // A call that cannot reach the dead VM at all is known not to have run.
+    let unreached = ToolCall {
+        name: "bash".into(),
+        input_json: serde_json::json!({"command": "echo reached"}).to_string(),
+        idempotency_key: "key-unreached".into(),
+        secrets: Vec::new(),
+    };
+    let unreached_result = sandbox.execute(unreached.clone()).await;
+    assert!(matches!(unreached_result, Err(SandboxError::Crashed(_))), "{unreached_result:?}");
 
     sandbox.destroy().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);

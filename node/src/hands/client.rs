@@ -60,16 +60,16 @@ impl HandsClient {
 
     /// Whether the agent answers.
     pub async fn ping(&self) -> Result<(), SandboxError> {
-        match self.call(HandsCall::Ping).await? {
+        match self.call(HandsCall::Ping).await.map_err(|failure| failure.error)? {
             HandsResponse::Pong => Ok(()),
             other => Err(SandboxError::Crashed(format!("unexpected answer to a ping: {other:?}"))),
         }
     }
 
     /// Sends one call and waits for its answer.
-    pub async fn call(&self, call: HandsCall) -> Result<HandsResponse, SandboxError> {
+    pub async fn call(&self, call: HandsCall) -> Result<HandsResponse, CallFailure> {
         if self.destroyed.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(SandboxError::Crashed("the sandbox was destroyed".to_owned()));
+            return Err(CallFailure { error: crashed("the sandbox was destroyed"), may_have_run: false });
         }
         // Resending after the call went out could run it twice, unless the agent's
         // ledger recognises it (a non-empty idempotency key) or it has no effect.
@@ -78,37 +78,86 @@ impl HandsClient {
             HandsCall::Execute { idempotency_key, .. } => !idempotency_key.is_empty(),
         };
         let request = HandsRequest::new(call);
-        match self.exchange(&request, false, resend_safe).await {
-            Err(Retry::Reconnect(_)) => {}
-            Err(Retry::No(error)) => return Err(error),
-            Ok(response) => return Ok(response),
-        }
-        match self.exchange(&request, true, resend_safe).await {
-            Ok(response) => Ok(response),
-            Err(Retry::Reconnect(error) | Retry::No(error)) => Err(error),
+        let mut may_have_run = false;
+        let mut fresh = false;
+        loop {
+            let failed = match self.exchange(&request, fresh).await {
+                Ok(response) => return Ok(response),
+                Err(failed) => failed,
+            };
+            may_have_run |= failed.sent;
+            let retry = !fresh && failed.connection_lost && (!failed.sent || resend_safe);
+            if !retry {
+                return Err(CallFailure { error: failed.error, may_have_run });
+            }
+            fresh = true;
         }
     }
 
-    async fn exchange(&self, request: &HandsRequest, fresh: bool, resend_safe: bool) -> Result<HandsResponse, Retry> {
-        let after_sending = |error: SandboxError| if resend_safe { Retry::Reconnect(error) } else { Retry::No(error) };
-        let connection = self.connection(fresh).await.map_err(Retry::No)?;
+    async fn exchange(&self, request: &HandsRequest, fresh: bool) -> Result<HandsResponse, Failed> {
+        let unsent = |error: SandboxError, connection_lost: bool| Failed { error, sent: false, connection_lost };
+        let sent = |error: SandboxError| Failed { error, sent: true, connection_lost: true };
+        let connection = self.connection(fresh).await.map_err(|error| unsent(error, false))?;
         let (mut send, mut recv) = connection
             .open_bi()
             .await
-            .map_err(|error| Retry::Reconnect(crashed(format!("cannot open a stream to the agent: {error}"))))?;
+            .map_err(|error| unsent(crashed(format!("cannot open a stream to the agent: {error}")), true))?;
         let exchange = async {
             agentd_raft::wire::write_frame(&mut send, request, HANDS_FRAME_BYTES_MAX)
                 .await
-                .map_err(|error| after_sending(crashed(format!("cannot send to the agent: {error}"))))?;
+                .map_err(|error| sent(crashed(format!("cannot send to the agent: {error}"))))?;
             let _ = send.finish();
             agentd_raft::wire::read_frame::<_, HandsResponse>(&mut recv, HANDS_FRAME_BYTES_MAX)
                 .await
-                .map_err(|error| after_sending(crashed(format!("no answer from the agent: {error}"))))?
-                .ok_or_else(|| after_sending(crashed("the agent closed the stream without answering")))
+                .map_err(|error| sent(crashed(format!("no answer from the agent: {error}"))))?
+                .ok_or_else(|| sent(crashed("the agent closed the stream without answering")))
         };
-        tokio::time::timeout(self.answer_timeout, exchange).await.map_err(|_| {
-            Retry::No(crashed(format!("the agent did not answer within {} ms", self.answer_timeout.as_millis())))
+        tokio::time::timeout(self.answer_timeout, exchange).await.map_err(|_| Failed {
+            error: crashed(format!("the agent did not answer within {} ms", self.answer_timeout.as_millis())),
+            sent: true,
+            connection_lost: false,
         })?
+    }
+
+    /// Runs one tool call; a failure says whether the call may have run.
+    pub async fn execute_call(&self, call: ToolCall) -> Result<ToolOutput, CallFailure> {
+        let call = HandsCall::Execute {
+            name: call.name,
+            input_json: call.input_json,
+            idempotency_key: call.idempotency_key,
+            secrets: call.secrets.into_iter().map(|secret| (secret.name, secret.value)).collect(),
+        };
+        // Too large for one frame is the tool input's fault (a huge `write`), not the sandbox's.
+        let size = encoded_len(&HandsRequest::new(call.clone())).map_err(|error| CallFailure {
+            error: SandboxError::Io(format!("encoding the call: {error}")),
+            may_have_run: false,
+        })?;
+        if size > HANDS_FRAME_BYTES_MAX {
+            return Ok(ToolOutput::failure(format!(
+                "the tool input is {size} bytes; at most {HANDS_FRAME_BYTES_MAX} bytes can be sent to the sandbox"
+            )));
+        }
+        match self.call(call).await? {
+            HandsResponse::Output { content, is_error } => Ok(ToolOutput { content, is_error }),
+            // The agent's runner fails with Unavailable or Crashed only before the tool runs;
+            // an Io failure may come from recording the output of a tool that ran.
+            HandsResponse::Error(error) => Err(match error {
+                HandsError::Unavailable { message } => {
+                    CallFailure { error: SandboxError::Unavailable(message), may_have_run: false }
+                }
+                HandsError::Crashed { message } => {
+                    CallFailure { error: SandboxError::Crashed(message), may_have_run: false }
+                }
+                HandsError::Io { message } => CallFailure { error: SandboxError::Io(message), may_have_run: true },
+                other => CallFailure {
+                    error: SandboxError::Unavailable(format!("the sandbox agent refused the call: {other}")),
+                    may_have_run: false,
+                },
+            }),
+            HandsResponse::Pong => {
+                Err(CallFailure { error: crashed("the agent answered a call with a pong"), may_have_run: true })
+            }
+        }
     }
 
     async fn connection(&self, fresh: bool) -> Result<quinn::Connection, SandboxError> {
@@ -142,10 +191,21 @@ impl HandsClient {
     }
 }
 
-enum Retry {
-    /// The connection failed: a fresh one may succeed.
-    Reconnect(SandboxError),
-    No(SandboxError),
+/// A call that got no answer from the agent.
+#[derive(Debug)]
+pub struct CallFailure {
+    pub error: SandboxError,
+    /// Whether the request may have reached the agent (and so the tool may have run).
+    pub may_have_run: bool,
+}
+
+/// One failed exchange.
+struct Failed {
+    error: SandboxError,
+    /// The request was (at least partly) written.
+    sent: bool,
+    /// The connection broke: a fresh one may work.
+    connection_lost: bool,
 }
 
 fn crashed(message: impl Into<String>) -> SandboxError {
@@ -154,33 +214,7 @@ fn crashed(message: impl Into<String>) -> SandboxError {
 
 impl Sandbox for HandsClient {
     fn execute(&self, call: ToolCall) -> BoxFuture<'_, Result<ToolOutput, SandboxError>> {
-        async move {
-            let call = HandsCall::Execute {
-                name: call.name,
-                input_json: call.input_json,
-                idempotency_key: call.idempotency_key,
-                secrets: call.secrets.into_iter().map(|secret| (secret.name, secret.value)).collect(),
-            };
-            // Too large for one frame is the tool input's fault (a huge `write`), not the sandbox's.
-            let size = encoded_len(&HandsRequest::new(call.clone()))
-                .map_err(|error| SandboxError::Io(format!("encoding the call: {error}")))?;
-            if size > HANDS_FRAME_BYTES_MAX {
-                return Ok(ToolOutput::failure(format!(
-                    "the tool input is {size} bytes; at most {HANDS_FRAME_BYTES_MAX} bytes can be sent to the sandbox"
-                )));
-            }
-            match self.call(call).await? {
-                HandsResponse::Output { content, is_error } => Ok(ToolOutput { content, is_error }),
-                HandsResponse::Error(error) => Err(match error {
-                    HandsError::Unavailable { message } => SandboxError::Unavailable(message),
-                    HandsError::Crashed { message } => SandboxError::Crashed(message),
-                    HandsError::Io { message } => SandboxError::Io(message),
-                    other => SandboxError::Unavailable(format!("the sandbox agent refused the call: {other}")),
-                }),
-                HandsResponse::Pong => Err(crashed("the agent answered a call with a pong")),
-            }
-        }
-        .boxed()
+        async move { self.execute_call(call).await.map_err(|failure| failure.error) }.boxed()
     }
 
     fn destroy(&self) -> BoxFuture<'_, Result<(), SandboxError>> {

@@ -63,7 +63,7 @@ use futures_util::FutureExt;
 pub use image::{Accel, MicrovmImage};
 use vm::Vm;
 
-use super::client::HandsClient;
+use super::client::{CallFailure, HandsClient};
 
 /// Where images are built and cached by default.
 pub const MICROVM_CACHE_DIR_DEFAULT: &str = "/var/cache/agentd/microvm";
@@ -155,13 +155,27 @@ impl MicrovmSandbox {
                 }
             }
         }
-        let result = self.call_guest(call).await;
-        // After a failure the guest may or may not have run the call: the marker stays, so
-        // a retry with this key is answered "interrupted" instead of running twice.
-        if let (Ok(output), false) = (&result, key.is_empty()) {
-            self.record(key, output.clone()).await?;
+        match self.call_guest(call).await {
+            Ok(output) => {
+                if !key.is_empty() {
+                    self.record(key, output.clone()).await?;
+                }
+                Ok(output)
+            }
+            // Known not to have run: a retry with this key may run it.
+            Err(CallFailure { error, may_have_run: false }) => {
+                if !key.is_empty() {
+                    let ledger = self.ledger.clone();
+                    tokio::task::spawn_blocking(move || ledger.abandon(&key))
+                        .await
+                        .map_err(|join| SandboxError::Io(format!("ledger task failed: {join}")))??;
+                }
+                Err(error)
+            }
+            // The guest may have run it: the marker stays, so a retry with this key is
+            // answered "interrupted" instead of running twice.
+            Err(CallFailure { error, may_have_run: true }) => Err(error),
         }
-        result
     }
 
     async fn record(&self, key: String, output: ToolOutput) -> Result<(), SandboxError> {
@@ -171,14 +185,14 @@ impl MicrovmSandbox {
             .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))?
     }
 
-    async fn call_guest(&self, call: ToolCall) -> Result<ToolOutput, SandboxError> {
-        let result = self.client.execute(call).await;
-        if let Err(SandboxError::Crashed(message)) = &result {
+    async fn call_guest(&self, call: ToolCall) -> Result<ToolOutput, CallFailure> {
+        let mut result = self.client.execute_call(call).await;
+        if let Err(CallFailure { error: error @ SandboxError::Crashed(_), .. }) = &mut result {
             // Say why, if QEMU is gone.
             let mut vm = self.vm.lock().await;
             if let Some(current) = vm.as_mut() {
                 if matches!(current.child.try_wait(), Ok(Some(_))) {
-                    return Err(current.failure(format!("the VM exited ({message})")));
+                    *error = current.failure(format!("the VM exited ({error})"));
                 }
             }
         }
