@@ -61,7 +61,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 pub use image::{Accel, MicrovmImage};
-use vm::Vm;
+use vm::{Phase, Vm};
 
 use super::client::{CallFailure, HandsClient};
 
@@ -89,6 +89,8 @@ pub struct MicrovmSandbox {
     ledger: Ledger,
     /// Serializes calls, so that a key's ledger check and its run are one step.
     calls: tokio::sync::Mutex<()>,
+    /// Says when QEMU exits, so that a call does not wait for network timeouts.
+    phase: tokio::sync::watch::Receiver<Phase>,
     /// The VM's files (certificates, config); removed on destroy.
     directory: PathBuf,
     accel: Accel,
@@ -108,6 +110,7 @@ impl MicrovmSandbox {
         let client = vm.client.take().ok_or_else(|| SandboxError::Crashed("the VM has no client".to_owned()))?;
         tracing::debug!(root = %root.display(), accel = image.accel().name(), "microvm sandbox booted");
         Ok(MicrovmSandbox {
+            phase: vm.phase.clone(),
             vm: tokio::sync::Mutex::new(Some(vm)),
             client,
             ledger,
@@ -186,7 +189,18 @@ impl MicrovmSandbox {
     }
 
     async fn call_guest(&self, call: ToolCall) -> Result<ToolOutput, CallFailure> {
-        let mut result = self.client.execute_call(call).await;
+        let mut phase = self.phase.clone();
+        let mut result = if *phase.borrow() == Phase::Exited {
+            Err(CallFailure { error: SandboxError::Crashed("QEMU is gone".to_owned()), may_have_run: false })
+        } else {
+            tokio::select! {
+                result = self.client.execute_call(call) => result,
+                _ = phase.wait_for(|phase| *phase == Phase::Exited) => Err(CallFailure {
+                    error: SandboxError::Crashed("QEMU exited during the call".to_owned()),
+                    may_have_run: true,
+                }),
+            }
+        };
         if let Err(CallFailure { error: error @ SandboxError::Crashed(_), .. }) = &mut result {
             // Say why, if QEMU is gone.
             let mut vm = self.vm.lock().await;

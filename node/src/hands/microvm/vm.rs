@@ -120,27 +120,27 @@ fn spawn(image: &MicrovmImage, directory: &Path, limits: &Limits, port: u16) -> 
         .spawn()
         .map_err(|error| SandboxError::Unavailable(format!("cannot start {}: {error}", image.qemu.display())))?;
     let console = Arc::new(Mutex::new(Vec::new()));
-    let (ready_sender, ready) = tokio::sync::watch::channel(false);
+    let (phase_sender, phase) = tokio::sync::watch::channel(Phase::Booting);
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(read_console(stdout, console.clone(), Some(ready_sender)));
+        tokio::spawn(read_console(stdout, console.clone(), Some(phase_sender)));
     }
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(read_console(stderr, console.clone(), None));
     }
-    Ok(Vm { child, console, ready, client: None })
+    Ok(Vm { child, console, phase, client: None })
 }
 
 /// Keeps the tail of the guest's console (and QEMU's own messages), and says when the agent listens.
 async fn read_console(
     stream: impl tokio::io::AsyncRead + Unpin,
     console: Arc<Mutex<Vec<u8>>>,
-    ready: Option<tokio::sync::watch::Sender<bool>>,
+    phase: Option<tokio::sync::watch::Sender<Phase>>,
 ) {
     let mut lines = tokio::io::BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         if line.contains(READY_LINE) {
-            if let Some(ready) = &ready {
-                ready.send_replace(true);
+            if let Some(phase) = &phase {
+                phase.send_replace(Phase::Ready);
             }
         }
         if let Ok(mut tail) = console.lock() {
@@ -150,6 +150,20 @@ async fn read_console(
             tail.drain(..excess);
         }
     }
+    // QEMU's standard output (the serial console) ends when QEMU does.
+    if let Some(phase) = &phase {
+        phase.send_replace(Phase::Exited);
+    }
+}
+
+/// Where a VM is in its life, as seen on its console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    Booting,
+    /// The agent printed that it listens.
+    Ready,
+    /// QEMU is gone.
+    Exited,
 }
 
 /// Why a VM did not come up.
@@ -163,7 +177,7 @@ enum BootFailure {
 pub(super) struct Vm {
     pub(super) child: tokio::process::Child,
     pub(super) console: Arc<Mutex<Vec<u8>>>,
-    pub(super) ready: tokio::sync::watch::Receiver<bool>,
+    pub(super) phase: tokio::sync::watch::Receiver<Phase>,
     pub(super) client: Option<HandsClient>,
 }
 
@@ -171,7 +185,9 @@ impl Vm {
     async fn wait_ready(&mut self, timeout: Duration) -> Result<(), BootFailure> {
         let outcome = tokio::time::timeout(timeout, async {
             tokio::select! {
-                ready = self.ready.wait_for(|ready| *ready) => ready.is_ok(),
+                phase = self.phase.wait_for(|phase| *phase != Phase::Booting) => {
+                    phase.is_ok_and(|phase| *phase == Phase::Ready)
+                }
                 _ = self.child.wait() => false,
             }
         })
