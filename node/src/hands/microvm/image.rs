@@ -196,12 +196,18 @@ async fn build_initramfs(agentd_binary: &Path, release: &str, cache_dir: &Path) 
         .ok()
         .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |since| since.as_nanos());
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(
-        format!("{}|{}|{modified}|{release}|{INITRAMFS_SCRIPT}", agentd_binary.display(), metadata.len()).as_bytes(),
-    );
-    let key: String = digest.iter().take(8).map(|byte| format!("{byte:02x}")).collect();
-    let output = cache_dir.join(format!("initramfs-{key}.cpio"));
+    // One image per binary path: a rebuilt binary replaces its image, so the cache
+    // holds at most one image per agentd binary on this host.
+    let short_hash = |text: String| -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(text.as_bytes()).iter().take(8).map(|byte| format!("{byte:02x}")).collect()
+    };
+    let binary_key = short_hash(agentd_binary.display().to_string());
+    let version_key = short_hash(format!("{}|{modified}|{release}|{INITRAMFS_SCRIPT}", metadata.len()));
+    let output = cache_dir.join(format!("initramfs-{binary_key}-{version_key}.cpio"));
+    // Sandboxes provisioned at once wait for one build instead of each running their own.
+    static BUILDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _building = BUILDING.lock().await;
     if output.is_file() {
         return Ok(output);
     }
@@ -223,6 +229,16 @@ async fn build_initramfs(agentd_binary: &Path, release: &str, cache_dir: &Path) 
             "building the microvm initramfs failed: {}",
             String::from_utf8_lossy(&result.stderr).trim()
         )));
+    }
+    // Older images of this binary. Running VMs are unaffected: QEMU read theirs at start.
+    let stale_prefix = format!("initramfs-{binary_key}-");
+    for entry in std::fs::read_dir(cache_dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&stale_prefix) && entry.path() != output {
+            if let Err(error) = std::fs::remove_file(entry.path()) {
+                tracing::debug!(%error, name, "could not remove a stale microvm image");
+            }
+        }
     }
     Ok(output)
 }
