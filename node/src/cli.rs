@@ -66,46 +66,7 @@ pub enum Command {
     #[command(subcommand)]
     Bench(BenchCommand),
     /// The agent inside a sandbox: serves the built-in tools over QUIC to its node.
-    Hands(HandsArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct HandsArgs {
-    /// Address to serve on (UDP).
-    #[arg(long)]
-    pub listen: SocketAddr,
-    /// The directory the tools work in (created if missing).
-    #[arg(long)]
-    pub workspace: PathBuf,
-    /// The cluster CA certificate; callers must present a client certificate it issued.
-    #[arg(long)]
-    pub ca: PathBuf,
-    /// This agent's certificate and key, issued by the CA for this sandbox.
-    #[arg(long)]
-    pub cert: PathBuf,
-    #[arg(long)]
-    pub key: PathBuf,
-    /// The idempotency ledger (default: WORKSPACE.ledger next to the workspace).
-    #[arg(long)]
-    pub ledger: Option<PathBuf>,
-    /// Default and maximum wall-clock time of one bash call.
-    #[arg(long, default_value_t = agentd_actors::sandbox::Limits::default().wall_clock_ms)]
-    pub wall_clock_ms: u64,
-    /// Output kept per tool call.
-    #[arg(long, default_value_t = agentd_actors::sandbox::Limits::default().output_bytes_max)]
-    pub output_bytes_max: usize,
-    /// Processes of the shell's user, with --run-as.
-    #[arg(long, default_value_t = agentd_actors::sandbox::Limits::default().pids_max)]
-    pub pids_max: u64,
-    /// The shell: bash, or busybox ash.
-    #[arg(long, default_value = "/bin/bash")]
-    pub shell: PathBuf,
-    /// Run the shell as this uid (the workspace is handed to it).
-    #[arg(long)]
-    pub run_as: Option<u32>,
-    /// Start the shell in the network namespace bound at this path (needs root and nsenter).
-    #[arg(long)]
-    pub netns: Option<PathBuf>,
+    Hands(crate::hands::HandsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -428,7 +389,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::dev::run(crate::dev::DevOptions { data_dir, nodes, base_port, shards, keep_running }).await
         }
         Command::Cluster(ClusterCommand::Status(target)) => cluster_status(target).await,
-        Command::Hands(args) => hands(args).await,
+        Command::Hands(args) => crate::hands::run(args).await,
         Command::Session(command) => session(command).await,
         Command::Agent(command) => agent(command).await,
         Command::Environment(command) => environment(command).await,
@@ -496,42 +457,6 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
-}
-
-async fn hands(args: HandsArgs) -> Result<()> {
-    let read =
-        |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()));
-    let identity = agentd_raft::tls::HandsIdentity {
-        ca_cert_pem: read(&args.ca)?,
-        cert_pem: read(&args.cert)?,
-        key_pem: read(&args.key)?,
-    };
-    let ledger = args.ledger.unwrap_or_else(|| {
-        let mut name = args.workspace.file_name().unwrap_or_default().to_os_string();
-        name.push(".ledger");
-        args.workspace.with_file_name(name)
-    });
-    let limits = agentd_actors::sandbox::Limits {
-        wall_clock_ms: args.wall_clock_ms,
-        output_bytes_max: args.output_bytes_max,
-        pids_max: args.pids_max,
-        ..Default::default()
-    };
-    let agent = crate::hands::HandsAgent::bind(crate::hands::HandsAgentOptions {
-        listen: args.listen,
-        workspace: args.workspace,
-        ledger,
-        identity,
-        limits,
-        shell: agentd_actors::sandbox::LocalShell {
-            program: args.shell,
-            run_as: args.run_as,
-            network_namespace: args.netns,
-        },
-    })?;
-    // Scripts and the microVM driver wait for this line.
-    println!("agentd hands listening on {}", agent.local_addr()?);
-    agent.serve().await
 }
 
 async fn start(args: StartArgs) -> Result<()> {

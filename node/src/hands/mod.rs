@@ -34,9 +34,11 @@
 //! [`HandsError`]: agentd_protocol::hands::HandsError
 
 pub mod agent;
+mod cli;
 pub mod client;
 pub mod microvm;
 
 pub use agent::{HandsAgent, HandsAgentOptions};
+pub use cli::{run, HandsArgs};
 pub use client::HandsClient;
 pub use microvm::{MicrovmImage, MicrovmSandbox};
