@@ -109,8 +109,9 @@ fn spawn(image: &MicrovmImage, directory: &Path, limits: &Limits, port: u16) -> 
         .args(["-netdev", &netdev, "-device", "virtio-net-device,netdev=net0"])
         .args(["-device", "virtio-rng-device"]);
     for file in ["ca.pem", "agent.pem", "agent.key", "config"] {
-        let path = directory.join(file);
-        command.arg("-fw_cfg").arg(format!("name=opt/agentd/{file},file={}", path.display()));
+        // QEMU's option syntax escapes a comma by doubling it.
+        let path = directory.join(file).display().to_string().replace(',', ",,");
+        command.arg("-fw_cfg").arg(format!("name=opt/agentd/{file},file={path}"));
     }
     let mut child = command
         .stdin(Stdio::null())
