@@ -142,8 +142,8 @@ pub struct LocalHands {
     root: PathBuf,
     router: Router,
     sandboxes: tokio::sync::Mutex<HashMap<SessionId, Arc<dyn Sandbox>>>,
-    /// The microvm driver's kernel and initramfs, prepared at its first use.
-    microvm: tokio::sync::OnceCell<crate::hands::MicrovmImage>,
+    /// The microvm driver's image and booted spares, prepared at its first use.
+    microvm: tokio::sync::OnceCell<Arc<crate::hands::MicrovmPool>>,
 }
 
 impl LocalHands {
@@ -202,8 +202,9 @@ impl LocalHands {
         let sandbox: Arc<dyn Sandbox> = match driver.as_deref() {
             Some("oci") => Arc::new(OciSandbox::provision(root, limits, PathBuf::from(OCI_ROOTFS_DEFAULT)).await?),
             Some("microvm") => {
-                let image = self.microvm.get_or_try_init(crate::hands::MicrovmImage::prepare_default).await?;
-                Arc::new(crate::hands::MicrovmSandbox::provision(root, limits, image).await?)
+                let spares = self.root.join(".microvm-spares");
+                let pool = self.microvm.get_or_try_init(|| crate::hands::MicrovmPool::from_env(spares)).await?;
+                Arc::new(pool.provision(root, limits).await?)
             }
             _ => Arc::new(NamespaceSandbox::provision(root, limits).await?),
         };

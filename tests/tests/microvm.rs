@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use agentd_actors::sandbox::{Limits, Sandbox, SandboxError, ToolCall, ToolOutput};
-use agentd_node::hands::microvm::{MicrovmImage, MicrovmSandbox, MICROVM_CACHE_DIR_DEFAULT};
+use agentd_node::hands::microvm::{MicrovmImage, MicrovmPool, MicrovmSandbox, MICROVM_CACHE_DIR_DEFAULT};
 
 async fn image(test: &str) -> Option<MicrovmImage> {
     match MicrovmImage::prepare(&agentd_tests::agentd_binary!(), std::path::Path::new(MICROVM_CACHE_DIR_DEFAULT)).await
@@ -266,7 +266,8 @@ async fn a_session_in_a_microvm_environment_runs_its_tools_in_a_vm() -> anyhow::
 
     // The node's VM dies with the node, even when the node is SIGKILLed.
     let cluster_dir = cluster.dir.path().to_string_lossy().into_owned();
-    assert_eq!(processes_mentioning(&cluster_dir).len(), 1, "one QEMU runs for the session");
+    // The session's VM, and possibly a spare booting for the next session.
+    assert!(!processes_mentioning(&cluster_dir).is_empty(), "a QEMU runs for the session");
     drop(cluster);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !processes_mentioning(&cluster_dir).is_empty() && Instant::now() < deadline {
@@ -287,4 +288,43 @@ fn processes_mentioning(text: &str) -> Vec<u32> {
                 && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.starts_with("qemu"))
         })
         .collect()
+}
+
+/// A pool boots a spare after the first sandbox of a shape, and the next sandbox
+/// of that shape gets it instead of booting; dropping the pool kills its spares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_hands_out_a_booted_spare() {
+    let Some(image) = image("a_pool_hands_out_a_booted_spare").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let spares_dir = dir.path().join("spares");
+    let pool = MicrovmPool::new(image, spares_dir.clone(), 1);
+    let limits = Limits { memory_bytes_max: 256 * 1024 * 1024, ..Limits::default() };
+    let first = pool.provision(dir.path().join("one"), limits.clone()).await.expect("the first VM boots");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let spare = loop {
+        if let Some(pid) = pool.spare_pids(&limits).first() {
+            break *pid;
+        }
+        assert!(Instant::now() < deadline, "no spare was booted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let started = Instant::now();
+    let second = pool.provision(dir.path().join("two"), limits.clone()).await.expect("a sandbox from the spare");
+    assert_eq!(second.qemu_pid().await, Some(spare), "the second sandbox runs in the spare");
+    let output = bash(&second, "echo from the spare; ls /workspace | wc -l", 20_000).await;
+    eprintln!("provision from a spare to the first bash result: {:?}", started.elapsed());
+    assert_eq!(output.content.split_whitespace().collect::<Vec<_>>(), ["from", "the", "spare", "0"], "{output:?}");
+    assert_ne!(first.qemu_pid().await, Some(spare));
+    // Another shape has no spare yet.
+    assert!(pool.spare_pids(&Limits { network: true, ..limits.clone() }).is_empty());
+    first.destroy().await.unwrap();
+    second.destroy().await.unwrap();
+
+    let spares_path = spares_dir.to_string_lossy().into_owned();
+    drop(pool);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !processes_mentioning(&spares_path).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(processes_mentioning(&spares_path), Vec::<u32>::new(), "spares outlived their pool");
 }

@@ -41,4 +41,4 @@ pub mod microvm;
 pub use agent::{HandsAgent, HandsAgentOptions};
 pub use cli::{run, HandsArgs};
 pub use client::HandsClient;
-pub use microvm::{MicrovmImage, MicrovmSandbox};
+pub use microvm::{MicrovmImage, MicrovmPool, MicrovmSandbox};

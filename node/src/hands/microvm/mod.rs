@@ -42,12 +42,22 @@
 //! - Wall clock and output: per call, enforced by the agent as in every
 //!   driver. Boots are bounded by `SANDBOX_BOOT_TIMEOUT_MS`.
 //!
+//! # Spares
+//! Nodes provision through a [`MicrovmPool`]: after a sandbox of a given
+//! shape of limits, it boots a spare of that shape in the background
+//! (`AGENTD_MICROVM_SPARES` per shape, default 1, 0 turns it off), and the
+//! next sandbox of that shape takes it: its first call then waits for a
+//! shell, not for a boot. A spare holds nothing of any session (empty
+//! workspace, its own certificates); the host ledger is the session's.
+//! Spares cost their guest's memory and a little CPU while idle.
+//!
 //! # Acceleration
 //! KVM is used only if a probe VM really boots with it (cached per process
 //! and in the image cache); otherwise TCG. `AGENTD_MICROVM_ACCEL=kvm|tcg`
 //! skips the probe.
 
 mod image;
+mod pool;
 mod vm;
 
 use std::path::PathBuf;
@@ -61,6 +71,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 pub use image::{Accel, MicrovmImage};
+pub use pool::{MicrovmPool, SPARES_DEFAULT, SPARES_ENV};
 use vm::{Phase, Vm};
 
 use super::client::{CallFailure, HandsClient};
@@ -106,9 +117,14 @@ impl MicrovmSandbox {
     ) -> Result<MicrovmSandbox, SandboxError> {
         let directory = root.join("vm");
         let ledger = Ledger::open(root.join("ledger"))?;
-        let mut vm = vm::boot(image, &directory, &limits, Duration::from_millis(SANDBOX_BOOT_TIMEOUT_MS)).await?;
-        let client = vm.client.take().ok_or_else(|| SandboxError::Crashed("the VM has no client".to_owned()))?;
+        let vm = vm::boot(image, &directory, &limits, Duration::from_millis(SANDBOX_BOOT_TIMEOUT_MS)).await?;
         tracing::debug!(root = %root.display(), accel = image.accel().name(), "microvm sandbox booted");
+        MicrovmSandbox::assemble(vm, directory, ledger, image.accel())
+    }
+
+    /// A sandbox over a VM that is already up; its files are in `directory`.
+    fn assemble(mut vm: Vm, directory: PathBuf, ledger: Ledger, accel: Accel) -> Result<MicrovmSandbox, SandboxError> {
+        let client = vm.client.take().ok_or_else(|| SandboxError::Crashed("the VM has no client".to_owned()))?;
         Ok(MicrovmSandbox {
             phase: vm.phase.clone(),
             vm: tokio::sync::Mutex::new(Some(vm)),
@@ -116,7 +132,7 @@ impl MicrovmSandbox {
             ledger,
             calls: tokio::sync::Mutex::new(()),
             directory,
-            accel: image.accel(),
+            accel,
         })
     }
 
