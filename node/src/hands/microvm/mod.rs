@@ -49,7 +49,8 @@
 //! next sandbox of that shape takes it: its first call then waits for a
 //! shell, not for a boot. A spare holds nothing of any session (empty
 //! workspace, its own certificates); the host ledger is the session's.
-//! Spares cost their guest's memory and a little CPU while idle.
+//! Spares cost their guest's memory and a little CPU while idle; at most four
+//! shapes keep spares at once.
 //!
 //! # Acceleration
 //! KVM is used only if a probe VM really boots with it (cached per process

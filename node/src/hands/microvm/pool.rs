@@ -17,6 +17,10 @@ pub const SPARES_DEFAULT: usize = 1;
 /// How many booted VMs to keep ready per shape of limits (0 turns the pool off).
 pub const SPARES_ENV: &str = "AGENTD_MICROVM_SPARES";
 
+/// Shapes of limits that keep spares at once: every environment with different
+/// limits is a shape, and idle spares cost memory.
+const SHAPES_WITH_SPARES_MAX: usize = 4;
+
 /// What a guest is booted with; only a spare booted with the same can serve a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Shape {
@@ -46,7 +50,7 @@ struct Spare {
 }
 
 /// Keeps up to `spares` booted VMs per shape of limits that a sandbox was asked
-/// for. A sandbox takes a spare if one is ready and boots one otherwise; either
+/// for, for at most `SHAPES_WITH_SPARES_MAX` shapes (first come). A sandbox takes a spare if one is ready and boots one otherwise; either
 /// way a replacement boots in the background. Spares hold no session data
 /// (empty workspace, fresh certificates); dropping the pool kills them.
 pub struct MicrovmPool {
@@ -132,8 +136,14 @@ impl MicrovmPool {
         {
             let ready = self.ready.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let mut booting = self.booting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let have = ready.get(&shape).map_or(0, Vec::len) + booting.get(&shape).copied().unwrap_or(0);
-            if have >= self.spares {
+            let mut counts: HashMap<&Shape, usize> = HashMap::new();
+            for (other, spares) in ready.iter() {
+                *counts.entry(other).or_default() += spares.len();
+            }
+            for (other, count) in booting.iter() {
+                *counts.entry(other).or_default() += count;
+            }
+            if !needs_spare(&counts, &shape, self.spares) {
                 return;
             }
             *booting.entry(shape.clone()).or_default() += 1;
@@ -167,6 +177,14 @@ impl MicrovmPool {
     }
 }
 
+/// Whether `shape` should get one more spare, given the spares (ready or booting)
+/// of every shape.
+fn needs_spare(counts: &HashMap<&Shape, usize>, shape: &Shape, spares: usize) -> bool {
+    let have = counts.get(shape).copied().unwrap_or(0);
+    let other_shapes = counts.iter().filter(|(other, count)| **other != shape && **count > 0).count();
+    have < spares && (have > 0 || other_shapes < SHAPES_WITH_SPARES_MAX)
+}
+
 impl Drop for MicrovmPool {
     fn drop(&mut self) {
         // The spares' QEMUs die with their `Vm`s; their files go here.
@@ -174,5 +192,27 @@ impl Drop for MicrovmPool {
         for spare in ready.values().flatten() {
             let _ = std::fs::remove_dir_all(&spare.directory);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spares_are_bounded_per_shape_and_in_shapes() {
+        let shapes: Vec<Shape> =
+            (0..6).map(|index| Shape::of(&Limits { wall_clock_ms: 1_000 + index, ..Limits::default() })).collect();
+        let mut counts: HashMap<&Shape, usize> = HashMap::new();
+        assert!(needs_spare(&counts, &shapes[0], 1));
+        assert!(!needs_spare(&counts, &shapes[0], 0), "0 spares turns the pool off");
+        for shape in &shapes[..SHAPES_WITH_SPARES_MAX] {
+            counts.insert(shape, 1);
+        }
+        assert!(!needs_spare(&counts, &shapes[0], 1), "one spare per shape");
+        assert!(needs_spare(&counts, &shapes[0], 2));
+        assert!(!needs_spare(&counts, &shapes[SHAPES_WITH_SPARES_MAX], 1), "no new shape beyond the cap");
+        counts.insert(&shapes[1], 0);
+        assert!(needs_spare(&counts, &shapes[SHAPES_WITH_SPARES_MAX], 1), "a shape without spares frees a place");
     }
 }
