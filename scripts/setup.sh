@@ -9,8 +9,10 @@ set -euo pipefail
 # bubblewrap: the namespace sandbox that runs the agents' bash tool (actors/src/sandbox).
 # runc, busybox-static: the OCI sandbox (a runc container over a busybox rootfs).
 # runsc: the gvisor sandbox (gVisor runs the same bundle and rootfs).
+# qemu-system-x86, linux-image-cloud-amd64: the microvm sandbox (its initramfs, with busybox-static,
+# is built on first use by scripts/microvm-initramfs.sh, embedded in agentd).
 packages=(librocksdb-dev libclang-dev clang pkg-config etcd-server etcd-client protobuf-compiler libprotobuf-dev bubblewrap
-  runc busybox-static runsc)
+  runc busybox-static runsc qemu-system-x86 linux-image-cloud-amd64)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

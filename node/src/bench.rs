@@ -238,15 +238,21 @@ pub async fn run_sandbox(bench: SandboxBench) -> Result<Vec<SandboxReport>> {
     };
     let rootfs = std::path::PathBuf::from(OCI_ROOTFS_DEFAULT);
     let mut reports = Vec::new();
-    for driver in ["namespace", "oci", "gvisor"] {
+    let mut microvm = None;
+    for driver in ["namespace", "oci", "gvisor", "microvm"] {
         let container = match driver {
             "oci" => Some(ContainerRuntime::Runc),
             "gvisor" => Some(ContainerRuntime::Gvisor),
             _ => None,
         };
-        let available = match container {
-            Some(runtime) => OciSandbox::probe_with(runtime, &rootfs),
-            None => NamespaceSandbox::probe(),
+        let available = match (driver, container) {
+            (_, Some(runtime)) => OciSandbox::probe_with(runtime, &rootfs),
+            // The image is built (once per binary) before the clock starts, as the OCI rootfs is.
+            ("microvm", None) => crate::hands::microvm::MicrovmImage::prepare_default().await.map(|image| {
+                eprintln!("bench: microvm guests use {}", image.accel().name());
+                microvm = Some(image);
+            }),
+            _ => NamespaceSandbox::probe(),
         };
         if let Err(error) = available {
             eprintln!("bench: skipping the {driver} driver: {error}");
@@ -256,11 +262,15 @@ pub async fn run_sandbox(bench: SandboxBench) -> Result<Vec<SandboxReport>> {
         for index in 0..bench.sandboxes {
             let root = bench.dir.join(format!("{driver}-{index}"));
             let started = Instant::now();
-            let sandbox: Box<dyn Sandbox> = match container {
-                Some(runtime) => {
+            let sandbox: Box<dyn Sandbox> = match (driver, container) {
+                (_, Some(runtime)) => {
                     Box::new(OciSandbox::provision_with(runtime, root, Limits::default(), rootfs.clone()).await?)
                 }
-                None => Box::new(NamespaceSandbox::provision(root, Limits::default()).await?),
+                ("microvm", None) => {
+                    let image = microvm.as_ref().ok_or_else(|| anyhow::anyhow!("the microvm image is not prepared"))?;
+                    Box::new(crate::hands::MicrovmSandbox::provision(root, Limits::default(), image).await?)
+                }
+                _ => Box::new(NamespaceSandbox::provision(root, Limits::default()).await?),
             };
             let first = sandbox.execute(call("bash", r#"{"command":"true"}"#, format!("{index}-first"))).await?;
             cold.push(started.elapsed());

@@ -195,7 +195,18 @@ pub trait Provisioner: Send + Sync + 'static {
 }
 
 /// The real sandbox drivers on this host.
-pub struct HostProvisioner;
+pub struct HostProvisioner {
+    /// Where session sandboxes live (the microvm driver keeps its spares here).
+    root: PathBuf,
+    /// The microvm driver's image and booted spares, prepared at its first use.
+    microvm: tokio::sync::OnceCell<Arc<crate::hands::MicrovmPool>>,
+}
+
+impl HostProvisioner {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root, microvm: tokio::sync::OnceCell::new() }
+    }
+}
 
 impl Provisioner for HostProvisioner {
     fn provision(
@@ -217,6 +228,11 @@ impl Provisioner for HostProvisioner {
                     )
                     .await?,
                 ),
+                Some("microvm") => {
+                    let spares = self.root.join(".microvm-spares");
+                    let pool = self.microvm.get_or_try_init(|| crate::hands::MicrovmPool::from_env(spares)).await?;
+                    Arc::new(pool.provision(root, limits).await?)
+                }
                 _ => Arc::new(NamespaceSandbox::provision(root, limits).await?),
             };
             Ok(sandbox)

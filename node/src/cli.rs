@@ -69,6 +69,8 @@ pub enum Command {
     /// and disk faults in one process, and check every invariant.
     #[command(subcommand)]
     Sim(crate::sim::cli::SimCommand),
+    /// The agent inside a sandbox: serves the built-in tools over QUIC to its node.
+    Hands(crate::hands::HandsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -227,7 +229,7 @@ pub enum EnvironmentCommand {
         id: Option<EnvironmentId>,
         #[arg(long)]
         name: String,
-        /// Sandbox driver: namespace (bubblewrap), oci (runc) or gvisor (runsc).
+        /// Sandbox driver: namespace (bubblewrap), oci (runc), gvisor (runsc) or microvm (QEMU).
         #[arg(long, default_value = "namespace")]
         driver: String,
         /// Let tools use the network.
@@ -399,6 +401,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::dev::run(crate::dev::DevOptions { data_dir, nodes, base_port, shards, keep_running }).await
         }
         Command::Cluster(ClusterCommand::Status(target)) => cluster_status(target).await,
+        Command::Hands(args) => crate::hands::run(args).await,
         Command::Session(command) => session(command).await,
         Command::Agent(command) => agent(command).await,
         Command::Environment(command) => environment(command).await,

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod dev;
+pub mod hands;
 pub mod identity;
 pub mod json;
 pub mod node;

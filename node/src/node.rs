@@ -108,17 +108,18 @@ impl Node {
         let socket = quinn::TokioRuntime
             .wrap_udp_socket(socket)
             .with_context(|| format!("cannot listen on {}", options.listen))?;
+        let sandbox_dir = options.sandbox_dir.clone().unwrap_or_else(|| data.root().join("sandboxes"));
         let io = NodeIo {
             db,
             socket,
             endpoint_config: quinn::EndpointConfig::default(),
             identity: stored,
             fresh,
-            provisioner: Arc::new(HostProvisioner),
+            provisioner: Arc::new(HostProvisioner::new(sandbox_dir.clone())),
             models: Vec::new(),
             clock: Clock::System,
             seed: rand::random(),
-            sandbox_dir: options.sandbox_dir.clone().unwrap_or_else(|| data.root().join("sandboxes")),
+            sandbox_dir,
             log_observer: None,
         };
         let announce_init = fresh && matches!(options.bootstrap, Bootstrap::Init { .. });

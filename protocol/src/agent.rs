@@ -111,7 +111,8 @@ pub struct AgentRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvironmentSpec {
     pub name: String,
-    /// The sandbox driver: `namespace` (bubblewrap), `oci` (runc) or `gvisor` (runsc).
+    /// The sandbox driver: `namespace` (bubblewrap), `oci` (runc), `gvisor` (runsc) or
+    /// `microvm` (QEMU).
     pub driver: String,
     pub network: bool,
     pub tool_timeout_ms: u64,
@@ -129,8 +130,11 @@ impl EnvironmentSpec {
         if self.name.is_empty() || self.name.len() > limits::NAME_BYTES_MAX {
             return invalid(format!("an environment name is 1 to {} bytes", limits::NAME_BYTES_MAX));
         }
-        if !["namespace", "oci", "gvisor"].contains(&self.driver.as_str()) {
-            return invalid(format!("unknown sandbox driver {:?}; available: namespace, oci, gvisor", self.driver));
+        if !["namespace", "oci", "gvisor", "microvm"].contains(&self.driver.as_str()) {
+            return invalid(format!(
+                "unknown sandbox driver {:?}; available: namespace, oci, gvisor, microvm",
+                self.driver
+            ));
         }
         if self.tool_timeout_ms == 0 || self.tool_timeout_ms > limits::TOOL_TIMEOUT_MS_MAX {
             return invalid(format!("tool_timeout_ms is 1 to {}", limits::TOOL_TIMEOUT_MS_MAX));

@@ -11,6 +11,7 @@ pub mod cluster;
 mod error;
 pub mod event;
 pub mod frame;
+pub mod hands;
 pub mod ids;
 pub mod limits;
 pub mod rules;
@@ -27,3 +28,6 @@ pub const CLIENT_ALPN: &[u8] = b"agentd/1";
 pub const CLUSTER_ALPN: &[u8] = b"agentd-cluster/1";
 /// ALPN used once by a new node to obtain its certificate with a join token.
 pub const JOIN_ALPN: &[u8] = b"agentd-join/1";
+/// ALPN for a node's calls to the `agentd hands` agent inside a sandbox;
+/// mutual TLS with certificates issued by the cluster CA.
+pub const HANDS_ALPN: &[u8] = b"agentd-hands/1";

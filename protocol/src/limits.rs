@@ -51,3 +51,11 @@ pub const TOOL_TIMEOUT_MS_DEFAULT: u64 = 120_000;
 pub const STUCK_REPEATS_MAX: usize = 3;
 /// Events a session actor keeps in memory to serve reads.
 pub const SESSION_TAIL_EVENTS_MAX: usize = 256;
+/// Largest frame between a node and a sandbox agent (`write` carries a whole
+/// file; outputs are capped far lower by the sandbox's output limit).
+pub const HANDS_FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Most concurrent streams one connection to a sandbox agent may open (calls
+/// run one at a time; the rest wait).
+pub const HANDS_STREAMS_PER_CONNECTION_MAX: u32 = 64;
+/// Longest a sandbox may take to boot and answer its first ping.
+pub const SANDBOX_BOOT_TIMEOUT_MS: u64 = 60_000;

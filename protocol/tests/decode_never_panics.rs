@@ -5,8 +5,9 @@ use agentd_protocol::api::{ClientRequest, ClientResponse, Consistency, Request};
 use agentd_protocol::cluster::{ClusterEnvelope, ClusterRequest, JoinRequest, JoinResponse, RaftRpcKind};
 use agentd_protocol::event::{Event, EventPayload};
 use agentd_protocol::frame::{decode_body, decode_frame, encode_frame};
+use agentd_protocol::hands::{HandsCall, HandsRequest, HandsResponse};
 use agentd_protocol::ids::{EventId, GroupId, SessionId, ShardId};
-use agentd_protocol::limits::CLIENT_FRAME_BYTES_MAX;
+use agentd_protocol::limits::{CLIENT_FRAME_BYTES_MAX, HANDS_FRAME_BYTES_MAX};
 use proptest::prelude::*;
 
 fn sample_requests(bits: u128, text: String, seq: u64) -> Vec<Request> {
@@ -41,6 +42,20 @@ proptest! {
         let _ = decode_body::<JoinResponse>(&bytes);
         let _ = decode_body::<Event>(&bytes);
         let _ = decode_frame::<Request>(&bytes, CLIENT_FRAME_BYTES_MAX);
+        let _ = decode_body::<HandsRequest>(&bytes);
+        let _ = decode_body::<HandsResponse>(&bytes);
+    }
+
+    #[test]
+    fn hands_calls_round_trip(name in ".{0,16}", input in ".{0,64}", key in ".{0,32}", value in ".{0,32}") {
+        let request = HandsRequest::new(HandsCall::Execute {
+            name,
+            input_json: input,
+            idempotency_key: key,
+            secrets: vec![("TOKEN".to_owned(), value)],
+        });
+        let bytes = encode_frame(&request, HANDS_FRAME_BYTES_MAX).unwrap();
+        prop_assert_eq!(decode_frame::<HandsRequest>(&bytes, HANDS_FRAME_BYTES_MAX).unwrap(), request);
     }
 
     #[test]

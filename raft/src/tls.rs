@@ -15,7 +15,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use agentd_protocol::{CLIENT_ALPN, CLUSTER_ALPN, JOIN_ALPN};
+use agentd_protocol::limits::HANDS_STREAMS_PER_CONNECTION_MAX;
+use agentd_protocol::{CLIENT_ALPN, CLUSTER_ALPN, HANDS_ALPN, JOIN_ALPN};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -40,6 +41,8 @@ const CA_COMMON_NAME: &str = "agentd cluster CA";
 /// Node DNS names are `node-{id}` followed by this suffix.
 const NODE_NAME_SUFFIX: &str = ".agentd.cluster";
 const NODE_NAME_PREFIX: &str = "node-";
+/// Sandbox agents' certificates name `{sandbox}` followed by this suffix.
+const HANDS_NAME_SUFFIX: &str = ".hands.agentd.cluster";
 
 /// Keep-alives keep idle cluster connections open and detect dead peers well
 /// within the idle timeout.
@@ -166,6 +169,120 @@ impl ClusterCa {
     }
 }
 
+impl ClusterCa {
+    /// A certificate pair for one sandbox, named `sandbox` (a DNS label: lowercase
+    /// letters, digits and `-`). The agent's certificate is good for server auth
+    /// only and names [`hands_server_name`]`(sandbox)`; the node's certificate is
+    /// good for client auth only. So an agent's key, which lives inside the
+    /// sandbox, cannot be used to call another sandbox's agent, nor to pose as a
+    /// node to the cluster.
+    pub fn issue_hands(&self, sandbox: &str) -> Result<HandsIdentities, Error> {
+        let label_ok = !sandbox.is_empty()
+            && sandbox.len() <= 63
+            && sandbox.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+            && !sandbox.starts_with('-')
+            && !sandbox.ends_with('-');
+        if !label_ok {
+            return Err(Error::Certificate(format!("sandbox name {sandbox:?} is not a DNS label")));
+        }
+        let server_name = hands_server_name(sandbox);
+        let agent = self.issue_leaf(
+            &format!("agentd sandbox {sandbox}"),
+            vec![dns_san(&server_name)?],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        let node = self.issue_leaf(
+            &format!("agentd node for sandbox {sandbox}"),
+            vec![dns_san(&format!("node.{server_name}"))?],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
+        Ok(HandsIdentities { server_name, agent, node })
+    }
+
+    fn issue_leaf(
+        &self,
+        common_name: &str,
+        subject_alt_names: Vec<SanType>,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Result<HandsIdentity, Error> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(certificate_error)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.subject_alt_names = subject_alt_names;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        params.use_authority_key_identifier_extension = true;
+        set_validity(&mut params)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(certificate_error)?;
+        Ok(HandsIdentity { ca_cert_pem: self.cert_pem.clone(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
+/// The DNS name a sandbox agent's certificate carries and a node dials it with.
+pub fn hands_server_name(sandbox: &str) -> String {
+    format!("{sandbox}{HANDS_NAME_SUFFIX}")
+}
+
+/// One sandbox's certificates: the agent's (inside the sandbox) and the node's (to call it).
+#[derive(Clone, Debug)]
+pub struct HandsIdentities {
+    /// The name the node dials the agent with.
+    pub server_name: String,
+    pub agent: HandsIdentity,
+    pub node: HandsIdentity,
+}
+
+/// A certificate and key of one end of ALPN `agentd-hands/1`, with the CA that issued them.
+#[derive(Clone, Debug)]
+pub struct HandsIdentity {
+    pub ca_cert_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl HandsIdentity {
+    /// The agent's server config: ALPN `agentd-hands/1`, and a client certificate
+    /// issued by the CA for client auth is **required** (the handshake fails without one).
+    pub fn agent_server_config(&self) -> Result<quinn::ServerConfig, Error> {
+        let provider = crypto_provider();
+        let roots = Arc::new(root_store(&self.ca_cert_pem)?);
+        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|error| Error::Tls(error.to_string()))?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_error)?
+            .with_client_cert_verifier(client_verifier)
+            .with_single_cert(parse_certificates(&self.cert_pem)?, private_key(&self.key_pem)?)
+            .map_err(tls_error)?;
+        tls.alpn_protocols = vec![HANDS_ALPN.to_vec()];
+        let quic = QuicServerConfig::try_from(tls).map_err(tls_error)?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_INTERVAL_MS)));
+        transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(IDLE_TIMEOUT_MS))));
+        transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(HANDS_STREAMS_PER_CONNECTION_MAX));
+        config.transport_config(Arc::new(transport));
+        Ok(config)
+    }
+
+    /// The node's client config for one sandbox's agent: ALPN `agentd-hands/1`,
+    /// presents this certificate, verifies the agent against the CA (dial it with
+    /// [`HandsIdentities::server_name`]).
+    pub fn node_client_config(&self) -> Result<quinn::ClientConfig, Error> {
+        let mut tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_error)?
+            .with_root_certificates(root_store(&self.ca_cert_pem)?)
+            .with_client_auth_cert(parse_certificates(&self.cert_pem)?, private_key(&self.key_pem)?)
+            .map_err(tls_error)?;
+        tls.alpn_protocols = vec![HANDS_ALPN.to_vec()];
+        quic_client_config(tls)
+    }
+}
+
 /// A node's certificate and key, with the CA certificate that issued them.
 #[derive(Clone, Debug)]
 pub struct NodeIdentity {
@@ -234,9 +351,13 @@ impl NodeIdentity {
     }
 
     fn private_key(&self) -> Result<PrivateKeyDer<'static>, Error> {
-        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
-            .map_err(|error| Error::Certificate(format!("bad private key PEM: {error}")))
+        private_key(&self.key_pem)
     }
+}
+
+fn private_key(key_pem: &str) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|error| Error::Certificate(format!("bad private key PEM: {error}")))
 }
 
 /// The node id of a connection's verified peer certificate (client side of a CLUSTER_ALPN connection as seen by the server,

@@ -318,3 +318,17 @@ fn node_host_must_be_an_ip_or_dns_name() {
     assert!(ca.issue_node(1, "::1").is_ok());
     assert!(ca.issue_node(u64::MAX, "node.example").unwrap().node_id().unwrap() == u64::MAX);
 }
+
+#[test]
+fn hands_certificates_name_their_sandbox_and_refuse_bad_names() {
+    let ca = ClusterCa::generate().unwrap();
+    let identities = ca.issue_hands("vm-0123abcd").unwrap();
+    assert_eq!(identities.server_name, "vm-0123abcd.hands.agentd.cluster");
+    assert_eq!(identities.server_name, agentd_raft::tls::hands_server_name("vm-0123abcd"));
+    assert_ne!(identities.agent.cert_pem, identities.node.cert_pem);
+    identities.agent.agent_server_config().unwrap();
+    identities.node.node_client_config().unwrap();
+    for bad in ["", "-vm", "vm-", "VM", "vm.1", "a b", &"x".repeat(64)] {
+        assert!(ca.issue_hands(bad).is_err(), "{bad:?} is not a DNS label");
+    }
+}

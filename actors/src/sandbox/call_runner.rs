@@ -11,7 +11,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::file_tools::FileTools;
-use super::ledger::{Ledger, LedgerState};
+use super::ledger::{interrupted_output, Ledger, LedgerState};
 use super::shell::{Shell, ShellOutcome};
 use super::workspace::Workspace;
 use super::{redact, Limits, SandboxError, Secret, ToolCall, ToolOutput};
@@ -103,10 +103,7 @@ impl CallRunner {
                 }
                 LedgerState::Interrupted => {
                     record_metrics(&call.name, "interrupted", Duration::ZERO);
-                    let output = ToolOutput::failure(
-                        "this tool call was interrupted by a crash before it finished; it was not run again \
-                         (it runs at most once per idempotency key), and its effects may be partial",
-                    );
+                    let output = interrupted_output();
                     self.record(key, output.clone()).await?;
                     return Ok(output);
                 }

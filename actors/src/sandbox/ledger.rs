@@ -18,13 +18,13 @@ use super::{SandboxError, ToolOutput};
 /// run again: it is answered with an "interrupted" error, which is then recorded.
 /// An output file, once renamed into place, is complete and never rewritten.
 #[derive(Debug, Clone)]
-pub(crate) struct Ledger {
+pub struct Ledger {
     directory: PathBuf,
 }
 
 /// What the ledger knows about one key.
 #[derive(Debug)]
-pub(crate) enum LedgerState {
+pub enum LedgerState {
     /// Never seen: run the tool.
     New,
     /// Started before a crash and never finished: do not run it again.
@@ -39,8 +39,17 @@ struct Entry {
     output: ToolOutput,
 }
 
+/// The answer to a call that started before a crash and never finished: it is
+/// not run again.
+pub fn interrupted_output() -> ToolOutput {
+    ToolOutput::failure(
+        "this tool call was interrupted by a crash before it finished; it was not run again \
+         (it runs at most once per idempotency key), and its effects may be partial",
+    )
+}
+
 impl Ledger {
-    pub(crate) fn open(directory: PathBuf) -> Result<Ledger, SandboxError> {
+    pub fn open(directory: PathBuf) -> Result<Ledger, SandboxError> {
         std::fs::create_dir_all(&directory)
             .map_err(|error| SandboxError::Io(format!("creating ledger {}: {error}", directory.display())))?;
         Ok(Ledger { directory })
@@ -57,7 +66,7 @@ impl Ledger {
     }
 
     /// What is known about `idempotency_key`.
-    pub(crate) fn state(&self, idempotency_key: &str) -> Result<LedgerState, SandboxError> {
+    pub fn state(&self, idempotency_key: &str) -> Result<LedgerState, SandboxError> {
         if let Some(output) = self.get(idempotency_key)? {
             return Ok(LedgerState::Recorded(output));
         }
@@ -68,7 +77,7 @@ impl Ledger {
     }
 
     /// Durably notes that the call with `idempotency_key` is about to run.
-    pub(crate) fn begin(&self, idempotency_key: &str) -> Result<(), SandboxError> {
+    pub fn begin(&self, idempotency_key: &str) -> Result<(), SandboxError> {
         let path = self.started_path_of(idempotency_key);
         let write = || -> std::io::Result<()> {
             std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&path)?.sync_all()?;
@@ -79,7 +88,7 @@ impl Ledger {
 
     /// Forgets that the call with `idempotency_key` started: it did not run (the
     /// sandbox failed before the tool did), so a retry may run it.
-    pub(crate) fn abandon(&self, idempotency_key: &str) -> Result<(), SandboxError> {
+    pub fn abandon(&self, idempotency_key: &str) -> Result<(), SandboxError> {
         let path = self.started_path_of(idempotency_key);
         match std::fs::remove_file(&path) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
@@ -106,7 +115,7 @@ impl Ledger {
     }
 
     /// Durably records `output` for `idempotency_key`: temporary file, fsync, rename, fsync of the directory.
-    pub(crate) fn record(&self, idempotency_key: &str, output: &ToolOutput) -> Result<(), SandboxError> {
+    pub fn record(&self, idempotency_key: &str, output: &ToolOutput) -> Result<(), SandboxError> {
         let path = self.path_of(idempotency_key);
         let entry = Entry { idempotency_key: idempotency_key.to_owned(), output: output.clone() };
         let bytes =

@@ -146,6 +146,16 @@
 //! `/bin/true` container within a timeout, so a machine that cannot run
 //! gVisor fails provisioning with `SandboxError::Unavailable` saying what is
 //! missing (the same holds for runc).
+//!
+//! # The local sandbox ([`LocalSandbox`])
+//!
+//! The same runner with `bash` a plain local shell (bash, or busybox ash) in
+//! its own process group, working in the workspace; a timeout or `destroy`
+//! kills the group (a process that left it with `setsid` survives). It
+//! isolates nothing: `agentd hands` serves it from inside a VM, which is the
+//! boundary. The shell gets `oom_score_adj` 1000 so that memory exhaustion
+//! kills tool processes before the agent; with `run_as` it runs as that uid
+//! under `ulimit -u pids_max`. Memory is the VM's.
 
 mod bwrap;
 mod call_runner;
@@ -155,6 +165,7 @@ mod error;
 mod file_tools;
 mod ledger;
 mod limits;
+mod local_sandbox;
 mod namespace_sandbox;
 mod oci_bundle;
 mod oci_sandbox;
@@ -168,7 +179,9 @@ use futures_util::future::BoxFuture;
 pub use bwrap::BWRAP_ENV;
 pub use container_runtime::{ContainerRuntime, GVISOR_STATE_ROOT, RUNC_ENV, RUNSC_ENV};
 pub use error::SandboxError;
+pub use ledger::{interrupted_output, Ledger, LedgerState};
 pub use limits::Limits;
+pub use local_sandbox::{LocalSandbox, LocalShell};
 pub use namespace_sandbox::NamespaceSandbox;
 pub use oci_sandbox::OciSandbox;
 

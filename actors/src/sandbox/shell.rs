@@ -64,6 +64,9 @@ pub(crate) enum ShellStopper {
     /// yet, so `kill` misses it: the `run` process is killed after a wait (runsc's
     /// sandbox is attached to it and dies with it).
     Container { runtime: RuntimeCli, container_id: String },
+    /// The spawned process is a plain local shell that leads its own process group:
+    /// kill the group (processes that left it with `setsid` are not reached).
+    ProcessGroup,
 }
 
 impl Shell {
@@ -241,6 +244,7 @@ impl Shell {
     /// (`--die-with-parent`), but its processes would be reparented to the host's init,
     /// and until that reaps them they stay in the sandbox's cgroup.
     pub(crate) async fn kill(&mut self) {
+        self.kill_process_group();
         if let Some((program, arguments)) = self.stop_command() {
             let _ = tokio::process::Command::new(program)
                 .args(arguments)
@@ -271,6 +275,7 @@ impl Shell {
 
     /// `kill` without a runtime, waiting at most `timeout`: for `Drop`.
     pub(crate) fn kill_blocking(&mut self, timeout: Duration) {
+        self.kill_process_group();
         if let Some((program, arguments)) = self.stop_command() {
             let _ = std::process::Command::new(program)
                 .args(arguments)
@@ -307,12 +312,24 @@ impl Shell {
         }
     }
 
+    /// Kills the process group a local shell leads (its own processes and their children).
+    fn kill_process_group(&self) {
+        if !matches!(self.stopper, ShellStopper::ProcessGroup) {
+            return;
+        }
+        let leader = self.child.id().and_then(|id| i32::try_from(id).ok()).and_then(rustix::process::Pid::from_raw);
+        if let Some(leader) = leader {
+            // The group may be gone already; there is nothing to do then.
+            let _ = rustix::process::kill_process_group(leader, rustix::process::Signal::KILL);
+        }
+    }
+
     /// What removes the sandbox's leftovers once its processes are dead: a container's
     /// state and cgroups (`run` removes them itself when it exits normally, not when it
     /// was killed).
     fn cleanup_command(&self) -> Option<(PathBuf, Vec<OsString>)> {
         match &self.stopper {
-            ShellStopper::NamespaceInit => None,
+            ShellStopper::NamespaceInit | ShellStopper::ProcessGroup => None,
             ShellStopper::Container { runtime, container_id } => {
                 Some((runtime.program().to_path_buf(), runtime.arguments(["delete", "--force", container_id])))
             }
@@ -329,6 +346,7 @@ impl Shell {
             ShellStopper::Container { runtime, container_id } => {
                 Some((runtime.program().to_path_buf(), runtime.arguments(["kill", container_id, "KILL"])))
             }
+            ShellStopper::ProcessGroup => None,
         }
     }
 

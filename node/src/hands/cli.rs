@@ -1,0 +1,85 @@
+//! The `agentd hands` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use super::{HandsAgent, HandsAgentOptions};
+
+#[derive(Debug, Args)]
+pub struct HandsArgs {
+    /// Address to serve on (UDP).
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// The directory the tools work in (created if missing).
+    #[arg(long)]
+    pub workspace: PathBuf,
+    /// The cluster CA certificate; callers must present a client certificate it issued.
+    #[arg(long)]
+    pub ca: PathBuf,
+    /// This agent's certificate and key, issued by the CA for this sandbox.
+    #[arg(long)]
+    pub cert: PathBuf,
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The idempotency ledger (default: WORKSPACE.ledger next to the workspace).
+    #[arg(long)]
+    pub ledger: Option<PathBuf>,
+    /// Default and maximum wall-clock time of one bash call.
+    #[arg(long, default_value_t = agentd_actors::sandbox::Limits::default().wall_clock_ms)]
+    pub wall_clock_ms: u64,
+    /// Output kept per tool call.
+    #[arg(long, default_value_t = agentd_actors::sandbox::Limits::default().output_bytes_max)]
+    pub output_bytes_max: usize,
+    /// Processes of the shell's user, with --run-as.
+    #[arg(long, default_value_t = agentd_actors::sandbox::Limits::default().pids_max)]
+    pub pids_max: u64,
+    /// The shell: bash, or busybox ash.
+    #[arg(long, default_value = "/bin/bash")]
+    pub shell: PathBuf,
+    /// Run the shell as this uid (the workspace is handed to it).
+    #[arg(long)]
+    pub run_as: Option<u32>,
+    /// Start the shell in the network namespace bound at this path (needs root and nsenter).
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+}
+
+/// `agentd hands`: serves until killed.
+pub async fn run(args: HandsArgs) -> Result<()> {
+    let read =
+        |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()));
+    let identity = agentd_raft::tls::HandsIdentity {
+        ca_cert_pem: read(&args.ca)?,
+        cert_pem: read(&args.cert)?,
+        key_pem: read(&args.key)?,
+    };
+    let ledger = args.ledger.unwrap_or_else(|| {
+        let mut name = args.workspace.file_name().unwrap_or_default().to_os_string();
+        name.push(".ledger");
+        args.workspace.with_file_name(name)
+    });
+    let limits = agentd_actors::sandbox::Limits {
+        wall_clock_ms: args.wall_clock_ms,
+        output_bytes_max: args.output_bytes_max,
+        pids_max: args.pids_max,
+        ..Default::default()
+    };
+    let agent = HandsAgent::bind(HandsAgentOptions {
+        listen: args.listen,
+        workspace: args.workspace,
+        ledger,
+        identity,
+        limits,
+        shell: agentd_actors::sandbox::LocalShell {
+            program: args.shell,
+            run_as: args.run_as,
+            network_namespace: args.netns,
+        },
+    })?;
+    // Scripts and the microVM driver wait for this line.
+    println!("agentd hands listening on {}", agent.local_addr()?);
+    agent.serve().await
+}
