@@ -248,12 +248,46 @@ pub struct LocalHands {
     root: PathBuf,
     router: Router,
     provisioner: Arc<dyn Provisioner>,
-    sandboxes: tokio::sync::Mutex<HashMap<SessionId, Arc<dyn Sandbox>>>,
+    sandboxes: tokio::sync::Mutex<HashMap<SessionId, HeldSandbox>>,
+}
+
+/// A session's live sandbox and when a call last used it.
+struct HeldSandbox {
+    sandbox: Arc<dyn Sandbox>,
+    last_used: tokio::time::Instant,
 }
 
 impl LocalHands {
     pub fn new(root: PathBuf, router: Router, provisioner: Arc<dyn Provisioner>) -> Self {
         Self { root, router, provisioner, sandboxes: tokio::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// Destroys every sandbox no call has used for `idle` (and none is
+    /// using now); the session's next call gets a fresh one, with the same
+    /// workspace and ledger on this host. Returns how many were destroyed.
+    pub async fn reap_idle(&self, idle: Duration) -> usize {
+        let now = tokio::time::Instant::now();
+        let doomed: Vec<(SessionId, Arc<dyn Sandbox>)> = {
+            let mut sandboxes = self.sandboxes.lock().await;
+            let idle_sessions: Vec<SessionId> = sandboxes
+                .iter()
+                // A running call holds a clone of the sandbox.
+                .filter(|(_, held)| now.duration_since(held.last_used) >= idle && Arc::strong_count(&held.sandbox) == 1)
+                .map(|(session_id, _)| *session_id)
+                .collect();
+            idle_sessions
+                .into_iter()
+                .filter_map(|session_id| sandboxes.remove(&session_id).map(|held| (session_id, held.sandbox)))
+                .collect()
+        };
+        for (session_id, sandbox) in &doomed {
+            match sandbox.destroy().await {
+                Ok(()) => tracing::info!(%session_id, ?idle, "destroyed an idle sandbox"),
+                Err(error) => tracing::warn!(%session_id, %error, "destroying an idle sandbox failed"),
+            }
+            metrics::counter!("agentd_sandboxes_reaped_total").increment(1);
+        }
+        doomed.len()
     }
 
     /// The session's environment (`None`: it has none). A lookup that
@@ -307,15 +341,17 @@ impl LocalHands {
 
     async fn sandbox(&self, session: &SessionInfo) -> Result<Arc<dyn Sandbox>, SandboxError> {
         let mut sandboxes = self.sandboxes.lock().await;
-        if let Some(sandbox) = sandboxes.get(&session.session_id) {
-            return Ok(sandbox.clone());
+        if let Some(held) = sandboxes.get_mut(&session.session_id) {
+            held.last_used = tokio::time::Instant::now();
+            return Ok(held.sandbox.clone());
         }
         let root = self.root.join(session.session_id.to_string());
         let limits = self.limits(session).await?;
         let driver = self.environment(session).await?.map(|environment| environment.driver);
         let sandbox = self.provisioner.provision(session, root, limits, driver).await?;
         metrics::counter!("agentd_sandboxes_provisioned_total").increment(1);
-        sandboxes.insert(session.session_id, sandbox.clone());
+        let held = HeldSandbox { sandbox: sandbox.clone(), last_used: tokio::time::Instant::now() };
+        sandboxes.insert(session.session_id, held);
         Ok(sandbox)
     }
 }
@@ -329,6 +365,9 @@ impl Hands for LocalHands {
             call.secrets = self.secrets(&session).await?;
             let sandbox = self.sandbox(&session).await?;
             let result = sandbox.execute(call).await;
+            if let Some(held) = self.sandboxes.lock().await.get_mut(&session.session_id) {
+                held.last_used = tokio::time::Instant::now();
+            }
             if let Err(SandboxError::Crashed(_)) = &result {
                 // Cattle: the next call gets a fresh sandbox.
                 self.sandboxes.lock().await.remove(&session.session_id);
@@ -345,6 +384,15 @@ impl Hands for LocalHands {
             }
             Ok(())
         })
+    }
+}
+
+/// Destroys idle sandboxes every `idle / 4` (at least every second).
+pub async fn reap_idle_sandboxes(hands: Arc<LocalHands>, idle: Duration) {
+    let period = (idle / 4).max(Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(period).await;
+        hands.reap_idle(idle).await;
     }
 }
 

@@ -107,6 +107,10 @@ pub struct StartArgs {
     /// host may share it.
     #[arg(long)]
     pub sandbox_dir: Option<PathBuf>,
+    /// Destroy a session's sandbox after this many seconds without a tool
+    /// call (the workspace stays; the next call starts a fresh sandbox).
+    #[arg(long, default_value_t = crate::options::SANDBOX_IDLE_DEFAULT.as_secs())]
+    pub sandbox_idle_secs: u64,
     /// Directory that `scripted:FILE` model names are relative to.
     #[arg(long)]
     pub scripts_dir: Option<PathBuf>,
@@ -498,6 +502,7 @@ async fn start(args: StartArgs) -> Result<()> {
             logs_to_keep: args.tuning.logs_to_keep,
         },
         sandbox_dir: args.sandbox_dir,
+        sandbox_idle: std::time::Duration::from_secs(args.sandbox_idle_secs),
         models: agentd_actors::model::ProviderConfig {
             scripts_dir: args.scripts_dir,
             ..agentd_actors::model::ProviderConfig::from_env()

@@ -77,6 +77,7 @@ pub async fn run(options: DevOptions) -> Result<()> {
             bootstrap,
             raft: RaftTuning::default(),
             sandbox_dir: Some(options.data_dir.join("sandboxes")),
+            sandbox_idle: crate::options::SANDBOX_IDLE_DEFAULT,
             models: models.clone(),
         })
         .await

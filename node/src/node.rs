@@ -26,7 +26,9 @@ use std::path::PathBuf;
 use agentd_actors::model::ModelProvider;
 use quinn::Runtime as _;
 
-use crate::brain::{drive_shards, HostProvisioner, LocalHands, LocalSessionLog, LogObserver, Provisioner};
+use crate::brain::{
+    drive_shards, reap_idle_sandboxes, HostProvisioner, LocalHands, LocalSessionLog, LogObserver, Provisioner,
+};
 use crate::clock::Clock;
 use crate::identity::{DataDir, JoinToken, Stored};
 use crate::options::{Bootstrap, NodeOptions};
@@ -183,9 +185,11 @@ impl Node {
         for (model, provider) in models {
             model_providers = model_providers.with_provider(&model, provider);
         }
+        let hands = Arc::new(LocalHands::new(sandbox_dir, router.clone(), provisioner));
+        tasks.push(tokio::spawn(reap_idle_sandboxes(hands.clone(), options.sandbox_idle)));
         let brain = Brain::new(
             Arc::new(LocalSessionLog::new(router.clone()).with_observer(log_observer)),
-            Arc::new(LocalHands::new(sandbox_dir, router.clone(), provisioner)),
+            hands,
             model_providers,
         );
         let orchestrators = Orchestrators::new(Arc::new(brain));

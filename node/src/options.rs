@@ -26,6 +26,9 @@ impl Bootstrap {
     }
 }
 
+/// How long an unused sandbox lives by default.
+pub const SANDBOX_IDLE_DEFAULT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Raft timing and log retention, shared by every group on the node.
 #[derive(Debug, Clone)]
 pub struct RaftTuning {
@@ -92,6 +95,9 @@ pub struct NodeOptions {
     /// host may share it, so a session that moves between them keeps its
     /// workspace and its record of tool calls already made.
     pub sandbox_dir: Option<PathBuf>,
+    /// A session's sandbox that no tool call used for this long is destroyed
+    /// (its workspace stays on the host; the next call gets a fresh sandbox).
+    pub sandbox_idle: std::time::Duration,
     /// How agents reach their models (API keys, base URLs, scripts).
     pub models: agentd_actors::model::ProviderConfig,
 }

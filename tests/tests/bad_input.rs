@@ -47,6 +47,7 @@ async fn bad_input_gets_typed_errors_and_the_node_keeps_serving() -> anyhow::Res
         bootstrap: Bootstrap::Init { shards: 4, replication_factor: 1 },
         raft: RaftTuning::default(),
         sandbox_dir: None,
+        sandbox_idle: agentd_node::options::SANDBOX_IDLE_DEFAULT,
         models: Default::default(),
     })
     .await?;

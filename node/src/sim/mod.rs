@@ -281,6 +281,7 @@ async fn run_node(world: Arc<World>, node: u64) -> turmoil::Result {
         // installing run under faults too.
         raft: RaftTuning { snapshot_logs: 200, logs_to_keep: 50, ..RaftTuning::default() },
         sandbox_dir: None,
+        sandbox_idle: crate::options::SANDBOX_IDLE_DEFAULT,
         models: ProviderConfig::default(),
     };
     let started = async {
