@@ -44,10 +44,15 @@ pub enum FaultKind {
     DuplicateWake,
     /// Sandboxes crash in the middle of tool calls.
     SandboxCrash,
+    /// Datagrams are sent twice, for a while.
+    Duplicate,
+    /// A shard loses one replica (a voter removed by a placement change)
+    /// and gets it back later.
+    Membership,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::Crash,
         FaultKind::Wipe,
         FaultKind::PowerLoss,
@@ -62,6 +67,8 @@ impl FaultKind {
         FaultKind::Snapshot,
         FaultKind::DuplicateWake,
         FaultKind::SandboxCrash,
+        FaultKind::Duplicate,
+        FaultKind::Membership,
     ];
 
     pub fn name(self) -> &'static str {
@@ -80,6 +87,8 @@ impl FaultKind {
             FaultKind::Snapshot => "snapshot",
             FaultKind::DuplicateWake => "duplicate-wake",
             FaultKind::SandboxCrash => "sandbox-crash",
+            FaultKind::Duplicate => "duplicate",
+            FaultKind::Membership => "membership",
         }
     }
 
@@ -134,24 +143,71 @@ pub fn stream(seed: u64, name: &str) -> StdRng {
 /// One scheduled action of the fault plan. Nodes are numbered from 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
-    Crash { node: u64, keep_unsynced: bool },
-    Wipe { node: u64 },
-    Restart { node: u64 },
+    Crash {
+        node: u64,
+        keep_unsynced: bool,
+    },
+    Wipe {
+        node: u64,
+    },
+    Restart {
+        node: u64,
+    },
     PowerLoss,
     RestartAll,
-    Partition { a: u64, b: u64 },
-    OneWay { from: u64, to: u64 },
-    Isolate { node: u64 },
+    Partition {
+        a: u64,
+        b: u64,
+    },
+    OneWay {
+        from: u64,
+        to: u64,
+    },
+    Isolate {
+        node: u64,
+    },
     Heal,
-    Delay { max: Duration },
-    Loss { per_mille: u32 },
+    Delay {
+        max: Duration,
+    },
+    Loss {
+        per_mille: u32,
+    },
     LossEnd,
-    DiskFaults { node: u64, fsync_per_million: u32, read_per_million: u32 },
-    DiskFaultsEnd { node: u64 },
-    ClockJump { node: u64, delta_ms: i64 },
-    LeaderTransfer { shard: u32 },
-    Snapshot { node: u64 },
-    DuplicateWake { node: u64 },
+    DiskFaults {
+        node: u64,
+        fsync_per_million: u32,
+        read_per_million: u32,
+    },
+    DiskFaultsEnd {
+        node: u64,
+    },
+    ClockJump {
+        node: u64,
+        delta_ms: i64,
+    },
+    LeaderTransfer {
+        shard: u32,
+    },
+    Snapshot {
+        node: u64,
+    },
+    DuplicateWake {
+        node: u64,
+    },
+    Duplicate {
+        per_mille: u32,
+    },
+    DuplicateEnd,
+    /// The shard's replicas become every node but `without`.
+    ShrinkShard {
+        shard: u32,
+        without: u64,
+    },
+    /// The shard is placed on its original replicas again.
+    RestoreShard {
+        shard: u32,
+    },
 }
 
 impl fmt::Display for Fault {
@@ -185,6 +241,12 @@ impl fmt::Display for Fault {
             Fault::LeaderTransfer { shard } => write!(formatter, "transfer leadership of shard-{shard}"),
             Fault::Snapshot { node } => write!(formatter, "snapshot every group of n{node}"),
             Fault::DuplicateWake { node } => write!(formatter, "duplicate orchestrator wakes on n{node}"),
+            Fault::Duplicate { per_mille } => write!(formatter, "send {per_mille}/1000 of datagrams twice"),
+            Fault::DuplicateEnd => write!(formatter, "stop duplicating datagrams"),
+            Fault::ShrinkShard { shard, without } => {
+                write!(formatter, "remove n{without} from shard-{shard}'s replicas")
+            }
+            Fault::RestoreShard { shard } => write!(formatter, "restore shard-{shard}'s replicas"),
         }
     }
 }
@@ -281,8 +343,17 @@ pub fn plan(seed: u64, shape: &PlanShape) -> Vec<(Duration, Fault)> {
             }
             FaultKind::Snapshot => plan.push((now, Fault::Snapshot { node: node(&mut rng) })),
             FaultKind::DuplicateWake => plan.push((now, Fault::DuplicateWake { node: node(&mut rng) })),
+            FaultKind::Duplicate => {
+                plan.push((now, Fault::Duplicate { per_mille: rng.random_range(20..300) }));
+                plan.push((later, Fault::DuplicateEnd));
+            }
+            FaultKind::Membership if shape.nodes > 1 => {
+                let shard = rng.random_range(0..shape.shards.max(1));
+                plan.push((now, Fault::ShrinkShard { shard, without: node(&mut rng) }));
+                plan.push((later, Fault::RestoreShard { shard }));
+            }
             // Sandbox crashes are a rate for the whole safety phase, not events.
-            FaultKind::SandboxCrash | FaultKind::Partition | FaultKind::OneWay => {}
+            FaultKind::SandboxCrash | FaultKind::Partition | FaultKind::OneWay | FaultKind::Membership => {}
         }
         at += rng.random_range(200..1_200);
     }

@@ -7,11 +7,22 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Duplicates datagrams a socket sends, at a rate the fault plan sets
+/// (per million datagrams), with the socket's own seeded generator.
+#[derive(Clone)]
+pub struct Duplication {
+    pub per_million: Arc<AtomicU32>,
+    pub seed: u64,
+}
 
 type Readable = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
 
@@ -21,14 +32,28 @@ pub struct SimSocket {
     local: SocketAddr,
     /// The pending wait for a datagram, kept across polls.
     readable: Mutex<Option<Readable>>,
+    duplication: Option<(Arc<AtomicU32>, Mutex<StdRng>)>,
 }
 
 impl SimSocket {
     /// Binds `addr` on the current simulated host.
     pub async fn bind(addr: SocketAddr) -> io::Result<Arc<SimSocket>> {
+        SimSocket::bind_with(addr, None).await
+    }
+
+    /// Binds `addr`, duplicating sent datagrams as `duplication` says.
+    pub async fn bind_with(addr: SocketAddr, duplication: Option<Duplication>) -> io::Result<Arc<SimSocket>> {
         let socket = turmoil::net::UdpSocket::bind(addr).await?;
         let local = socket.local_addr()?;
-        Ok(Arc::new(SimSocket { socket: Arc::new(socket), local, readable: Mutex::new(None) }))
+        let duplication = duplication
+            .map(|duplication| (duplication.per_million, Mutex::new(StdRng::seed_from_u64(duplication.seed))));
+        Ok(Arc::new(SimSocket { socket: Arc::new(socket), local, readable: Mutex::new(None), duplication }))
+    }
+
+    fn duplicate_next(&self) -> bool {
+        let Some((per_million, rng)) = &self.duplication else { return false };
+        let rate = per_million.load(Ordering::Relaxed);
+        rate > 0 && rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).random_range(0..1_000_000) < rate
     }
 }
 
@@ -56,9 +81,12 @@ impl AsyncUdpSocket for SimSocket {
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         // A send to a crashed or unknown host is a lost datagram, as on a
         // real network; QUIC recovers.
-        if let Err(error) = self.socket.try_send_to(transmit.contents, transmit.destination) {
-            if error.kind() == io::ErrorKind::WouldBlock {
-                return Err(error);
+        let copies = if self.duplicate_next() { 2 } else { 1 };
+        for _ in 0..copies {
+            if let Err(error) = self.socket.try_send_to(transmit.contents, transmit.destination) {
+                if error.kind() == io::ErrorKind::WouldBlock {
+                    return Err(error);
+                }
             }
         }
         Ok(())

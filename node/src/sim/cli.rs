@@ -68,8 +68,9 @@ pub struct ShapeArgs {
     #[arg(long, default_value_t = 4)]
     shards: u32,
     /// Fault kinds: `default`, `all`, `none`, or a comma list (crash, wipe,
-    /// power-loss, partition, one-way, isolate, delay, loss, disk, clock,
-    /// leader-transfer, snapshot, duplicate-wake, sandbox-crash).
+    /// power-loss, partition, one-way, isolate, delay, loss, duplicate, disk,
+    /// clock, leader-transfer, snapshot, membership, duplicate-wake,
+    /// sandbox-crash).
     #[arg(long, default_value = "default")]
     faults: String,
     /// Length of the safety phase in 1 ms simulation steps.

@@ -285,7 +285,8 @@ async fn run_node(world: Arc<World>, node: u64) -> turmoil::Result {
         models: ProviderConfig::default(),
     };
     let started = async {
-        let socket = SimSocket::bind(SocketAddr::from(([0, 0, 0, 0], NODE_PORT))).await?;
+        let duplication = world.duplication(&format!("n{node}-boot{boot}"));
+        let socket = SimSocket::bind_with(SocketAddr::from(([0, 0, 0, 0], NODE_PORT)), Some(duplication)).await?;
         let io = NodeIo {
             db: Db::with_planted_bugs(disk, bugs(&world.options)),
             socket,
@@ -357,6 +358,18 @@ async fn run_node(world: Arc<World>, node: u64) -> turmoil::Result {
                     if let Err(error) = group.raft.trigger().transfer_leader(to).await {
                         world.trace(format!("n{node}: leader transfer failed: {error}"));
                     }
+                }
+            }
+            HostCommand::Place { shard, replicas } => {
+                let Some(metadata) = handle.host().group(GroupId::Metadata) else { continue };
+                if !metadata.raft.is_leader() {
+                    continue;
+                }
+                let command =
+                    agentd_raft::types::Command::SetPlacement { shard: ShardId(shard), replicas: replicas.clone() };
+                match agentd_raft::placement::propose(&metadata, command).await {
+                    Ok(_) => world.trace(format!("n{node} placed shard-{shard} on {replicas:?}")),
+                    Err(error) => world.trace(format!("n{node}: placing shard-{shard} failed: {error}")),
                 }
             }
             HostCommand::Snapshot => {
@@ -445,6 +458,18 @@ fn scan_replicas(world: &World) -> BTreeMap<u64, Replica> {
         replicas.insert(*node, replica);
     }
     replicas
+}
+
+/// Remembers every shard's replicas as the formed cluster placed them.
+fn record_placements(world: &World) {
+    let placements = world.handles().values().find_map(|handle| {
+        let metadata = handle.host().group(GroupId::Metadata)?;
+        metadata.state.placements().ok()
+    });
+    if let Some(placements) = placements {
+        *world.placements() =
+            placements.into_iter().map(|(shard, replicas)| (shard.0, replicas)).collect::<BTreeMap<_, _>>();
+    }
 }
 
 /// A session as its shard leader holds it: status, epoch and last events.
@@ -630,6 +655,33 @@ impl Runner<'_> {
             Fault::DuplicateWake { node } => {
                 self.world.send(*node, HostCommand::DuplicateWake);
             }
+            Fault::Duplicate { per_mille } => {
+                self.world.duplicate_per_million.store(per_mille * 1000, Ordering::Relaxed);
+            }
+            Fault::DuplicateEnd => self.world.duplicate_per_million.store(0, Ordering::Relaxed),
+            Fault::ShrinkShard { shard, without } => {
+                let original = { self.world.placements().get(shard).cloned() }.unwrap_or_default();
+                let mut replicas: Vec<u64> = original.iter().copied().filter(|node| node != without).collect();
+                if replicas.len() == original.len() && replicas.len() > 1 {
+                    replicas.remove(0);
+                }
+                if !replicas.is_empty() && replicas.len() < original.len() {
+                    self.place(*shard, replicas);
+                }
+            }
+            Fault::RestoreShard { shard } => {
+                let original = self.world.placements().get(shard).cloned();
+                if let Some(original) = original {
+                    self.place(*shard, original);
+                }
+            }
+        }
+    }
+
+    /// Asks every node to place `shard` on `replicas`; the metadata leader does.
+    fn place(&mut self, shard: u32, replicas: Vec<u64>) {
+        for node in 1..=self.world.options.nodes {
+            self.world.send(node, HostCommand::Place { shard, replicas: replicas.clone() });
         }
     }
 
@@ -740,6 +792,7 @@ fn run_world(options: SimOptions, world: Arc<World>) -> anyhow::Result<SimReport
     }
 
     if violations.is_empty() {
+        record_placements(&world);
         // Safety: the workload runs under the fault plan.
         for client in 1..=options.clients {
             let client_world = world.clone();
@@ -782,6 +835,11 @@ fn run_world(options: SimOptions, world: Arc<World>) -> anyhow::Result<SimReport
             runner.restart(node);
         }
         world.ledger.stop_faults();
+        world.duplicate_per_million.store(0, Ordering::Relaxed);
+        let originals: Vec<(u32, Vec<u64>)> = world.placements().clone().into_iter().collect();
+        for (shard, replicas) in originals {
+            runner.place(shard, replicas);
+        }
         let clients = options.clients as usize + usize::from(options.agent_sessions > 0);
         let liveness_end = runner.sim.elapsed() + options.liveness;
         loop {

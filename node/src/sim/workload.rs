@@ -25,7 +25,7 @@ use super::{endpoint_config, NODE_PORT};
 const CALL_DEADLINE: Duration = Duration::from_secs(15);
 
 async fn client(world: &World, name: &str, first_node: u64) -> anyhow::Result<Client> {
-    let socket = SimSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))).await?;
+    let socket = SimSocket::bind_with(SocketAddr::from(([0, 0, 0, 0], 0)), Some(world.duplication(name))).await?;
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
         endpoint_config(world.options.seed, name),
         None,

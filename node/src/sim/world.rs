@@ -25,7 +25,14 @@ use super::SimOptions;
 
 /// Asks a running node to do something from inside its host.
 pub(crate) enum HostCommand {
-    TransferLeader { shard: u32 },
+    TransferLeader {
+        shard: u32,
+    },
+    /// Propose a new placement of a shard (only the metadata leader's proposal counts).
+    Place {
+        shard: u32,
+        replicas: Vec<u64>,
+    },
     Snapshot,
     DuplicateWake,
 }
@@ -47,6 +54,10 @@ pub(crate) struct World {
     pub disks: BTreeMap<u64, Arc<MemoryDisk>>,
     pub ledger: Arc<EffectLedger>,
     pub clocks: BTreeMap<u64, Arc<AtomicI64>>,
+    /// Datagrams sent twice, per million (the `duplicate` fault).
+    pub duplicate_per_million: Arc<std::sync::atomic::AtomicU32>,
+    /// Every shard's replicas once the cluster formed (what `membership` restores).
+    pub placements: Mutex<BTreeMap<u32, Vec<u64>>>,
     pub secret: String,
     ca_cert_pem: String,
     ca_key_pem: String,
@@ -101,6 +112,8 @@ impl World {
             disks,
             ledger,
             clocks,
+            duplicate_per_million: Arc::new(std::sync::atomic::AtomicU32::new(0)),
+            placements: Mutex::new(BTreeMap::new()),
             identities,
             token,
             secrets_key_hex,
@@ -151,6 +164,18 @@ impl World {
     /// Adds a line to the trace from inside a simulated host.
     pub(crate) fn trace(&self, line: impl AsRef<str>) {
         self.trace_at(turmoil::sim_elapsed().unwrap_or_default(), line);
+    }
+
+    pub(crate) fn placements(&self) -> MutexGuard<'_, BTreeMap<u32, Vec<u64>>> {
+        lock(&self.placements)
+    }
+
+    /// Duplication for a socket named `name` (its own seeded generator).
+    pub(crate) fn duplication(&self, name: &str) -> agentd_sim::net::Duplication {
+        agentd_sim::net::Duplication {
+            per_million: self.duplicate_per_million.clone(),
+            seed: stream_seed(self.options.seed, &format!("duplicate-{name}")),
+        }
     }
 
     pub(crate) fn handles(&self) -> MutexGuard<'_, BTreeMap<u64, NodeHandle>> {
