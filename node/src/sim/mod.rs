@@ -500,6 +500,31 @@ fn describe_session(world: &World, session_id: agentd_protocol::ids::SessionId) 
     format!("{session_id} (no leader holds it)")
 }
 
+/// Each group's state on each live node, for a liveness report: role,
+/// term and last applied index.
+fn group_report(world: &World, shards: u32) -> String {
+    let handles = world.handles();
+    let mut groups = vec![GroupId::Metadata];
+    groups.extend((0..shards).map(|shard| GroupId::Shard(ShardId(shard))));
+    let mut lines = Vec::new();
+    for group in groups {
+        let mut cells = Vec::new();
+        for (node, handle) in handles.iter() {
+            let Some(handle) = handle.host().group(group) else { continue };
+            let metrics = handle.raft.metrics().borrow_watched().clone();
+            cells.push(format!(
+                "n{node} {:?} term {} applied {:?} voters {:?}",
+                metrics.state,
+                metrics.current_term,
+                metrics.last_applied.map(|log_id| log_id.index),
+                metrics.membership_config.membership().voter_ids().collect::<Vec<_>>()
+            ));
+        }
+        lines.push(format!("{group}: {}", cells.join("; ")));
+    }
+    lines.join(" | ")
+}
+
 /// Whether every shard has a leader that every replica agrees on and has
 /// fully applied.
 fn converged(world: &World, shards: u32) -> bool {
@@ -678,6 +703,23 @@ impl Runner<'_> {
         }
     }
 
+    /// Re-proposes every shard placement that differs from the formed
+    /// cluster's, as an operator would after the faults.
+    fn restore_placements(&mut self) {
+        let current = self.world.handles().values().find_map(|handle| {
+            let metadata = handle.host().group(GroupId::Metadata)?;
+            metadata.raft.is_leader().then(|| metadata.state.placements().ok()).flatten()
+        });
+        let Some(current) = current else { return };
+        let current: BTreeMap<u32, Vec<u64>> = current.into_iter().map(|(shard, replicas)| (shard.0, replicas)).collect();
+        let wanted = self.world.placements().clone();
+        for (shard, replicas) in wanted {
+            if current.get(&shard) != Some(&replicas) {
+                self.place(shard, replicas);
+            }
+        }
+    }
+
     /// Asks every node to place `shard` on `replicas`; the metadata leader does.
     fn place(&mut self, shard: u32, replicas: Vec<u64>) {
         for node in 1..=self.world.options.nodes {
@@ -836,14 +878,17 @@ fn run_world(options: SimOptions, world: Arc<World>) -> anyhow::Result<SimReport
         }
         world.ledger.stop_faults();
         world.duplicate_per_million.store(0, Ordering::Relaxed);
-        let originals: Vec<(u32, Vec<u64>)> = world.placements().clone().into_iter().collect();
-        for (shard, replicas) in originals {
-            runner.place(shard, replicas);
-        }
         let clients = options.clients as usize + usize::from(options.agent_sessions > 0);
         let liveness_end = runner.sim.elapsed() + options.liveness;
+        let mut next_placement_check = runner.sim.elapsed();
         loop {
             runner.supervise();
+            // Shards that lost a replica get their placement back; a request
+            // made while no metadata leader was known is repeated.
+            if runner.sim.elapsed() >= next_placement_check {
+                runner.restore_placements();
+                next_placement_check = runner.sim.elapsed() + Duration::from_millis(500);
+            }
             let done = world.record().clients_done >= clients;
             if done && converged(&world, options.shards) {
                 break;
@@ -860,10 +905,11 @@ fn run_world(options: SimOptions, world: Arc<World>) -> anyhow::Result<SimReport
                 violations.push(Violation {
                     invariant: Invariant::Convergence,
                     detail: format!(
-                        "{:?} after faults stopped: {} of {clients} clients finished, replicas converged: {is_converged}, unfinished agent sessions: [{}]",
+                        "{:?} after faults stopped: {} of {clients} clients finished, replicas converged: {is_converged}, unfinished agent sessions: [{}]; groups: {}",
                         options.liveness,
                         record.clients_done,
-                        unfinished.join(", ")
+                        unfinished.join(", "),
+                        group_report(&world, options.shards)
                     ),
                 });
                 break;
