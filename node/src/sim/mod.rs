@@ -711,7 +711,8 @@ impl Runner<'_> {
             metadata.raft.is_leader().then(|| metadata.state.placements().ok()).flatten()
         });
         let Some(current) = current else { return };
-        let current: BTreeMap<u32, Vec<u64>> = current.into_iter().map(|(shard, replicas)| (shard.0, replicas)).collect();
+        let current: BTreeMap<u32, Vec<u64>> =
+            current.into_iter().map(|(shard, replicas)| (shard.0, replicas)).collect();
         let wanted = self.world.placements().clone();
         for (shard, replicas) in wanted {
             if current.get(&shard) != Some(&replicas) {
