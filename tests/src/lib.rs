@@ -250,3 +250,20 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Processes whose command line mentions `text` and, if `name_prefix` is
+/// given, whose name starts with it (how tests find a sandbox's or a VM's
+/// processes on this host).
+pub fn processes_mentioning(text: &str, name_prefix: Option<&str>) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(text))
+                && name_prefix.is_none_or(|prefix| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.starts_with(prefix))
+                })
+        })
+        .collect()
+}

@@ -277,17 +277,9 @@ async fn a_session_in_a_microvm_environment_runs_its_tools_in_a_vm() -> anyhow::
     Ok(())
 }
 
-/// Processes whose command line mentions `text` (QEMU names its VM's files).
+/// QEMU processes whose command line mentions `text` (QEMU names its VM's files).
 fn processes_mentioning(text: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(text))
-                && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.starts_with("qemu"))
-        })
-        .collect()
+    agentd_tests::processes_mentioning(text, Some("qemu"))
 }
 
 /// A pool boots a spare after the first sandbox of a shape, and the next sandbox

@@ -14,14 +14,7 @@ use serde_json::json;
 /// Processes whose command line mentions `needle` (the sandbox's bwrap
 /// names the session's directory).
 fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle))
-        })
-        .collect()
+    agentd_tests::processes_mentioning(needle, None)
 }
 
 async fn wait_for_results(client: &agentd_node::Client, session: SessionId, results: usize) -> Vec<String> {
