@@ -84,17 +84,7 @@ impl CallRunner {
         }
         let key = call.idempotency_key.clone();
         if !key.is_empty() {
-            let ledger = self.ledger.clone();
-            let lookup = key.clone();
-            let state = tokio::task::spawn_blocking(move || -> Result<LedgerState, SandboxError> {
-                let state = ledger.state(&lookup)?;
-                if matches!(state, LedgerState::New) {
-                    ledger.begin(&lookup)?;
-                }
-                Ok(state)
-            })
-            .await
-            .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))??;
+            let state = self.ledger.claim(&key).await?;
             match state {
                 LedgerState::New => {}
                 LedgerState::Recorded(output) => {
@@ -104,7 +94,7 @@ impl CallRunner {
                 LedgerState::Interrupted => {
                     record_metrics(&call.name, "interrupted", Duration::ZERO);
                     let output = interrupted_output();
-                    self.record(key, output.clone()).await?;
+                    self.ledger.record_async(&key, &output).await?;
                     return Ok(output);
                 }
             }
@@ -133,25 +123,15 @@ impl CallRunner {
                 // A sandbox failure happens before the tool runs (the shell did not start),
                 // so a retry with this key may run it.
                 if !key.is_empty() {
-                    let ledger = self.ledger.clone();
-                    tokio::task::spawn_blocking(move || ledger.abandon(&key))
-                        .await
-                        .map_err(|join| SandboxError::Io(format!("ledger task failed: {join}")))??;
+                    self.ledger.abandon_async(&key).await?;
                 }
                 return Err(error);
             }
         };
         if !key.is_empty() {
-            self.record(key, output.clone()).await?;
+            self.ledger.record_async(&key, &output).await?;
         }
         Ok(output)
-    }
-
-    async fn record(&self, key: String, output: ToolOutput) -> Result<(), SandboxError> {
-        let ledger = self.ledger.clone();
-        tokio::task::spawn_blocking(move || ledger.record(&key, &output))
-            .await
-            .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))?
     }
 
     async fn dispatch(

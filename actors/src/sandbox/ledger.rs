@@ -49,6 +49,43 @@ pub fn interrupted_output() -> ToolOutput {
 }
 
 impl Ledger {
+    /// Runs ledger work on the blocking pool (it writes and fsyncs files).
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Ledger) -> Result<T, SandboxError> + Send + 'static,
+    ) -> Result<T, SandboxError> {
+        let ledger = self.clone();
+        tokio::task::spawn_blocking(move || work(&ledger))
+            .await
+            .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))?
+    }
+
+    /// The key's state; a `New` key is marked started (durably) before
+    /// this returns, so the caller may run the call.
+    pub async fn claim(&self, idempotency_key: &str) -> Result<LedgerState, SandboxError> {
+        let key = idempotency_key.to_owned();
+        self.off_runtime(move |ledger| {
+            let state = ledger.state(&key)?;
+            if matches!(state, LedgerState::New) {
+                ledger.begin(&key)?;
+            }
+            Ok(state)
+        })
+        .await
+    }
+
+    /// [`Ledger::record`] off the runtime.
+    pub async fn record_async(&self, idempotency_key: &str, output: &ToolOutput) -> Result<(), SandboxError> {
+        let (key, output) = (idempotency_key.to_owned(), output.clone());
+        self.off_runtime(move |ledger| ledger.record(&key, &output)).await
+    }
+
+    /// [`Ledger::abandon`] off the runtime.
+    pub async fn abandon_async(&self, idempotency_key: &str) -> Result<(), SandboxError> {
+        let key = idempotency_key.to_owned();
+        self.off_runtime(move |ledger| ledger.abandon(&key)).await
+    }
+
     pub fn open(directory: PathBuf) -> Result<Ledger, SandboxError> {
         std::fs::create_dir_all(&directory)
             .map_err(|error| SandboxError::Io(format!("creating ledger {}: {error}", directory.display())))?;

@@ -246,13 +246,7 @@ impl Shell {
     pub(crate) async fn kill(&mut self) {
         self.kill_process_group();
         if let Some((program, arguments)) = self.stop_command() {
-            let _ = tokio::process::Command::new(program)
-                .args(arguments)
-                .env_clear()
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .await;
+            let _ = tokio::process::Command::from(helper_command(program, arguments)).status().await;
             if tokio::time::timeout(Duration::from_millis(KILL_WAIT_MS), self.child.wait()).await.is_err() {
                 let _ = self.child.start_kill();
                 let _ = self.child.wait().await;
@@ -262,13 +256,7 @@ impl Shell {
             let _ = self.child.wait().await;
         }
         if let Some((program, arguments)) = self.cleanup_command() {
-            let _ = tokio::process::Command::new(program)
-                .args(arguments)
-                .env_clear()
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .await;
+            let _ = tokio::process::Command::from(helper_command(program, arguments)).status().await;
         }
         self.remove_leftovers();
     }
@@ -277,12 +265,7 @@ impl Shell {
     pub(crate) fn kill_blocking(&mut self, timeout: Duration) {
         self.kill_process_group();
         if let Some((program, arguments)) = self.stop_command() {
-            let _ = std::process::Command::new(program)
-                .args(arguments)
-                .env_clear()
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            let _ = helper_command(program, arguments).status();
         }
         let started = std::time::Instant::now();
         let mut bwrap_killed = false;
@@ -294,12 +277,7 @@ impl Shell {
             std::thread::sleep(Duration::from_millis(5));
         }
         if let Some((program, arguments)) = self.cleanup_command() {
-            let _ = std::process::Command::new(program)
-                .args(arguments)
-                .env_clear()
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            let _ = helper_command(program, arguments).status();
         }
         self.remove_leftovers();
     }
@@ -356,6 +334,14 @@ impl Shell {
         let children = std::fs::read_to_string(format!("/proc/{bwrap}/task/{bwrap}/children")).ok()?;
         children.split_whitespace().next()?.parse().ok()
     }
+}
+
+/// A helper program (`kill`, a runtime's `kill` or `delete`) with a cleared
+/// environment and its output discarded.
+fn helper_command(program: PathBuf, arguments: Vec<OsString>) -> std::process::Command {
+    let mut command = std::process::Command::new(program);
+    command.args(arguments).env_clear().stdout(Stdio::null()).stderr(Stdio::null());
+    command
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -154,23 +154,13 @@ impl MicrovmSandbox {
         }
         let key = call.idempotency_key.clone();
         if !key.is_empty() {
-            let ledger = self.ledger.clone();
-            let lookup = key.clone();
-            let state = tokio::task::spawn_blocking(move || -> Result<LedgerState, SandboxError> {
-                let state = ledger.state(&lookup)?;
-                if matches!(state, LedgerState::New) {
-                    ledger.begin(&lookup)?;
-                }
-                Ok(state)
-            })
-            .await
-            .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))??;
+            let state = self.ledger.claim(&key).await?;
             match state {
                 LedgerState::New => {}
                 LedgerState::Recorded(output) => return Ok(output),
                 LedgerState::Interrupted => {
                     let output = interrupted_output();
-                    self.record(key, output.clone()).await?;
+                    self.ledger.record_async(&key, &output).await?;
                     return Ok(output);
                 }
             }
@@ -178,17 +168,14 @@ impl MicrovmSandbox {
         match self.call_guest(call).await {
             Ok(output) => {
                 if !key.is_empty() {
-                    self.record(key, output.clone()).await?;
+                    self.ledger.record_async(&key, &output).await?;
                 }
                 Ok(output)
             }
             // Known not to have run: a retry with this key may run it.
             Err(CallFailure { error, may_have_run: false }) => {
                 if !key.is_empty() {
-                    let ledger = self.ledger.clone();
-                    tokio::task::spawn_blocking(move || ledger.abandon(&key))
-                        .await
-                        .map_err(|join| SandboxError::Io(format!("ledger task failed: {join}")))??;
+                    self.ledger.abandon_async(&key).await?;
                 }
                 Err(error)
             }
@@ -196,13 +183,6 @@ impl MicrovmSandbox {
             // answered "interrupted" instead of running twice.
             Err(CallFailure { error, may_have_run: true }) => Err(error),
         }
-    }
-
-    async fn record(&self, key: String, output: ToolOutput) -> Result<(), SandboxError> {
-        let ledger = self.ledger.clone();
-        tokio::task::spawn_blocking(move || ledger.record(&key, &output))
-            .await
-            .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))?
     }
 
     async fn call_guest(&self, call: ToolCall) -> Result<ToolOutput, CallFailure> {
