@@ -88,7 +88,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 while read -r module; do insmod "/lib/modules/$module.ko" || echo "init: cannot load $module"; done </etc/agentd/modules
 # The per-VM files come from QEMU's fw_cfg (opt/agentd/*).
-for file in ca.pem agent.pem agent.key config; do
+for file in ca.pem agent.pem agent.key config allowlist; do
   cat "/sys/firmware/qemu_fw_cfg/by_name/opt/agentd/$file/raw" >"/etc/agentd/$file" || echo "init: no fw_cfg file $file"
 done
 chmod 600 /etc/agentd/agent.key
@@ -100,7 +100,8 @@ ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
 ip route add default via 10.0.2.2
 echo "nameserver 10.0.2.3" >/etc/resolv.conf
-# A network namespace with only loopback, for tools when the network is not allowed.
+# A network namespace with only loopback, for tools unless the network is unrestricted
+# (with an allowlist, the agent's egress proxy listens inside it).
 mkdir -p /run/agentd
 touch /run/agentd/netns-none
 unshare --net=/run/agentd/netns-none ip link set lo up
@@ -115,15 +116,19 @@ chmod 755 "$staging/init"
 cat >"$staging/etc/agentd/run" <<'EOF'
 #!/bin/sh
 # The agent, protected from the OOM killer; its shell runs as uid 1000 with a process limit,
-# and without network unless the environment allows it.
+# and without network unless the environment allows it: all of it (unrestricted), or the
+# hosts of an allowlist through the agent's egress proxy.
 . /etc/agentd/config
-AGENTD_NETNS_ARGUMENT=
-[ "$AGENTD_NETWORK" = 1 ] || AGENTD_NETNS_ARGUMENT="--netns /run/agentd/netns-none"
+case "$AGENTD_NETWORK" in
+  unrestricted) AGENTD_NETWORK_ARGUMENTS= ;;
+  allowlist) AGENTD_NETWORK_ARGUMENTS="--netns /run/agentd/netns-none --allow-hosts-file /etc/agentd/allowlist" ;;
+  *) AGENTD_NETWORK_ARGUMENTS="--netns /run/agentd/netns-none" ;;
+esac
 echo -1000 >/proc/self/oom_score_adj
 exec /bin/agentd hands --listen "0.0.0.0:$AGENTD_PORT" --workspace /workspace --ledger /var/lib/agentd/ledger \
   --ca /etc/agentd/ca.pem --cert /etc/agentd/agent.pem --key /etc/agentd/agent.key \
   --wall-clock-ms "$AGENTD_WALL_CLOCK_MS" --output-bytes-max "$AGENTD_OUTPUT_BYTES_MAX" \
-  --pids-max "$AGENTD_PIDS_MAX" --shell /bin/bash --run-as 1000 $AGENTD_NETNS_ARGUMENT </dev/null >/dev/console 2>&1
+  --pids-max "$AGENTD_PIDS_MAX" --shell /bin/bash --run-as 1000 $AGENTD_NETWORK_ARGUMENTS </dev/null >/dev/console 2>&1
 EOF
 chmod 755 "$staging/etc/agentd/run"
 

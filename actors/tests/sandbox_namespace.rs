@@ -6,8 +6,11 @@ mod sandbox_calls;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agentd_actors::sandbox::{Limits, NamespaceSandbox, Sandbox, SandboxError, ToolCall};
-use sandbox_calls::{assert_error, assert_ok, bash, bash_with_secrets, call, call_with_key, unique_key};
+use agentd_actors::sandbox::{Limits, NamespaceSandbox, Network, Sandbox, SandboxError, ToolCall};
+use sandbox_calls::{
+    assert_error, assert_ok, bash, bash_with_secrets, call, call_with_key, egress_reaches_only_listed_hosts,
+    unique_key, EgressTargets,
+};
 use serde_json::json;
 
 async fn provision(root: &Path, limits: Limits) -> NamespaceSandbox {
@@ -305,11 +308,41 @@ async fn network_is_off_unless_allowed() {
     sandbox.destroy().await.unwrap();
 
     // The same command works with the network allowed, so the check above can fail.
-    let online = provision(&directory.path().join("online"), Limits { network: true, ..Limits::default() }).await;
+    let limits = Limits { network: Network::Unrestricted, ..Limits::default() };
+    let online = provision(&directory.path().join("online"), limits).await;
     let output = bash(&online, &connect).await;
     assert_ok(&output);
     assert!(listener.accept().is_ok());
     online.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn egress_allowlist_reaches_only_listed_hosts() {
+    let targets = EgressTargets::start();
+    let directory = tempfile::tempdir().unwrap();
+    let root = directory.path().join("limited");
+    let sandbox = provision(&root, Limits { network: targets.network(), ..Limits::default() }).await;
+    let to_proxy = |request: &str| {
+        format!("exec 3<>/dev/tcp/127.0.0.1/3128 && printf '{request}' >&3 && timeout 5 cat <&3; exec 3<&-")
+    };
+    let direct = |port: u16| format!("exec 3<>/dev/tcp/127.0.0.2/{port} && echo connected");
+    egress_reaches_only_listed_hosts(&sandbox, &targets, to_proxy, direct).await;
+
+    // What a user runs: curl finds the proxy in the environment, by itself.
+    let (listed, unlisted) = (targets.listed.0, targets.unlisted.0);
+    let output = bash(&sandbox, &format!("curl -sS http://127.0.0.2:{listed}/")).await;
+    assert_eq!(output.content, "hello");
+    let output = bash(&sandbox, &format!("curl -sS -p http://127.0.0.2:{listed}/")).await;
+    assert_eq!(output.content, "hello");
+    let output = bash(&sandbox, &format!("curl -sS -f http://127.0.0.2:{unlisted}/")).await;
+    assert_error(&output);
+    assert!(output.content.contains("403"), "{}", output.content);
+    let output = bash(&sandbox, &format!("curl -sS --noproxy '*' http://127.0.0.2:{listed}/")).await;
+    assert_error(&output);
+
+    assert!(root.join("netns").exists());
+    sandbox.destroy().await.unwrap();
+    assert!(!root.join("netns").exists(), "destroy left the sandbox's network namespace bound");
 }
 
 #[tokio::test]

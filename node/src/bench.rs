@@ -133,7 +133,7 @@ pub struct FirstModelRequestReport {
 }
 
 pub async fn run_first_model_request(bench: FirstModelRequestBench) -> Result<Vec<FirstModelRequestReport>> {
-    use agentd_protocol::agent::{AgentSpec, BuiltInTool, EnvironmentSpec, PermissionPolicy};
+    use agentd_protocol::agent::{AgentSpec, BuiltInTool, EnvironmentSpec, Network, PermissionPolicy};
 
     let client = Client::for_addrs(bench.addrs.clone(), bench.ca_pem.clone())?;
     let agent = client
@@ -157,7 +157,7 @@ pub async fn run_first_model_request(bench: FirstModelRequestBench) -> Result<Ve
                 EnvironmentSpec {
                     name: format!("bench-{provisioning}"),
                     driver: "namespace".into(),
-                    network: false,
+                    network: Network::None,
                     tool_timeout_ms: agentd_protocol::limits::TOOL_TIMEOUT_MS_DEFAULT,
                     eager_provisioning: eager,
                     vaults: vec![],

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use agentd_protocol::agent::{AgentSpec, BuiltInTool, CustomTool, EnvironmentSpec, PermissionPolicy};
+use agentd_protocol::agent::{AgentSpec, BuiltInTool, CustomTool, EnvironmentSpec, Network, PermissionPolicy};
 use agentd_protocol::api::{ClusterStatus, Consistency};
 use agentd_protocol::event::{Confirmation, ContentBlock, EventPayload, JsonText};
 use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, SessionId, VaultId};
@@ -236,9 +236,15 @@ pub enum EnvironmentCommand {
         /// Sandbox driver: namespace (bubblewrap), oci (runc), gvisor (runsc) or microvm (QEMU).
         #[arg(long, default_value = "namespace")]
         driver: String,
-        /// Let tools use the network.
-        #[arg(long)]
+        /// Let tools use the host's network, unfiltered.
+        #[arg(long, conflicts_with = "allowed_hosts")]
         network: bool,
+        /// Let tools reach this host, and no other, through the sandbox's egress proxy
+        /// (repeatable): `host`, `host:port`, `*.domain`, an IP address, or
+        /// `https://host` (port 443 only). Without --network or --allow-host, tools have
+        /// no network.
+        #[arg(long = "allow-host", value_name = "HOST")]
+        allowed_hosts: Vec<String>,
         #[arg(long, default_value_t = agentd_protocol::limits::TOOL_TIMEOUT_MS_DEFAULT)]
         tool_timeout_ms: u64,
         /// Provision the sandbox when a turn starts instead of at the first tool call.
@@ -790,8 +796,22 @@ async fn agent(command: AgentCommand) -> Result<()> {
 }
 
 async fn environment(command: EnvironmentCommand) -> Result<()> {
-    let EnvironmentCommand::Create { target, id, name, driver, network, tool_timeout_ms, eager_provisioning, vaults } =
-        command;
+    let EnvironmentCommand::Create {
+        target,
+        id,
+        name,
+        driver,
+        network,
+        allowed_hosts,
+        tool_timeout_ms,
+        eager_provisioning,
+        vaults,
+    } = command;
+    let network = match (network, allowed_hosts.is_empty()) {
+        (true, _) => Network::Unrestricted,
+        (false, true) => Network::None,
+        (false, false) => Network::Allowlist(allowed_hosts),
+    };
     let spec = EnvironmentSpec { name, driver, network, tool_timeout_ms, eager_provisioning, vaults };
     let environment = target.client()?.put_environment(id, spec).await?;
     if target.json {

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::egress::Network;
 use crate::event::JsonText;
 use crate::ids::{AgentId, EnvironmentId, VaultId};
 use crate::{limits, ApiError};
@@ -114,7 +115,9 @@ pub struct EnvironmentSpec {
     /// The sandbox driver: `namespace` (bubblewrap), `oci` (runc), `gvisor` (runsc) or
     /// `microvm` (QEMU).
     pub driver: String,
-    pub network: bool,
+    /// What the sandboxes may connect to: nothing (the default), anything,
+    /// or an allowlist of hosts.
+    pub network: Network,
     pub tool_timeout_ms: u64,
     /// Provision the sandbox when a turn starts, before the first model
     /// call, instead of at the first tool call.
@@ -135,6 +138,9 @@ impl EnvironmentSpec {
                 "unknown sandbox driver {:?}; available: namespace, oci, gvisor, microvm",
                 self.driver
             ));
+        }
+        if let Err(reason) = self.network.validate() {
+            return invalid(format!("network allowlist: {reason}"));
         }
         if self.tool_timeout_ms == 0 || self.tool_timeout_ms > limits::TOOL_TIMEOUT_MS_MAX {
             return invalid(format!("tool_timeout_ms is 1 to {}", limits::TOOL_TIMEOUT_MS_MAX));
@@ -242,7 +248,7 @@ mod tests {
         let environment = |driver: &str| EnvironmentSpec {
             name: "env".into(),
             driver: driver.into(),
-            network: false,
+            network: Network::None,
             tool_timeout_ms: 1_000,
             eager_provisioning: false,
             vaults: vec![],
@@ -254,5 +260,11 @@ mod tests {
             panic!("an unknown driver was accepted");
         };
         assert!(message.contains("available: namespace, oci, gvisor"), "{message}");
+        let mut bad_allowlist = environment("namespace");
+        bad_allowlist.network = Network::Allowlist(vec!["example.com/path".into()]);
+        let Err(ApiError::InvalidRequest { message }) = bad_allowlist.validate() else {
+            panic!("a bad allowlist was accepted");
+        };
+        assert!(message.contains("\"example.com/path\": an entry names a host, not a path"), "{message}");
     }
 }

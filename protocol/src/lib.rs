@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod api;
 pub mod cluster;
+pub mod egress;
 mod error;
 pub mod event;
 pub mod frame;

@@ -47,6 +47,8 @@ pub const MODEL_CALLS_PER_TURN_DEFAULT: u32 = 50;
 pub const TOOL_TIMEOUT_MS_MAX: u64 = 30 * 60 * 1000;
 /// Tool time limit when the environment does not say.
 pub const TOOL_TIMEOUT_MS_DEFAULT: u64 = 120_000;
+/// Entries of one environment's egress allowlist.
+pub const ALLOWED_HOSTS_MAX: usize = 256;
 /// The same tool with the same input this many turns in a row stops the agent.
 pub const STUCK_REPEATS_MAX: usize = 3;
 /// Events a session actor keeps in memory to serve reads.

@@ -154,17 +154,17 @@ fn agents_gain_versions_and_retries_add_none() {
 
 #[test]
 fn environments_gain_versions_too() {
-    use agentd_protocol::agent::EnvironmentSpec;
+    use agentd_protocol::agent::{EnvironmentSpec, Network};
     use agentd_protocol::ids::EnvironmentId;
 
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path()).unwrap();
     let (mut metadata, reader) = db.state_machine(GroupId::Metadata).unwrap();
     let environment_id = EnvironmentId::from_random(3);
-    let spec = |network: bool| EnvironmentSpec {
+    let spec = |unrestricted: bool| EnvironmentSpec {
         name: "default".into(),
         driver: "namespace".into(),
-        network,
+        network: if unrestricted { Network::Unrestricted } else { Network::None },
         tool_timeout_ms: 1000,
         eager_provisioning: false,
         vaults: vec![],

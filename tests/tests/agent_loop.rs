@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use agentd_node::{Client, ClientError};
-use agentd_protocol::agent::{AgentSpec, BuiltInTool, CustomTool, PermissionPolicy};
+use agentd_protocol::agent::{AgentSpec, BuiltInTool, CustomTool, Network, PermissionPolicy};
 use agentd_protocol::api::Consistency;
 use agentd_protocol::event::{Confirmation, ContentBlock, Event, EventPayload, JsonText, StopReason};
 use agentd_protocol::ids::{AgentId, EventId, SessionId};
@@ -141,7 +141,7 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
                 agentd_protocol::agent::EnvironmentSpec {
                     name: driver.into(),
                     driver: driver.into(),
-                    network: false,
+                    network: Network::None,
                     tool_timeout_ms: 10_000,
                     eager_provisioning: false,
                     vaults: vec![],

@@ -4,10 +4,13 @@
 //! need its own. Skipped, with the reason on stderr, only when QEMU, the
 //! cloud kernel or busybox-static is missing.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentd_actors::sandbox::{Limits, Sandbox, SandboxError, ToolCall, ToolOutput};
+use agentd_actors::sandbox::{Limits, Network, Sandbox, SandboxError, ToolCall, ToolOutput};
 use agentd_node::hands::microvm::{MicrovmImage, MicrovmPool, MicrovmSandbox, MICROVM_CACHE_DIR_DEFAULT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn image(test: &str) -> Option<MicrovmImage> {
     match MicrovmImage::prepare(&agentd_tests::agentd_binary!(), std::path::Path::new(MICROVM_CACHE_DIR_DEFAULT)).await
@@ -59,7 +62,7 @@ async fn a_microvm_runs_tools_confined_and_contains_abuse() {
         output_bytes_max: 4_000,
         memory_bytes_max: 384 * 1024 * 1024,
         pids_max: 64,
-        network: false,
+        network: Network::None,
     };
     let booted = Instant::now();
     let sandbox = MicrovmSandbox::provision(dir.path().join("session"), limits, &image).await.expect("the VM boots");
@@ -185,11 +188,52 @@ async fn a_microvm_runs_tools_confined_and_contains_abuse() {
 async fn a_microvm_with_network_allowed_reaches_the_host() {
     let Some(image) = image("a_microvm_with_network_allowed_reaches_the_host").await else { return };
     let dir = tempfile::tempdir().unwrap();
-    let limits = Limits { network: true, memory_bytes_max: 256 * 1024 * 1024, ..Limits::default() };
+    let limits = Limits { network: Network::Unrestricted, memory_bytes_max: 256 * 1024 * 1024, ..Limits::default() };
     let sandbox = MicrovmSandbox::provision(dir.path().join("session"), limits, &image).await.expect("the VM boots");
     let (output, accepted) = guest_reaches_host(&sandbox).await;
     assert!(accepted && output.content.contains("rc=0"), "{output:?}");
     sandbox.destroy().await.unwrap();
+}
+
+/// With an allowlist, the guest's tools reach the listed host only through the
+/// agent's egress proxy, which refuses an unlisted one; nothing connects directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_microvm_with_an_allowlist_reaches_only_the_listed_host() {
+    let Some(image) = image("a_microvm_with_an_allowlist_reaches_only_the_listed_host").await else { return };
+    let listed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a listener");
+    let unlisted = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a listener");
+    let (listed_port, unlisted_port) = (listed.local_addr().unwrap().port(), unlisted.local_addr().unwrap().port());
+    let connections = Arc::new(AtomicU64::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listed.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.read(&mut [0u8; 1024]).await;
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello").await;
+        }
+    });
+    let unlisted_accepted = tokio::spawn(async move { unlisted.accept().await.is_ok() });
+
+    let dir = tempfile::tempdir().unwrap();
+    // The guest sees the host's loopback as 10.0.2.2 (slirp).
+    let network = Network::Allowlist(vec![format!("10.0.2.2:{listed_port}")]);
+    let limits = Limits { network, memory_bytes_max: 256 * 1024 * 1024, ..Limits::default() };
+    let sandbox = MicrovmSandbox::provision(dir.path().join("session"), limits, &image).await.expect("the VM boots");
+    let to_proxy = |request: String| format!("printf '{request}' | nc -w 5 127.0.0.1 3128");
+    let output = bash(&sandbox, "echo $HTTPS_PROXY", 15_000).await;
+    assert_eq!(output.content.trim(), "http://127.0.0.1:3128", "{output:?}");
+    let tunnel = format!("CONNECT 10.0.2.2:{listed_port} HTTP/1.1\\r\\n\\r\\nGET / HTTP/1.0\\r\\n\\r\\n");
+    let output = bash(&sandbox, &to_proxy(tunnel), 15_000).await;
+    assert!(output.content.starts_with("HTTP/1.1 200 Connection established"), "{output:?}");
+    assert!(output.content.ends_with("hello"), "{output:?}");
+    let refused = format!("CONNECT 10.0.2.2:{unlisted_port} HTTP/1.1\\r\\n\\r\\n");
+    let output = bash(&sandbox, &to_proxy(refused), 15_000).await;
+    assert!(output.content.starts_with("HTTP/1.1 403 Forbidden"), "{output:?}");
+    let output = bash(&sandbox, &format!("echo hi | nc -w 3 10.0.2.2 {listed_port} && echo connected"), 15_000).await;
+    assert!(!output.content.contains("connected"), "a direct connection left the guest: {output:?}");
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    sandbox.destroy().await.unwrap();
+    assert!(!unlisted_accepted.is_finished(), "the unlisted host was reached");
 }
 
 /// A session on a real node whose environment chooses the microvm driver: the
@@ -223,7 +267,7 @@ async fn a_session_in_a_microvm_environment_runs_its_tools_in_a_vm() -> anyhow::
             EnvironmentSpec {
                 name: "vm".into(),
                 driver: "microvm".into(),
-                network: false,
+                network: Network::None,
                 tool_timeout_ms: 30_000,
                 eager_provisioning: false,
                 vaults: vec![],
@@ -308,7 +352,7 @@ async fn a_pool_hands_out_a_booted_spare() {
     assert_eq!(output.content.split_whitespace().collect::<Vec<_>>(), ["from", "the", "spare", "0"], "{output:?}");
     assert_ne!(first.qemu_pid().await, Some(spare));
     // Another shape has no spare yet.
-    assert!(pool.spare_pids(&Limits { network: true, ..limits.clone() }).is_empty());
+    assert!(pool.spare_pids(&Limits { network: Network::Unrestricted, ..limits.clone() }).is_empty());
     first.destroy().await.unwrap();
     second.destroy().await.unwrap();
 

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agentd_protocol::agent::{AgentSpec, BuiltInTool, EnvironmentSpec, PermissionPolicy};
+use agentd_protocol::agent::{AgentSpec, BuiltInTool, EnvironmentSpec, Network, PermissionPolicy};
 use agentd_protocol::api::Consistency;
 use agentd_protocol::event::{ContentBlock, EventPayload};
 use agentd_tests::Cluster;
@@ -61,7 +61,7 @@ async fn vault_secrets_are_injected_and_never_stored() -> anyhow::Result<()> {
             EnvironmentSpec {
                 name: "with-token".into(),
                 driver: "namespace".into(),
-                network: false,
+                network: Network::None,
                 tool_timeout_ms: 10_000,
                 eager_provisioning: false,
                 vaults: vec![vault.id],

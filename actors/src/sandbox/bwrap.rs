@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use super::egress::proxy_environment;
 use super::workspace::WORKSPACE_MOUNT;
-use super::{Limits, SandboxError};
+use super::{Limits, Network, SandboxError};
 
 /// Environment variable naming the bwrap binary; unset means `bwrap` on PATH.
 pub const BWRAP_ENV: &str = "AGENTD_BWRAP";
@@ -155,8 +156,17 @@ impl Bwrap {
         .into_iter()
         .map(str::to_owned)
         .collect();
-        if limits.network {
-            arguments.push("--share-net".to_owned());
+        match &limits.network {
+            Network::None => {}
+            // The host's network namespace.
+            Network::Unrestricted => arguments.push("--share-net".to_owned()),
+            // bwrap starts inside the sandbox's egress namespace (see `Shell::start`) and stays there.
+            Network::Allowlist(_) => {
+                arguments.push("--share-net".to_owned());
+                for (name, value) in proxy_environment() {
+                    arguments.extend(["--setenv".to_owned(), name.to_owned(), value.to_owned()]);
+                }
+            }
         }
         for directory in SYSTEM_DIRECTORIES {
             bind_host_entry(&mut arguments, Path::new(directory));

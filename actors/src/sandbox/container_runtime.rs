@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::oci_bundle::{bundle_config, check_rootfs, write_bundle};
-use super::{Limits, SandboxError};
+use super::{Limits, Network, SandboxError};
 
 /// Environment variable naming the runc binary; unset means `runc` on PATH.
 pub const RUNC_ENV: &str = "AGENTD_RUNC";
@@ -125,13 +125,15 @@ impl RuntimeCli {
     /// The arguments that run the container `container_id` of `bundle` in the foreground
     /// (its stdio are the container process's). runsc chooses the container's network
     /// here: `none` gives it only its own loopback; `host` passes its sockets through the
-    /// sentry to the host's network stack (the bundle then has no network namespace).
-    /// runsc's own `sandbox` network would need a prepared network namespace (a veth
-    /// pair), which agentd does not set up.
-    pub(crate) fn run_arguments(&self, bundle: &Path, container_id: &str, network: bool) -> Vec<OsString> {
+    /// sentry to the host's network stack of the network namespace the sandbox runs in:
+    /// the host's when the bundle names none (unrestricted), the sandbox's egress
+    /// namespace when the bundle names it (an allowlist). runsc's own `sandbox` network
+    /// would need a veth pair in a prepared namespace, which agentd does not set up.
+    pub(crate) fn run_arguments(&self, bundle: &Path, container_id: &str, network: &Network) -> Vec<OsString> {
         let mut arguments = self.global_arguments.clone();
         if self.runtime == ContainerRuntime::Gvisor {
-            arguments.push(if network { "--network=host" } else { "--network=none" }.into());
+            let mode = if *network == Network::None { "--network=none" } else { "--network=host" };
+            arguments.push(mode.into());
         }
         arguments.extend(["run".into(), "--bundle".into(), bundle.as_os_str().to_owned(), container_id.into()]);
         arguments
@@ -179,14 +181,14 @@ impl RuntimeCli {
         let workspace = scratch.join("workspace");
         std::fs::create_dir_all(&workspace).map_err(unavailable)?;
         let limits = Limits::default();
-        let mut config = bundle_config(self.runtime, rootfs, &workspace, &limits);
+        let mut config = bundle_config(self.runtime, rootfs, &workspace, &limits, None);
         config["process"]["args"] = json!(["/bin/true"]);
         let bundle = scratch.join("bundle");
         write_bundle(&bundle, &config).map_err(|error| SandboxError::Unavailable(error.to_string()))?;
         let container_id = format!("agentd-probe-{:016x}", rand::random::<u64>());
         let binary = self.runtime.binary();
         let mut child = std::process::Command::new(&self.program)
-            .args(self.run_arguments(&bundle, &container_id, limits.network))
+            .args(self.run_arguments(&bundle, &container_id, &limits.network))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,5 +1,7 @@
 //! Resource limits of one sandbox.
 
+pub use agentd_protocol::egress::Network;
+
 /// Limits applied to every tool call of one sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -11,8 +13,9 @@ pub struct Limits {
     pub memory_bytes_max: u64,
     /// Processes and threads of the sandbox together (cgroup), or per user (rlimit fallback).
     pub pids_max: u64,
-    /// Whether the sandbox shares the host's network namespace.
-    pub network: bool,
+    /// What the sandbox may connect to: nothing, anything (the host's network
+    /// namespace), or an allowlist of hosts (through its egress proxy).
+    pub network: Network,
 }
 
 impl Default for Limits {
@@ -22,7 +25,7 @@ impl Default for Limits {
             output_bytes_max: 100 * 1024,
             memory_bytes_max: 1024 * 1024 * 1024,
             pids_max: 256,
-            network: false,
+            network: Network::None,
         }
     }
 }

@@ -9,10 +9,11 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 use super::call_runner::{CallRunner, ShellLauncher};
+use super::egress::proxy_environment;
 use super::ledger::Ledger;
 use super::shell::{Shell, ShellStopper};
 use super::workspace::Workspace;
-use super::{Limits, Sandbox, SandboxError, ToolCall, ToolOutput};
+use super::{Limits, Network, Sandbox, SandboxError, ToolCall, ToolOutput};
 
 /// The `PATH` the shell gets.
 const SHELL_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
@@ -27,7 +28,8 @@ const CLEANUP_WAIT_MS: u64 = 2_000;
 /// the agent. With `run_as`, the shell runs as that user (and the workspace
 /// is handed to it) with at most `Limits::pids_max` processes (RLIMIT_NPROC,
 /// which the kernel does not apply to root). With a `network_namespace`, the shell
-/// starts there.
+/// starts there; when `Limits::network` is an allowlist, it also gets the egress proxy
+/// variables (`agentd hands` serves the proxy inside that namespace).
 pub struct LocalSandbox {
     shell: LocalShell,
     workspace: Workspace,
@@ -106,6 +108,9 @@ impl LocalSandbox {
             .env("PATH", SHELL_PATH)
             .env("HOME", self.workspace.root())
             .process_group(0);
+        if matches!(self.runner.limits.network, Network::Allowlist(_)) {
+            command.envs(proxy_environment());
+        }
         Shell::spawn(command, ShellStopper::ProcessGroup).await
     }
 }

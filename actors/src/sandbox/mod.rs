@@ -20,7 +20,8 @@
 //! `bash` runs in one persistent `/bin/bash` per session inside bubblewrap:
 //! - new user (mapped to uid 1000 inside, the host's uid outside), PID, mount,
 //!   IPC, UTS, cgroup and network namespaces (`--unshare-all --unshare-user`;
-//!   the network namespace is shared only if `Limits::network`), all
+//!   the network namespace is the host's with `Network::Unrestricted`, and the
+//!   sandbox's egress namespace with an allowlist, see below), all
 //!   capabilities dropped, `--new-session` (no TIOCSTI into the host
 //!   terminal), `--die-with-parent`, and a cleared environment (`HOME` and
 //!   cwd `/workspace`, a fixed `PATH`);
@@ -90,7 +91,8 @@
 //!   handed to host uid 1000, as are the files the file tools create), with no
 //!   capabilities and `noNewPrivileges`;
 //! - new PID, IPC, UTS, mount, cgroup and network namespaces (the network one
-//!   only unless `Limits::network`);
+//!   is the host's with `Network::Unrestricted`, the sandbox's egress
+//!   namespace with an allowlist);
 //! - cgroup limits set by runc: memory (`Limits::memory_bytes_max`), pids
 //!   (`Limits::pids_max`) and CPU (one core's quota, half the default shares),
 //!   so unlike the namespace sandbox a background busy loop is bounded.
@@ -111,11 +113,12 @@
 //! the sandbox. What the sandbox sees is the OCI sandbox's view (read-only
 //! busybox root, the workspace at `/workspace`, uid 1000, no capabilities, its
 //! own PID, IPC, UTS and mount namespaces), served by gVisor's kernel.
-//! - Network: without `Limits::network`, `--network=none` and a new network
-//!   namespace: only gVisor's own loopback. With it, `--network=host` and the
-//!   host's network namespace: sockets pass through the sentry to the host's
-//!   stack. (runsc's own `sandbox` network would need a prepared network
-//!   namespace with a veth pair, which agentd does not set up.)
+//! - Network: with `Network::None`, `--network=none` and a new network
+//!   namespace: only gVisor's own loopback. Otherwise `--network=host`:
+//!   sockets pass through the sentry to the host stack of the namespace the
+//!   sandbox runs in, the host's (unrestricted) or the sandbox's egress
+//!   namespace (an allowlist). (runsc's own `sandbox` network would need a
+//!   prepared network namespace with a veth pair, which agentd does not set up.)
 //! - Processes: RLIMIT_NPROC = `Limits::pids_max`, enforced by gVisor's
 //!   kernel per user inside the sandbox (every process there is uid 1000, which
 //!   cannot raise it): a fork past it fails with EAGAIN, as under runc's pids
@@ -147,6 +150,19 @@
 //! gVisor fails provisioning with `SandboxError::Unavailable` saying what is
 //! missing (the same holds for runc).
 //!
+//! # Egress to an allowlist of hosts (every driver)
+//!
+//! With `Network::Allowlist`, the sandbox gets a network namespace of its own
+//! (bound at `root/netns`) whose only interface is loopback, and an HTTP proxy
+//! at `127.0.0.1:3128` inside it that the node serves from the host's
+//! namespace; tools get `HTTP_PROXY`, `HTTPS_PROXY` and `ALL_PROXY`. bwrap is
+//! started in that namespace through `nsenter`; runc joins it through the
+//! bundle, and runsc too (with `--network=host`, so gVisor's sockets are the
+//! namespace's). The proxy opens `CONNECT` tunnels and forwards absolute
+//! `http://` requests to listed hosts only, and never to a loopback or
+//! link-local address a name resolves to. Needs root, util-linux's `unshare`
+//! and `nsenter`, and iproute2's `ip`; see [`egress`] for the details.
+//!
 //! # The local sandbox ([`LocalSandbox`])
 //!
 //! The same runner with `bash` a plain local shell (bash, or busybox ash) in
@@ -161,6 +177,7 @@ mod bwrap;
 mod call_runner;
 mod capped_output;
 mod container_runtime;
+pub mod egress;
 mod error;
 mod file_tools;
 mod ledger;
@@ -180,7 +197,7 @@ pub use bwrap::BWRAP_ENV;
 pub use container_runtime::{ContainerRuntime, GVISOR_STATE_ROOT, RUNC_ENV, RUNSC_ENV};
 pub use error::SandboxError;
 pub use ledger::{interrupted_output, Ledger, LedgerState};
-pub use limits::Limits;
+pub use limits::{Limits, Network};
 pub use local_sandbox::{LocalSandbox, LocalShell};
 pub use namespace_sandbox::NamespaceSandbox;
 pub use oci_sandbox::OciSandbox;

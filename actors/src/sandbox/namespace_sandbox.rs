@@ -8,11 +8,12 @@ use futures_util::FutureExt;
 
 use super::bwrap::Bwrap;
 use super::call_runner::{instance_name, CallRunner, ShellLauncher};
+use super::egress::EgressNetwork;
 use super::ledger::Ledger;
 use super::resource_control::ResourceControl;
 use super::shell::Shell;
 use super::workspace::Workspace;
-use super::{Limits, Sandbox, SandboxError, ToolCall, ToolOutput};
+use super::{Limits, Network, Sandbox, SandboxError, ToolCall, ToolOutput};
 
 /// How long a new shell waits for the previous one's processes to leave the cgroup.
 const SHELL_REAP_WAIT_MS: u64 = 2_000;
@@ -28,6 +29,8 @@ pub struct NamespaceSandbox {
     bwrap: Bwrap,
     workspace: Workspace,
     resources: ResourceControl,
+    /// The sandbox's own network namespace and egress proxy, when its network is an allowlist.
+    egress: Option<EgressNetwork>,
     runner: CallRunner,
 }
 
@@ -41,7 +44,7 @@ impl NamespaceSandbox {
             .map_err(|error| SandboxError::Unavailable(format!("probe task failed: {error}")))??;
         let name = instance_name(&root);
         let resources = ResourceControl::create(&name, &limits);
-        NamespaceSandbox::assemble(bwrap, root, limits, resources)
+        NamespaceSandbox::assemble(bwrap, root, limits, resources).await
     }
 
     /// Like `provision`, with an explicit bwrap binary and, if `force_rlimits`, the
@@ -60,10 +63,10 @@ impl NamespaceSandbox {
         } else {
             ResourceControl::create(&instance_name(&root), &limits)
         };
-        NamespaceSandbox::assemble(bwrap, root, limits, resources)
+        NamespaceSandbox::assemble(bwrap, root, limits, resources).await
     }
 
-    fn assemble(
+    async fn assemble(
         bwrap: Bwrap,
         root: PathBuf,
         limits: Limits,
@@ -75,8 +78,18 @@ impl NamespaceSandbox {
         let workspace = Workspace::new(&workspace_path, resources.host_user())
             .map_err(|error| SandboxError::Io(format!("resolving {}: {error}", workspace_path.display())))?;
         let ledger = Ledger::open(root.join("ledger"))?;
+        let egress = match &limits.network {
+            Network::Allowlist(entries) => Some(EgressNetwork::create(&root, entries, instance_name(&root)).await?),
+            Network::None | Network::Unrestricted => None,
+        };
         tracing::debug!(root = %root.display(), resources = %resources.describe(), "namespace sandbox provisioned");
-        Ok(NamespaceSandbox { bwrap, runner: CallRunner::new(limits, workspace.clone(), ledger), workspace, resources })
+        Ok(NamespaceSandbox {
+            bwrap,
+            runner: CallRunner::new(limits, workspace.clone(), ledger),
+            workspace,
+            resources,
+            egress,
+        })
     }
 
     /// Whether bwrap (from `AGENTD_BWRAP`, else PATH) can start a sandbox on this machine.
@@ -96,6 +109,9 @@ impl NamespaceSandbox {
 
     async fn destroy_sandbox(&self) -> Result<(), SandboxError> {
         self.runner.stop().await;
+        if let Some(egress) = &self.egress {
+            egress.close();
+        }
         self.resources.remove().await;
         Ok(())
     }
@@ -107,7 +123,8 @@ impl ShellLauncher for NamespaceSandbox {
     fn launch(&self) -> BoxFuture<'_, Result<Shell, SandboxError>> {
         async move {
             self.resources.wait_until_empty(Duration::from_millis(SHELL_REAP_WAIT_MS)).await;
-            Shell::start(&self.bwrap, &self.resources, self.workspace.root(), &self.runner.limits).await
+            let namespace = self.egress.as_ref().map(EgressNetwork::namespace);
+            Shell::start(&self.bwrap, &self.resources, self.workspace.root(), &self.runner.limits, namespace).await
         }
         .boxed()
     }

@@ -5,8 +5,9 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::container_runtime::ContainerRuntime;
+use super::egress::proxy_environment;
 use super::workspace::WORKSPACE_MOUNT;
-use super::{Limits, SandboxError};
+use super::{Limits, Network, SandboxError};
 
 /// Inside the container the shell runs as this unprivileged user (and group); the
 /// workspace is handed to it on the host, where the same number means the same user
@@ -67,13 +68,21 @@ pub(crate) fn write_bundle(bundle: &Path, config: &Value) -> std::io::Result<()>
 
 /// The OCI runtime config of a sandbox: the shared `rootfs` read-only, the session's
 /// `workspace` read-write at `/workspace`, an unprivileged shell without capabilities,
-/// fresh namespaces (network too, unless `limits.network`) and cgroup limits.
+/// fresh namespaces and cgroup limits. The network namespace is a new empty one
+/// (no network), the host's (unrestricted: none is named), or the sandbox's egress
+/// namespace bound at `egress_namespace` (an allowlist; tools get the proxy variables).
 ///
 /// Under gVisor the host cgroup holds gVisor's kernel as well as the sandbox's
 /// processes, so its memory and pids limits get headroom for the kernel, and the
 /// sandbox's process count is bounded inside gVisor by RLIMIT_NPROC (which gVisor's
 /// kernel enforces per user of the sandbox; every process there is uid 1000).
-pub(crate) fn bundle_config(runtime: ContainerRuntime, rootfs: &Path, workspace: &Path, limits: &Limits) -> Value {
+pub(crate) fn bundle_config(
+    runtime: ContainerRuntime,
+    rootfs: &Path,
+    workspace: &Path,
+    limits: &Limits,
+    egress_namespace: Option<&Path>,
+) -> Value {
     let mut namespaces = vec![
         json!({ "type": "pid" }),
         json!({ "type": "ipc" }),
@@ -81,9 +90,18 @@ pub(crate) fn bundle_config(runtime: ContainerRuntime, rootfs: &Path, workspace:
         json!({ "type": "mount" }),
         json!({ "type": "cgroup" }),
     ];
-    // An empty network namespace has only a loopback that is down: no network at all.
-    if !limits.network {
-        namespaces.push(json!({ "type": "network" }));
+    let mut environment: Vec<String> =
+        ["PATH=/bin:/sbin:/usr/bin", &format!("HOME={WORKSPACE_MOUNT}"), "LANG=C.UTF-8", "TERM=dumb"]
+            .map(str::to_owned)
+            .to_vec();
+    match (&limits.network, egress_namespace) {
+        // A new network namespace has only a loopback: no network at all.
+        (Network::None, _) | (Network::Allowlist(_), None) => namespaces.push(json!({ "type": "network" })),
+        (Network::Unrestricted, _) => {}
+        (Network::Allowlist(_), Some(path)) => {
+            namespaces.push(json!({ "type": "network", "path": path }));
+            environment.extend(proxy_environment().into_iter().map(|(name, value)| format!("{name}={value}")));
+        }
     }
     let no_capabilities: Vec<String> = Vec::new();
     let mut rlimits = vec![json!({ "type": "RLIMIT_NOFILE", "hard": OPEN_FILES_MAX, "soft": OPEN_FILES_MAX })];
@@ -103,12 +121,7 @@ pub(crate) fn bundle_config(runtime: ContainerRuntime, rootfs: &Path, workspace:
             "terminal": false,
             "user": { "uid": SANDBOX_UID, "gid": SANDBOX_UID },
             "args": [SHELL_PATH],
-            "env": [
-                "PATH=/bin:/sbin:/usr/bin",
-                format!("HOME={WORKSPACE_MOUNT}"),
-                "LANG=C.UTF-8",
-                "TERM=dumb",
-            ],
+            "env": environment,
             "cwd": WORKSPACE_MOUNT,
             "capabilities": {
                 "bounding": no_capabilities,

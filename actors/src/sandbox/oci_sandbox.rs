@@ -8,11 +8,12 @@ use futures_util::FutureExt;
 
 use super::call_runner::{instance_name, CallRunner, ShellLauncher};
 use super::container_runtime::{ContainerRuntime, RuntimeCli};
+use super::egress::EgressNetwork;
 use super::ledger::Ledger;
 use super::oci_bundle::{bundle_config, check_rootfs, write_bundle, SANDBOX_UID};
 use super::shell::{Shell, ShellStopper};
 use super::workspace::Workspace;
-use super::{Limits, Sandbox, SandboxError, ToolCall, ToolOutput};
+use super::{Limits, Network, Sandbox, SandboxError, ToolCall, ToolOutput};
 
 /// How long a dropped sandbox's cleanup waits for the runtime's `run` to exit.
 const CLEANUP_WAIT_MS: u64 = 2_000;
@@ -29,6 +30,8 @@ pub struct OciSandbox {
     /// Prefix of the container ids; each shell's container adds a counter to it.
     container_prefix: String,
     shells_started: std::sync::atomic::AtomicU64,
+    /// The sandbox's own network namespace and egress proxy, when its network is an allowlist.
+    egress: Option<EgressNetwork>,
     runner: CallRunner,
 }
 
@@ -64,8 +67,13 @@ impl OciSandbox {
         // the workspace (and every file the file tools create) to write to it.
         let workspace = Workspace::new(&workspace_path, Some(SANDBOX_UID))
             .map_err(|error| SandboxError::Io(format!("resolving {}: {error}", workspace_path.display())))?;
+        let egress = match &limits.network {
+            Network::Allowlist(entries) => Some(EgressNetwork::create(&root, entries, instance_name(&root)).await?),
+            Network::None | Network::Unrestricted => None,
+        };
         let bundle = root.join("bundle");
-        write_bundle(&bundle, &bundle_config(runtime.runtime(), &rootfs, workspace.root(), &limits))
+        let egress_namespace = egress.as_ref().map(EgressNetwork::namespace);
+        write_bundle(&bundle, &bundle_config(runtime.runtime(), &rootfs, workspace.root(), &limits, egress_namespace))
             .map_err(|error| SandboxError::Io(format!("writing the bundle in {}: {error}", bundle.display())))?;
         let ledger = Ledger::open(root.join("ledger"))?;
         tracing::debug!(
@@ -79,6 +87,7 @@ impl OciSandbox {
             bundle,
             container_prefix: instance_name(&root),
             shells_started: std::sync::atomic::AtomicU64::new(0),
+            egress,
             runner: CallRunner::new(limits, workspace, ledger),
         })
     }
@@ -104,7 +113,7 @@ impl OciSandbox {
         let number = self.shells_started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let container_id = format!("{}-{number}", self.container_prefix);
         let mut command = tokio::process::Command::new(self.runtime.program());
-        command.args(self.runtime.run_arguments(&self.bundle, &container_id, self.runner.limits.network)).env_clear();
+        command.args(self.runtime.run_arguments(&self.bundle, &container_id, &self.runner.limits.network)).env_clear();
         let stopper = ShellStopper::Container { runtime: self.runtime.clone(), container_id };
         Shell::spawn(command, stopper).await
     }
@@ -126,6 +135,9 @@ impl Sandbox for OciSandbox {
     fn destroy(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
         async move {
             self.runner.stop().await;
+            if let Some(egress) = &self.egress {
+                egress.close();
+            }
             Ok(())
         }
         .boxed()

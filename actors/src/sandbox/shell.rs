@@ -70,16 +70,28 @@ pub(crate) enum ShellStopper {
 }
 
 impl Shell {
-    /// Starts bash in a new sandbox over `workspace` and checks it answers.
+    /// Starts bash in a new sandbox over `workspace` and checks it answers. With
+    /// `network_namespace`, bwrap starts in that (egress) network namespace.
     pub(crate) async fn start(
         bwrap: &Bwrap,
         resources: &ResourceControl,
         workspace: &Path,
         limits: &Limits,
+        network_namespace: Option<&Path>,
     ) -> Result<Shell, SandboxError> {
         let mut arguments = bwrap.arguments(workspace, limits);
         arguments.extend(["/bin/bash", "--noprofile", "--norc"].map(str::to_owned));
         let (program, arguments) = resources.wrap(bwrap.program(), arguments);
+        // nsenter is outermost: entering a namespace needs root, which the rlimit fallback gives up.
+        let (program, arguments) = match network_namespace {
+            None => (program, arguments),
+            Some(namespace) => {
+                let mut entered = vec![format!("--net={}", namespace.display()), "--".to_owned()];
+                entered.push(program.to_string_lossy().into_owned());
+                entered.extend(arguments);
+                (PathBuf::from("nsenter"), entered)
+            }
+        };
         let mut command = tokio::process::Command::new(&program);
         command.args(&arguments).env_clear();
         Shell::spawn(command, ShellStopper::NamespaceInit).await

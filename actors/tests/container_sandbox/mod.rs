@@ -11,13 +11,18 @@
 #![allow(clippy::unwrap_used)] // Test code, outside `#[test]` functions.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use agentd_actors::sandbox::{ContainerRuntime, Limits, OciSandbox, Sandbox, Secret, ToolCall, GVISOR_STATE_ROOT};
+use agentd_actors::sandbox::{
+    ContainerRuntime, Limits, Network, OciSandbox, Sandbox, Secret, ToolCall, GVISOR_STATE_ROOT,
+};
 use serde_json::json;
 
-use crate::sandbox_calls::{assert_error, assert_ok, bash, bash_with_secrets, call, call_with_key, unique_key};
+use crate::sandbox_calls::{
+    assert_error, assert_ok, bash, bash_with_secrets, call, call_with_key, egress_reaches_only_listed_hosts,
+    serve_hello, unique_key, EgressTargets,
+};
 
 /// Where scripts/setup.sh builds the rootfs; `AGENTD_OCI_ROOTFS` overrides it.
 const DEFAULT_ROOTFS: &str = "/var/cache/agentd/oci-rootfs";
@@ -31,6 +36,7 @@ macro_rules! container_sandbox_tests {
             repeated_idempotency_key_runs_once_even_after_reprovisioning,
             bash_cannot_touch_the_host_system_or_a_sibling_session,
             network_is_off_unless_allowed,
+            egress_allowlist_reaches_only_listed_hosts,
             fork_bomb_and_memory_hog_are_bounded_and_the_next_call_works,
             timeout_kills_the_command_and_the_next_call_works,
             output_is_capped_with_a_note,
@@ -242,27 +248,8 @@ pub async fn bash_cannot_touch_the_host_system_or_a_sibling_session(driver: &Dri
     second.destroy().await.unwrap();
 }
 
-/// A host HTTP server on loopback answering every request with `hello`; counts connections.
-fn serve_hello() -> (u16, std::sync::Arc<AtomicU64>) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
-    let port = listener.local_addr().expect("the listener's address").port();
-    let connections = std::sync::Arc::new(AtomicU64::new(0));
-    let counter = std::sync::Arc::clone(&connections);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            counter.fetch_add(1, Ordering::SeqCst);
-            let mut request = [0u8; 1024];
-            let _ = stream.read(&mut request);
-            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
-        }
-    });
-    (port, connections)
-}
-
 pub async fn network_is_off_unless_allowed(driver: &Driver) {
-    let (port, connections) = serve_hello();
+    let (port, connections) = serve_hello("127.0.0.1");
     // busybox nc, not wget: the static busybox's wget crashes resolving even a numeric address.
     let fetch = format!("echo GET | nc 127.0.0.1 {port}");
 
@@ -275,12 +262,26 @@ pub async fn network_is_off_unless_allowed(driver: &Driver) {
     sandbox.destroy().await.unwrap();
 
     // The same command works with the network allowed, so the check above can fail.
-    let limits = Limits { network: true, ..Limits::default() };
+    let limits = Limits { network: Network::Unrestricted, ..Limits::default() };
     let online = driver.provision(&directory.path().join("online"), limits).await;
     let output = bash(&online, &fetch).await;
     assert_ok(&output);
     assert!(output.content.ends_with("hello"), "{}", output.content);
     online.destroy().await.unwrap();
+}
+
+pub async fn egress_allowlist_reaches_only_listed_hosts(driver: &Driver) {
+    let targets = EgressTargets::start();
+    let directory = tempfile::tempdir().unwrap();
+    let root = directory.path().join("limited");
+    let sandbox = driver.provision(&root, Limits { network: targets.network(), ..Limits::default() }).await;
+    // busybox ash has no /dev/tcp: nc speaks to the proxy.
+    let to_proxy = |request: &str| format!("printf '{request}' | nc 127.0.0.1 3128");
+    let direct = |port: u16| format!("echo GET | nc 127.0.0.2 {port} && echo connected");
+    egress_reaches_only_listed_hosts(&sandbox, &targets, to_proxy, direct).await;
+    assert!(root.join("netns").exists());
+    sandbox.destroy().await.unwrap();
+    assert!(!root.join("netns").exists(), "destroy left the sandbox's network namespace bound");
 }
 
 pub async fn fork_bomb_and_memory_hog_are_bounded_and_the_next_call_works(driver: &Driver) {

@@ -80,3 +80,84 @@ pub async fn sibling_workspace_is_out_of_reach(first: &impl Sandbox, second: &im
     let output = bash(first, "find / -path /proc -prune -o -name secret.txt -print 2>/dev/null; echo searched").await;
     assert_eq!(output.content, "searched\n");
 }
+
+/// A host HTTP server on `ip` answering every request with `hello`; counts connections.
+pub fn serve_hello(ip: &str) -> (u16, std::sync::Arc<AtomicU64>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind((ip, 0)).expect("a loopback listener");
+    let port = listener.local_addr().expect("the listener's address").port();
+    let connections = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = std::sync::Arc::clone(&connections);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+        }
+    });
+    (port, connections)
+}
+
+/// Two host servers on 127.0.0.2, a loopback address that a sandbox's own
+/// loopback does not answer on (and that `NO_PROXY` does not exempt), and an
+/// allowlist that names only the first.
+pub struct EgressTargets {
+    pub listed: (u16, std::sync::Arc<AtomicU64>),
+    pub unlisted: (u16, std::sync::Arc<AtomicU64>),
+}
+
+impl EgressTargets {
+    pub fn start() -> EgressTargets {
+        EgressTargets { listed: serve_hello("127.0.0.2"), unlisted: serve_hello("127.0.0.2") }
+    }
+
+    pub fn network(&self) -> agentd_actors::sandbox::Network {
+        agentd_actors::sandbox::Network::Allowlist(vec![format!("127.0.0.2:{}", self.listed.0)])
+    }
+}
+
+/// With an allowlist, the proxy (named by `HTTPS_PROXY`) reaches the listed host, by
+/// `CONNECT` and by an absolute URL; it refuses the unlisted one with the reason and
+/// never connects to it; and nothing connects without the proxy.
+/// `to_proxy(request)` is a shell command that sends `request` (a printf format) to
+/// `127.0.0.1:3128` and prints the answer; `direct(port)` one that connects straight
+/// to 127.0.0.2:`port` and says `connected`.
+pub async fn egress_reaches_only_listed_hosts(
+    sandbox: &impl Sandbox,
+    targets: &EgressTargets,
+    to_proxy: impl Fn(&str) -> String,
+    direct: impl Fn(u16) -> String,
+) {
+    let (listed, listed_connections) = (targets.listed.0, &targets.listed.1);
+    let (unlisted, unlisted_connections) = (targets.unlisted.0, &targets.unlisted.1);
+    let output = bash(sandbox, "echo $HTTPS_PROXY $http_proxy").await;
+    assert_eq!(output.content, "http://127.0.0.1:3128 http://127.0.0.1:3128\n");
+
+    let tunnel =
+        bash(sandbox, &to_proxy(&format!("CONNECT 127.0.0.2:{listed} HTTP/1.1\\r\\n\\r\\nGET / HTTP/1.0\\r\\n\\r\\n")))
+            .await;
+    assert!(tunnel.content.starts_with("HTTP/1.1 200 Connection established"), "{}", tunnel.content);
+    assert!(tunnel.content.ends_with("hello"), "{}", tunnel.content);
+    let forwarded = bash(sandbox, &to_proxy(&format!("GET http://127.0.0.2:{listed}/ HTTP/1.0\\r\\n\\r\\n"))).await;
+    assert!(forwarded.content.starts_with("HTTP/1.0 200 OK"), "{}", forwarded.content);
+    assert_eq!(listed_connections.load(Ordering::SeqCst), 2);
+
+    for request in [
+        format!("CONNECT 127.0.0.2:{unlisted} HTTP/1.1\\r\\n\\r\\n"),
+        format!("GET http://127.0.0.2:{unlisted}/ HTTP/1.0\\r\\n\\r\\n"),
+        format!("CONNECT localhost:{listed} HTTP/1.1\\r\\n\\r\\n"),
+    ] {
+        let refused = bash(sandbox, &to_proxy(&request)).await;
+        assert!(refused.content.starts_with("HTTP/1.1 403 Forbidden"), "{request}: {}", refused.content);
+        assert!(refused.content.contains("is not in this environment's allowlist"), "{}", refused.content);
+    }
+    assert_eq!(unlisted_connections.load(Ordering::SeqCst), 0, "the proxy connected to an unlisted host");
+
+    for port in [listed, unlisted] {
+        let output = bash(sandbox, &direct(port)).await;
+        assert!(!output.content.contains("connected"), "a direct connection left the sandbox: {}", output.content);
+    }
+    assert_eq!(listed_connections.load(Ordering::SeqCst), 2, "a direct connection reached the listed host");
+}

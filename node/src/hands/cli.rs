@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use agentd_actors::sandbox::egress;
+
 use super::{HandsAgent, HandsAgentOptions};
 
 #[derive(Debug, Args)]
@@ -45,6 +47,11 @@ pub struct HandsArgs {
     /// Start the shell in the network namespace bound at this path (needs root and nsenter).
     #[arg(long)]
     pub netns: Option<PathBuf>,
+    /// Serve an egress proxy to the shell at 127.0.0.1:3128 inside --netns that reaches
+    /// only the hosts listed in this file (an entry per line, as `agentd environment
+    /// create --allow-host` takes them; `#` starts a comment).
+    #[arg(long, requires = "netns")]
+    pub allow_hosts_file: Option<PathBuf>,
 }
 
 /// `agentd hands`: serves until killed.
@@ -61,12 +68,27 @@ pub async fn run(args: HandsArgs) -> Result<()> {
         name.push(".ledger");
         args.workspace.with_file_name(name)
     });
-    let limits = agentd_actors::sandbox::Limits {
+    let mut limits = agentd_actors::sandbox::Limits {
         wall_clock_ms: args.wall_clock_ms,
         output_bytes_max: args.output_bytes_max,
         pids_max: args.pids_max,
         ..Default::default()
     };
+    if let (Some(file), Some(namespace)) = (&args.allow_hosts_file, &args.netns) {
+        let entries: Vec<String> = read(file)?
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        let allowlist = agentd_protocol::egress::Allowlist::parse(&entries)
+            .map_err(|reason| anyhow::anyhow!("bad allowlist in {}: {reason}", file.display()))?;
+        let listener = egress::listen_in_namespace(namespace.clone(), egress::PROXY_ADDRESS)
+            .await
+            .with_context(|| format!("cannot listen for the egress proxy in {}", namespace.display()))?;
+        tokio::spawn(egress::serve(listener, std::sync::Arc::new(allowlist), "hands".to_owned()));
+        limits.network = agentd_actors::sandbox::Network::Allowlist(entries);
+    }
     let agent = HandsAgent::bind(HandsAgentOptions {
         listen: args.listen,
         workspace: args.workspace,

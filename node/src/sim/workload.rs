@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentd_protocol::agent::{AgentSpec, BuiltInTool, EnvironmentSpec, PermissionPolicy};
+use agentd_protocol::agent::{AgentSpec, BuiltInTool, EnvironmentSpec, Network, PermissionPolicy};
 use agentd_protocol::api::SessionStatus;
 use agentd_protocol::event::{EventPayload, StopReason};
 use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, SessionId, VaultId};
@@ -94,7 +94,7 @@ pub(crate) async fn run_agent_client(world: Arc<World>) -> turmoil::Result {
     let environment = EnvironmentSpec {
         name: "sim".into(),
         driver: "namespace".into(),
-        network: false,
+        network: Network::None,
         tool_timeout_ms: 30_000,
         eager_provisioning: false,
         vaults: vec![vault_id],

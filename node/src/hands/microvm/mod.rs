@@ -34,11 +34,15 @@
 //! - Network: slirp (`-netdev user`) with one forwarded UDP port, from the
 //!   host's loopback to the agent. slirp's `restrict=on` would cut egress but
 //!   also drops the guest's UDP replies on the forwarded port, so it is not
-//!   used. Instead, unless `Limits::network`, the tools' shell starts in a
-//!   network namespace that has only loopback (`agentd hands --netns`); only
-//!   the agent (root) has `eth0`. With `Limits::network`, the tools share the
-//!   agent's namespace: slirp NAT to anything the host reaches, **including
-//!   services on the host's loopback** (as 10.0.2.2).
+//!   used. Instead, unless the network is unrestricted, the tools' shell
+//!   starts in a network namespace that has only loopback (`agentd hands
+//!   --netns`); only the agent (root) has `eth0`. With an allowlist, the agent
+//!   also serves the egress proxy (`actors::sandbox::egress`) at
+//!   `127.0.0.1:3128` inside that namespace (`--allow-hosts-file`, the list
+//!   coming in as the fw_cfg file `allowlist`), and connects from its own.
+//!   With `Network::Unrestricted`, the tools share the agent's namespace:
+//!   slirp NAT to anything the host reaches, **including services on the
+//!   host's loopback** (as 10.0.2.2).
 //! - Wall clock and output: per call, enforced by the agent as in every
 //!   driver. Boots are bounded by `SANDBOX_BOOT_TIMEOUT_MS`.
 //!

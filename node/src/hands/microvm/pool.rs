@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentd_actors::sandbox::{Ledger, Limits, SandboxError};
+use agentd_actors::sandbox::{Ledger, Limits, Network, SandboxError};
 use agentd_protocol::limits::SANDBOX_BOOT_TIMEOUT_MS;
 
 use super::vm::{self, Phase, Vm};
@@ -28,7 +28,7 @@ struct Shape {
     wall_clock_ms: u64,
     output_bytes_max: usize,
     pids_max: u64,
-    network: bool,
+    network: Network,
 }
 
 impl Shape {
@@ -38,7 +38,7 @@ impl Shape {
             wall_clock_ms: limits.wall_clock_ms,
             output_bytes_max: limits.output_bytes_max,
             pids_max: limits.pids_max,
-            network: limits.network,
+            network: limits.network.clone(),
         }
     }
 }

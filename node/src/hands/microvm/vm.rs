@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentd_actors::sandbox::{Limits, SandboxError};
+use agentd_actors::sandbox::{Limits, Network, SandboxError};
 use agentd_raft::tls::ClusterCa;
 use tokio::io::AsyncBufReadExt;
 
@@ -41,6 +41,7 @@ pub(super) async fn boot(
         ("agent.pem", identities.agent.cert_pem.clone()),
         ("agent.key", identities.agent.key_pem.clone()),
         ("config", guest_config(limits)),
+        ("allowlist", guest_allowlist(limits)),
     ];
     for (file, text) in &files {
         write_private(&directory.join(file), text).map_err(|error| io("writing the guest files", error))?;
@@ -108,7 +109,7 @@ fn spawn(image: &MicrovmImage, directory: &Path, limits: &Limits, port: u16) -> 
         .args(["-append", &kernel_arguments])
         .args(["-netdev", &netdev, "-device", "virtio-net-device,netdev=net0"])
         .args(["-device", "virtio-rng-device"]);
-    for file in ["ca.pem", "agent.pem", "agent.key", "config"] {
+    for file in ["ca.pem", "agent.pem", "agent.key", "config", "allowlist"] {
         // QEMU's option syntax escapes a comma by doubling it.
         let path = directory.join(file).display().to_string().replace(',', ",,");
         command.arg("-fw_cfg").arg(format!("name=opt/agentd/{file},file={path}"));
@@ -227,8 +228,21 @@ fn guest_config(limits: &Limits) -> String {
         limits.wall_clock_ms,
         limits.output_bytes_max,
         limits.pids_max,
-        u8::from(limits.network)
+        match limits.network {
+            Network::None => "none",
+            Network::Unrestricted => "unrestricted",
+            Network::Allowlist(_) => "allowlist",
+        }
     )
+}
+
+/// The egress allowlist, an entry per line (entries are validated and have no
+/// whitespace), for `agentd hands --allow-hosts-file`; empty without one.
+fn guest_allowlist(limits: &Limits) -> String {
+    match &limits.network {
+        Network::Allowlist(entries) => entries.iter().map(|entry| format!("{}\n", entry.trim())).collect(),
+        Network::None | Network::Unrestricted => String::new(),
+    }
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
