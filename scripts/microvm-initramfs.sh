@@ -41,7 +41,7 @@ chmod 755 "$staging/bin/bash"
 
 # The drivers the VM needs, each after the modules it depends on (modprobe's order).
 : >"$staging/etc/agentd/modules"
-for top in virtio_mmio virtio_pci virtio_net virtio_rng qemu_fw_cfg; do
+for top in virtio_mmio virtio_pci virtio_net virtio_rng virtio_blk qemu_fw_cfg; do
   modprobe -S "$release" --show-depends "$top" | awk '$1 == "insmod" { print $2 }' | while read -r file; do
     module=$(basename "$file")
     module=${module%%.ko*}
@@ -95,6 +95,11 @@ chmod 600 /etc/agentd/agent.key
 . /etc/agentd/config
 date -s "@$AGENTD_NOW" >/dev/null
 mount -t tmpfs -o "size=$AGENTD_TMP_BYTES,mode=1777" tmpfs /tmp
+# The workspace is the session's disk (ext4, made on the host), which outlives the VM.
+if [ -b /dev/vda ]; then
+  mount -t ext4 -o nosuid,nodev /dev/vda /workspace || echo "init: cannot mount the workspace disk"
+  rmdir /workspace/lost+found 2>/dev/null
+fi
 ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0

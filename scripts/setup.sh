@@ -12,9 +12,10 @@ set -euo pipefail
 # iproute2: brings up the loopback of a sandbox's egress network namespace; curl: the
 # egress tests fetch through the sandbox's proxy with it (as users' tools do).
 # qemu-system-x86, linux-image-cloud-amd64: the microvm sandbox (its initramfs, with busybox-static,
-# is built on first use by scripts/microvm-initramfs.sh, embedded in agentd).
+# is built on first use by scripts/microvm-initramfs.sh, embedded in agentd); e2fsprogs makes
+# its sessions' workspace disks.
 packages=(librocksdb-dev libclang-dev clang pkg-config etcd-server etcd-client protobuf-compiler libprotobuf-dev bubblewrap
-  runc busybox-static runsc qemu-system-x86 linux-image-cloud-amd64 iproute2 curl)
+  runc busybox-static runsc qemu-system-x86 linux-image-cloud-amd64 e2fsprogs iproute2 curl)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -61,3 +61,6 @@ pub const HANDS_FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub const HANDS_STREAMS_PER_CONNECTION_MAX: u32 = 64;
 /// Longest a sandbox may take to boot and answer its first ping.
 pub const SANDBOX_BOOT_TIMEOUT_MS: u64 = 60_000;
+/// Size of a microVM session's workspace disk (a sparse file: it takes only
+/// what is written), and so the most its workspace can hold.
+pub const MICROVM_WORKSPACE_DISK_BYTES: u64 = 4 * 1024 * 1024 * 1024;

@@ -354,7 +354,20 @@ async fn a_pool_hands_out_a_booted_spare() {
     // Another shape has no spare yet.
     assert!(pool.spare_pids(&Limits { network: Network::Unrestricted, ..limits.clone() }).is_empty());
     first.destroy().await.unwrap();
+
+    // The spare's disk became the session's workspace, which outlives the VM: the
+    // session's next sandbox boots with it (not from a spare, whose disk is blank).
+    let output = bash(&second, "echo kept > notes.txt; df /workspace | tail -n 1", 20_000).await;
+    assert!(output.content.starts_with("/dev/vda"), "the workspace is not the disk: {output:?}");
     second.destroy().await.unwrap();
+    assert!(dir.path().join("two/workspace.img").exists());
+    let spares_before = pool.spare_pids(&limits);
+    let again = pool.provision(dir.path().join("two"), limits.clone()).await.expect("the session's VM boots again");
+    let pid = again.qemu_pid().await.expect("QEMU runs");
+    assert!(!spares_before.contains(&pid), "a session with a disk got a blank spare");
+    let output = bash(&again, "cat notes.txt", 20_000).await;
+    assert_eq!(output.content, "kept\n", "{output:?}");
+    again.destroy().await.unwrap();
 
     let spares_path = spares_dir.to_string_lossy().into_owned();
     drop(pool);

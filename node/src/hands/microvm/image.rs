@@ -104,7 +104,7 @@ impl MicrovmImage {
             let probe = MicrovmImage { accel: Accel::Kvm, ..self.clone() };
             let directory = cache_dir.join(format!("kvm-probe-{}", std::process::id()));
             let booted =
-                boot(&probe, &directory, &Limits::default(), Duration::from_millis(KVM_PROBE_TIMEOUT_MS)).await;
+                boot(&probe, &directory, None, &Limits::default(), Duration::from_millis(KVM_PROBE_TIMEOUT_MS)).await;
             let _ = std::fs::remove_dir_all(&directory);
             match booted {
                 Ok(_vm) => Accel::Kvm,

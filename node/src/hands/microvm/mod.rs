@@ -18,8 +18,19 @@
 //! initramfs per VM); the guest copies them to `/etc/agentd` (mode 0700).
 //!
 //! # Isolation and limits
-//! - The guest sees only its initramfs (in guest RAM): no host file, no other
-//!   sandbox. Its workspace lives in guest RAM and dies with it. Idempotency
+//! - The guest sees only its initramfs (in guest RAM) and its workspace
+//!   disk: no host file, no other sandbox. The workspace is the session's
+//!   disk, `root/workspace.img` on the host: a sparse raw file of
+//!   `MICROVM_WORKSPACE_DISK_BYTES` (so that is also the workspace's size
+//!   limit) holding ext4, made with `mkfs.ext4` at the session's first
+//!   sandbox and attached as virtio-blk; the guest mounts it at `/workspace`.
+//!   It outlives the VM, as the other drivers' workspaces do: the session's
+//!   next sandbox (after an idle timeout, or a crash) boots with it. A
+//!   destroy asks the guest to `sync` first; a VM that dies on its own loses
+//!   what its page cache held (ext4's journal keeps the file system
+//!   consistent). A spare boots with a blank disk of its own, which moves to
+//!   the session that takes it; a session that has a disk never takes a
+//!   spare. Idempotency
 //!   keys are recorded twice: by the agent, and on the host under
 //!   `root/ledger` (the same files as the other drivers), which outlives the
 //!   VM: a key whose call failed with the VM is answered "interrupted", never
@@ -96,6 +107,10 @@ pub const HANDS_BINARY_ENV: &str = "AGENTD_HANDS_BINARY";
 pub const CACHE_DIR_ENV: &str = "AGENTD_MICROVM_CACHE";
 /// The least memory a guest gets: the initramfs alone takes about 45 MB of it.
 pub const GUEST_MEMORY_MIB_MIN: u64 = 256;
+/// A session's workspace disk, in its directory on the host (`root/workspace.img`).
+pub const WORKSPACE_DISK: &str = "workspace.img";
+/// How long a destroy waits for the guest to write its caches to the workspace disk.
+const SYNC_TIMEOUT_MS: u64 = 5_000;
 
 /// A sandbox in a QEMU microVM. See the module docs.
 pub struct MicrovmSandbox {
@@ -114,7 +129,8 @@ pub struct MicrovmSandbox {
 
 impl MicrovmSandbox {
     /// Boots a VM for the sandbox whose directory on the host is `root` (its VM files
-    /// go to `root/vm`) and waits until its agent answers, at most `SANDBOX_BOOT_TIMEOUT_MS`.
+    /// go to `root/vm`, its workspace disk is `root/workspace.img`, made if missing)
+    /// and waits until its agent answers, at most `SANDBOX_BOOT_TIMEOUT_MS`.
     pub async fn provision(
         root: PathBuf,
         limits: Limits,
@@ -122,7 +138,10 @@ impl MicrovmSandbox {
     ) -> Result<MicrovmSandbox, SandboxError> {
         let directory = root.join("vm");
         let ledger = Ledger::open(root.join("ledger"))?;
-        let vm = vm::boot(image, &directory, &limits, Duration::from_millis(SANDBOX_BOOT_TIMEOUT_MS)).await?;
+        let disk = root.join(WORKSPACE_DISK);
+        vm::prepare_disk(&disk).await?;
+        let timeout = Duration::from_millis(SANDBOX_BOOT_TIMEOUT_MS);
+        let vm = vm::boot(image, &directory, Some(&disk), &limits, timeout).await?;
         tracing::debug!(root = %root.display(), accel = image.accel().name(), "microvm sandbox booted");
         MicrovmSandbox::assemble(vm, directory, ledger, image.accel())
     }
@@ -214,7 +233,18 @@ impl MicrovmSandbox {
         result
     }
 
+    /// Asks the guest to write its caches to the workspace disk (briefly), then
+    /// kills QEMU. The disk stays: it is the session's.
     async fn destroy_vm(&self) -> Result<(), SandboxError> {
+        if !self.client.is_closed() && *self.phase.borrow() == Phase::Ready {
+            let sync = ToolCall {
+                name: "bash".to_owned(),
+                input_json: serde_json::json!({ "command": "sync" }).to_string(),
+                idempotency_key: String::new(),
+                secrets: Vec::new(),
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(SYNC_TIMEOUT_MS), self.client.execute_call(sync)).await;
+        }
         self.client.close();
         if let Some(mut vm) = self.vm.lock().await.take() {
             vm.kill().await;

@@ -10,7 +10,7 @@ use agentd_actors::sandbox::{Ledger, Limits, Network, SandboxError};
 use agentd_protocol::limits::SANDBOX_BOOT_TIMEOUT_MS;
 
 use super::vm::{self, Phase, Vm};
-use super::{MicrovmImage, MicrovmSandbox};
+use super::{MicrovmImage, MicrovmSandbox, WORKSPACE_DISK};
 
 /// Spares kept per shape of limits, unless `AGENTD_MICROVM_SPARES` says otherwise.
 pub const SPARES_DEFAULT: usize = 1;
@@ -97,16 +97,22 @@ impl MicrovmPool {
     /// A sandbox for `root` (as `MicrovmSandbox::provision`), from a spare if one is ready.
     pub async fn provision(self: &Arc<Self>, root: PathBuf, limits: Limits) -> Result<MicrovmSandbox, SandboxError> {
         let shape = Shape::of(&limits);
-        let spare = self.take(&shape);
+        let disk = root.join(WORKSPACE_DISK);
+        // A spare's disk is blank: a session that has a workspace disk boots with it.
+        let spare = if disk.exists() { None } else { self.take(&shape) };
         self.refill(shape, limits.clone());
-        match spare {
-            Some(spare) => {
-                let ledger = Ledger::open(root.join("ledger"))?;
-                tracing::debug!(root = %root.display(), "microvm sandbox from a spare");
-                MicrovmSandbox::assemble(spare.vm, spare.directory, ledger, self.image.accel())
-            }
-            None => MicrovmSandbox::provision(root, limits, &self.image).await,
+        let Some(spare) = spare else { return MicrovmSandbox::provision(root, limits, &self.image).await };
+        // The spare's blank disk becomes the session's (QEMU keeps it open across the rename).
+        let adopted =
+            std::fs::create_dir_all(&root).and_then(|()| std::fs::rename(spare.directory.join(WORKSPACE_DISK), &disk));
+        if let Err(error) = adopted {
+            tracing::warn!(%error, root = %root.display(), "could not move a spare's disk to the session; booting one");
+            let _ = std::fs::remove_dir_all(&spare.directory);
+            return MicrovmSandbox::provision(root, limits, &self.image).await;
         }
+        let ledger = Ledger::open(root.join("ledger"))?;
+        tracing::debug!(root = %root.display(), "microvm sandbox from a spare");
+        MicrovmSandbox::assemble(spare.vm, spare.directory, ledger, self.image.accel())
     }
 
     /// QEMU process ids of the spares ready for `limits`.
@@ -152,7 +158,12 @@ impl MicrovmPool {
         let directory = self.directory.join(format!("spare-{:016x}", rand::random::<u64>()));
         let image = self.image.clone();
         tokio::spawn(async move {
-            let booted = vm::boot(&image, &directory, &limits, Duration::from_millis(SANDBOX_BOOT_TIMEOUT_MS)).await;
+            let disk = directory.join(WORKSPACE_DISK);
+            let timeout = Duration::from_millis(SANDBOX_BOOT_TIMEOUT_MS);
+            let booted = match vm::prepare_disk(&disk).await {
+                Ok(()) => vm::boot(&image, &directory, Some(&disk), &limits, timeout).await,
+                Err(error) => Err(error),
+            };
             let Some(pool) = pool.upgrade() else {
                 let _ = std::fs::remove_dir_all(&directory);
                 return;

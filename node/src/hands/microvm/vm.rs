@@ -13,6 +13,7 @@ use tokio::io::AsyncBufReadExt;
 use super::image::{Accel, MicrovmImage};
 use super::GUEST_MEMORY_MIB_MIN;
 use crate::hands::client::HandsClient;
+use agentd_protocol::limits::MICROVM_WORKSPACE_DISK_BYTES;
 
 /// The port the agent listens on inside the guest.
 const GUEST_PORT: u16 = 4433;
@@ -23,10 +24,50 @@ const READY_LINE: &str = "agentd hands listening on";
 /// Host-side ports tried when a forwarded port turns out to be taken.
 const BOOT_ATTEMPTS: u32 = 2;
 
-/// Boots one VM whose files live in `directory` and waits until its agent answers.
+/// How long making a workspace disk's file system may take.
+const MKFS_TIMEOUT_MS: u64 = 30_000;
+
+/// Makes the workspace disk at `disk` unless it exists: a sparse file of
+/// `MICROVM_WORKSPACE_DISK_BYTES` holding an empty ext4 file system whose root
+/// belongs to the tools' user (uid 1000). Made under a temporary name and
+/// renamed, so a crash never leaves half a file system at `disk`.
+pub(super) async fn prepare_disk(disk: &Path) -> Result<(), SandboxError> {
+    if disk.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = disk.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|error| SandboxError::Io(format!("creating {}: {error}", parent.display())))?;
+    }
+    let partial = disk.with_extension("img.partial");
+    let io = |what: &str, error: std::io::Error| SandboxError::Io(format!("{what} {}: {error}", partial.display()));
+    std::fs::File::create(&partial)
+        .and_then(|file| file.set_len(MICROVM_WORKSPACE_DISK_BYTES))
+        .map_err(|error| io("creating", error))?;
+    let mut command = tokio::process::Command::new("mkfs.ext4");
+    command.args(["-q", "-F", "-m", "0", "-E", "root_owner=1000:1000"]).arg(&partial).kill_on_drop(true);
+    let failure = match tokio::time::timeout(Duration::from_millis(MKFS_TIMEOUT_MS), command.output()).await {
+        Ok(Ok(output)) if output.status.success() => None,
+        Ok(Ok(output)) => Some(format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim())),
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_elapsed) => Some(format!("no answer within {MKFS_TIMEOUT_MS} ms")),
+    };
+    if let Some(failure) = failure {
+        let _ = std::fs::remove_file(&partial);
+        return Err(SandboxError::Unavailable(format!(
+            "making the workspace disk with mkfs.ext4 failed ({failure}); install e2fsprogs"
+        )));
+    }
+    std::fs::rename(&partial, disk).map_err(|error| io("renaming", error))
+}
+
+/// Boots one VM whose files live in `directory`, with `disk` (see [`prepare_disk`])
+/// as its workspace (without one, the workspace is in guest RAM), and waits until
+/// its agent answers.
 pub(super) async fn boot(
     image: &MicrovmImage,
     directory: &Path,
+    disk: Option<&Path>,
     limits: &Limits,
     timeout: Duration,
 ) -> Result<Vm, SandboxError> {
@@ -50,7 +91,7 @@ pub(super) async fn boot(
     for _ in 0..BOOT_ATTEMPTS {
         let port = free_udp_port().map_err(|error| SandboxError::Unavailable(format!("no free UDP port: {error}")))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut vm = spawn(image, directory, limits, port)?;
+        let mut vm = spawn(image, directory, disk, limits, port)?;
         match vm.wait_ready(timeout).await {
             // A VM that did not come up in time will not do better on another port.
             Err(BootFailure::TimedOut(error)) => {
@@ -74,7 +115,13 @@ pub(super) async fn boot(
     Err(last_error.unwrap_or_else(|| SandboxError::Crashed("the VM did not boot".to_owned())))
 }
 
-fn spawn(image: &MicrovmImage, directory: &Path, limits: &Limits, port: u16) -> Result<Vm, SandboxError> {
+fn spawn(
+    image: &MicrovmImage,
+    directory: &Path,
+    disk: Option<&Path>,
+    limits: &Limits,
+    port: u16,
+) -> Result<Vm, SandboxError> {
     let memory_mib = (limits.memory_bytes_max / (1024 * 1024)).max(GUEST_MEMORY_MIB_MIN);
     let mut kernel_arguments = "console=ttyS0 quiet panic=-1 tsc=reliable".to_owned();
     if let Some(khz) = image.tsc_khz {
@@ -109,6 +156,11 @@ fn spawn(image: &MicrovmImage, directory: &Path, limits: &Limits, port: u16) -> 
         .args(["-append", &kernel_arguments])
         .args(["-netdev", &netdev, "-device", "virtio-net-device,netdev=net0"])
         .args(["-device", "virtio-rng-device"]);
+    if let Some(disk) = disk {
+        let file = disk.display().to_string().replace(',', ",,");
+        command.arg("-drive").arg(format!("file={file},if=none,id=workspace,format=raw"));
+        command.args(["-device", "virtio-blk-device,drive=workspace"]);
+    }
     for file in ["ca.pem", "agent.pem", "agent.key", "config", "allowlist"] {
         // QEMU's option syntax escapes a comma by doubling it.
         let path = directory.join(file).display().to_string().replace(',', ",,");
