@@ -45,7 +45,11 @@ pub(super) async fn prepare_disk(disk: &Path) -> Result<(), SandboxError> {
         .and_then(|file| file.set_len(MICROVM_WORKSPACE_DISK_BYTES))
         .map_err(|error| io("creating", error))?;
     let mut command = tokio::process::Command::new("mkfs.ext4");
-    command.args(["-q", "-F", "-m", "0", "-E", "root_owner=1000:1000"]).arg(&partial).kill_on_drop(true);
+    // A 16 MiB journal: the default (64 MiB for this size) would be most of what an empty disk takes.
+    command
+        .args(["-q", "-F", "-m", "0", "-J", "size=16", "-E", "root_owner=1000:1000"])
+        .arg(&partial)
+        .kill_on_drop(true);
     let failure = match tokio::time::timeout(Duration::from_millis(MKFS_TIMEOUT_MS), command.output()).await {
         Ok(Ok(output)) if output.status.success() => None,
         Ok(Ok(output)) => Some(format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim())),
