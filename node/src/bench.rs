@@ -227,7 +227,7 @@ fn percentiles(mut samples: Vec<Duration>, fractions: [f64; 2]) -> [f64; 2] {
 
 pub async fn run_sandbox(bench: SandboxBench) -> Result<Vec<SandboxReport>> {
     use agentd_actors::sandbox::{
-        ContainerRuntime, Limits, NamespaceSandbox, OciSandbox, Sandbox, ToolCall, OCI_ROOTFS_DEFAULT,
+        ContainerRuntime, Limits, NamespaceSandbox, Network, OciSandbox, Sandbox, ToolCall, OCI_ROOTFS_DEFAULT,
     };
 
     let call = |name: &str, input: &str, key: String| ToolCall {
@@ -239,7 +239,14 @@ pub async fn run_sandbox(bench: SandboxBench) -> Result<Vec<SandboxReport>> {
     let rootfs = std::path::PathBuf::from(OCI_ROOTFS_DEFAULT);
     let mut reports = Vec::new();
     let mut microvm = None;
-    for driver in ["namespace", "oci", "gvisor", "microvm"] {
+    // `namespace+allowlist` prices an egress allowlist: its own network namespace and proxy.
+    for driver in ["namespace", "namespace+allowlist", "oci", "gvisor", "microvm"] {
+        let limits = match driver {
+            "namespace+allowlist" => {
+                Limits { network: Network::Allowlist(vec!["example.com".into()]), ..Limits::default() }
+            }
+            _ => Limits::default(),
+        };
         let container = match driver {
             "oci" => Some(ContainerRuntime::Runc),
             "gvisor" => Some(ContainerRuntime::Gvisor),
@@ -264,13 +271,13 @@ pub async fn run_sandbox(bench: SandboxBench) -> Result<Vec<SandboxReport>> {
             let started = Instant::now();
             let sandbox: Box<dyn Sandbox> = match (driver, container) {
                 (_, Some(runtime)) => {
-                    Box::new(OciSandbox::provision_with(runtime, root, Limits::default(), rootfs.clone()).await?)
+                    Box::new(OciSandbox::provision_with(runtime, root, limits.clone(), rootfs.clone()).await?)
                 }
                 ("microvm", None) => {
                     let image = microvm.as_ref().ok_or_else(|| anyhow::anyhow!("the microvm image is not prepared"))?;
-                    Box::new(crate::hands::MicrovmSandbox::provision(root, Limits::default(), image).await?)
+                    Box::new(crate::hands::MicrovmSandbox::provision(root, limits.clone(), image).await?)
                 }
-                _ => Box::new(NamespaceSandbox::provision(root, Limits::default()).await?),
+                _ => Box::new(NamespaceSandbox::provision(root, limits.clone()).await?),
             };
             let first = sandbox.execute(call("bash", r#"{"command":"true"}"#, format!("{index}-first"))).await?;
             cold.push(started.elapsed());
