@@ -435,6 +435,44 @@ async fn pids_and_memory_limits_with_cgroups() {
     sandbox.destroy().await.unwrap();
 }
 
+/// The CPU time (user plus system, in seconds) of the waited-for children that bash's
+/// `times` reports on its second line, e.g. "0m0.981s 0m0.004s".
+fn children_cpu_seconds(times: &str) -> f64 {
+    let children = times.lines().nth(1).unwrap_or_else(|| panic!("no children line in {times:?}"));
+    children
+        .split_whitespace()
+        .map(|field| {
+            let (minutes, seconds) = field.trim_end_matches('s').split_once('m').expect("XmY.YYYs");
+            minutes.parse::<f64>().expect("minutes") * 60.0 + seconds.parse::<f64>().expect("seconds")
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_limit_holds_busy_loops_to_their_share() {
+    let directory = tempfile::tempdir().unwrap();
+    let sandbox = provision(directory.path(), Limits { cpu_millicores: 500, ..Limits::default() }).await;
+    if !sandbox.limits_cpu() {
+        eprintln!("NOTE: no cpu cgroup controller on this machine; the CPU limit is not enforced, nothing to check");
+        sandbox.destroy().await.unwrap();
+        return;
+    }
+    // Two busy loops for 2 s of wall clock, in a subshell whose `times` then reports
+    // just their CPU time. Unthrottled they would take up to 4 s on two cores; half a
+    // core allows about 1 s.
+    let loops = "( for loop in 1 2; do timeout 2 bash -c 'while :; do :; done' & done; wait; times )";
+    let output = call(&sandbox, "bash", json!({ "command": loops, "timeout_ms": 30_000 })).await;
+    assert_ok(&output);
+    let cpu_seconds = children_cpu_seconds(&output.content);
+    assert!(
+        cpu_seconds < 1.6,
+        "two busy loops used {cpu_seconds} s of CPU in 2 s under half a core: {}",
+        output.content
+    );
+    assert!(cpu_seconds > 0.1, "the busy loops did not run: {}", output.content);
+    sandbox.destroy().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pids_limit_with_the_rlimit_fallback() {
     let directory = tempfile::tempdir().unwrap();

@@ -60,6 +60,7 @@ async fn a_microvm_runs_tools_confined_and_contains_abuse() {
         memory_bytes_max: 384 * 1024 * 1024,
         pids_max: 64,
         network: false,
+        ..Limits::default()
     };
     let booted = Instant::now();
     let sandbox = MicrovmSandbox::provision(dir.path().join("session"), limits, &image).await.expect("the VM boots");

@@ -13,6 +13,9 @@ pub struct Limits {
     pub pids_max: u64,
     /// Whether the sandbox shares the host's network namespace.
     pub network: bool,
+    /// CPU time of all processes of the sandbox together, in thousandths of a core
+    /// (a CFS quota per 100 ms period: 1000 is one core, 500 half of one).
+    pub cpu_millicores: u64,
 }
 
 impl Default for Limits {
@@ -23,6 +26,7 @@ impl Default for Limits {
             memory_bytes_max: 1024 * 1024 * 1024,
             pids_max: 256,
             network: false,
+            cpu_millicores: 1000,
         }
     }
 }

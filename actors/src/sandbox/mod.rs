@@ -65,10 +65,20 @@
 //!   build machines (cgroup v1 hybrid, root) the cgroup path is used.
 //! - `/tmp` is a tmpfs of at most `Limits::memory_bytes_max` bytes (its pages
 //!   also count against the memory cgroup).
-//! - Not enforced: CPU time or CPU share (a busy loop started in the
-//!   background keeps a core busy until a call times out, the shell is
-//!   restarted or the sandbox is destroyed), disk usage of the workspace, and
-//!   the number of open files beyond the host default.
+//! - CPU time: with the cgroup path and a cpu controller (v1 `cpu` under this
+//!   process's own cpu cgroup, or v2 with `cpu` delegated), the sandbox's
+//!   processes together get a CFS quota of `Limits::cpu_millicores`
+//!   (`cpu.cfs_quota_us` = millicores × 100 per `cpu.cfs_period_us` of
+//!   100000, or `cpu.max` "quota 100000"; at least 1 ms per period): a busy
+//!   loop in the background takes at most that share of the host. Without a
+//!   cpu controller, and under the rlimit fallback, CPU time is not limited (a
+//!   busy loop keeps a core busy until a call times out, the shell is
+//!   restarted or the sandbox is destroyed); a warning is logged once per
+//!   process and [`NamespaceSandbox::limits_cpu`] reports it. On the build
+//!   machines the v1 cpu controller is used.
+//! - Not enforced: CPU weight under contention (no `cpu.shares` / `cpu.weight`),
+//!   CPU time where there is no cpu controller (above), disk usage of the
+//!   workspace, and the number of open files beyond the host default.
 //!
 //! The file tools run on the host, in Rust, confined to the workspace (see
 //! `workspace.rs` for the rules and the remaining TOCTOU race against
@@ -92,8 +102,9 @@
 //! - new PID, IPC, UTS, mount, cgroup and network namespaces (the network one
 //!   only unless `Limits::network`);
 //! - cgroup limits set by runc: memory (`Limits::memory_bytes_max`), pids
-//!   (`Limits::pids_max`) and CPU (one core's quota, half the default shares),
-//!   so unlike the namespace sandbox a background busy loop is bounded.
+//!   (`Limits::pids_max`) and CPU (a quota of `Limits::cpu_millicores`, one core
+//!   by default, computed as for the namespace sandbox, and half the default
+//!   shares), so a background busy loop is bounded.
 //!
 //! Every shell gets a new container (a fresh id); a timeout, `restart`,
 //! `destroy` or drop runs `runc kill <id> KILL` (which ends the PID namespace)
@@ -130,7 +141,8 @@
 //!   "the shell exited", the shell's state is lost, the next call gets a fresh
 //!   sandbox). `/tmp` is a tmpfs of at most `Limits::memory_bytes_max`, which
 //!   gVisor honours.
-//! - CPU: the same one-core quota and half shares as runc, on the host cgroup.
+//! - CPU: the same quota (`Limits::cpu_millicores`) and half shares as runc, on
+//!   the host cgroup.
 //! - Wall clock and output: the same as every driver. A shell must answer
 //!   within the shell start timeout (10 s; runsc starts in about 0.25 s here),
 //!   else it is killed: `runsc kill`, then the `runsc run` process (the
@@ -155,7 +167,8 @@
 //! isolates nothing: `agentd hands` serves it from inside a VM, which is the
 //! boundary. The shell gets `oom_score_adj` 1000 so that memory exhaustion
 //! kills tool processes before the agent; with `run_as` it runs as that uid
-//! under `ulimit -u pids_max`. Memory is the VM's.
+//! under `ulimit -u pids_max`. Memory and CPU are the VM's (`Limits::cpu_millicores`
+//! does not apply).
 
 mod bwrap;
 mod call_runner;

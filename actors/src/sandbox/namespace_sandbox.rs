@@ -94,6 +94,12 @@ impl NamespaceSandbox {
         matches!(self.resources, ResourceControl::Cgroup { .. })
     }
 
+    /// Whether CPU time is limited to `Limits::cpu_millicores` (a cpu cgroup); false when the
+    /// host offers no cpu controller or the rlimit fallback is in force.
+    pub fn limits_cpu(&self) -> bool {
+        self.resources.limits_cpu()
+    }
+
     async fn destroy_sandbox(&self) -> Result<(), SandboxError> {
         self.runner.stop().await;
         self.resources.remove().await;
@@ -131,7 +137,7 @@ impl Drop for NamespaceSandbox {
         // tears the PID namespace down asynchronously, so removal needs retries.
         let shell = self.runner.take_shell_now();
         let directories = match &self.resources {
-            ResourceControl::Cgroup { directories } => directories.clone(),
+            ResourceControl::Cgroup { directories, .. } => directories.clone(),
             ResourceControl::Rlimit { .. } => Vec::new(),
         };
         if shell.is_none() && directories.is_empty() {

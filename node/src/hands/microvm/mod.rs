@@ -27,7 +27,8 @@
 //! - Memory: `-m` from `Limits::memory_bytes_max` (at least
 //!   [`GUEST_MEMORY_MIB_MIN`]); the tools' processes are the OOM killer's
 //!   first choice and the agent is exempt, so exhausting memory kills tools,
-//!   not the sandbox. CPU: one virtual CPU.
+//!   not the sandbox. CPU: one virtual CPU (`Limits::cpu_millicores` is not
+//!   applied).
 //! - Processes: the shell runs as uid 1000 with `ulimit -u` of
 //!   `Limits::pids_max`, so a fork bomb stops there; it cannot read the
 //!   agent's key (root, 0600).
