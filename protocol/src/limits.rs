@@ -59,3 +59,6 @@ pub const HANDS_FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub const HANDS_STREAMS_PER_CONNECTION_MAX: u32 = 64;
 /// Longest a sandbox may take to boot and answer its first ping.
 pub const SANDBOX_BOOT_TIMEOUT_MS: u64 = 60_000;
+/// Longest a held sandbox's health check may take before the sandbox counts as
+/// unhealthy and is replaced.
+pub const SANDBOX_HEALTH_TIMEOUT_MS: u64 = 5_000;

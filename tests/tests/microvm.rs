@@ -66,6 +66,7 @@ async fn a_microvm_runs_tools_confined_and_contains_abuse() {
     let sandbox = MicrovmSandbox::provision(dir.path().join("session"), limits, &image).await.expect("the VM boots");
     eprintln!("booted in {:?}", booted.elapsed());
     let qemu = sandbox.qemu_pid().await.expect("QEMU runs");
+    sandbox.health().await.expect("a booted VM whose agent answers is healthy");
 
     // Tools round trip.
     let written = call(&sandbox, "write", serde_json::json!({"file_path": "a.txt", "content": "one\ntwo\n"}), "").await;
@@ -153,6 +154,8 @@ async fn a_microvm_runs_tools_confined_and_contains_abuse() {
     };
     let (cut_result, ()) = tokio::join!(sandbox.execute(cut.clone()), crash);
     assert!(matches!(cut_result, Err(SandboxError::Crashed(_))), "{cut_result:?}");
+    let health = sandbox.health().await;
+    assert!(matches!(&health, Err(SandboxError::Crashed(message)) if message.contains("QEMU")), "{health:?}");
     // A call that cannot reach the dead VM at all is known not to have run.
     let unreached = ToolCall {
         name: "bash".into(),
@@ -169,6 +172,8 @@ async fn a_microvm_runs_tools_confined_and_contains_abuse() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!std::path::Path::new(&format!("/proc/{qemu}")).exists(), "QEMU is gone after destroy");
+    let health = sandbox.health().await;
+    assert!(matches!(&health, Err(SandboxError::Crashed(message)) if message.contains("destroyed")), "{health:?}");
     assert!(matches!(
         sandbox
             .execute(ToolCall {

@@ -4,6 +4,17 @@
 //! `grep`) to the session's [`Sandbox`]. Tool failures are outputs with
 //! `is_error`; `Err` means the sandbox itself failed (before the tool ran).
 //!
+//! [`Sandbox::health`] says whether a sandbox can serve another call now, and
+//! is cheap: no tool runs and nothing is recorded. The shell drivers answer
+//! from their own state: not destroyed, and the shell's process (bwrap, the
+//! runtime's `run`, the local shell), if one was started, has not exited (a
+//! shell not started yet is healthy: it starts with the next `bash` call); the
+//! namespace sandbox also needs its cgroups to still exist. A running call
+//! holds the shell, which then counts as alive. The hands client pings its
+//! agent; the microvm driver checks that QEMU runs, then pings. A dead sandbox
+//! answers `SandboxError::Crashed` with the reason, and its owner replaces it
+//! (the node's hands do so before a call, and the idle reaper drops it).
+//!
 //! Idempotency: the ledger under `root/ledger` has, per key, files named by
 //! the key's hex SHA-256. `<name>.started` is made durable (fsync of the file
 //! and of the directory) before the tool runs; `<name>` holds the output as
@@ -209,4 +220,8 @@ pub trait Sandbox: Send + Sync + 'static {
     fn execute(&self, call: ToolCall) -> BoxFuture<'_, Result<ToolOutput, SandboxError>>;
     /// Tears the sandbox down; later calls fail with `SandboxError::Crashed`.
     fn destroy(&self) -> BoxFuture<'_, Result<(), SandboxError>>;
+    /// Whether the sandbox can serve another call now. Cheap: no tool runs and nothing is
+    /// recorded. `Err(SandboxError::Crashed)` says why not (destroyed, its shell, VM or
+    /// agent died); the caller then replaces the sandbox.
+    fn health(&self) -> BoxFuture<'_, Result<(), SandboxError>>;
 }

@@ -129,6 +129,12 @@ impl Sandbox for NamespaceSandbox {
     fn destroy(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
         self.destroy_sandbox().boxed()
     }
+
+    /// Not destroyed, bwrap (if started) still running, and the cgroups still there.
+    fn health(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
+        let health = self.runner.health().and_then(|()| self.resources.check().map_err(SandboxError::Crashed));
+        std::future::ready(health).boxed()
+    }
 }
 
 impl Drop for NamespaceSandbox {

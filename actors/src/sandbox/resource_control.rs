@@ -82,6 +82,16 @@ impl ResourceControl {
         matches!(self, ResourceControl::Cgroup { cpu_limited: true, .. })
     }
 
+    /// Whether the cgroups still exist (a host cleanup may have removed them), so that
+    /// the next shell can join them.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let ResourceControl::Cgroup { directories, .. } = self else { return Ok(()) };
+        match directories.iter().find(|directory| !directory.is_dir()) {
+            Some(missing) => Err(format!("the sandbox's cgroup {} is gone", missing.display())),
+            None => Ok(()),
+        }
+    }
+
     /// A short description for logs and docs.
     pub(crate) fn describe(&self) -> String {
         match self {

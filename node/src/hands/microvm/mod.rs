@@ -211,6 +211,26 @@ impl MicrovmSandbox {
         result
     }
 
+    /// QEMU still runs and its agent answers a ping. Does not wait for a running call.
+    async fn check_health(&self) -> Result<(), SandboxError> {
+        if self.client.is_closed() {
+            return Err(SandboxError::Crashed("the sandbox was destroyed".to_owned()));
+        }
+        {
+            let mut vm = self.vm.lock().await;
+            let Some(current) = vm.as_mut() else {
+                return Err(SandboxError::Crashed("the VM was destroyed".to_owned()));
+            };
+            if let Ok(Some(status)) = current.child.try_wait() {
+                return Err(current.failure(format!("QEMU exited ({status})")));
+            }
+            if *self.phase.borrow() == Phase::Exited {
+                return Err(current.failure("QEMU closed its console".to_owned()));
+            }
+        }
+        self.client.health_check().await
+    }
+
     async fn destroy_vm(&self) -> Result<(), SandboxError> {
         self.client.close();
         if let Some(mut vm) = self.vm.lock().await.take() {
@@ -236,5 +256,9 @@ impl Sandbox for MicrovmSandbox {
     /// Kills QEMU; the workspace (in guest RAM) goes with it.
     fn destroy(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
         self.destroy_vm().boxed()
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
+        self.check_health().boxed()
     }
 }
