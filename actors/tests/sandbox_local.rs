@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agentd_actors::sandbox::{Limits, LocalSandbox, LocalShell, Sandbox, ToolCall, ToolOutput};
+use agentd_actors::sandbox::{Limits, LocalSandbox, LocalShell, Sandbox, SandboxError, ToolCall, ToolOutput};
 use serde_json::json;
 
 async fn bash(sandbox: &LocalSandbox, command: &str, timeout_ms: u64) -> ToolOutput {
@@ -49,6 +49,38 @@ async fn a_timeout_kills_background_processes_too() {
     let fresh = bash(&sandbox, "pwd", 10_000).await;
     assert_eq!(Path::new(fresh.content.trim()), dir.path().join("workspace").canonicalize().unwrap());
     sandbox.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_reports_a_killed_shell_and_a_destroyed_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = LocalSandbox::open(
+        &dir.path().join("workspace"),
+        &dir.path().join("ledger"),
+        LocalShell { program: "/bin/bash".into(), run_as: None, network_namespace: None },
+        Limits::default(),
+    )
+    .unwrap();
+    sandbox.health().await.expect("a sandbox whose shell has not started is healthy");
+    let shell = bash(&sandbox, "echo $$", 10_000).await;
+    let pid: u32 = shell.content.trim().parse().expect("a pid");
+    sandbox.health().await.expect("a sandbox whose shell runs is healthy");
+
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill the shell");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let error = loop {
+        match sandbox.health().await {
+            Err(error) => break error,
+            Ok(()) => assert!(Instant::now() < deadline, "the killed shell still counts as healthy"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(matches!(&error, SandboxError::Crashed(message) if message.contains("shell exited")), "{error:?}");
+
+    sandbox.destroy().await.unwrap();
+    let error = sandbox.health().await.unwrap_err();
+    assert!(matches!(&error, SandboxError::Crashed(message) if message.contains("destroyed")), "{error:?}");
 }
 
 #[tokio::test]

@@ -468,6 +468,44 @@ async fn pids_and_memory_limits_with_cgroups() {
     sandbox.destroy().await.unwrap();
 }
 
+/// The CPU time (user plus system, in seconds) of the waited-for children that bash's
+/// `times` reports on its second line, e.g. "0m0.981s 0m0.004s".
+fn children_cpu_seconds(times: &str) -> f64 {
+    let children = times.lines().nth(1).unwrap_or_else(|| panic!("no children line in {times:?}"));
+    children
+        .split_whitespace()
+        .map(|field| {
+            let (minutes, seconds) = field.trim_end_matches('s').split_once('m').expect("XmY.YYYs");
+            minutes.parse::<f64>().expect("minutes") * 60.0 + seconds.parse::<f64>().expect("seconds")
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_limit_holds_busy_loops_to_their_share() {
+    let directory = tempfile::tempdir().unwrap();
+    let sandbox = provision(directory.path(), Limits { cpu_millicores: 500, ..Limits::default() }).await;
+    if !sandbox.limits_cpu() {
+        eprintln!("NOTE: no cpu cgroup controller on this machine; the CPU limit is not enforced, nothing to check");
+        sandbox.destroy().await.unwrap();
+        return;
+    }
+    // Two busy loops for 2 s of wall clock, in a subshell whose `times` then reports
+    // just their CPU time. Unthrottled they would take up to 4 s on two cores; half a
+    // core allows about 1 s.
+    let loops = "( for loop in 1 2; do timeout 2 bash -c 'while :; do :; done' & done; wait; times )";
+    let output = call(&sandbox, "bash", json!({ "command": loops, "timeout_ms": 30_000 })).await;
+    assert_ok(&output);
+    let cpu_seconds = children_cpu_seconds(&output.content);
+    assert!(
+        cpu_seconds < 1.6,
+        "two busy loops used {cpu_seconds} s of CPU in 2 s under half a core: {}",
+        output.content
+    );
+    assert!(cpu_seconds > 0.1, "the busy loops did not run: {}", output.content);
+    sandbox.destroy().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pids_limit_with_the_rlimit_fallback() {
     let directory = tempfile::tempdir().unwrap();
@@ -529,6 +567,61 @@ async fn dropping_a_sandbox_kills_its_processes() {
     assert!(wait_for_host_processes(&marker, |count| count == 1).await, "the background process did not start");
     drop(sandbox);
     assert!(wait_for_host_processes(&marker, |count| count == 0).await, "the background process outlived its sandbox");
+}
+
+/// Host processes whose command line mentions `text` (bwrap's names the sandbox's workspace).
+fn host_processes_mentioning(text: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(text))
+        })
+        .collect()
+}
+
+/// The sandbox's first unhealthy answer, waiting up to 10 s: its processes die asynchronously.
+async fn wait_until_unhealthy(sandbox: &NamespaceSandbox) -> SandboxError {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match sandbox.health().await {
+            Err(error) => return error,
+            Ok(()) => assert!(Instant::now() < deadline, "the killed sandbox still reports itself healthy"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_reports_a_sandbox_killed_from_outside_or_destroyed() {
+    let directory = tempfile::tempdir().unwrap();
+    let sandbox = provision(directory.path(), Limits::default()).await;
+    // No shell yet: the first `bash` call starts one.
+    sandbox.health().await.expect("a fresh sandbox is healthy");
+    assert_ok(&bash(&sandbox, "echo up").await);
+    sandbox.health().await.expect("a sandbox whose shell runs is healthy");
+
+    // Kill bwrap (and so the whole sandbox) from the host, as the OOM killer or an operator might.
+    let workspace = directory.path().join("workspace").display().to_string();
+    let pids = host_processes_mentioning(&workspace);
+    assert!(!pids.is_empty(), "no host process of the sandbox found");
+    for pid in pids {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+        // It may have died with its parent already.
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    let error = wait_until_unhealthy(&sandbox).await;
+    assert!(matches!(&error, SandboxError::Crashed(message) if message.contains("shell exited")), "{error:?}");
+
+    sandbox.destroy().await.unwrap();
+    let error = sandbox.health().await.unwrap_err();
+    assert!(matches!(&error, SandboxError::Crashed(message) if message.contains("destroyed")), "{error:?}");
+    // A new sandbox over the same session directory is healthy again.
+    let fresh = provision(directory.path(), Limits::default()).await;
+    assert_ok(&bash(&fresh, "echo again").await);
+    fresh.health().await.expect("a fresh sandbox is healthy");
+    fresh.destroy().await.unwrap();
 }
 
 #[test]

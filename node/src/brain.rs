@@ -17,7 +17,7 @@ use agentd_protocol::agent::{AgentRef, AgentSpec, EnvironmentSpec};
 use agentd_protocol::api::{ClientRequest, ClientResponse, SessionInfo, SessionStatus};
 use agentd_protocol::event::{Event, EventPayload};
 use agentd_protocol::ids::{EventId, GroupId, SessionId, ShardId};
-use agentd_protocol::limits::EVENTS_PER_PAGE_MAX;
+use agentd_protocol::limits::{EVENTS_PER_PAGE_MAX, SANDBOX_HEALTH_TIMEOUT_MS};
 use agentd_protocol::ApiError;
 use agentd_raft::host::{GroupHandle, RaftHost};
 use agentd_raft::placement;
@@ -263,22 +263,26 @@ impl LocalHands {
     }
 
     /// Destroys every sandbox no call has used for `idle` (and none is
-    /// using now); the session's next call gets a fresh one, with the same
-    /// workspace and ledger on this host. Returns how many were destroyed.
+    /// using now), and every other unused one that reports itself unhealthy;
+    /// the session's next call gets a fresh one, with the same workspace and
+    /// ledger on this host. Returns how many were destroyed.
     pub async fn reap_idle(&self, idle: Duration) -> usize {
         let now = tokio::time::Instant::now();
-        let doomed: Vec<(SessionId, Arc<dyn Sandbox>)> = {
+        let (doomed, unused_recently) = {
             let mut sandboxes = self.sandboxes.lock().await;
-            let idle_sessions: Vec<SessionId> = sandboxes
+            // A running call holds a clone of the sandbox.
+            let (idle_held, recent_held): (Vec<_>, Vec<_>) = sandboxes
                 .iter()
-                // A running call holds a clone of the sandbox.
-                .filter(|(_, held)| now.duration_since(held.last_used) >= idle && Arc::strong_count(&held.sandbox) == 1)
-                .map(|(session_id, _)| *session_id)
-                .collect();
-            idle_sessions
+                .filter(|(_, held)| Arc::strong_count(&held.sandbox) == 1)
+                .partition(|(_, held)| now.duration_since(held.last_used) >= idle);
+            let recent: Vec<(SessionId, Arc<dyn Sandbox>)> =
+                recent_held.into_iter().map(|(session_id, held)| (*session_id, held.sandbox.clone())).collect();
+            let idle_sessions: Vec<SessionId> = idle_held.into_iter().map(|(session_id, _)| *session_id).collect();
+            let doomed: Vec<(SessionId, Arc<dyn Sandbox>)> = idle_sessions
                 .into_iter()
                 .filter_map(|session_id| sandboxes.remove(&session_id).map(|held| (session_id, held.sandbox)))
-                .collect()
+                .collect();
+            (doomed, recent)
         };
         for (session_id, sandbox) in &doomed {
             match sandbox.destroy().await {
@@ -287,7 +291,38 @@ impl LocalHands {
             }
             metrics::counter!("agentd_sandboxes_reaped_total").increment(1);
         }
-        doomed.len()
+        let checks = unused_recently.into_iter().map(|(session_id, sandbox)| async move {
+            let health = checked_health(sandbox.as_ref()).await;
+            (session_id, sandbox, health)
+        });
+        let mut unhealthy = 0;
+        for (session_id, sandbox, health) in futures_util::future::join_all(checks).await {
+            if let Err(error) = health {
+                if self.discard(session_id, &sandbox, &error).await {
+                    metrics::counter!("agentd_sandboxes_reaped_total").increment(1);
+                    unhealthy += 1;
+                }
+            }
+        }
+        doomed.len() + unhealthy
+    }
+
+    /// Removes `sandbox` from the held ones if it is still the session's, and destroys
+    /// it, saying why (`error`, from its health check). Returns whether it was held.
+    async fn discard(&self, session_id: SessionId, sandbox: &Arc<dyn Sandbox>, error: &SandboxError) -> bool {
+        {
+            let mut sandboxes = self.sandboxes.lock().await;
+            if !sandboxes.get(&session_id).is_some_and(|held| Arc::ptr_eq(&held.sandbox, sandbox)) {
+                // Another call replaced it already.
+                return false;
+            }
+            sandboxes.remove(&session_id);
+        }
+        tracing::warn!(%session_id, %error, "a session's sandbox is unhealthy; destroying it");
+        if let Err(error) = sandbox.destroy().await {
+            tracing::debug!(%session_id, %error, "destroying an unhealthy sandbox failed");
+        }
+        true
     }
 
     /// The session's environment (`None`: it has none). A lookup that
@@ -339,9 +374,30 @@ impl LocalHands {
         Ok(secrets)
     }
 
+    /// The session's sandbox: the held one if it is healthy, else a fresh one (cattle:
+    /// a sandbox that died between calls is replaced, and the call does not fail).
     async fn sandbox(&self, session: &SessionInfo) -> Result<Arc<dyn Sandbox>, SandboxError> {
+        let session_id = session.session_id;
+        // The health check runs without the map's lock, which every session's calls share.
+        let held = self.sandboxes.lock().await.get(&session_id).map(|held| held.sandbox.clone());
+        if let Some(sandbox) = held {
+            match checked_health(sandbox.as_ref()).await {
+                Ok(()) => {
+                    if let Some(held) = self.sandboxes.lock().await.get_mut(&session_id) {
+                        held.last_used = tokio::time::Instant::now();
+                    }
+                    return Ok(sandbox);
+                }
+                Err(error) => {
+                    if self.discard(session_id, &sandbox, &error).await {
+                        metrics::counter!("agentd_sandboxes_replaced_total").increment(1);
+                    }
+                }
+            }
+        }
         let mut sandboxes = self.sandboxes.lock().await;
-        if let Some(held) = sandboxes.get_mut(&session.session_id) {
+        if let Some(held) = sandboxes.get_mut(&session_id) {
+            // Provisioned by a concurrent call of the session while the lock was free.
             held.last_used = tokio::time::Instant::now();
             return Ok(held.sandbox.clone());
         }
@@ -385,6 +441,14 @@ impl Hands for LocalHands {
             Ok(())
         })
     }
+}
+
+/// The sandbox's health, an answer later than `SANDBOX_HEALTH_TIMEOUT_MS` counting as unhealthy.
+async fn checked_health(sandbox: &dyn Sandbox) -> Result<(), SandboxError> {
+    let timeout = Duration::from_millis(SANDBOX_HEALTH_TIMEOUT_MS);
+    tokio::time::timeout(timeout, sandbox.health()).await.unwrap_or_else(|_| {
+        Err(SandboxError::Crashed(format!("no answer to a health check within {SANDBOX_HEALTH_TIMEOUT_MS} ms")))
+    })
 }
 
 /// Destroys idle sandboxes every `idle / 4` (at least every second).

@@ -64,3 +64,6 @@ pub const SANDBOX_BOOT_TIMEOUT_MS: u64 = 60_000;
 /// Size of a microVM session's workspace disk (a sparse file: it takes only
 /// what is written), and so the most its workspace can hold.
 pub const MICROVM_WORKSPACE_DISK_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Longest a held sandbox's health check may take before the sandbox counts as
+/// unhealthy and is replaced.
+pub const SANDBOX_HEALTH_TIMEOUT_MS: u64 = 5_000;

@@ -85,13 +85,16 @@ impl EffectLedger {
 
     /// A sandbox for one session, on whichever node provisions it.
     pub fn sandbox(self: &Arc<Self>) -> FakeSandbox {
-        FakeSandbox { ledger: Arc::clone(self) }
+        FakeSandbox { ledger: Arc::clone(self), dead: Mutex::new(None) }
     }
 }
 
-/// One session's fake sandbox.
+/// One session's fake sandbox. After a crash or `destroy` it reports itself
+/// unhealthy (no clock, no random draw: the trace of a seed does not change).
 pub struct FakeSandbox {
     ledger: Arc<EffectLedger>,
+    /// Why it cannot serve another call, once it cannot.
+    dead: Mutex<Option<&'static str>>,
 }
 
 enum Plan {
@@ -101,6 +104,11 @@ enum Plan {
 }
 
 impl FakeSandbox {
+    fn die(&self, why: &'static str) -> SandboxError {
+        *self.dead.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(why);
+        SandboxError::Crashed(why.to_owned())
+    }
+
     fn plan(&self, key: &str) -> Plan {
         let mut state = self.ledger.lock();
         state.calls += 1;
@@ -143,7 +151,7 @@ impl Sandbox for FakeSandbox {
             }
             tokio::time::sleep(latency).await;
             if crash_before {
-                return Err(SandboxError::Crashed("simulated sandbox crash before the tool ran".into()));
+                return Err(self.die("simulated sandbox crash before the tool ran"));
             }
             // The hostile tool prints every credential it was given.
             let secrets: Vec<String> =
@@ -155,7 +163,7 @@ impl Sandbox for FakeSandbox {
                 let content = if state.behaviour.skip_redaction { raw } else { redact(&raw, &call.secrets) };
                 let output = ToolOutput::success(content);
                 if crash_after {
-                    return Err(SandboxError::Crashed("simulated sandbox crash after the tool ran".into()));
+                    return Err(self.die("simulated sandbox crash after the tool ran"));
                 }
                 if !key.is_empty() {
                     state.recorded.insert(key, output.clone());
@@ -167,6 +175,12 @@ impl Sandbox for FakeSandbox {
     }
 
     fn destroy(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
+        self.die("the sandbox was destroyed");
         Box::pin(async { Ok(()) })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
+        let dead = *self.dead.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Box::pin(std::future::ready(dead.map_or(Ok(()), |why| Err(SandboxError::Crashed(why.to_owned())))))
     }
 }

@@ -238,3 +238,29 @@ async fn bad_frames_get_typed_errors_and_the_agent_keeps_serving() -> anyhow::Re
     assert!(Path::new(&agent.dir.path().join("ledger")).is_dir());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_a_ping_that_fails_once_the_agent_is_gone() -> anyhow::Result<()> {
+    let mut agent = start_agent(&[])?;
+    let client = HandsClient::new(agent.addr, &agent.identities, 10_000)?;
+    client.health().await?;
+    let output = run(&client, "bash", serde_json::json!({"command": "echo up"})).await;
+    assert_eq!(output.content, "up\n");
+    client.health().await?;
+
+    // The agent dies (its VM was killed, say): the ping gets no answer, within the health timeout.
+    agent.child.kill()?;
+    agent.child.wait()?;
+    let started = std::time::Instant::now();
+    let error = client.health().await.expect_err("a dead agent is unhealthy");
+    assert!(matches!(error, SandboxError::Crashed(_)), "{error:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(agentd_protocol::limits::SANDBOX_HEALTH_TIMEOUT_MS + 5_000),
+        "the health check was not bounded"
+    );
+
+    client.destroy().await?;
+    let error = client.health().await.expect_err("a destroyed sandbox is unhealthy");
+    assert!(matches!(&error, SandboxError::Crashed(message) if message.contains("destroyed")), "{error:?}");
+    Ok(())
+}

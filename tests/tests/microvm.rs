@@ -63,11 +63,13 @@ async fn a_microvm_runs_tools_confined_and_contains_abuse() {
         memory_bytes_max: 384 * 1024 * 1024,
         pids_max: 64,
         network: Network::None,
+        ..Limits::default()
     };
     let booted = Instant::now();
     let sandbox = MicrovmSandbox::provision(dir.path().join("session"), limits, &image).await.expect("the VM boots");
     eprintln!("booted in {:?}", booted.elapsed());
     let qemu = sandbox.qemu_pid().await.expect("QEMU runs");
+    sandbox.health().await.expect("a booted VM whose agent answers is healthy");
 
     // Tools round trip.
     let written = call(&sandbox, "write", serde_json::json!({"file_path": "a.txt", "content": "one\ntwo\n"}), "").await;
@@ -155,6 +157,8 @@ async fn a_microvm_runs_tools_confined_and_contains_abuse() {
     };
     let (cut_result, ()) = tokio::join!(sandbox.execute(cut.clone()), crash);
     assert!(matches!(cut_result, Err(SandboxError::Crashed(_))), "{cut_result:?}");
+    let health = sandbox.health().await;
+    assert!(matches!(&health, Err(SandboxError::Crashed(message)) if message.contains("QEMU")), "{health:?}");
     // A call that cannot reach the dead VM at all is known not to have run.
     let unreached = ToolCall {
         name: "bash".into(),
@@ -171,6 +175,8 @@ async fn a_microvm_runs_tools_confined_and_contains_abuse() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!std::path::Path::new(&format!("/proc/{qemu}")).exists(), "QEMU is gone after destroy");
+    let health = sandbox.health().await;
+    assert!(matches!(&health, Err(SandboxError::Crashed(message)) if message.contains("destroyed")), "{health:?}");
     assert!(matches!(
         sandbox
             .execute(ToolCall {

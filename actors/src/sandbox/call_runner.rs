@@ -66,6 +66,20 @@ impl CallRunner {
         }
     }
 
+    /// Whether another call can run: the sandbox was not destroyed and its shell, if one
+    /// was started, has not exited (one not started yet starts with the next `bash` call).
+    /// A running call holds the shell, which is then alive as far as anyone can tell.
+    pub(crate) fn health(&self) -> Result<(), SandboxError> {
+        if *self.destroyed.borrow() {
+            return Err(SandboxError::Crashed("the sandbox was destroyed".to_owned()));
+        }
+        let Ok(mut shell) = self.shell.try_lock() else { return Ok(()) };
+        match shell.as_mut().and_then(Shell::exit_status) {
+            Some(status) => Err(SandboxError::Crashed(format!("the sandbox's shell exited ({status})"))),
+            None => Ok(()),
+        }
+    }
+
     /// The shell, if no call holds it: for cleanup when the sandbox is dropped.
     pub(crate) fn take_shell_now(&self) -> Option<Shell> {
         self.shell.try_lock().ok().and_then(|mut shell| shell.take())

@@ -16,6 +16,9 @@ pub struct Limits {
     /// What the sandbox may connect to: nothing, anything (the host's network
     /// namespace), or an allowlist of hosts (through its egress proxy).
     pub network: Network,
+    /// CPU time of all processes of the sandbox together, in thousandths of a core
+    /// (a CFS quota per 100 ms period: 1000 is one core, 500 half of one).
+    pub cpu_millicores: u64,
 }
 
 impl Default for Limits {
@@ -26,6 +29,7 @@ impl Default for Limits {
             memory_bytes_max: 1024 * 1024 * 1024,
             pids_max: 256,
             network: Network::None,
+            cpu_millicores: 1000,
         }
     }
 }

@@ -133,6 +133,11 @@ impl Sandbox for LocalSandbox {
         }
         .boxed()
     }
+
+    /// Not destroyed, and the shell (if started) still running.
+    fn health(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
+        std::future::ready(self.runner.health()).boxed()
+    }
 }
 
 impl Drop for LocalSandbox {

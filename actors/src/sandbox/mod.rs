@@ -4,6 +4,17 @@
 //! `grep`) to the session's [`Sandbox`]. Tool failures are outputs with
 //! `is_error`; `Err` means the sandbox itself failed (before the tool ran).
 //!
+//! [`Sandbox::health`] says whether a sandbox can serve another call now, and
+//! is cheap: no tool runs and nothing is recorded. The shell drivers answer
+//! from their own state: not destroyed, and the shell's process (bwrap, the
+//! runtime's `run`, the local shell), if one was started, has not exited (a
+//! shell not started yet is healthy: it starts with the next `bash` call); the
+//! namespace sandbox also needs its cgroups to still exist. A running call
+//! holds the shell, which then counts as alive. The hands client pings its
+//! agent; the microvm driver checks that QEMU runs, then pings. A dead sandbox
+//! answers `SandboxError::Crashed` with the reason, and its owner replaces it
+//! (the node's hands do so before a call, and the idle reaper drops it).
+//!
 //! Idempotency: the ledger under `root/ledger` has, per key, files named by
 //! the key's hex SHA-256. `<name>.started` is made durable (fsync of the file
 //! and of the directory) before the tool runs; `<name>` holds the output as
@@ -66,10 +77,20 @@
 //!   build machines (cgroup v1 hybrid, root) the cgroup path is used.
 //! - `/tmp` is a tmpfs of at most `Limits::memory_bytes_max` bytes (its pages
 //!   also count against the memory cgroup).
-//! - Not enforced: CPU time or CPU share (a busy loop started in the
-//!   background keeps a core busy until a call times out, the shell is
-//!   restarted or the sandbox is destroyed), disk usage of the workspace, and
-//!   the number of open files beyond the host default.
+//! - CPU time: with the cgroup path and a cpu controller (v1 `cpu` under this
+//!   process's own cpu cgroup, or v2 with `cpu` delegated), the sandbox's
+//!   processes together get a CFS quota of `Limits::cpu_millicores`
+//!   (`cpu.cfs_quota_us` = millicores × 100 per `cpu.cfs_period_us` of
+//!   100000, or `cpu.max` "quota 100000"; at least 1 ms per period): a busy
+//!   loop in the background takes at most that share of the host. Without a
+//!   cpu controller, and under the rlimit fallback, CPU time is not limited (a
+//!   busy loop keeps a core busy until a call times out, the shell is
+//!   restarted or the sandbox is destroyed); a warning is logged once per
+//!   process and [`NamespaceSandbox::limits_cpu`] reports it. On the build
+//!   machines the v1 cpu controller is used.
+//! - Not enforced: CPU weight under contention (no `cpu.shares` / `cpu.weight`),
+//!   CPU time where there is no cpu controller (above), disk usage of the
+//!   workspace, and the number of open files beyond the host default.
 //!
 //! The file tools run on the host, in Rust, confined to the workspace (see
 //! `workspace.rs` for the rules and the remaining TOCTOU race against
@@ -94,8 +115,9 @@
 //!   is the host's with `Network::Unrestricted`, the sandbox's egress
 //!   namespace with an allowlist);
 //! - cgroup limits set by runc: memory (`Limits::memory_bytes_max`), pids
-//!   (`Limits::pids_max`) and CPU (one core's quota, half the default shares),
-//!   so unlike the namespace sandbox a background busy loop is bounded.
+//!   (`Limits::pids_max`) and CPU (a quota of `Limits::cpu_millicores`, one core
+//!   by default, computed as for the namespace sandbox, and half the default
+//!   shares), so a background busy loop is bounded.
 //!
 //! Every shell gets a new container (a fresh id); a timeout, `restart`,
 //! `destroy` or drop runs `runc kill <id> KILL` (which ends the PID namespace)
@@ -133,7 +155,8 @@
 //!   "the shell exited", the shell's state is lost, the next call gets a fresh
 //!   sandbox). `/tmp` is a tmpfs of at most `Limits::memory_bytes_max`, which
 //!   gVisor honours.
-//! - CPU: the same one-core quota and half shares as runc, on the host cgroup.
+//! - CPU: the same quota (`Limits::cpu_millicores`) and half shares as runc, on
+//!   the host cgroup.
 //! - Wall clock and output: the same as every driver. A shell must answer
 //!   within the shell start timeout (10 s; runsc starts in about 0.25 s here),
 //!   else it is killed: `runsc kill`, then the `runsc run` process (the
@@ -171,7 +194,8 @@
 //! isolates nothing: `agentd hands` serves it from inside a VM, which is the
 //! boundary. The shell gets `oom_score_adj` 1000 so that memory exhaustion
 //! kills tool processes before the agent; with `run_as` it runs as that uid
-//! under `ulimit -u pids_max`. Memory is the VM's.
+//! under `ulimit -u pids_max`. Memory and CPU are the VM's (`Limits::cpu_millicores`
+//! does not apply).
 
 mod bwrap;
 mod call_runner;
@@ -213,4 +237,8 @@ pub trait Sandbox: Send + Sync + 'static {
     fn execute(&self, call: ToolCall) -> BoxFuture<'_, Result<ToolOutput, SandboxError>>;
     /// Tears the sandbox down; later calls fail with `SandboxError::Crashed`.
     fn destroy(&self) -> BoxFuture<'_, Result<(), SandboxError>>;
+    /// Whether the sandbox can serve another call now. Cheap: no tool runs and nothing is
+    /// recorded. `Err(SandboxError::Crashed)` says why not (destroyed, its shell, VM or
+    /// agent died); the caller then replaces the sandbox.
+    fn health(&self) -> BoxFuture<'_, Result<(), SandboxError>>;
 }

@@ -107,6 +107,12 @@ impl NamespaceSandbox {
         matches!(self.resources, ResourceControl::Cgroup { .. })
     }
 
+    /// Whether CPU time is limited to `Limits::cpu_millicores` (a cpu cgroup); false when the
+    /// host offers no cpu controller or the rlimit fallback is in force.
+    pub fn limits_cpu(&self) -> bool {
+        self.resources.limits_cpu()
+    }
+
     async fn destroy_sandbox(&self) -> Result<(), SandboxError> {
         self.runner.stop().await;
         if let Some(egress) = &self.egress {
@@ -140,6 +146,12 @@ impl Sandbox for NamespaceSandbox {
     fn destroy(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
         self.destroy_sandbox().boxed()
     }
+
+    /// Not destroyed, bwrap (if started) still running, and the cgroups still there.
+    fn health(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
+        let health = self.runner.health().and_then(|()| self.resources.check().map_err(SandboxError::Crashed));
+        std::future::ready(health).boxed()
+    }
 }
 
 impl Drop for NamespaceSandbox {
@@ -148,7 +160,7 @@ impl Drop for NamespaceSandbox {
         // tears the PID namespace down asynchronously, so removal needs retries.
         let shell = self.runner.take_shell_now();
         let directories = match &self.resources {
-            ResourceControl::Cgroup { directories } => directories.clone(),
+            ResourceControl::Cgroup { directories, .. } => directories.clone(),
             ResourceControl::Rlimit { .. } => Vec::new(),
         };
         if shell.is_none() && directories.is_empty() {

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use super::container_runtime::ContainerRuntime;
 use super::egress::proxy_environment;
+use super::resource_control::{cpu_quota_us, CPU_PERIOD_US};
 use super::workspace::WORKSPACE_MOUNT;
 use super::{Limits, Network, SandboxError};
 
@@ -17,9 +18,6 @@ pub(crate) const SANDBOX_UID: u32 = 1000;
 /// The shell of the container; `scripts/oci-rootfs.sh` makes it busybox ash.
 pub(crate) const SHELL_PATH: &str = "/bin/sh";
 
-/// CPU time per period the container may use: one core, so a busy loop cannot take the host.
-const CPU_QUOTA_US: i64 = 100_000;
-const CPU_PERIOD_US: u64 = 100_000;
 /// Relative CPU weight under contention (the cgroup v1 default is 1024).
 const CPU_SHARES: u64 = 512;
 /// Size of the container's `/dev` and `/dev/shm` tmpfs.
@@ -168,7 +166,7 @@ pub(crate) fn bundle_config(
                 "devices": [{ "allow": false, "access": "rwm" }],
                 "memory": { "limit": memory_limit_bytes },
                 "pids": { "limit": pids_limit },
-                "cpu": { "shares": CPU_SHARES, "quota": CPU_QUOTA_US, "period": CPU_PERIOD_US },
+                "cpu": { "shares": CPU_SHARES, "quota": cpu_quota_us(limits), "period": CPU_PERIOD_US },
             },
             "namespaces": namespaces,
             "maskedPaths": [
@@ -178,4 +176,29 @@ pub(crate) fn bundle_config(
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpu_of(runtime: ContainerRuntime, cpu_millicores: u64) -> Value {
+        let limits = Limits { cpu_millicores, ..Limits::default() };
+        bundle_config(runtime, Path::new("/rootfs"), Path::new("/workspace"), &limits, None)["linux"]["resources"]
+            ["cpu"]
+            .clone()
+    }
+
+    #[test]
+    fn the_cpu_quota_is_the_limit_and_the_shares_stay_half() {
+        assert_eq!(Limits::default().cpu_millicores, 1000);
+        for runtime in [ContainerRuntime::Runc, ContainerRuntime::Gvisor] {
+            assert_eq!(cpu_of(runtime, 1000), json!({ "shares": 512, "quota": 100_000, "period": 100_000 }));
+            assert_eq!(cpu_of(runtime, 2500), json!({ "shares": 512, "quota": 250_000, "period": 100_000 }));
+        }
+        // The kernel refuses quotas under 1 ms per period.
+        assert_eq!(cpu_of(ContainerRuntime::Runc, 1)["quota"], json!(1_000));
+        // The OCI spec's quota is signed: a huge limit stays in range.
+        assert_eq!(cpu_of(ContainerRuntime::Runc, u64::MAX)["quota"], json!(1024 * 100_000));
+    }
 }

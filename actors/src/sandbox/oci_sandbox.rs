@@ -142,6 +142,11 @@ impl Sandbox for OciSandbox {
         }
         .boxed()
     }
+
+    /// Not destroyed, and the runtime's `run` (if a container was started) still running.
+    fn health(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
+        std::future::ready(self.runner.health()).boxed()
+    }
 }
 
 impl Drop for OciSandbox {

@@ -1,7 +1,8 @@
-//! How a sandbox's memory and process limits are enforced: a cgroup if the host
-//! lets us create one, else per-process rlimits.
+//! How a sandbox's memory, process and CPU limits are enforced: a cgroup if the
+//! host lets us create one, else per-process rlimits (and no CPU limit).
 
 use std::path::{Path, PathBuf};
+use std::sync::Once;
 
 use super::Limits;
 
@@ -11,17 +12,34 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const RLIMIT_HOST_USER: u32 = 65534;
 /// How long `remove` waits for a destroyed sandbox's cgroups to empty.
 const CGROUP_REMOVE_WAIT_MS: u64 = 5_000;
+/// The CFS period of a sandbox's CPU quota (the kernel's default period).
+pub(crate) const CPU_PERIOD_US: u64 = 100_000;
+/// The smallest CFS quota the kernel accepts: 1 ms per period (10 millicores).
+const CPU_QUOTA_US_MIN: u64 = 1_000;
+/// The largest quota set: 1024 cores, more than any host has (and within what the
+/// kernel and the OCI spec's signed quota accept).
+const CPU_QUOTA_US_MAX: u64 = 1024 * CPU_PERIOD_US;
+
+/// Said once per process: every sandbox of a host lacks the cpu controller alike.
+static NO_CPU_LIMIT_WARNING: Once = Once::new();
+
+/// CPU time per [`CPU_PERIOD_US`] that `limits` gives all processes of a sandbox together.
+pub(crate) fn cpu_quota_us(limits: &Limits) -> u64 {
+    limits.cpu_millicores.saturating_mul(CPU_PERIOD_US / 1000).clamp(CPU_QUOTA_US_MIN, CPU_QUOTA_US_MAX)
+}
 
 /// The enforcement chosen for one sandbox at provision time.
 #[derive(Debug)]
 pub(crate) enum ResourceControl {
     /// The sandbox's processes join these cgroups (v1: one per controller; v2: one).
-    /// Memory and pids are limited for all processes of the sandbox together.
-    Cgroup { directories: Vec<PathBuf> },
+    /// Memory and pids are limited for all processes of the sandbox together, and CPU
+    /// time too if `cpu_limited` (the host may not offer the cpu controller).
+    Cgroup { directories: Vec<PathBuf>, cpu_limited: bool },
     /// No writable cgroup: `prlimit` sets RLIMIT_AS (per process) and RLIMIT_NPROC
-    /// (per host user) on the sandbox's first process. The kernel does not apply
-    /// RLIMIT_NPROC to root, so when this process is root the sandbox runs as the
-    /// unprivileged host user `host_user` (via `setpriv`), which then owns the workspace.
+    /// (per host user) on the sandbox's first process, and CPU time is not limited.
+    /// The kernel does not apply RLIMIT_NPROC to root, so when this process is root
+    /// the sandbox runs as the unprivileged host user `host_user` (via `setpriv`),
+    /// which then owns the workspace.
     Rlimit { address_space_bytes: u64, processes: u64, host_user: Option<u32> },
 }
 
@@ -34,9 +52,12 @@ impl ResourceControl {
             create_v1(name, limits)
         };
         match attempt {
-            Ok(directories) => ResourceControl::Cgroup { directories },
+            Ok(control) => control,
             Err(reason) => {
-                tracing::warn!(%reason, "no writable cgroup; falling back to rlimits (RLIMIT_AS per process, RLIMIT_NPROC)");
+                tracing::warn!(
+                    %reason,
+                    "no writable cgroup; falling back to rlimits (RLIMIT_AS per process, RLIMIT_NPROC; no CPU limit)"
+                );
                 ResourceControl::rlimits(limits)
             }
         }
@@ -56,14 +77,34 @@ impl ResourceControl {
         }
     }
 
+    /// Whether the sandbox's CPU time is limited (by a cpu cgroup).
+    pub(crate) fn limits_cpu(&self) -> bool {
+        matches!(self, ResourceControl::Cgroup { cpu_limited: true, .. })
+    }
+
+    /// Whether the cgroups still exist (a host cleanup may have removed them), so that
+    /// the next shell can join them.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let ResourceControl::Cgroup { directories, .. } = self else { return Ok(()) };
+        match directories.iter().find(|directory| !directory.is_dir()) {
+            Some(missing) => Err(format!("the sandbox's cgroup {} is gone", missing.display())),
+            None => Ok(()),
+        }
+    }
+
     /// A short description for logs and docs.
     pub(crate) fn describe(&self) -> String {
         match self {
-            ResourceControl::Cgroup { directories } => format!("cgroups {directories:?}"),
-            ResourceControl::Rlimit { host_user: Some(user), .. } => {
-                format!("rlimits (RLIMIT_AS, RLIMIT_NPROC) as host user {user}")
+            ResourceControl::Cgroup { directories, cpu_limited: true } => format!("cgroups {directories:?}"),
+            ResourceControl::Cgroup { directories, cpu_limited: false } => {
+                format!("cgroups {directories:?} (no CPU limit: no cpu controller)")
             }
-            ResourceControl::Rlimit { host_user: None, .. } => "rlimits (RLIMIT_AS, RLIMIT_NPROC)".to_owned(),
+            ResourceControl::Rlimit { host_user: Some(user), .. } => {
+                format!("rlimits (RLIMIT_AS, RLIMIT_NPROC; no CPU limit) as host user {user}")
+            }
+            ResourceControl::Rlimit { host_user: None, .. } => {
+                "rlimits (RLIMIT_AS, RLIMIT_NPROC; no CPU limit)".to_owned()
+            }
         }
     }
 
@@ -71,7 +112,7 @@ impl ResourceControl {
     /// Returns (program, arguments).
     pub(crate) fn wrap(&self, program: &Path, arguments: Vec<String>) -> (PathBuf, Vec<String>) {
         match self {
-            ResourceControl::Cgroup { directories } => {
+            ResourceControl::Cgroup { directories, .. } => {
                 // The shell joins the cgroups before exec, so every process bwrap forks starts inside them.
                 let mut wrapped = vec![
                     "-c".to_owned(),
@@ -112,7 +153,7 @@ impl ResourceControl {
     /// Waits (up to `timeout`) until no process is left in the cgroups: a killed
     /// sandbox's processes are reaped asynchronously and still count against pids.max.
     pub(crate) async fn wait_until_empty(&self, timeout: std::time::Duration) {
-        let ResourceControl::Cgroup { directories } = self else { return };
+        let ResourceControl::Cgroup { directories, .. } = self else { return };
         let deadline = tokio::time::Instant::now() + timeout;
         let occupied = || {
             directories.iter().any(|directory| {
@@ -127,7 +168,7 @@ impl ResourceControl {
     /// Removes the cgroups. Their processes must already be dead; retries for a while
     /// because the kernel reaps a killed PID namespace asynchronously.
     pub(crate) async fn remove(&self) {
-        let ResourceControl::Cgroup { directories } = self else { return };
+        let ResourceControl::Cgroup { directories, .. } = self else { return };
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(CGROUP_REMOVE_WAIT_MS);
         for directory in directories {
             loop {
@@ -185,9 +226,17 @@ fn write_setting(directory: &Path, file: &str, value: &str) -> Result<(), String
     std::fs::write(&path, value).map_err(|error| format!("writing {value} to {}: {error}", path.display()))
 }
 
+/// Logs, once per process, that sandboxes run without a CPU limit, and why.
+fn warn_no_cpu_limit(reason: &str) {
+    NO_CPU_LIMIT_WARNING.call_once(|| {
+        tracing::warn!(%reason, "no cpu cgroup controller; sandboxes run without a CPU limit");
+    });
+}
+
 /// cgroup v1 (and the hybrid layout): a child of this process's own memory and pids cgroups,
-/// so the sandbox stays inside whatever limits the host already puts on us.
-fn create_v1(name: &str, limits: &Limits) -> Result<Vec<PathBuf>, String> {
+/// so the sandbox stays inside whatever limits the host already puts on us, and of its cpu
+/// cgroup if the host mounts that controller (without it, no CPU limit).
+fn create_v1(name: &str, limits: &Limits) -> Result<ResourceControl, String> {
     let memory_parent = Path::new(CGROUP_ROOT).join("memory").join(own_cgroup("memory")?.trim_start_matches('/'));
     let pids_parent = Path::new(CGROUP_ROOT).join("pids").join(own_cgroup("pids")?.trim_start_matches('/'));
     let memory = create_child(memory_parent, name)?;
@@ -206,12 +255,41 @@ fn create_v1(name: &str, limits: &Limits) -> Result<Vec<PathBuf>, String> {
         let _ = std::fs::remove_dir(&memory);
         let _ = std::fs::remove_dir(&pids);
     })?;
-    Ok(vec![memory, pids])
+    let mut directories = vec![memory, pids];
+    let cpu_limited = match create_v1_cpu(name, limits) {
+        Ok(cpu) => {
+            directories.push(cpu);
+            true
+        }
+        Err(reason) => {
+            warn_no_cpu_limit(&reason);
+            false
+        }
+    };
+    Ok(ResourceControl::Cgroup { directories, cpu_limited })
 }
 
-/// cgroup v2: a child of this process's cgroup with memory.max and pids.max. Fails
-/// (and the caller falls back) when the parent does not delegate those controllers.
-fn create_v2(name: &str, limits: &Limits) -> Result<Vec<PathBuf>, String> {
+/// A child of this process's v1 cpu cgroup with a CFS quota of `limits.cpu_millicores`.
+fn create_v1_cpu(name: &str, limits: &Limits) -> Result<PathBuf, String> {
+    let mount = Path::new(CGROUP_ROOT).join("cpu");
+    if !mount.join("cpu.cfs_quota_us").exists() {
+        return Err(format!("{} is not a cgroup v1 cpu controller", mount.display()));
+    }
+    let cpu = create_child(mount.join(own_cgroup("cpu")?.trim_start_matches('/')), name)?;
+    let configure = || -> Result<(), String> {
+        write_setting(&cpu, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
+        write_setting(&cpu, "cpu.cfs_quota_us", &cpu_quota_us(limits).to_string())
+    };
+    configure().inspect_err(|_| {
+        let _ = std::fs::remove_dir(&cpu);
+    })?;
+    Ok(cpu)
+}
+
+/// cgroup v2: a child of this process's cgroup with memory.max and pids.max, and cpu.max
+/// if the parent delegates the cpu controller (without it, no CPU limit). Fails (and the
+/// caller falls back) when the parent does not delegate memory and pids.
+fn create_v2(name: &str, limits: &Limits) -> Result<ResourceControl, String> {
     let parent = Path::new(CGROUP_ROOT).join(own_cgroup("")?.trim_start_matches('/'));
     let directory = create_child(parent, name)?;
     let configure = || -> Result<(), String> {
@@ -224,5 +302,22 @@ fn create_v2(name: &str, limits: &Limits) -> Result<Vec<PathBuf>, String> {
     configure().inspect_err(|_| {
         let _ = std::fs::remove_dir(&directory);
     })?;
-    Ok(vec![directory])
+    let cpu_limited = match configure_v2_cpu(&directory, limits) {
+        Ok(()) => true,
+        Err(reason) => {
+            warn_no_cpu_limit(&reason);
+            false
+        }
+    };
+    Ok(ResourceControl::Cgroup { directories: vec![directory], cpu_limited })
+}
+
+/// Sets `cpu.max` ("quota period") if the cgroup has the cpu controller.
+fn configure_v2_cpu(directory: &Path, limits: &Limits) -> Result<(), String> {
+    let controllers = std::fs::read_to_string(directory.join("cgroup.controllers"))
+        .map_err(|error| format!("reading {}/cgroup.controllers: {error}", directory.display()))?;
+    if !controllers.split_whitespace().any(|controller| controller == "cpu") {
+        return Err(format!("the parent of {} does not delegate the cpu controller", directory.display()));
+    }
+    write_setting(directory, "cpu.max", &format!("{} {CPU_PERIOD_US}", cpu_quota_us(limits)))
 }

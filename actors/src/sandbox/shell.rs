@@ -150,6 +150,15 @@ impl Shell {
         }
     }
 
+    /// How the spawned process (bwrap, the runtime's `run`, the local shell) ended, if it did.
+    pub(crate) fn exit_status(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(error) => Some(format!("cannot be waited for: {error}")),
+        }
+    }
+
     fn stderr_tail(&self) -> String {
         self.stderr_tail.lock().map(|tail| String::from_utf8_lossy(&tail).trim().to_owned()).unwrap_or_default()
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use agentd_actors::sandbox::{Sandbox, SandboxError, ToolCall, ToolOutput};
 use agentd_protocol::frame::encoded_len;
 use agentd_protocol::hands::{HandsCall, HandsError, HandsRequest, HandsResponse};
-use agentd_protocol::limits::HANDS_FRAME_BYTES_MAX;
+use agentd_protocol::limits::{HANDS_FRAME_BYTES_MAX, SANDBOX_HEALTH_TIMEOUT_MS};
 use agentd_raft::tls::HandsIdentities;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -64,6 +64,18 @@ impl HandsClient {
             HandsResponse::Pong => Ok(()),
             other => Err(SandboxError::Crashed(format!("unexpected answer to a ping: {other:?}"))),
         }
+    }
+
+    /// A ping within `SANDBOX_HEALTH_TIMEOUT_MS`: the agent answers over this client's
+    /// connection (reconnecting once if it broke).
+    pub async fn health_check(&self) -> Result<(), SandboxError> {
+        if self.is_closed() {
+            return Err(crashed("the sandbox was destroyed"));
+        }
+        let timeout = Duration::from_millis(SANDBOX_HEALTH_TIMEOUT_MS);
+        tokio::time::timeout(timeout, self.ping()).await.unwrap_or_else(|_| {
+            Err(crashed(format!("the agent did not answer a ping within {SANDBOX_HEALTH_TIMEOUT_MS} ms")))
+        })
     }
 
     /// Sends one call and waits for its answer.
@@ -223,5 +235,9 @@ impl Sandbox for HandsClient {
             Ok(())
         }
         .boxed()
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
+        self.health_check().boxed()
     }
 }

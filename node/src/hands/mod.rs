@@ -8,7 +8,11 @@
 //! protocol version, one [`HandsResponse`] frame back. A request that does not
 //! decode, is too large or carries another version is answered with a typed
 //! [`HandsError`] and the agent keeps serving. Tool failures are outputs with
-//! `is_error`, as with every sandbox.
+//! `is_error`, as with every sandbox. A `Ping` is answered `Pong` without
+//! touching the tools' sandbox: it is the client's `health` (the agent
+//! answers, within `SANDBOX_HEALTH_TIMEOUT_MS`); a tools' shell that died is
+//! restarted by the agent's next call, so it does not make the sandbox
+//! unhealthy.
 //!
 //! # Trust
 //! Mutual TLS with a certificate pair per sandbox (`ClusterCa::issue_hands`):

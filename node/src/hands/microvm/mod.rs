@@ -38,7 +38,8 @@
 //! - Memory: `-m` from `Limits::memory_bytes_max` (at least
 //!   [`GUEST_MEMORY_MIB_MIN`]); the tools' processes are the OOM killer's
 //!   first choice and the agent is exempt, so exhausting memory kills tools,
-//!   not the sandbox. CPU: one virtual CPU.
+//!   not the sandbox. CPU: one virtual CPU (`Limits::cpu_millicores` is not
+//!   applied).
 //! - Processes: the shell runs as uid 1000 with `ulimit -u` of
 //!   `Limits::pids_max`, so a fork bomb stops there; it cannot read the
 //!   agent's key (root, 0600).
@@ -233,6 +234,26 @@ impl MicrovmSandbox {
         result
     }
 
+    /// QEMU still runs and its agent answers a ping. Does not wait for a running call.
+    async fn check_health(&self) -> Result<(), SandboxError> {
+        if self.client.is_closed() {
+            return Err(SandboxError::Crashed("the sandbox was destroyed".to_owned()));
+        }
+        {
+            let mut vm = self.vm.lock().await;
+            let Some(current) = vm.as_mut() else {
+                return Err(SandboxError::Crashed("the VM was destroyed".to_owned()));
+            };
+            if let Ok(Some(status)) = current.child.try_wait() {
+                return Err(current.failure(format!("QEMU exited ({status})")));
+            }
+            if *self.phase.borrow() == Phase::Exited {
+                return Err(current.failure("QEMU closed its console".to_owned()));
+            }
+        }
+        self.client.health_check().await
+    }
+
     /// Asks the guest to write its caches to the workspace disk (briefly), then
     /// kills QEMU. The disk stays: it is the session's.
     async fn destroy_vm(&self) -> Result<(), SandboxError> {
@@ -269,5 +290,9 @@ impl Sandbox for MicrovmSandbox {
     /// Kills QEMU; the workspace (in guest RAM) goes with it.
     fn destroy(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
         self.destroy_vm().boxed()
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
+        self.check_health().boxed()
     }
 }
