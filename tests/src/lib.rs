@@ -7,7 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agentd_node::Client;
-use agentd_protocol::api::ClusterStatus;
+use agentd_protocol::api::{ClusterStatus, Consistency};
+use agentd_protocol::event::{ContentBlock, EventPayload};
+use agentd_protocol::ids::SessionId;
 use anyhow::{bail, Context, Result};
 
 /// The node binary the tests run: `agentd-e2e`, this package's copy of the
@@ -266,4 +268,28 @@ pub fn processes_mentioning(text: &str, name_prefix: Option<&str>) -> Vec<u32> {
                 })
         })
         .collect()
+}
+
+/// The text of each tool result of `session`, once it has at least `results`
+/// of them and is idle; panics after 60 s with the events it saw.
+pub async fn tool_results(client: &Client, session: SessionId, results: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = client.read_all(session, Consistency::Leader).await.expect("read events");
+        let outputs: Vec<String> = events
+            .iter()
+            .filter_map(|event| match &event.payload {
+                EventPayload::AgentToolResult { content, .. } => {
+                    Some(content.iter().map(|ContentBlock::Text { text }| text.as_str()).collect())
+                }
+                _ => None,
+            })
+            .collect();
+        let idle = matches!(events.last().map(|event| &event.payload), Some(EventPayload::SessionStatusIdle { .. }));
+        if outputs.len() >= results && idle {
+            return outputs;
+        }
+        assert!(Instant::now() < deadline, "no {results} tool results in time: {events:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -6,11 +6,9 @@ use std::io::{Read, Write};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use agentd_protocol::agent::{AgentSpec, BuiltInTool, PermissionPolicy};
-use agentd_protocol::api::Consistency;
-use agentd_protocol::event::{ContentBlock, EventPayload};
+use agentd_protocol::event::EventPayload;
 use agentd_protocol::ids::EnvironmentId;
 use agentd_tests::Cluster;
 use serde_json::json;
@@ -89,21 +87,7 @@ async fn a_session_reaches_only_the_hosts_its_environment_allows() -> anyhow::Re
         .await?;
     let session = client.create_session_with(Some(agent.id), Some(environment_id)).await?.session_id;
     client.append(session, EventPayload::user_text("fetch")).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let result = loop {
-        let events = client.read_all(session, Consistency::Leader).await?;
-        let result = events.iter().find_map(|event| match &event.payload {
-            EventPayload::AgentToolResult { content, .. } => {
-                Some(content.iter().map(|ContentBlock::Text { text }| text.as_str()).collect::<String>())
-            }
-            _ => None,
-        });
-        if let Some(result) = result {
-            break result;
-        }
-        assert!(Instant::now() < deadline, "no tool result; events: {events:#?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let result = agentd_tests::tool_results(&client, session, 1).await.concat();
     assert!(result.starts_with("hello\nunlisted 403\n"), "{result}");
     assert!(result.contains("direct refused"), "{result}");
     assert_eq!(listed_connections.load(Ordering::SeqCst), 1, "{result}");

@@ -6,39 +6,9 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use agentd_protocol::agent::{AgentSpec, BuiltInTool, PermissionPolicy};
-use agentd_protocol::api::Consistency;
-use agentd_protocol::event::{ContentBlock, EventPayload};
-use agentd_protocol::ids::SessionId;
-use agentd_tests::{free_port, Cluster};
+use agentd_protocol::event::EventPayload;
+use agentd_tests::{free_port, processes_mentioning, tool_results, Cluster};
 use serde_json::json;
-
-/// Processes whose command line mentions `needle` (the sandbox's bwrap
-/// names the session's directory).
-fn processes_mentioning(needle: &str) -> Vec<u32> {
-    agentd_tests::processes_mentioning(needle, None)
-}
-
-async fn wait_for_results(client: &agentd_node::Client, session: SessionId, results: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let events = client.read_all(session, Consistency::Leader).await.expect("read events");
-        let outputs: Vec<String> = events
-            .iter()
-            .filter_map(|event| match &event.payload {
-                EventPayload::AgentToolResult { content, .. } => {
-                    Some(content.iter().map(|ContentBlock::Text { text }| text.as_str()).collect())
-                }
-                _ => None,
-            })
-            .collect();
-        let idle = matches!(events.last().map(|event| &event.payload), Some(EventPayload::SessionStatusIdle { .. }));
-        if outputs.len() >= results && idle {
-            return outputs;
-        }
-        assert!(Instant::now() < deadline, "no {results} tool results in time: {events:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The value of a counter in the node's Prometheus text (0 if it was never counted).
 fn counter(metrics_port: u16, name: &str) -> anyhow::Result<u64> {
@@ -93,9 +63,9 @@ async fn a_sandbox_killed_between_calls_is_replaced_and_the_next_call_succeeds()
     let agent = client.put_agent(None, spec).await?;
     let session = client.create_session_with(Some(agent.id), None).await?.session_id;
     client.append(session, EventPayload::user_text("first turn")).await?;
-    assert_eq!(wait_for_results(&client, session, 1).await, vec!["first\n".to_string()]);
+    assert_eq!(tool_results(&client, session, 1).await, vec!["first\n".to_string()]);
     let needle = session.to_string();
-    let killed = processes_mentioning(&needle);
+    let killed = processes_mentioning(&needle, None);
     assert!(!killed.is_empty(), "the sandbox's shell should be running after the call");
 
     // Killed from outside (an OOM kill, an operator): the node is not told.
@@ -104,17 +74,17 @@ async fn a_sandbox_killed_between_calls_is_replaced_and_the_next_call_succeeds()
         let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
     }
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !processes_mentioning(&needle).is_empty() {
-        assert!(Instant::now() < deadline, "the sandbox survived SIGKILL: {:?}", processes_mentioning(&needle));
+    while !processes_mentioning(&needle, None).is_empty() {
+        assert!(Instant::now() < deadline, "the sandbox survived SIGKILL: {:?}", processes_mentioning(&needle, None));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(counter(metrics_port, "agentd_sandboxes_replaced_total")?, 0);
 
     // The next turn's call finds the dead sandbox, replaces it, and runs in the same workspace.
     client.append(session, EventPayload::user_text("second turn")).await?;
-    assert_eq!(wait_for_results(&client, session, 2).await, vec!["first\n".to_string(), "kept\n".to_string()]);
+    assert_eq!(tool_results(&client, session, 2).await, vec!["first\n".to_string(), "kept\n".to_string()]);
     assert_eq!(counter(metrics_port, "agentd_sandboxes_replaced_total")?, 1);
-    let fresh = processes_mentioning(&needle);
+    let fresh = processes_mentioning(&needle, None);
     assert!(!fresh.is_empty() && fresh.iter().all(|pid| !killed.contains(pid)), "no fresh sandbox: {fresh:?}");
     Ok(())
 }
