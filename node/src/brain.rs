@@ -342,6 +342,20 @@ impl LocalHands {
             .map_err(|error| SandboxError::Unavailable(format!("environment {environment_id}: {error}")))
     }
 
+    /// Whether the session is terminated now (not when the calling run started).
+    async fn terminated(&self, session_id: SessionId) -> Result<bool, SandboxError> {
+        let lookup = async {
+            match self.router.handle(ClientRequest::GetSession { session_id }, false).await {
+                ClientResponse::Session(info) => Ok(info.status == SessionStatus::Terminated),
+                ClientResponse::Error(error) => Err(error),
+                other => Err(ApiError::Internal { message: format!("unexpected {other:?}") }),
+            }
+        };
+        bounded("reading the session", lookup)
+            .await
+            .map_err(|error| SandboxError::Unavailable(format!("session {session_id}: {error}")))
+    }
+
     async fn limits(&self, session: &SessionInfo) -> Result<Limits, SandboxError> {
         let mut limits = Limits::default();
         if let Some(environment) = self.environment(session).await? {
@@ -401,6 +415,11 @@ impl LocalHands {
             held.last_used = tokio::time::Instant::now();
             return Ok(held.sandbox.clone());
         }
+        // A run that started before the session was terminated must not bring
+        // back the sandbox (and directory) that the termination released.
+        if self.terminated(session.session_id).await? {
+            return Err(SandboxError::Unavailable(format!("session {} is terminated", session.session_id)));
+        }
         let root = self.root.join(session.session_id.to_string());
         let limits = self.limits(session).await?;
         let driver = self.environment(session).await?.map(|environment| environment.driver);
@@ -439,6 +458,30 @@ impl Hands for LocalHands {
                 self.sandbox(&session).await?;
             }
             Ok(())
+        })
+    }
+
+    /// Destroys the session's sandbox, if this node holds one, and removes its
+    /// directory (workspace, ledger, a microVM's disk): a terminated session
+    /// never calls a tool again.
+    fn release(&self, session: &SessionInfo) -> BoxFuture<'_, ()> {
+        let session_id = session.session_id;
+        Box::pin(async move {
+            let held = self.sandboxes.lock().await.remove(&session_id);
+            if let Some(held) = held {
+                if let Err(error) = held.sandbox.destroy().await {
+                    tracing::warn!(%session_id, %error, "destroying a terminated session's sandbox failed");
+                }
+                metrics::counter!("agentd_sandboxes_released_total").increment(1);
+            }
+            let root = self.root.join(session_id.to_string());
+            match tokio::fs::remove_dir_all(&root).await {
+                Ok(()) => tracing::info!(%session_id, "removed a terminated session's sandbox directory"),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    tracing::warn!(%session_id, %error, root = %root.display(), "cannot remove a terminated session's sandbox directory")
+                }
+            }
         })
     }
 }
@@ -491,7 +534,14 @@ async fn watch_shard(group: GroupHandle, orchestrators: Orchestrators, sessions:
             received = live.recv() => match received {
                 Ok(event) => {
                     sessions.applied(&event);
-                    if event.payload.is_user_event() || event.payload == EventPayload::SessionStatusRescheduled {
+                    if event.payload == EventPayload::SessionStatusTerminated {
+                        let (orchestrators, session_id) = (orchestrators.clone(), event.session_id);
+                        tokio::spawn(async move { orchestrators.release(session_id).await });
+                    }
+                    if event.payload.is_user_event()
+                        || event.payload == EventPayload::SessionStatusRescheduled
+                        || event.payload == EventPayload::SessionStatusTerminated
+                    {
                         orchestrators.wake(event.session_id).await;
                     }
                 }

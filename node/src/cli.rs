@@ -305,6 +305,13 @@ pub enum SessionCommand {
         target: Target,
         session: SessionId,
     },
+    /// End a session for good: its turn stops, its sandbox and workspace are destroyed,
+    /// and it takes no more events. Prints the sequence number of session.status_terminated.
+    Terminate {
+        #[command(flatten)]
+        target: Target,
+        session: SessionId,
+    },
     /// Stop the agent's current turn.
     Interrupt {
         #[command(flatten)]
@@ -673,6 +680,9 @@ async fn session(command: SessionCommand) -> Result<()> {
         }
         SessionCommand::Retry { target, session } => {
             print_seq(&target, session, target.client()?.retry_session(session).await?);
+        }
+        SessionCommand::Terminate { target, session } => {
+            print_seq(&target, session, target.client()?.terminate_session(session).await?);
         }
         SessionCommand::Interrupt { target, session } => {
             print_seq(&target, session, target.client()?.append(session, EventPayload::UserInterrupt).await?);

@@ -247,6 +247,14 @@ impl Client {
         }
     }
 
+    /// Ends a session; returns the sequence number of its `session.status_terminated` event.
+    pub async fn terminate_session(&self, session_id: SessionId) -> Result<u64, ClientError> {
+        match self.call(ClientRequest::TerminateSession { session_id }).await? {
+            ClientResponse::Appended { seq, .. } => Ok(seq),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Sets a secret in a vault (a new vault when `vault_id` is `None`).
     pub async fn put_secret(
         &self,

@@ -241,6 +241,17 @@ impl Router {
                     other => Err(unexpected(other)),
                 }
             }
+            ClientRequest::TerminateSession { session_id } => {
+                let command = Command::Terminate {
+                    session_id,
+                    event_id: agentd_protocol::ids::EventId::from_random(rand::random()),
+                    at_ms: self.now_ms(),
+                };
+                match placement::propose(group, command).await? {
+                    CommandResponse::Appended { seq, duplicate } => Ok(ClientResponse::Appended { seq, duplicate }),
+                    other => Err(unexpected(other)),
+                }
+            }
             ClientRequest::GetSession { session_id } => {
                 ensure_linearizable(group).await?;
                 Ok(ClientResponse::Session(self.sessions.info(group, session_id).await?))
@@ -430,6 +441,7 @@ fn request_kind(request: &ClientRequest) -> &'static str {
         ClientRequest::PutEnvironment { .. } => "put_environment",
         ClientRequest::GetEnvironment { .. } => "get_environment",
         ClientRequest::RetrySession { .. } => "retry_session",
+        ClientRequest::TerminateSession { .. } => "terminate_session",
         ClientRequest::PutSecret { .. } => "put_secret",
     }
 }

@@ -87,6 +87,13 @@ pub enum ClientRequest {
     RetrySession {
         session_id: SessionId,
     },
+    /// Ends a session for good: a running turn stops, the session's sandbox
+    /// and workspace are destroyed, and no event can be appended any more.
+    /// Answered with the sequence number of `session.status_terminated`;
+    /// terminating a terminated session answers the same number again.
+    TerminateSession {
+        session_id: SessionId,
+    },
     /// Creates a vault if needed and sets one secret in it. The value is
     /// sealed by the metadata leader before it is replicated.
     PutSecret {
@@ -117,7 +124,8 @@ impl ClientRequest {
             | ClientRequest::Append { session_id, .. }
             | ClientRequest::ReadEvents { session_id, .. }
             | ClientRequest::FollowEvents { session_id, .. }
-            | ClientRequest::RetrySession { session_id } => Some(*session_id),
+            | ClientRequest::RetrySession { session_id }
+            | ClientRequest::TerminateSession { session_id } => Some(*session_id),
             ClientRequest::ClusterStatus
             | ClientRequest::PutAgent { .. }
             | ClientRequest::GetAgent { .. }

@@ -108,6 +108,14 @@ pub enum Command {
         secret_name: String,
         sealed: Vec<u8>,
     },
+    /// A client ends a session (a shard command, last so that earlier variants keep
+    /// their encoding): a new epoch fences any running orchestrator, and
+    /// `session.status_terminated` is appended in it. Nothing is appended after it.
+    Terminate {
+        session_id: SessionId,
+        event_id: EventId,
+        at_ms: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -124,6 +132,7 @@ impl fmt::Display for Command {
             Command::SetPlacement { shard, replicas } => write!(f, "place {shard} on {replicas:?}"),
             Command::ClaimEpoch { session_id } => write!(f, "claim epoch of {session_id}"),
             Command::Reschedule { session_id, .. } => write!(f, "reschedule {session_id}"),
+            Command::Terminate { session_id, .. } => write!(f, "terminate {session_id}"),
             Command::PutAgent { agent_id, .. } => write!(f, "put agent {agent_id}"),
             Command::PutEnvironment { environment_id, .. } => write!(f, "put environment {environment_id}"),
             Command::PutSecret { vault_id, secret_name, .. } => write!(f, "put secret {secret_name} in {vault_id}"),

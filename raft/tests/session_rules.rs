@@ -175,3 +175,43 @@ fn environments_gain_versions_too() {
     assert_eq!(environment.versions, vec![spec(false), spec(true)]);
     assert_eq!(environment.latest(), Some(&spec(true)));
 }
+
+#[test]
+fn terminating_fences_the_running_orchestrator_and_ends_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let (mut shard, reader) = db.state_machine(GroupId::Shard(SHARD)).unwrap();
+    let session = SessionId::from_random(7);
+    let terminate = |id: u128| Command::Terminate { session_id: session, event_id: EventId::from_random(id), at_ms: 2 };
+    let create =
+        Command::CreateSession { session_id: session, shard: SHARD, created_at_ms: 1, agent: None, environment: None };
+    let responses = apply(
+        &mut shard,
+        1,
+        vec![
+            create,
+            Command::ClaimEpoch { session_id: session },
+            append(session, 1, EventPayload::SessionStatusRunning, Some(1)),
+            terminate(2),
+            // The run that was going on when the client terminated the session.
+            append(session, 3, EventPayload::AgentMessage { content: vec![ContentBlock::text("late")] }, Some(1)),
+            // A newer run, and a client, cannot append either.
+            Command::ClaimEpoch { session_id: session },
+            append(session, 4, EventPayload::SessionStatusRunning, Some(3)),
+            append(session, 5, EventPayload::user_text("more"), None),
+            // A retried terminate answers the terminated event again.
+            terminate(6),
+            Command::Terminate { session_id: SessionId::from_random(99), event_id: EventId::from_random(7), at_ms: 2 },
+        ],
+    );
+    assert_eq!(responses[2], CommandResponse::Appended { seq: 1, duplicate: false });
+    assert_eq!(responses[3], CommandResponse::Appended { seq: 2, duplicate: false });
+    assert_eq!(responses[4], CommandResponse::Rejected(ApiError::StaleEpoch { epoch: 1, current: 2 }));
+    assert_eq!(responses[5], CommandResponse::Epoch(3));
+    assert!(matches!(responses[6], CommandResponse::Rejected(ApiError::InvalidRequest { .. })), "{:?}", responses[6]);
+    assert!(matches!(responses[7], CommandResponse::Rejected(ApiError::InvalidRequest { .. })), "{:?}", responses[7]);
+    assert_eq!(responses[8], CommandResponse::Appended { seq: 2, duplicate: true });
+    assert!(matches!(responses[9], CommandResponse::Rejected(ApiError::NotFound { .. })), "{:?}", responses[9]);
+    let info = reader.session(session).unwrap().unwrap();
+    assert_eq!((info.status, info.last_seq), (SessionStatus::Terminated, 2));
+}

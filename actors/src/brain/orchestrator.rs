@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use agentd_protocol::agent::AgentSpec;
-use agentd_protocol::api::SessionInfo;
+use agentd_protocol::api::{SessionInfo, SessionStatus};
 use agentd_protocol::event::{ContentBlock, Event, EventPayload, JsonText, StopReason};
 use agentd_protocol::ids::{EventId, SessionId};
 use agentd_protocol::ApiError;
@@ -60,6 +60,8 @@ pub trait Hands: Send + Sync + 'static {
     /// Called when a turn starts, before the first model call: an
     /// environment that asks for eager provisioning gets its sandbox now.
     fn on_turn_start(&self, session: &SessionInfo) -> BoxFuture<'_, Result<(), SandboxError>>;
+    /// Called when the session is terminated: its sandbox and workspace go.
+    fn release(&self, session: &SessionInfo) -> BoxFuture<'_, ()>;
 }
 
 /// Model providers by model string, each behind retries and a breaker.
@@ -119,10 +121,24 @@ impl Brain {
         Self { log, hands, models }
     }
 
+    /// Releases a terminated session's sandbox (see [`Hands::release`]).
+    pub async fn release(&self, session_id: SessionId) {
+        match self.log.session(session_id).await {
+            Ok(session) => self.hands.release(&session).await,
+            Err(error) => {
+                tracing::warn!(%session_id, %error, "cannot read a terminated session to release its sandbox")
+            }
+        }
+    }
+
     /// Wakes a session: claims a new epoch and runs the loop until there is
     /// nothing to do.
     pub async fn run(&self, session_id: SessionId) -> Result<RunOutcome, BrainError> {
         let session = self.log.session(session_id).await?;
+        if session.status == SessionStatus::Terminated {
+            self.hands.release(&session).await;
+            return Ok(RunOutcome::Idle);
+        }
         if session.agent.is_none() {
             return Err(BrainError::NoAgent(session_id));
         }

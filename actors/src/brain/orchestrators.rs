@@ -118,6 +118,12 @@ impl Orchestrators {
         }
     }
 
+    /// Releases a terminated session's sandbox now, even while its orchestrator
+    /// is busy in a tool call (which the sandbox's destruction then ends).
+    pub async fn release(&self, session_id: SessionId) {
+        self.brain.release(session_id).await;
+    }
+
     /// Stops every orchestrator of this node.
     pub fn stop_all(&self) {
         for (_, actor) in self.actors.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).drain() {

@@ -126,6 +126,9 @@ impl<'a> ApplyBatch<'a> {
             (GroupId::Shard(_), Command::Reschedule { session_id, event_id, at_ms }) => {
                 self.reschedule(session_id, event_id, at_ms)
             }
+            (GroupId::Shard(_), Command::Terminate { session_id, event_id, at_ms }) => {
+                self.terminate(session_id, event_id, at_ms)
+            }
             (GroupId::Metadata, Command::PutAgent { agent_id, spec, at_ms }) => self.put_agent(agent_id, spec, at_ms),
             (GroupId::Metadata, Command::PutEnvironment { environment_id, spec, at_ms }) => {
                 self.put_environment(environment_id, spec, at_ms)
@@ -202,6 +205,21 @@ impl<'a> ApplyBatch<'a> {
         // Written by the runtime on the operator's behalf, in the current epoch.
         let epoch = Some(record.epoch);
         self.append(session_id, event_id, EventPayload::SessionStatusRescheduled, at_ms, epoch)
+    }
+
+    fn terminate(&mut self, session_id: SessionId, event_id: EventId, at_ms: u64) -> Result<CommandResponse, Error> {
+        let Some(mut record) = self.session(session_id)? else {
+            return Ok(CommandResponse::Rejected(ApiError::NotFound { what: format!("session {session_id}") }));
+        };
+        if record.status == SessionStatus::Terminated {
+            // A retried request: nothing comes after the terminated event, so it is the last.
+            return Ok(CommandResponse::Appended { seq: record.last_seq, duplicate: true });
+        }
+        // A new epoch: a running orchestrator's next append is refused as stale.
+        record.epoch += 1;
+        let epoch = record.epoch;
+        self.put_session(session_id, record)?;
+        self.append(session_id, event_id, EventPayload::SessionStatusTerminated, at_ms, Some(epoch))
     }
 
     fn put_secret(
@@ -348,6 +366,9 @@ fn admit_runtime_event(
 ) -> Result<(), ApiError> {
     if epoch != record.epoch && !skip_fence {
         return Err(ApiError::StaleEpoch { epoch, current: record.epoch });
+    }
+    if record.status == SessionStatus::Terminated {
+        return Err(ApiError::InvalidRequest { message: "the session is terminated".into() });
     }
     if payload.is_user_event() {
         return Err(ApiError::InvalidRequest { message: "the runtime does not append user events".into() });
