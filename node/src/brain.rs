@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use agentd_actors::brain::{Hands, Orchestrators, SessionLog};
 use agentd_actors::sandbox::{
-    ContainerRuntime, Limits, NamespaceSandbox, OciSandbox, Sandbox, SandboxError, Secret, ToolCall, ToolOutput,
-    OCI_ROOTFS_DEFAULT,
+    egress, ContainerRuntime, Limits, NamespaceSandbox, OciSandbox, Sandbox, SandboxError, Secret, ToolCall,
+    ToolOutput, OCI_ROOTFS_DEFAULT,
 };
 use agentd_actors::session::Sessions;
 use agentd_protocol::agent::{AgentRef, AgentSpec, EnvironmentSpec};
@@ -475,7 +475,11 @@ impl Hands for LocalHands {
                 metrics::counter!("agentd_sandboxes_released_total").increment(1);
             }
             let root = self.root.join(session_id.to_string());
-            match tokio::fs::remove_dir_all(&root).await {
+            let removal = root.clone();
+            let removed = tokio::task::spawn_blocking(move || egress::remove_session_directory(&removal))
+                .await
+                .unwrap_or_else(|error| Err(std::io::Error::other(error)));
+            match removed {
                 Ok(()) => tracing::info!(%session_id, "removed a terminated session's sandbox directory"),
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
                 Err(error) => {

@@ -140,6 +140,14 @@ async fn bind_namespace(path: &Path) -> Result<(), SandboxError> {
     )))
 }
 
+/// Removes a session's sandbox directory `root` for good. A node that crashed
+/// may have left the sandbox's egress namespace bound at `root/netns`, which
+/// would make the removal fail: it is unmounted first.
+pub fn remove_session_directory(root: &Path) -> std::io::Result<()> {
+    release_namespace(&root.join("netns"));
+    std::fs::remove_dir_all(root)
+}
+
 /// Unmounts and removes a namespace bound at `path`, if any.
 fn release_namespace(path: &Path) {
     let _ = rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH);
