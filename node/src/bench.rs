@@ -161,6 +161,7 @@ pub async fn run_first_model_request(bench: FirstModelRequestBench) -> Result<Ve
                     tool_timeout_ms: agentd_protocol::limits::TOOL_TIMEOUT_MS_DEFAULT,
                     eager_provisioning: eager,
                     vaults: vec![],
+                    resources: Default::default(),
                 },
             )
             .await?;

@@ -361,6 +361,12 @@ impl LocalHands {
         if let Some(environment) = self.environment(session).await? {
             limits.network = environment.network;
             limits.wall_clock_ms = environment.tool_timeout_ms;
+            let resources = environment.resources;
+            if let Some(memory_mib) = resources.memory_mib {
+                limits.memory_bytes_max = memory_mib * 1024 * 1024;
+            }
+            limits.pids_max = resources.processes_max.unwrap_or(limits.pids_max);
+            limits.cpu_millicores = resources.cpu_millicores.unwrap_or(limits.cpu_millicores);
         }
         Ok(limits)
     }

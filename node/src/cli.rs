@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use agentd_protocol::agent::{AgentSpec, BuiltInTool, CustomTool, EnvironmentSpec, Network, PermissionPolicy};
+use agentd_protocol::agent::{
+    AgentSpec, BuiltInTool, CustomTool, EnvironmentSpec, Network, PermissionPolicy, Resources,
+};
 use agentd_protocol::api::{ClusterStatus, Consistency};
 use agentd_protocol::event::{Confirmation, ContentBlock, EventPayload, JsonText};
 use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, SessionId, VaultId};
@@ -253,6 +255,15 @@ pub enum EnvironmentCommand {
         /// A vault whose secrets every tool call gets (repeatable).
         #[arg(long = "vault")]
         vaults: Vec<VaultId>,
+        /// Memory of each sandbox, all its processes together (default 1024).
+        #[arg(long)]
+        memory_mib: Option<u64>,
+        /// Processes and threads of each sandbox (default 256).
+        #[arg(long)]
+        processes_max: Option<u64>,
+        /// CPU time of each sandbox in thousandths of a core (default 1000: one core).
+        #[arg(long)]
+        cpu_millicores: Option<u64>,
     },
 }
 
@@ -816,13 +827,17 @@ async fn environment(command: EnvironmentCommand) -> Result<()> {
         tool_timeout_ms,
         eager_provisioning,
         vaults,
+        memory_mib,
+        processes_max,
+        cpu_millicores,
     } = command;
     let network = match (network, allowed_hosts.is_empty()) {
         (true, _) => Network::Unrestricted,
         (false, true) => Network::None,
         (false, false) => Network::Allowlist(allowed_hosts),
     };
-    let spec = EnvironmentSpec { name, driver, network, tool_timeout_ms, eager_provisioning, vaults };
+    let resources = Resources { memory_mib, processes_max, cpu_millicores };
+    let spec = EnvironmentSpec { name, driver, network, tool_timeout_ms, eager_provisioning, vaults, resources };
     let environment = target.client()?.put_environment(id, spec).await?;
     if target.json {
         println!("{}", json!({"environment_id": environment.id.to_string(), "version": environment.versions.len()}));

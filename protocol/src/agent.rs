@@ -125,6 +125,40 @@ pub struct EnvironmentSpec {
     /// Vaults whose secrets are injected into every tool call (as
     /// environment variables for `bash`) and scrubbed from every result.
     pub vaults: Vec<VaultId>,
+    /// Resource limits of each sandbox; `None` keeps the node's default.
+    pub resources: Resources,
+}
+
+/// An environment's resource limits for each of its sandboxes (all of the
+/// sandbox's processes together). `None` keeps the node's default: 1 GiB,
+/// 256 processes, one core.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub memory_mib: Option<u64>,
+    pub processes_max: Option<u64>,
+    /// Thousandths of a core: 500 is half of one, 2000 two.
+    pub cpu_millicores: Option<u64>,
+}
+
+impl Resources {
+    fn validate(&self) -> Result<(), String> {
+        let bounds = [
+            ("memory_mib", self.memory_mib, limits::SANDBOX_MEMORY_MIB_MIN, limits::SANDBOX_MEMORY_MIB_MAX),
+            ("processes_max", self.processes_max, limits::SANDBOX_PROCESSES_MIN, limits::SANDBOX_PROCESSES_MAX),
+            (
+                "cpu_millicores",
+                self.cpu_millicores,
+                limits::SANDBOX_CPU_MILLICORES_MIN,
+                limits::SANDBOX_CPU_MILLICORES_MAX,
+            ),
+        ];
+        for (name, value, min, max) in bounds {
+            if value.is_some_and(|value| !(min..=max).contains(&value)) {
+                return Err(format!("{name} is {min} to {max}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl EnvironmentSpec {
@@ -141,6 +175,9 @@ impl EnvironmentSpec {
         }
         if let Err(reason) = self.network.validate() {
             return invalid(format!("network allowlist: {reason}"));
+        }
+        if let Err(reason) = self.resources.validate() {
+            return invalid(reason);
         }
         if self.tool_timeout_ms == 0 || self.tool_timeout_ms > limits::TOOL_TIMEOUT_MS_MAX {
             return invalid(format!("tool_timeout_ms is 1 to {}", limits::TOOL_TIMEOUT_MS_MAX));
@@ -252,6 +289,7 @@ mod tests {
             tool_timeout_ms: 1_000,
             eager_provisioning: false,
             vaults: vec![],
+            resources: Resources::default(),
         };
         for driver in ["namespace", "oci", "gvisor"] {
             assert!(environment(driver).validate().is_ok(), "{driver}");
@@ -266,5 +304,14 @@ mod tests {
             panic!("a bad allowlist was accepted");
         };
         assert!(message.contains("\"example.com/path\": an entry names a host, not a path"), "{message}");
+        let mut too_small = environment("namespace");
+        too_small.resources.memory_mib = Some(1);
+        let Err(ApiError::InvalidRequest { message }) = too_small.validate() else {
+            panic!("1 MiB of memory was accepted");
+        };
+        assert!(message.contains("memory_mib is 64 to"), "{message}");
+        let mut sized = environment("namespace");
+        sized.resources = Resources { memory_mib: Some(512), processes_max: Some(64), cpu_millicores: Some(500) };
+        assert!(sized.validate().is_ok());
     }
 }

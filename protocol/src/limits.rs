@@ -47,6 +47,13 @@ pub const MODEL_CALLS_PER_TURN_DEFAULT: u32 = 50;
 pub const TOOL_TIMEOUT_MS_MAX: u64 = 30 * 60 * 1000;
 /// Tool time limit when the environment does not say.
 pub const TOOL_TIMEOUT_MS_DEFAULT: u64 = 120_000;
+/// Bounds of the resource limits an environment may set for its sandboxes.
+pub const SANDBOX_MEMORY_MIB_MIN: u64 = 64;
+pub const SANDBOX_MEMORY_MIB_MAX: u64 = 256 * 1024;
+pub const SANDBOX_PROCESSES_MIN: u64 = 8;
+pub const SANDBOX_PROCESSES_MAX: u64 = 65_536;
+pub const SANDBOX_CPU_MILLICORES_MIN: u64 = 10;
+pub const SANDBOX_CPU_MILLICORES_MAX: u64 = 1_024_000;
 /// Entries of one environment's egress allowlist.
 pub const ALLOWED_HOSTS_MAX: usize = 256;
 /// The same tool with the same input this many turns in a row stops the agent.

@@ -168,6 +168,7 @@ fn environments_gain_versions_too() {
         tool_timeout_ms: 1000,
         eager_provisioning: false,
         vaults: vec![],
+        resources: Default::default(),
     };
     let put = |network| Command::PutEnvironment { environment_id, spec: spec(network), at_ms: 1 };
     apply(&mut metadata, 1, vec![put(false), put(false), put(true)]);

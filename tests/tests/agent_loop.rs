@@ -145,6 +145,7 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
                     tool_timeout_ms: 10_000,
                     eager_provisioning: false,
                     vaults: vec![],
+                    resources: Default::default(),
                 },
             )
             .await?;

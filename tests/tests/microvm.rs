@@ -277,6 +277,7 @@ async fn a_session_in_a_microvm_environment_runs_its_tools_in_a_vm() -> anyhow::
                 tool_timeout_ms: 30_000,
                 eager_provisioning: false,
                 vaults: vec![],
+                resources: Default::default(),
             },
         )
         .await?;

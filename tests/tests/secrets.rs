@@ -65,6 +65,7 @@ async fn vault_secrets_are_injected_and_never_stored() -> anyhow::Result<()> {
                 tool_timeout_ms: 10_000,
                 eager_provisioning: false,
                 vaults: vec![vault.id],
+                resources: Default::default(),
             },
         )
         .await?;

@@ -98,6 +98,7 @@ pub(crate) async fn run_agent_client(world: Arc<World>) -> turmoil::Result {
         tool_timeout_ms: 30_000,
         eager_provisioning: false,
         vaults: vec![vault_id],
+        resources: Default::default(),
     };
     retry_setup(&world, name, || client.put_environment(Some(environment_id), environment.clone())).await;
     let agent = AgentSpec {
