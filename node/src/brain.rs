@@ -481,6 +481,10 @@ impl Hands for LocalHands {
                 metrics::counter!("agentd_sandboxes_released_total").increment(1);
             }
             let root = self.root.join(session_id.to_string());
+            if std::fs::symlink_metadata(&root).is_err() {
+                // Nothing to remove (the simulator's sandboxes have no directory).
+                return;
+            }
             let removal = root.clone();
             let removed = tokio::task::spawn_blocking(move || egress::remove_session_directory(&removal))
                 .await

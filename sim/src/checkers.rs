@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use agentd_protocol::event::Event;
+use agentd_protocol::event::{Event, EventPayload};
 use agentd_protocol::ids::{EventId, SessionId};
 
 /// Which invariant a violation breaks.
@@ -29,6 +29,9 @@ pub enum Invariant {
     /// Invariant 8: Bad input from the network or disk yields a typed error, never a
     /// panic (a node that panics stops the run at once).
     NoPanic,
+    /// Invariant 9: A terminated session's log ends with its termination: nothing
+    /// (a late tool result of a fenced orchestrator, a client's event) follows it.
+    TerminatedIsLast,
 }
 
 impl Invariant {
@@ -42,6 +45,7 @@ impl Invariant {
             Invariant::Convergence => "convergence-after-faults",
             Invariant::NoSecretInLog => "no-secret-in-log",
             Invariant::NoPanic => "no-panic",
+            Invariant::TerminatedIsLast => "terminated-is-last",
         }
     }
 
@@ -72,6 +76,13 @@ fn violation(invariant: Invariant, detail: String) -> Violation {
 pub struct Acked {
     pub session_id: SessionId,
     pub event_id: EventId,
+    pub seq: u64,
+}
+
+/// A termination a client saw acknowledged, as the sequence number of its event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terminated {
+    pub session_id: SessionId,
     pub seq: u64,
 }
 
@@ -130,6 +141,42 @@ pub fn acknowledged_kept(acked: &[Acked], replicas: &BTreeMap<u64, Replica>) -> 
                         events.len()
                     ),
                 )),
+            }
+        }
+    }
+    violations
+}
+
+/// Invariant 9: On every replica of a terminated session, the event at the
+/// acknowledged sequence number is `session.status_terminated` and it is the last.
+pub fn terminated_is_last(terminated: &[Terminated], replicas: &BTreeMap<u64, Replica>) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for termination in terminated {
+        for (node, replica) in replicas {
+            let Some(events) = replica.get(&termination.session_id) else { continue };
+            let at = events.iter().find(|event| event.seq == termination.seq);
+            if !at.is_some_and(|event| event.payload == EventPayload::SessionStatusTerminated) {
+                violations.push(violation(
+                    Invariant::TerminatedIsLast,
+                    format!(
+                        "n{node}: {} was terminated at seq {}, which holds {:?}",
+                        termination.session_id,
+                        termination.seq,
+                        at.map(|event| event.payload.type_name())
+                    ),
+                ));
+            }
+            if let Some(after) = events.iter().find(|event| event.seq > termination.seq) {
+                violations.push(violation(
+                    Invariant::TerminatedIsLast,
+                    format!(
+                        "n{node}: {} has {} at seq {} after its termination at seq {}",
+                        termination.session_id,
+                        after.payload.type_name(),
+                        after.seq,
+                        termination.seq
+                    ),
+                ));
             }
         }
     }
@@ -278,7 +325,6 @@ pub fn no_secret_in_log(replicas: &BTreeMap<u64, Replica>, secrets: &[String]) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agentd_protocol::event::EventPayload;
 
     fn event(session: u128, seq: u64, id: u128) -> Event {
         Event {
@@ -299,6 +345,21 @@ mod tests {
         assert_eq!(violations[0].invariant, Invariant::AcknowledgedKept);
         let full: Replica = BTreeMap::from([(SessionId::from_random(1), vec![event(1, 1, 8), event(1, 2, 9)])]);
         assert!(acknowledged_kept(&acked, &BTreeMap::from([(1, full)])).is_empty());
+    }
+
+    #[test]
+    fn an_event_after_a_termination_is_reported() {
+        let session = SessionId::from_random(1);
+        let terminated_event = Event { payload: EventPayload::SessionStatusTerminated, ..event(1, 2, 2) };
+        let terminated = vec![Terminated { session_id: session, seq: 2 }];
+        let ended: Replica = BTreeMap::from([(session, vec![event(1, 1, 1), terminated_event.clone()])]);
+        assert!(terminated_is_last(&terminated, &BTreeMap::from([(1, ended)])).is_empty());
+        let continued: Replica = BTreeMap::from([(session, vec![event(1, 1, 1), terminated_event, event(1, 3, 3)])]);
+        let violations = terminated_is_last(&terminated, &BTreeMap::from([(1, continued)]));
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].invariant, Invariant::TerminatedIsLast);
+        let elsewhere: Replica = BTreeMap::from([(session, vec![event(1, 1, 1), event(1, 2, 2)])]);
+        assert_eq!(terminated_is_last(&terminated, &BTreeMap::from([(1, elsewhere)])).len(), 1);
     }
 
     #[test]

@@ -925,6 +925,7 @@ fn run_world(options: SimOptions, world: Arc<World>) -> anyhow::Result<SimReport
     {
         let record = world.record();
         violations.extend(checkers::acknowledged_kept(&record.acked, &replicas));
+        violations.extend(checkers::terminated_is_last(&record.terminated, &replicas));
         violations.extend(checkers::one_leader_per_term(&record.leaderships.iter().cloned().collect::<Vec<_>>()));
         violations.extend(checkers::stale_epochs_never_append(&record.epochs));
     }

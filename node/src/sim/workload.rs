@@ -10,7 +10,7 @@ use agentd_protocol::api::SessionStatus;
 use agentd_protocol::event::{EventPayload, StopReason};
 use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, SessionId, VaultId};
 use agentd_raft::tls::ServerTrust;
-use agentd_sim::checkers::Acked;
+use agentd_sim::checkers::{Acked, Terminated};
 use agentd_sim::faults::stream;
 use agentd_sim::model::SIM_MODEL;
 use agentd_sim::net::SimSocket;
@@ -133,9 +133,10 @@ pub(crate) async fn run_agent_client(world: Arc<World>) -> turmoil::Result {
     // harness bounds how long the last round may take.
     let started = tokio::time::Instant::now();
     let mut round = 0;
+    let mut active = sessions.clone();
     loop {
         let mut prompted = std::collections::BTreeMap::new();
-        for (number, session_id) in sessions.iter().enumerate() {
+        for (number, session_id) in active.iter().enumerate() {
             let event_id = EventId::from_random(rng.random());
             let prompt = EventPayload::user_text(format!("round {round}: run the tools"));
             loop {
@@ -152,7 +153,24 @@ pub(crate) async fn run_agent_client(world: Arc<World>) -> turmoil::Result {
                 }
             }
         }
-        let mut open: Vec<SessionId> = sessions.clone();
+        // In the second round, one session (of several) is terminated while its
+        // turn runs: its orchestrator is fenced, and nothing may follow.
+        if round == 1 && active.len() > 1 {
+            if let Some(session_id) = active.pop() {
+                let seq = loop {
+                    match client.terminate_session(session_id).await {
+                        Ok(seq) => break seq,
+                        Err(error) => {
+                            world.trace(format!("{name}: terminating {session_id} failed, retrying: {error}"));
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                };
+                world.record().terminated.push(Terminated { session_id, seq });
+                world.trace(format!("{name}: terminated {session_id} at seq {seq}"));
+            }
+        }
+        let mut open: Vec<SessionId> = active.clone();
         while !open.is_empty() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let mut still_open = Vec::new();

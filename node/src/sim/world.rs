@@ -10,7 +10,7 @@ use agentd_protocol::ids::{GroupId, SessionId};
 use agentd_raft::store::memory_disk::DiskFaults;
 use agentd_raft::store::MemoryDisk;
 use agentd_raft::tls::{ClusterCa, NodeIdentity};
-use agentd_sim::checkers::{Acked, EpochObservation, Leadership};
+use agentd_sim::checkers::{Acked, EpochObservation, Leadership, Terminated};
 use agentd_sim::faults::stream_seed;
 use agentd_sim::sandbox::{EffectLedger, SandboxBehaviour};
 use anyhow::Result;
@@ -42,6 +42,8 @@ pub(crate) enum HostCommand {
 pub(crate) struct Record {
     pub trace: Vec<String>,
     pub acked: Vec<Acked>,
+    /// Sessions a client terminated, at the acknowledged sequence number.
+    pub terminated: Vec<Terminated>,
     pub leaderships: BTreeSet<Leadership>,
     pub epochs: Vec<EpochObservation>,
     pub clients_done: usize,
