@@ -231,26 +231,14 @@ impl Router {
                 Ok(ClientResponse::Appended { seq, duplicate })
             }
             ClientRequest::RetrySession { session_id } => {
-                let command = Command::Reschedule {
-                    session_id,
-                    event_id: agentd_protocol::ids::EventId::from_random(rand::random()),
-                    at_ms: self.now_ms(),
-                };
-                match placement::propose(group, command).await? {
-                    CommandResponse::Appended { seq, duplicate } => Ok(ClientResponse::Appended { seq, duplicate }),
-                    other => Err(unexpected(other)),
-                }
+                let event_id = agentd_protocol::ids::EventId::from_random(rand::random());
+                propose_append(group, Command::Reschedule { session_id, event_id, at_ms: self.now_ms() }).await
             }
             ClientRequest::TerminateSession { session_id } => {
-                let command = Command::Terminate {
-                    session_id,
-                    event_id: agentd_protocol::ids::EventId::from_random(rand::random()),
-                    at_ms: self.now_ms(),
-                };
-                match placement::propose(group, command).await? {
-                    CommandResponse::Appended { seq, duplicate } => Ok(ClientResponse::Appended { seq, duplicate }),
-                    other => Err(unexpected(other)),
-                }
+                // A session ends once: its termination's id follows from its own
+                // (no randomness, so the simulator's runs stay reproducible).
+                let event_id = agentd_protocol::ids::EventId(session_id.0.map(|byte| byte ^ 0x5a));
+                propose_append(group, Command::Terminate { session_id, event_id, at_ms: self.now_ms() }).await
             }
             ClientRequest::GetSession { session_id } => {
                 ensure_linearizable(group).await?;
@@ -443,6 +431,14 @@ fn request_kind(request: &ClientRequest) -> &'static str {
         ClientRequest::RetrySession { .. } => "retry_session",
         ClientRequest::TerminateSession { .. } => "terminate_session",
         ClientRequest::PutSecret { .. } => "put_secret",
+    }
+}
+
+/// Proposes a command that appends one event, answering with its sequence number.
+async fn propose_append(group: &GroupHandle, command: Command) -> Result<ClientResponse, ApiError> {
+    match placement::propose(group, command).await? {
+        CommandResponse::Appended { seq, duplicate } => Ok(ClientResponse::Appended { seq, duplicate }),
+        other => Err(unexpected(other)),
     }
 }
 

@@ -7,9 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agentd_node::Client;
+use agentd_protocol::agent::{AgentSpec, BuiltInTool, PermissionPolicy};
 use agentd_protocol::api::{ClusterStatus, Consistency};
 use agentd_protocol::event::{ContentBlock, EventPayload};
-use agentd_protocol::ids::SessionId;
+use agentd_protocol::ids::{AgentId, SessionId};
 use anyhow::{bail, Context, Result};
 
 /// The node binary the tests run: `agentd-e2e`, this package's copy of the
@@ -292,4 +293,26 @@ pub async fn tool_results(client: &Client, session: SessionId, results: usize) -
         assert!(Instant::now() < deadline, "no {results} tool results in time: {events:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Writes `turns` (the `scripted:FILE` format: an array of turns, each an
+/// array of content blocks) to `scripts/NAME.json` and creates an agent that
+/// plays it, with `bash` always allowed. The cluster must run with
+/// `--scripts-dir scripts`.
+pub async fn scripted_bash_agent(
+    client: &Client,
+    scripts: &std::path::Path,
+    name: &str,
+    turns: serde_json::Value,
+) -> Result<AgentId> {
+    std::fs::write(scripts.join(format!("{name}.json")), turns.to_string())?;
+    let spec = AgentSpec {
+        name: name.to_owned(),
+        model: format!("scripted:{name}.json"),
+        system: None,
+        tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
+        custom_tools: Vec::new(),
+        max_model_calls_per_turn: 10,
+    };
+    Ok(client.put_agent(None, spec).await?.id)
 }

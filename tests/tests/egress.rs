@@ -7,7 +7,6 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use agentd_protocol::agent::{AgentSpec, BuiltInTool, PermissionPolicy};
 use agentd_protocol::event::EventPayload;
 use agentd_protocol::ids::EnvironmentId;
 use agentd_tests::Cluster;
@@ -45,14 +44,10 @@ async fn a_session_reaches_only_the_hosts_its_environment_allows() -> anyhow::Re
          curl -sS -o /dev/null -w 'unlisted %{{http_code}}\\n' http://127.0.0.2:{unlisted}/; \
          curl -sS --noproxy '*' --max-time 5 http://127.0.0.2:{listed}/ || echo direct refused"
     );
-    std::fs::write(
-        scripts.path().join("egress.json"),
-        json!([
-            [{"type": "tool_use", "name": "bash", "input": {"command": command}}],
-            [{"type": "text", "text": "fetched"}],
-        ])
-        .to_string(),
-    )?;
+    let script = json!([
+        [{"type": "tool_use", "name": "bash", "input": {"command": command}}],
+        [{"type": "text", "text": "fetched"}],
+    ]);
     let scripts_flag = scripts.path().to_string_lossy().into_owned();
     let cluster =
         Cluster::start(agentd_tests::agentd_binary!(), 1, &["--shards", "2", "--scripts-dir", &scripts_flag]).await?;
@@ -72,20 +67,8 @@ async fn a_session_reaches_only_the_hosts_its_environment_allows() -> anyhow::Re
     let environment_id: EnvironmentId = String::from_utf8(created.stdout)?.trim().parse()?;
 
     let client = cluster.client()?;
-    let agent = client
-        .put_agent(
-            None,
-            AgentSpec {
-                name: "fetcher".into(),
-                model: "scripted:egress.json".into(),
-                system: None,
-                tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
-                custom_tools: vec![],
-                max_model_calls_per_turn: 10,
-            },
-        )
-        .await?;
-    let session = client.create_session_with(Some(agent.id), Some(environment_id)).await?.session_id;
+    let agent = agentd_tests::scripted_bash_agent(&client, scripts.path(), "egress", script).await?;
+    let session = client.create_session_with(Some(agent), Some(environment_id)).await?.session_id;
     client.append(session, EventPayload::user_text("fetch")).await?;
     let result = agentd_tests::tool_results(&client, session, 1).await.concat();
     assert!(result.starts_with("hello\nunlisted 403\n"), "{result}");

@@ -4,7 +4,6 @@
 
 use std::process::Command;
 
-use agentd_protocol::agent::{AgentSpec, BuiltInTool, PermissionPolicy};
 use agentd_protocol::event::EventPayload;
 use agentd_protocol::ids::EnvironmentId;
 use agentd_tests::Cluster;
@@ -23,14 +22,10 @@ async fn an_environments_limits_bound_its_sandboxes() -> anyhow::Result<()> {
                    sh -c 'i=0; while [ $i -lt 40 ]; do sleep 2 & i=$((i+1)); done; wait' 2>&1 \
                    | grep -qi fork && echo processes bounded || echo processes unbounded";
     let scripts = tempfile::tempdir()?;
-    std::fs::write(
-        scripts.path().join("limits.json"),
-        json!([
-            [{"type": "tool_use", "name": "bash", "input": {"command": command}}],
-            [{"type": "text", "text": "measured"}],
-        ])
-        .to_string(),
-    )?;
+    let script = json!([
+        [{"type": "tool_use", "name": "bash", "input": {"command": command}}],
+        [{"type": "text", "text": "measured"}],
+    ]);
     let scripts_flag = scripts.path().to_string_lossy().into_owned();
     let cluster =
         Cluster::start(agentd_tests::agentd_binary!(), 1, &["--shards", "2", "--scripts-dir", &scripts_flag]).await?;
@@ -59,20 +54,8 @@ async fn an_environments_limits_bound_its_sandboxes() -> anyhow::Result<()> {
     let environment_id: EnvironmentId = String::from_utf8(created.stdout)?.trim().parse()?;
 
     let client = cluster.client()?;
-    let agent = client
-        .put_agent(
-            None,
-            AgentSpec {
-                name: "measurer".into(),
-                model: "scripted:limits.json".into(),
-                system: None,
-                tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
-                custom_tools: vec![],
-                max_model_calls_per_turn: 10,
-            },
-        )
-        .await?;
-    let session = client.create_session_with(Some(agent.id), Some(environment_id)).await?.session_id;
+    let agent = agentd_tests::scripted_bash_agent(&client, scripts.path(), "limits", script).await?;
+    let session = client.create_session_with(Some(agent), Some(environment_id)).await?.session_id;
     client.append(session, EventPayload::user_text("measure")).await?;
     let result = agentd_tests::tool_results(&client, session, 1).await.concat();
     // bash may also report the killed dd.

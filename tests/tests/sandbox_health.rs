@@ -5,7 +5,6 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use agentd_protocol::agent::{AgentSpec, BuiltInTool, PermissionPolicy};
 use agentd_protocol::event::EventPayload;
 use agentd_tests::{free_port, processes_mentioning, tool_results, Cluster};
 use serde_json::json;
@@ -31,7 +30,6 @@ async fn a_sandbox_killed_between_calls_is_replaced_and_the_next_call_succeeds()
         [{"type": "tool_use", "name": "bash", "input": {"command": "cat note.txt"}}],
         [{"type": "text", "text": "done again"}],
     ]);
-    std::fs::write(scripts.path().join("health.json"), script.to_string())?;
     let scripts_flag = scripts.path().display().to_string();
     let sandboxes_flag = sandboxes.path().display().to_string();
     let metrics_port = free_port();
@@ -52,16 +50,8 @@ async fn a_sandbox_killed_between_calls_is_replaced_and_the_next_call_succeeds()
     )
     .await?;
     let client = cluster.client()?;
-    let spec = AgentSpec {
-        name: "health".into(),
-        model: "scripted:health.json".into(),
-        system: None,
-        tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
-        custom_tools: Vec::new(),
-        max_model_calls_per_turn: 5,
-    };
-    let agent = client.put_agent(None, spec).await?;
-    let session = client.create_session_with(Some(agent.id), None).await?.session_id;
+    let agent = agentd_tests::scripted_bash_agent(&client, scripts.path(), "health", script).await?;
+    let session = client.create_session_with(Some(agent), None).await?.session_id;
     client.append(session, EventPayload::user_text("first turn")).await?;
     assert_eq!(tool_results(&client, session, 1).await, vec!["first\n".to_string()]);
     let needle = session.to_string();

@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use agentd_protocol::agent::{AgentSpec, BuiltInTool, PermissionPolicy};
 use agentd_protocol::event::EventPayload;
 use agentd_tests::{processes_mentioning, tool_results, Cluster};
 use serde_json::json;
@@ -19,7 +18,6 @@ async fn an_idle_sandbox_is_destroyed_and_the_next_call_gets_a_fresh_one() -> an
         [{"type": "tool_use", "name": "bash", "input": {"command": "cat note.txt"}}],
         [{"type": "text", "text": "done again"}],
     ]);
-    std::fs::write(scripts.path().join("idle.json"), script.to_string())?;
     let scripts_flag = scripts.path().display().to_string();
     let sandboxes_flag = sandboxes.path().display().to_string();
     let cluster = Cluster::start(
@@ -38,16 +36,8 @@ async fn an_idle_sandbox_is_destroyed_and_the_next_call_gets_a_fresh_one() -> an
     )
     .await?;
     let client = cluster.client()?;
-    let spec = AgentSpec {
-        name: "idle".into(),
-        model: "scripted:idle.json".into(),
-        system: None,
-        tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
-        custom_tools: Vec::new(),
-        max_model_calls_per_turn: 5,
-    };
-    let agent = client.put_agent(None, spec).await?;
-    let session = client.create_session_with(Some(agent.id), None).await?.session_id;
+    let agent = agentd_tests::scripted_bash_agent(&client, scripts.path(), "idle", script).await?;
+    let session = client.create_session_with(Some(agent), None).await?.session_id;
     client.append(session, EventPayload::user_text("first turn")).await?;
     assert_eq!(tool_results(&client, session, 1).await, vec!["first\n".to_string()]);
     let needle = session.to_string();

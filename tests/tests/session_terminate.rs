@@ -5,7 +5,6 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agentd_protocol::agent::{AgentSpec, BuiltInTool, PermissionPolicy};
 use agentd_protocol::api::{Consistency, SessionStatus};
 use agentd_protocol::event::EventPayload;
 use agentd_tests::{processes_mentioning, Cluster};
@@ -28,7 +27,6 @@ async fn terminating_a_session_stops_its_tool_and_removes_its_sandbox() -> anyho
         [{"type": "tool_use", "name": "bash", "input": {"command": "echo kept > note.txt; sleep 600"}}],
         [{"type": "text", "text": "done"}],
     ]);
-    std::fs::write(scripts.path().join("long.json"), script.to_string())?;
     let scripts_flag = scripts.path().display().to_string();
     let sandboxes_flag = sandboxes.path().display().to_string();
     let cluster = Cluster::start(
@@ -38,16 +36,8 @@ async fn terminating_a_session_stops_its_tool_and_removes_its_sandbox() -> anyho
     )
     .await?;
     let client = cluster.client()?;
-    let spec = AgentSpec {
-        name: "long".into(),
-        model: "scripted:long.json".into(),
-        system: None,
-        tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
-        custom_tools: Vec::new(),
-        max_model_calls_per_turn: 5,
-    };
-    let agent = client.put_agent(None, spec).await?;
-    let session = client.create_session_with(Some(agent.id), None).await?.session_id;
+    let agent = agentd_tests::scripted_bash_agent(&client, scripts.path(), "long", script).await?;
+    let session = client.create_session_with(Some(agent), None).await?.session_id;
     client.append(session, EventPayload::user_text("start")).await?;
 
     // The tool is running: its file is written and its sandbox's processes are up.
