@@ -26,16 +26,16 @@ fn is_alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// A local bash sandbox over `dir/workspace`, its ledger in `dir/ledger`.
+fn open_bash(dir: &Path) -> LocalSandbox {
+    let shell = LocalShell { program: "/bin/bash".into(), run_as: None, network_namespace: None };
+    LocalSandbox::open(&dir.join("workspace"), &dir.join("ledger"), shell, Limits::default()).expect("open the sandbox")
+}
+
 #[tokio::test]
 async fn a_timeout_kills_background_processes_too() {
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = LocalSandbox::open(
-        &dir.path().join("workspace"),
-        &dir.path().join("ledger"),
-        LocalShell { program: "/bin/bash".into(), run_as: None, network_namespace: None },
-        Limits::default(),
-    )
-    .unwrap();
+    let sandbox = open_bash(dir.path());
     let started = bash(&sandbox, "sleep 300 & echo $!", 10_000).await;
     let pid: u32 = started.content.trim().parse().expect("a pid");
     assert!(is_alive(pid));
@@ -54,13 +54,7 @@ async fn a_timeout_kills_background_processes_too() {
 #[tokio::test]
 async fn health_reports_a_killed_shell_and_a_destroyed_sandbox() {
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = LocalSandbox::open(
-        &dir.path().join("workspace"),
-        &dir.path().join("ledger"),
-        LocalShell { program: "/bin/bash".into(), run_as: None, network_namespace: None },
-        Limits::default(),
-    )
-    .unwrap();
+    let sandbox = open_bash(dir.path());
     sandbox.health().await.expect("a sandbox whose shell has not started is healthy");
     let shell = bash(&sandbox, "echo $$", 10_000).await;
     let pid: u32 = shell.content.trim().parse().expect("a pid");
