@@ -11,7 +11,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::file_tools::FileTools;
-use super::ledger::{interrupted_output, Ledger, LedgerState};
+use super::ledger::{Claim, Ledger};
 use super::shell::{Shell, ShellOutcome};
 use super::workspace::Workspace;
 use super::{redact, Limits, SandboxError, Secret, ToolCall, ToolOutput};
@@ -98,19 +98,9 @@ impl CallRunner {
         }
         let key = call.idempotency_key.clone();
         if !key.is_empty() {
-            let state = self.ledger.claim(&key).await?;
-            match state {
-                LedgerState::New => {}
-                LedgerState::Recorded(output) => {
-                    record_metrics(&call.name, "replayed", Duration::ZERO);
-                    return Ok(output);
-                }
-                LedgerState::Interrupted => {
-                    record_metrics(&call.name, "interrupted", Duration::ZERO);
-                    let output = interrupted_output();
-                    self.ledger.record_async(&key, &output).await?;
-                    return Ok(output);
-                }
+            if let Claim::Answered { output, interrupted } = self.ledger.claim(&key).await? {
+                record_metrics(&call.name, if interrupted { "interrupted" } else { "replayed" }, Duration::ZERO);
+                return Ok(output);
             }
         }
         if let Some(bad) = call.secrets.iter().find(|secret| !Secret::is_valid_name(&secret.name)) {

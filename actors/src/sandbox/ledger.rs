@@ -33,6 +33,17 @@ pub enum LedgerState {
     Recorded(ToolOutput),
 }
 
+/// What [`Ledger::claim`] decided for a key.
+#[derive(Debug)]
+pub enum Claim {
+    /// Marked started: run the call, then record its output.
+    Run,
+    /// Answered from the ledger without running: the recorded output, or (a call
+    /// that started before a crash and never finished) the interrupted answer,
+    /// now recorded too.
+    Answered { output: ToolOutput, interrupted: bool },
+}
+
 #[derive(Serialize, Deserialize)]
 struct Entry {
     idempotency_key: String,
@@ -60,16 +71,23 @@ impl Ledger {
             .map_err(|error| SandboxError::Io(format!("ledger task failed: {error}")))?
     }
 
-    /// The key's state; a `New` key is marked started (durably) before
-    /// this returns, so the caller may run the call.
-    pub async fn claim(&self, idempotency_key: &str) -> Result<LedgerState, SandboxError> {
+    /// Decides a key in one hop off the runtime: a new key is marked started
+    /// (durably) before this returns, so the caller may run the call; a known
+    /// key is answered (an interrupted one is answered, and recorded, as
+    /// [`interrupted_output`]).
+    pub async fn claim(&self, idempotency_key: &str) -> Result<Claim, SandboxError> {
         let key = idempotency_key.to_owned();
-        self.off_runtime(move |ledger| {
-            let state = ledger.state(&key)?;
-            if matches!(state, LedgerState::New) {
+        self.off_runtime(move |ledger| match ledger.state(&key)? {
+            LedgerState::New => {
                 ledger.begin(&key)?;
+                Ok(Claim::Run)
             }
-            Ok(state)
+            LedgerState::Recorded(output) => Ok(Claim::Answered { output, interrupted: false }),
+            LedgerState::Interrupted => {
+                let output = interrupted_output();
+                ledger.record(&key, &output)?;
+                Ok(Claim::Answered { output, interrupted: true })
+            }
         })
         .await
     }

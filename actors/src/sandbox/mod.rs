@@ -220,7 +220,7 @@ use futures_util::future::BoxFuture;
 pub use bwrap::BWRAP_ENV;
 pub use container_runtime::{ContainerRuntime, GVISOR_STATE_ROOT, RUNC_ENV, RUNSC_ENV};
 pub use error::SandboxError;
-pub use ledger::{interrupted_output, Ledger, LedgerState};
+pub use ledger::{interrupted_output, Claim, Ledger, LedgerState};
 pub use limits::{Limits, Network};
 pub use local_sandbox::{LocalSandbox, LocalShell};
 pub use namespace_sandbox::NamespaceSandbox;

@@ -80,9 +80,7 @@ mod vm;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agentd_actors::sandbox::{
-    interrupted_output, Ledger, LedgerState, Limits, Sandbox, SandboxError, ToolCall, ToolOutput,
-};
+use agentd_actors::sandbox::{Claim, Ledger, Limits, Sandbox, SandboxError, ToolCall, ToolOutput};
 use agentd_protocol::limits::SANDBOX_BOOT_TIMEOUT_MS;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -178,15 +176,8 @@ impl MicrovmSandbox {
         }
         let key = call.idempotency_key.clone();
         if !key.is_empty() {
-            let state = self.ledger.claim(&key).await?;
-            match state {
-                LedgerState::New => {}
-                LedgerState::Recorded(output) => return Ok(output),
-                LedgerState::Interrupted => {
-                    let output = interrupted_output();
-                    self.ledger.record_async(&key, &output).await?;
-                    return Ok(output);
-                }
+            if let Claim::Answered { output, .. } = self.ledger.claim(&key).await? {
+                return Ok(output);
             }
         }
         match self.call_guest(call).await {
