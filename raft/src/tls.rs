@@ -246,26 +246,16 @@ impl HandsIdentity {
     /// The agent's server config: ALPN `agentd-hands/1`, and a client certificate
     /// issued by the CA for client auth is **required** (the handshake fails without one).
     pub fn agent_server_config(&self) -> Result<quinn::ServerConfig, Error> {
-        let provider = crypto_provider();
-        let roots = Arc::new(root_store(&self.ca_cert_pem)?);
-        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-            .build()
-            .map_err(|error| Error::Tls(error.to_string()))?;
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls_error)?
-            .with_client_cert_verifier(client_verifier)
-            .with_single_cert(parse_certificates(&self.cert_pem)?, private_key(&self.key_pem)?)
-            .map_err(tls_error)?;
-        tls.alpn_protocols = vec![HANDS_ALPN.to_vec()];
-        let quic = QuicServerConfig::try_from(tls).map_err(tls_error)?;
-        let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_INTERVAL_MS)));
-        transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(IDLE_TIMEOUT_MS))));
-        transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(HANDS_STREAMS_PER_CONNECTION_MAX));
-        config.transport_config(Arc::new(transport));
-        Ok(config)
+        quic_server_config(
+            ServerSide {
+                ca_cert_pem: &self.ca_cert_pem,
+                client_certificate_required: true,
+                chain: parse_certificates(&self.cert_pem)?,
+                key: private_key(&self.key_pem)?,
+                alpn_protocols: vec![HANDS_ALPN.to_vec()],
+            },
+            HANDS_STREAMS_PER_CONNECTION_MAX,
+        )
     }
 
     /// The node's client config for one sandbox's agent: ALPN `agentd-hands/1`,
@@ -297,27 +287,18 @@ impl NodeIdentity {
     /// (rustls WebPkiClientVerifier with the CA as root + allow_unauthenticated()), because clients and joining
     /// nodes have none; the application enforces them for CLUSTER_ALPN using `peer_node_id`.
     pub fn server_config(&self) -> Result<quinn::ServerConfig, Error> {
-        let provider = crypto_provider();
-        let roots = Arc::new(root_store(&self.ca_cert_pem)?);
         // A client that does present a certificate must present one issued by
         // the cluster CA; the handshake fails otherwise.
-        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|error| Error::Tls(error.to_string()))?;
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls_error)?
-            .with_client_cert_verifier(client_verifier)
-            .with_single_cert(self.cert_chain()?, self.private_key()?)
-            .map_err(tls_error)?;
-        tls.alpn_protocols = vec![CLIENT_ALPN.to_vec(), CLUSTER_ALPN.to_vec(), JOIN_ALPN.to_vec()];
-        // 0-RTT stays disabled (rustls' default): early data can be replayed
-        // by an attacker, and every request here may change cluster state.
-        let quic = QuicServerConfig::try_from(tls).map_err(tls_error)?;
-        let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        config.transport_config(transport_config());
-        Ok(config)
+        quic_server_config(
+            ServerSide {
+                ca_cert_pem: &self.ca_cert_pem,
+                client_certificate_required: false,
+                chain: self.cert_chain()?,
+                key: self.private_key()?,
+                alpn_protocols: vec![CLIENT_ALPN.to_vec(), CLUSTER_ALPN.to_vec(), JOIN_ALPN.to_vec()],
+            },
+            BIDI_STREAMS_PER_CONNECTION_MAX,
+        )
     }
 
     /// Node-to-node client config: ALPN CLUSTER_ALPN, presents this node's cert chain, verifies the server against the CA.
@@ -500,19 +481,52 @@ fn crypto_provider() -> Arc<CryptoProvider> {
 }
 
 /// Transport settings shared by every endpoint and connection, so that both
-/// ends of a connection agree on how quickly a silent peer is given up on.
-fn transport_config() -> Arc<quinn::TransportConfig> {
+/// ends of a connection agree on how quickly a silent peer is given up on;
+/// `bidi_streams_max` bounds the streams a peer may open at once.
+fn transport_config(bidi_streams_max: u32) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_INTERVAL_MS)));
     transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(IDLE_TIMEOUT_MS))));
-    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(BIDI_STREAMS_PER_CONNECTION_MAX));
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(bidi_streams_max));
     Arc::new(transport)
 }
 
 fn quic_client_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, Error> {
     let quic = QuicClientConfig::try_from(tls).map_err(tls_error)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport_config());
+    config.transport_config(transport_config(BIDI_STREAMS_PER_CONNECTION_MAX));
+    Ok(config)
+}
+
+/// What tells one QUIC server config from another: who may connect, what it presents, which ALPNs.
+struct ServerSide<'a> {
+    /// Client certificates, when presented, must be issued by this CA.
+    ca_cert_pem: &'a str,
+    /// Whether a client without a certificate is refused in the handshake.
+    client_certificate_required: bool,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpn_protocols: Vec<Vec<u8>>,
+}
+
+/// A TLS 1.3 QUIC server config. 0-RTT stays disabled (rustls' default): early
+/// data can be replayed by an attacker, and requests may change state.
+fn quic_server_config(side: ServerSide<'_>, bidi_streams_max: u32) -> Result<quinn::ServerConfig, Error> {
+    let provider = crypto_provider();
+    let roots = Arc::new(root_store(side.ca_cert_pem)?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    let verifier = if side.client_certificate_required { verifier } else { verifier.allow_unauthenticated() };
+    let client_verifier = verifier.build().map_err(|error| Error::Tls(error.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error)?
+        .with_client_cert_verifier(client_verifier)
+        .with_single_cert(side.chain, side.key)
+        .map_err(tls_error)?;
+    tls.alpn_protocols = side.alpn_protocols;
+    let quic = QuicServerConfig::try_from(tls).map_err(tls_error)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport_config(bidi_streams_max));
     Ok(config)
 }
 
