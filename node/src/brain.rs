@@ -356,27 +356,12 @@ impl LocalHands {
             .map_err(|error| SandboxError::Unavailable(format!("session {session_id}: {error}")))
     }
 
-    async fn limits(&self, session: &SessionInfo) -> Result<Limits, SandboxError> {
-        let mut limits = Limits::default();
-        if let Some(environment) = self.environment(session).await? {
-            limits.network = environment.network;
-            limits.wall_clock_ms = environment.tool_timeout_ms;
-            let resources = environment.resources;
-            if let Some(memory_mib) = resources.memory_mib {
-                limits.memory_bytes_max = memory_mib * 1024 * 1024;
-            }
-            limits.pids_max = resources.processes_max.unwrap_or(limits.pids_max);
-            limits.cpu_millicores = resources.cpu_millicores.unwrap_or(limits.cpu_millicores);
-        }
-        Ok(limits)
-    }
-
-    /// The secrets of the session's environment's vaults, opened.
-    async fn secrets(&self, session: &SessionInfo) -> Result<Vec<Secret>, SandboxError> {
-        let Some(environment) = self.environment(session).await? else { return Ok(Vec::new()) };
+    /// The secrets of the environment's vaults, opened.
+    fn secrets(&self, environment: Option<&EnvironmentSpec>) -> Result<Vec<Secret>, SandboxError> {
+        let Some(environment) = environment else { return Ok(Vec::new()) };
         let Some(metadata) = self.router.host().group(GroupId::Metadata) else { return Ok(Vec::new()) };
         let mut secrets = Vec::new();
-        for vault_id in environment.vaults {
+        for &vault_id in &environment.vaults {
             let vault = metadata
                 .state
                 .vault(vault_id)
@@ -396,7 +381,11 @@ impl LocalHands {
 
     /// The session's sandbox: the held one if it is healthy, else a fresh one (cattle:
     /// a sandbox that died between calls is replaced, and the call does not fail).
-    async fn sandbox(&self, session: &SessionInfo) -> Result<Arc<dyn Sandbox>, SandboxError> {
+    async fn sandbox(
+        &self,
+        session: &SessionInfo,
+        environment: Option<&EnvironmentSpec>,
+    ) -> Result<Arc<dyn Sandbox>, SandboxError> {
         let session_id = session.session_id;
         // The health check runs without the map's lock, which every session's calls share.
         let held = self.sandboxes.lock().await.get(&session_id).map(|held| held.sandbox.clone());
@@ -427,8 +416,8 @@ impl LocalHands {
             return Err(SandboxError::Unavailable(format!("session {} is terminated", session.session_id)));
         }
         let root = self.root.join(session.session_id.to_string());
-        let limits = self.limits(session).await?;
-        let driver = self.environment(session).await?.map(|environment| environment.driver);
+        let limits = limits_of(environment);
+        let driver = environment.map(|environment| environment.driver.clone());
         let sandbox = self.provisioner.provision(session, root, limits, driver).await?;
         metrics::counter!("agentd_sandboxes_provisioned_total").increment(1);
         let held = HeldSandbox { sandbox: sandbox.clone(), last_used: tokio::time::Instant::now() };
@@ -443,8 +432,9 @@ impl Hands for LocalHands {
         Box::pin(async move {
             // Credentials are opened here, for this call only; the sandbox
             // scrubs them from the output before anything records it.
-            call.secrets = self.secrets(&session).await?;
-            let sandbox = self.sandbox(&session).await?;
+            let environment = self.environment(&session).await?;
+            call.secrets = self.secrets(environment.as_ref())?;
+            let sandbox = self.sandbox(&session, environment.as_ref()).await?;
             let result = sandbox.execute(call).await;
             if let Some(held) = self.sandboxes.lock().await.get_mut(&session.session_id) {
                 held.last_used = tokio::time::Instant::now();
@@ -460,8 +450,9 @@ impl Hands for LocalHands {
     fn on_turn_start(&self, session: &SessionInfo) -> BoxFuture<'_, Result<(), SandboxError>> {
         let session = session.clone();
         Box::pin(async move {
-            if self.environment(&session).await?.is_some_and(|environment| environment.eager_provisioning) {
-                self.sandbox(&session).await?;
+            let environment = self.environment(&session).await?;
+            if environment.as_ref().is_some_and(|environment| environment.eager_provisioning) {
+                self.sandbox(&session, environment.as_ref()).await?;
             }
             Ok(())
         })
@@ -498,6 +489,21 @@ impl Hands for LocalHands {
             }
         })
     }
+}
+
+/// A sandbox's limits: the node's defaults, with what the environment sets.
+fn limits_of(environment: Option<&EnvironmentSpec>) -> Limits {
+    let mut limits = Limits::default();
+    let Some(environment) = environment else { return limits };
+    limits.network = environment.network.clone();
+    limits.wall_clock_ms = environment.tool_timeout_ms;
+    let resources = &environment.resources;
+    if let Some(memory_mib) = resources.memory_mib {
+        limits.memory_bytes_max = memory_mib * 1024 * 1024;
+    }
+    limits.pids_max = resources.processes_max.unwrap_or(limits.pids_max);
+    limits.cpu_millicores = resources.cpu_millicores.unwrap_or(limits.cpu_millicores);
+    limits
 }
 
 /// The sandbox's health, an answer later than `SANDBOX_HEALTH_TIMEOUT_MS` counting as unhealthy.

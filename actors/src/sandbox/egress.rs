@@ -38,7 +38,7 @@ use agentd_protocol::egress::Allowlist;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::SandboxError;
+use super::{Limits, Network, SandboxError};
 
 /// Where the proxy listens inside the sandbox's network namespace.
 pub const PROXY_ADDRESS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3128);
@@ -78,6 +78,17 @@ pub(crate) struct EgressNetwork {
 }
 
 impl EgressNetwork {
+    /// The sandbox's own namespace and proxy if `limits` allow a list of hosts; `None` otherwise.
+    pub(crate) async fn for_limits(root: &Path, limits: &Limits) -> Result<Option<EgressNetwork>, SandboxError> {
+        match &limits.network {
+            Network::Allowlist(entries) => {
+                let label = root.file_name().map_or_else(String::new, |name| name.to_string_lossy().into_owned());
+                Ok(Some(EgressNetwork::create(root, entries, label).await?))
+            }
+            Network::None | Network::Unrestricted => Ok(None),
+        }
+    }
+
     /// Creates the namespace bound at `root/netns` (replacing one a crashed
     /// node left there) and starts the proxy for `entries`. Needs root.
     pub(crate) async fn create(root: &Path, entries: &[String], label: String) -> Result<EgressNetwork, SandboxError> {

@@ -13,7 +13,7 @@ use super::ledger::Ledger;
 use super::resource_control::ResourceControl;
 use super::shell::Shell;
 use super::workspace::Workspace;
-use super::{Limits, Network, Sandbox, SandboxError, ToolCall, ToolOutput};
+use super::{Limits, Sandbox, SandboxError, ToolCall, ToolOutput};
 
 /// How long a new shell waits for the previous one's processes to leave the cgroup.
 const SHELL_REAP_WAIT_MS: u64 = 2_000;
@@ -78,10 +78,7 @@ impl NamespaceSandbox {
         let workspace = Workspace::new(&workspace_path, resources.host_user())
             .map_err(|error| SandboxError::Io(format!("resolving {}: {error}", workspace_path.display())))?;
         let ledger = Ledger::open(root.join("ledger"))?;
-        let egress = match &limits.network {
-            Network::Allowlist(entries) => Some(EgressNetwork::create(&root, entries, instance_name(&root)).await?),
-            Network::None | Network::Unrestricted => None,
-        };
+        let egress = EgressNetwork::for_limits(&root, &limits).await?;
         tracing::debug!(root = %root.display(), resources = %resources.describe(), "namespace sandbox provisioned");
         Ok(NamespaceSandbox {
             bwrap,

@@ -13,7 +13,7 @@ use super::ledger::Ledger;
 use super::oci_bundle::{bundle_config, check_rootfs, write_bundle, SANDBOX_UID};
 use super::shell::{Shell, ShellStopper};
 use super::workspace::Workspace;
-use super::{Limits, Network, Sandbox, SandboxError, ToolCall, ToolOutput};
+use super::{Limits, Sandbox, SandboxError, ToolCall, ToolOutput};
 
 /// How long a dropped sandbox's cleanup waits for the runtime's `run` to exit.
 const CLEANUP_WAIT_MS: u64 = 2_000;
@@ -67,10 +67,7 @@ impl OciSandbox {
         // the workspace (and every file the file tools create) to write to it.
         let workspace = Workspace::new(&workspace_path, Some(SANDBOX_UID))
             .map_err(|error| SandboxError::Io(format!("resolving {}: {error}", workspace_path.display())))?;
-        let egress = match &limits.network {
-            Network::Allowlist(entries) => Some(EgressNetwork::create(&root, entries, instance_name(&root)).await?),
-            Network::None | Network::Unrestricted => None,
-        };
+        let egress = EgressNetwork::for_limits(&root, &limits).await?;
         let bundle = root.join("bundle");
         let egress_namespace = egress.as_ref().map(EgressNetwork::namespace);
         write_bundle(&bundle, &bundle_config(runtime.runtime(), &rootfs, workspace.root(), &limits, egress_namespace))
