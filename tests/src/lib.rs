@@ -61,6 +61,21 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// One node with two shards whose scripted models read `scripts` and whose
+    /// sandboxes live under `sandboxes`, plus `extra_args` (what the agent-loop
+    /// tests run on).
+    pub async fn one_node(
+        binary: PathBuf,
+        scripts: &std::path::Path,
+        sandboxes: &std::path::Path,
+        extra_args: &[&str],
+    ) -> Result<Cluster> {
+        let (scripts, sandboxes) = (scripts.display().to_string(), sandboxes.display().to_string());
+        let mut args = vec!["--shards", "2", "--scripts-dir", &scripts, "--sandbox-dir", &sandboxes];
+        args.extend_from_slice(extra_args);
+        Cluster::start(binary, 1, &args).await
+    }
+
     /// Starts `size` nodes: node 1 with `--init`, the others with `--join`,
     /// and waits until every shard has `min(size, replication)` voters.
     pub async fn start(binary: PathBuf, size: usize, extra_args: &[&str]) -> Result<Cluster> {

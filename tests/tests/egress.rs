@@ -48,9 +48,8 @@ async fn a_session_reaches_only_the_hosts_its_environment_allows() -> anyhow::Re
         [{"type": "tool_use", "name": "bash", "input": {"command": command}}],
         [{"type": "text", "text": "fetched"}],
     ]);
-    let scripts_flag = scripts.path().to_string_lossy().into_owned();
-    let cluster =
-        Cluster::start(agentd_tests::agentd_binary!(), 1, &["--shards", "2", "--scripts-dir", &scripts_flag]).await?;
+    let sandboxes = tempfile::tempdir()?;
+    let cluster = Cluster::one_node(agentd_tests::agentd_binary!(), scripts.path(), sandboxes.path(), &[]).await?;
     let addr = cluster.addrs()[0].clone();
 
     // A bad entry is refused with the reason, before anything is stored.

@@ -26,9 +26,8 @@ async fn an_environments_limits_bound_its_sandboxes() -> anyhow::Result<()> {
         [{"type": "tool_use", "name": "bash", "input": {"command": command}}],
         [{"type": "text", "text": "measured"}],
     ]);
-    let scripts_flag = scripts.path().to_string_lossy().into_owned();
-    let cluster =
-        Cluster::start(agentd_tests::agentd_binary!(), 1, &["--shards", "2", "--scripts-dir", &scripts_flag]).await?;
+    let sandboxes = tempfile::tempdir()?;
+    let cluster = Cluster::one_node(agentd_tests::agentd_binary!(), scripts.path(), sandboxes.path(), &[]).await?;
     let addr = cluster.addrs()[0].clone();
 
     let refused = agentd(&["environment", "create", "--addr", &addr, "--name", "tiny", "--memory-mib", "1"]);

@@ -30,23 +30,13 @@ async fn a_sandbox_killed_between_calls_is_replaced_and_the_next_call_succeeds()
         [{"type": "tool_use", "name": "bash", "input": {"command": "cat note.txt"}}],
         [{"type": "text", "text": "done again"}],
     ]);
-    let scripts_flag = scripts.path().display().to_string();
-    let sandboxes_flag = sandboxes.path().display().to_string();
     let metrics_port = free_port();
     let metrics_flag = format!("127.0.0.1:{metrics_port}");
-    let cluster = Cluster::start(
+    let cluster = Cluster::one_node(
         agentd_tests::agentd_binary!(),
-        1,
-        &[
-            "--shards",
-            "2",
-            "--scripts-dir",
-            &scripts_flag,
-            "--sandbox-dir",
-            &sandboxes_flag,
-            "--metrics",
-            &metrics_flag,
-        ],
+        scripts.path(),
+        sandboxes.path(),
+        &["--metrics", &metrics_flag],
     )
     .await?;
     let client = cluster.client()?;

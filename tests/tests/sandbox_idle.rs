@@ -18,21 +18,11 @@ async fn an_idle_sandbox_is_destroyed_and_the_next_call_gets_a_fresh_one() -> an
         [{"type": "tool_use", "name": "bash", "input": {"command": "cat note.txt"}}],
         [{"type": "text", "text": "done again"}],
     ]);
-    let scripts_flag = scripts.path().display().to_string();
-    let sandboxes_flag = sandboxes.path().display().to_string();
-    let cluster = Cluster::start(
+    let cluster = Cluster::one_node(
         agentd_tests::agentd_binary!(),
-        1,
-        &[
-            "--shards",
-            "2",
-            "--scripts-dir",
-            &scripts_flag,
-            "--sandbox-dir",
-            &sandboxes_flag,
-            "--sandbox-idle-secs",
-            "3",
-        ],
+        scripts.path(),
+        sandboxes.path(),
+        &["--sandbox-idle-secs", "3"],
     )
     .await?;
     let client = cluster.client()?;

@@ -27,14 +27,7 @@ async fn terminating_a_session_stops_its_tool_and_removes_its_sandbox() -> anyho
         [{"type": "tool_use", "name": "bash", "input": {"command": "echo kept > note.txt; sleep 600"}}],
         [{"type": "text", "text": "done"}],
     ]);
-    let scripts_flag = scripts.path().display().to_string();
-    let sandboxes_flag = sandboxes.path().display().to_string();
-    let cluster = Cluster::start(
-        agentd_tests::agentd_binary!(),
-        1,
-        &["--shards", "2", "--scripts-dir", &scripts_flag, "--sandbox-dir", &sandboxes_flag],
-    )
-    .await?;
+    let cluster = Cluster::one_node(agentd_tests::agentd_binary!(), scripts.path(), sandboxes.path(), &[]).await?;
     let client = cluster.client()?;
     let agent = agentd_tests::scripted_bash_agent(&client, scripts.path(), "long", script).await?;
     let session = client.create_session_with(Some(agent), None).await?.session_id;
