@@ -246,7 +246,7 @@ async fn a_microvm_with_an_allowlist_reaches_only_the_listed_host() {
 /// node boots a VM for the session and its tool calls run in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_in_a_microvm_environment_runs_its_tools_in_a_vm() -> anyhow::Result<()> {
-    use agentd_protocol::agent::{AgentSpec, BuiltInTool, EnvironmentSpec, PermissionPolicy};
+    use agentd_protocol::agent::EnvironmentSpec;
     use agentd_protocol::api::Consistency;
     use agentd_protocol::event::{ContentBlock, EventPayload};
 
@@ -259,7 +259,6 @@ async fn a_session_in_a_microvm_environment_runs_its_tools_in_a_vm() -> anyhow::
         [{"type": "tool_use", "name": "bash", "input": {"command": "uname -r; id -u"}}],
         [{"type": "text", "text": "done"}],
     ]);
-    std::fs::write(scripts.path().join("vm.json"), turns.to_string())?;
     let cluster = agentd_tests::Cluster::start(
         agentd_tests::agentd_binary!(),
         1,
@@ -281,20 +280,8 @@ async fn a_session_in_a_microvm_environment_runs_its_tools_in_a_vm() -> anyhow::
             },
         )
         .await?;
-    let agent = client
-        .put_agent(
-            None,
-            AgentSpec {
-                name: "vm agent".into(),
-                model: "scripted:vm.json".into(),
-                system: None,
-                tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
-                custom_tools: vec![],
-                max_model_calls_per_turn: 10,
-            },
-        )
-        .await?;
-    let session = client.create_session_with(Some(agent.id), Some(environment.id)).await?.session_id;
+    let agent = agentd_tests::scripted_bash_agent(&client, scripts.path(), "vm", turns).await?;
+    let session = client.create_session_with(Some(agent), Some(environment.id)).await?.session_id;
     client.append(session, EventPayload::user_text("where do tools run?")).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let result = loop {
