@@ -555,13 +555,11 @@ async fn watch_shard(group: GroupHandle, orchestrators: Orchestrators, sessions:
                 Ok(event) => {
                     sessions.applied(&event);
                     if event.payload == EventPayload::SessionStatusTerminated {
+                        // Not through the session's actor, which may be busy in the
+                        // very tool call that the sandbox's destruction stops.
                         let (orchestrators, session_id) = (orchestrators.clone(), event.session_id);
                         tokio::spawn(async move { orchestrators.release(session_id).await });
-                    }
-                    if event.payload.is_user_event()
-                        || event.payload == EventPayload::SessionStatusRescheduled
-                        || event.payload == EventPayload::SessionStatusTerminated
-                    {
+                    } else if event.payload.is_user_event() || event.payload == EventPayload::SessionStatusRescheduled {
                         orchestrators.wake(event.session_id).await;
                     }
                 }

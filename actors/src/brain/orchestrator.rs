@@ -135,8 +135,8 @@ impl Brain {
     /// nothing to do.
     pub async fn run(&self, session_id: SessionId) -> Result<RunOutcome, BrainError> {
         let session = self.log.session(session_id).await?;
+        // The watcher that saw the termination released its sandbox.
         if session.status == SessionStatus::Terminated {
-            self.hands.release(&session).await;
             return Ok(RunOutcome::Idle);
         }
         if session.agent.is_none() {
