@@ -3,4 +3,3 @@
 pub mod brain;
 pub mod model;
 pub mod sandbox;
-pub mod session;

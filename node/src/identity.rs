@@ -16,7 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use agentd_protocol::ids::NodeId;
-use agentd_raft::tls::{ClusterCa, NodeIdentity};
+use agentd_transport::tls::{ClusterCa, NodeIdentity};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 

@@ -1,23 +1,23 @@
-//! The agentd node: the composition root that wires the replicated store,
-//! the QUIC endpoint and the client API together, plus the native client and
-//! the `agentd` command line. Embed a node with [`Node::start`].
+//! The agentd node: one member of a cluster, embeddable in another program.
+//! [`Node::start`] composes it (store, QUIC endpoint, Raft groups, brain,
+//! hands) and returns a [`NodeHandle`]; [`NodeHandle::service`] is every
+//! client operation as one typed API, which the QUIC front door serves.
+//!
+//! The native client is the `agentd-client` crate, the `agentd` program the
+//! `agentd` crate, the simulator `agentd-sim`: none of them is linked here.
 
-pub mod bench;
-pub mod brain;
-pub mod cli;
-pub mod client;
+mod bootstrap;
 pub mod clock;
-pub mod dev;
 pub mod hands;
 pub mod identity;
-pub mod json;
+pub mod leader;
 pub mod node;
 pub mod options;
-pub mod router;
-pub mod server;
-pub mod sim;
+mod serve;
+pub mod service;
+pub mod session;
 pub mod vault;
 
-pub use client::{Client, ClientError};
-pub use node::{Node, NodeHandle};
+pub use node::{Node, NodeHandle, NodeIo};
 pub use options::{Bootstrap, NodeOptions, RaftTuning};
+pub use service::{Caller, Service};

@@ -1,44 +1,39 @@
 //! The composition root: [`Node::start`] opens the store, brings up the QUIC
 //! endpoint and every Raft group, and returns a [`NodeHandle`].
 
-use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentd_protocol::cluster::{ClusterRequest, ClusterResponse, JoinRequest, JoinResponse};
-use agentd_protocol::ids::{GroupId, NodeId, ShardId};
-use agentd_protocol::PROTOCOL_VERSION;
+use agentd_actors::brain::{Brain, Models, Orchestrators};
+use agentd_actors::model::{ModelProvider, RetryPolicy};
+use agentd_protocol::ids::{GroupId, NodeId};
+use agentd_protocol::sync::lock;
 use agentd_raft::host::RaftHost;
-use agentd_raft::peers::{host_of, resolve, Peers};
+use agentd_raft::peers::Peers;
 use agentd_raft::placement;
 use agentd_raft::store::Db;
-use agentd_raft::tls::{client_config, ClusterCa, NodeIdentity, ServerTrust};
-use agentd_raft::types::{Command, NodeInfo};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
+use openraft::async_runtime::watch::WatchReceiver;
+use quinn::Runtime as _;
 use tokio::task::JoinHandle;
 
-use agentd_actors::brain::{Brain, Models, Orchestrators};
-use agentd_actors::model::RetryPolicy;
-
-use std::path::PathBuf;
-
-use agentd_actors::model::ModelProvider;
-use quinn::Runtime as _;
-
-use crate::brain::{
-    drive_shards, reap_idle_sandboxes, HostProvisioner, LocalHands, LocalSessionLog, LogObserver, Provisioner,
-};
+use crate::bootstrap::{create_identity, init_cluster, request_admission};
 use crate::clock::Clock;
-use crate::identity::{DataDir, JoinToken, Stored};
+use crate::hands::{reap_idle_sandboxes, HostProvisioner, LocalHands, Provisioner};
+use crate::identity::{DataDir, Stored};
+use crate::leader::{drive_shards, LocalSessionLog, LogObserver};
 use crate::options::{Bootstrap, NodeOptions};
-use crate::router::Router;
-use crate::server::{self, Admission};
+use crate::serve::{self, Admission};
+use crate::service::Service;
 
 /// How often the placement reconciler runs.
 const RECONCILE_INTERVAL: Duration = Duration::from_millis(500);
-/// How long a joining node keeps asking to be admitted.
-const ADMISSION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the node looks for a Raft group that stopped on a fatal error.
+const FAILURE_POLL: Duration = Duration::from_millis(100);
+/// How often term changes and led groups are counted for the metrics.
+const TERM_OBSERVE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct Node;
 
@@ -53,9 +48,9 @@ struct NodeInner {
     advertise: String,
     endpoint: quinn::Endpoint,
     host: RaftHost,
-    router: Router,
+    service: Service,
     orchestrators: Orchestrators,
-    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// The seams between a node and the world. [`Node::start`] builds the
@@ -161,7 +156,7 @@ impl Node {
         // Every node replicates the metadata group (as voter or learner).
         host.open_group(GroupId::Metadata).await?;
         let secrets_key = Arc::new(stored.secrets_key);
-        let router = Router::new(host.clone(), advertise.clone(), secrets_key.clone(), clock);
+        let service = Service::new(host.clone(), advertise.clone(), secrets_key.clone(), clock);
         let admission = Arc::new(Admission { ca: stored.ca, secret: stored.token.secret.clone(), secrets_key });
 
         // A new cluster is fully initialised before this node serves anyone:
@@ -172,7 +167,7 @@ impl Node {
                 init_cluster(&host, &advertise, *shards, *replication_factor).await?;
             }
         }
-        let mut tasks = vec![tokio::spawn(server::serve(endpoint.clone(), router.clone(), admission))];
+        let mut tasks = vec![tokio::spawn(serve::serve(endpoint.clone(), service.clone(), admission))];
         if fresh {
             match &options.bootstrap {
                 Bootstrap::Init { .. } => {}
@@ -185,15 +180,15 @@ impl Node {
         for (model, provider) in models {
             model_providers = model_providers.with_provider(&model, provider);
         }
-        let hands = Arc::new(LocalHands::new(sandbox_dir, router.clone(), provisioner));
+        let hands = Arc::new(LocalHands::new(sandbox_dir, service.clone(), provisioner));
         tasks.push(tokio::spawn(reap_idle_sandboxes(hands.clone(), options.sandbox_idle)));
         let brain = Brain::new(
-            Arc::new(LocalSessionLog::new(router.clone()).with_observer(log_observer)),
+            Arc::new(LocalSessionLog::new(service.clone()).with_observer(log_observer)),
             hands,
             model_providers,
         );
         let orchestrators = Orchestrators::new(Arc::new(brain));
-        tasks.push(tokio::spawn(drive_shards(host.clone(), orchestrators.clone(), router.sessions().clone())));
+        tasks.push(tokio::spawn(drive_shards(host.clone(), orchestrators.clone(), service.sessions().clone())));
         tasks.push(tokio::spawn(observe_terms(host.clone())));
         tracing::info!(node = options.node_id, listen = %options.listen, "node started");
         Ok(NodeHandle {
@@ -202,9 +197,9 @@ impl Node {
                 advertise,
                 endpoint,
                 host,
-                router,
+                service,
                 orchestrators,
-                tasks: std::sync::Mutex::new(tasks),
+                tasks: Mutex::new(tasks),
             }),
         })
     }
@@ -223,8 +218,9 @@ impl NodeHandle {
         Ok(self.inner.endpoint.local_addr()?)
     }
 
-    pub fn router(&self) -> &Router {
-        &self.inner.router
+    /// Every client operation of this node, as one typed API.
+    pub fn service(&self) -> &Service {
+        &self.inner.service
     }
 
     pub fn host(&self) -> &RaftHost {
@@ -245,135 +241,21 @@ impl NodeHandle {
                     return format!("{} stopped: {fatal}", group.group);
                 }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(FAILURE_POLL).await;
         }
     }
 
     /// Stops accepting calls, stops every group and closes connections.
     pub async fn shutdown(&self) {
-        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
         for task in tasks {
             task.abort();
         }
         self.inner.orchestrators.stop_all();
-        self.inner.router.sessions().stop_all();
+        self.inner.service.sessions().stop_all();
         self.inner.host.shutdown().await;
         self.inner.endpoint.close(0u32.into(), b"node shutting down");
         self.inner.endpoint.wait_idle().await;
-    }
-}
-
-async fn create_identity(options: &NodeOptions, data: &DataDir, advertise: &str) -> Result<Stored> {
-    let host_part = host_of(advertise);
-    let stored = match &options.bootstrap {
-        Bootstrap::Restart => bail!(
-            "{} is not initialised: start the first node with --init, others with --join HOST:PORT --token TOKEN",
-            data.root().display()
-        ),
-        Bootstrap::Init { .. } => {
-            let ca = ClusterCa::generate()?;
-            let identity = ca.issue_node(options.node_id, host_part)?;
-            let token = JoinToken::generate(&ca);
-            Stored { identity, ca, token, secrets_key: crate::vault::SecretsKey::generate()? }
-        }
-        Bootstrap::Join { seed, token } => {
-            let token = JoinToken::parse(token)?;
-            join(seed, &token, options.node_id, advertise).await?
-        }
-    };
-    data.save(options.node_id, &stored)?;
-    Ok(stored)
-}
-
-/// Obtains this node's certificate from a cluster member. The server is
-/// trusted by the CA fingerprint inside the token, the node by the secret.
-async fn join(seed: &str, token: &JoinToken, node_id: NodeId, advertise: &str) -> Result<Stored> {
-    let config = client_config(ServerTrust::Fingerprint(token.ca_fingerprint.clone()), agentd_protocol::JOIN_ALPN)?;
-    let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
-    endpoint.set_default_client_config(config);
-    let addr = resolve(seed).await?;
-    let connection =
-        tokio::time::timeout(Duration::from_secs(10), endpoint.connect(addr, agentd_raft::tls::SERVER_NAME)?)
-            .await
-            .map_err(|_| anyhow!("timed out connecting to {seed}"))?
-            .with_context(|| format!("cannot join through {seed}"))?;
-    let (mut send, mut recv) = connection.open_bi().await?;
-    let request =
-        JoinRequest { version: PROTOCOL_VERSION, secret: token.secret.clone(), node_id, addr: advertise.to_string() };
-    agentd_raft::wire::write_frame(&mut send, &request, 64 * 1024).await?;
-    send.finish()?;
-    let response: JoinResponse = agentd_raft::wire::read_frame(&mut recv, 64 * 1024)
-        .await?
-        .ok_or_else(|| anyhow!("{seed} closed the join stream without answering"))?;
-    connection.close(0u32.into(), b"joined");
-    match response {
-        JoinResponse::Accepted { ca_cert_pem, ca_key_pem, node_cert_pem, node_key_pem, secrets_key_hex } => {
-            let ca = ClusterCa::from_pem(&ca_cert_pem, &ca_key_pem)?;
-            if ca.fingerprint() != token.ca_fingerprint {
-                bail!("{seed} sent a CA that does not match the join token");
-            }
-            let identity = NodeIdentity { ca_cert_pem, cert_pem: node_cert_pem, key_pem: node_key_pem };
-            let secrets_key = crate::vault::SecretsKey::from_hex(&secrets_key_hex)?;
-            Ok(Stored { identity, ca, token: token.clone(), secrets_key })
-        }
-        JoinResponse::Error(error) => bail!("{seed} refused to admit node {node_id}: {error}"),
-    }
-}
-
-async fn init_cluster(host: &RaftHost, advertise: &str, shards: u32, replication_factor: u32) -> Result<()> {
-    let metadata = host.open_group(GroupId::Metadata).await?;
-    let me = host.node_id();
-    metadata
-        .raft
-        .initialize(BTreeMap::from([(me, NodeInfo { addr: advertise.to_string() })]))
-        .await
-        .map_err(|error| anyhow!("cannot initialise the metadata group: {error}"))?;
-    wait_for_leadership(&metadata.raft, me).await?;
-    let propose = |command| placement::propose(&metadata, command);
-    propose(Command::InitCluster { shards, replication_factor }).await?;
-    propose(Command::AddNode { node_id: me, addr: advertise.to_string() }).await?;
-    for shard in 0..shards {
-        propose(Command::SetPlacement { shard: ShardId(shard), replicas: vec![me] }).await?;
-    }
-    placement::reconcile(host).await?;
-    Ok(())
-}
-
-async fn wait_for_leadership(raft: &agentd_raft::types::Raft, me: NodeId) -> Result<()> {
-    let mut metrics = raft.metrics();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while metrics.borrow_watched().current_leader != Some(me) {
-            if metrics.changed().await.is_err() {
-                break;
-            }
-        }
-    })
-    .await
-    .map_err(|_| anyhow!("this node did not become leader of its new cluster within 30s"))
-}
-
-/// Asks the cluster to add this node until it agrees (the seed may be
-/// electing a leader, or briefly unreachable).
-async fn request_admission(host: &RaftHost, seed: &str, advertise: &str) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + ADMISSION_TIMEOUT;
-    let request = ClusterRequest::AddNode { node_id: host.node_id(), addr: advertise.to_string() };
-    loop {
-        let error = match host.peers().call(seed, request.clone(), Duration::from_secs(10)).await {
-            Ok(ClusterResponse::NodeAdded) => {
-                tracing::info!(%seed, "admitted to the cluster");
-                return Ok(());
-            }
-            Ok(ClusterResponse::Error(error)) if !error.is_retryable() => {
-                bail!("{seed} refused to add this node: {error}")
-            }
-            Ok(other) => format!("{other:?}"),
-            Err(error) => error.to_string(),
-        };
-        if tokio::time::Instant::now() > deadline {
-            bail!("not admitted within {ADMISSION_TIMEOUT:?}: {error}");
-        }
-        tracing::info!(%seed, %error, "admission pending; retrying");
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -403,6 +285,6 @@ async fn observe_terms(host: RaftHost) {
         }
         metrics::gauge!("agentd_groups_led").set(leading as f64);
         metrics::gauge!("agentd_groups_hosted").set(terms.len() as f64);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(TERM_OBSERVE_INTERVAL).await;
     }
 }

@@ -109,11 +109,60 @@ pub struct AgentRef {
     pub version: u32,
 }
 
+/// The sandbox drivers, one per kind of isolation. Environments carry the
+/// driver's [`name`](SandboxDriver::name) on the wire and in the log; it is
+/// parsed into this type where it enters (a front door, the environment's
+/// validation) and where a sandbox is made, never compared as a string.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum SandboxDriver {
+    /// bubblewrap: Linux namespaces, the fast default.
+    #[default]
+    Namespace,
+    /// runc: an OCI container over a busybox root filesystem.
+    Oci,
+    /// gVisor's runsc: the same container under a user-space kernel.
+    Gvisor,
+    /// A QEMU microVM running `agentd hands`.
+    Microvm,
+}
+
+impl SandboxDriver {
+    pub const ALL: [SandboxDriver; 4] =
+        [SandboxDriver::Namespace, SandboxDriver::Oci, SandboxDriver::Gvisor, SandboxDriver::Microvm];
+
+    /// The name environments give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SandboxDriver::Namespace => "namespace",
+            SandboxDriver::Oci => "oci",
+            SandboxDriver::Gvisor => "gvisor",
+            SandboxDriver::Microvm => "microvm",
+        }
+    }
+}
+
+impl std::fmt::Display for SandboxDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for SandboxDriver {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<SandboxDriver, String> {
+        SandboxDriver::ALL.into_iter().find(|driver| driver.name() == name).ok_or_else(|| {
+            let known: Vec<&str> = SandboxDriver::ALL.iter().map(|driver| driver.name()).collect();
+            format!("unknown sandbox driver {name:?}; available: {}", known.join(", "))
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvironmentSpec {
     pub name: String,
-    /// The sandbox driver: `namespace` (bubblewrap), `oci` (runc), `gvisor` (runsc) or
-    /// `microvm` (QEMU).
+    /// The sandbox driver's name (see [`SandboxDriver`]; a string on the
+    /// wire and in the log). [`EnvironmentSpec::driver`] parses it.
     pub driver: String,
     /// What the sandboxes may connect to: nothing (the default), anything,
     /// or an allowlist of hosts.
@@ -167,12 +216,7 @@ impl EnvironmentSpec {
         if self.name.is_empty() || self.name.len() > limits::NAME_BYTES_MAX {
             return invalid(format!("an environment name is 1 to {} bytes", limits::NAME_BYTES_MAX));
         }
-        if !["namespace", "oci", "gvisor", "microvm"].contains(&self.driver.as_str()) {
-            return invalid(format!(
-                "unknown sandbox driver {:?}; available: namespace, oci, gvisor, microvm",
-                self.driver
-            ));
-        }
+        self.driver()?;
         if let Err(reason) = self.network.validate() {
             return invalid(format!("network allowlist: {reason}"));
         }
@@ -183,6 +227,13 @@ impl EnvironmentSpec {
             return invalid(format!("tool_timeout_ms is 1 to {}", limits::TOOL_TIMEOUT_MS_MAX));
         }
         Ok(())
+    }
+}
+
+impl EnvironmentSpec {
+    /// The environment's sandbox driver; an unknown name is an invalid request.
+    pub fn driver(&self) -> Result<SandboxDriver, ApiError> {
+        self.driver.parse().map_err(|message| ApiError::InvalidRequest { message })
     }
 }
 
@@ -291,13 +342,15 @@ mod tests {
             vaults: vec![],
             resources: Resources::default(),
         };
-        for driver in ["namespace", "oci", "gvisor"] {
-            assert!(environment(driver).validate().is_ok(), "{driver}");
+        for driver in SandboxDriver::ALL {
+            assert!(environment(driver.name()).validate().is_ok(), "{driver}");
+            assert_eq!(environment(driver.name()).driver(), Ok(driver));
         }
         let Err(ApiError::InvalidRequest { message }) = environment("runsc").validate() else {
             panic!("an unknown driver was accepted");
         };
-        assert!(message.contains("available: namespace, oci, gvisor"), "{message}");
+        assert!(message.contains("available: namespace, oci, gvisor, microvm"), "{message}");
+        assert!(matches!(environment("bwrap").driver(), Err(ApiError::InvalidRequest { .. })));
         let mut bad_allowlist = environment("namespace");
         bad_allowlist.network = Network::Allowlist(vec!["example.com/path".into()]);
         let Err(ApiError::InvalidRequest { message }) = bad_allowlist.validate() else {

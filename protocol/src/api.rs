@@ -135,6 +135,25 @@ impl ClientRequest {
         }
     }
 
+    /// The request's name, as metrics and logs label it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientRequest::CreateSession { .. } => "create_session",
+            ClientRequest::GetSession { .. } => "get_session",
+            ClientRequest::Append { .. } => "append",
+            ClientRequest::ReadEvents { .. } => "read_events",
+            ClientRequest::FollowEvents { .. } => "follow_events",
+            ClientRequest::ClusterStatus => "cluster_status",
+            ClientRequest::PutAgent { .. } => "put_agent",
+            ClientRequest::GetAgent { .. } => "get_agent",
+            ClientRequest::PutEnvironment { .. } => "put_environment",
+            ClientRequest::GetEnvironment { .. } => "get_environment",
+            ClientRequest::RetrySession { .. } => "retry_session",
+            ClientRequest::TerminateSession { .. } => "terminate_session",
+            ClientRequest::PutSecret { .. } => "put_secret",
+        }
+    }
+
     pub fn route(&self) -> Route {
         match (self, self.session_id()) {
             (_, Some(session_id)) => Route::Session(session_id),
@@ -161,6 +180,68 @@ pub enum ClientResponse {
     Environment(Environment),
     Vault(VaultInfo),
     Error(ApiError),
+}
+
+impl ClientResponse {
+    /// The answer to a request that can only be answered `what`; any other
+    /// is a node's mistake, or an error the node sent.
+    fn unexpected(self, what: &str) -> ApiError {
+        match self {
+            ClientResponse::Error(error) => error,
+            other => ApiError::Internal { message: format!("expected {what}, got {other:?}") },
+        }
+    }
+
+    pub fn into_session(self) -> Result<SessionInfo, ApiError> {
+        match self {
+            ClientResponse::Session(info) => Ok(info),
+            other => Err(other.unexpected("a session")),
+        }
+    }
+
+    /// `(seq, duplicate)` of an append.
+    pub fn into_appended(self) -> Result<(u64, bool), ApiError> {
+        match self {
+            ClientResponse::Appended { seq, duplicate } => Ok((seq, duplicate)),
+            other => Err(other.unexpected("an appended event")),
+        }
+    }
+
+    /// A page of events and the sequence number the next read starts at.
+    pub fn into_events(self) -> Result<(Vec<Event>, u64), ApiError> {
+        match self {
+            ClientResponse::Events { events, next_seq } => Ok((events, next_seq)),
+            other => Err(other.unexpected("events")),
+        }
+    }
+
+    pub fn into_cluster_status(self) -> Result<ClusterStatus, ApiError> {
+        match self {
+            ClientResponse::ClusterStatus(status) => Ok(status),
+            other => Err(other.unexpected("a cluster status")),
+        }
+    }
+
+    pub fn into_agent(self) -> Result<Agent, ApiError> {
+        match self {
+            ClientResponse::Agent(agent) => Ok(agent),
+            other => Err(other.unexpected("an agent")),
+        }
+    }
+
+    pub fn into_environment(self) -> Result<Environment, ApiError> {
+        match self {
+            ClientResponse::Environment(environment) => Ok(environment),
+            other => Err(other.unexpected("an environment")),
+        }
+    }
+
+    pub fn into_vault(self) -> Result<VaultInfo, ApiError> {
+        match self {
+            ClientResponse::Vault(vault) => Ok(vault),
+            other => Err(other.unexpected("a vault")),
+        }
+    }
 }
 
 /// Where a session is in its life.

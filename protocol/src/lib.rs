@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod api;
 pub mod cluster;
+pub mod command;
 pub mod egress;
 mod error;
 pub mod event;
@@ -16,6 +17,7 @@ pub mod hands;
 pub mod ids;
 pub mod limits;
 pub mod rules;
+pub mod sync;
 
 pub use error::{ApiError, Error};
 

@@ -30,6 +30,12 @@ pub const CLIENT_STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// Events buffered per shard for live followers before a slow follower is
 /// told to re-read from the store.
 pub const FOLLOW_BUFFER_EVENTS_MAX: usize = 4096;
+/// Events per batch when a follower catches up from the store.
+pub const FOLLOW_PAGE_EVENTS: u32 = 256;
+/// Largest frame of the join exchange (a certificate request and its answer).
+pub const JOIN_FRAME_BYTES_MAX: usize = 64 * 1024;
+/// How long a peer or client may take to send the request frame of a stream.
+pub const REQUEST_READ_TIMEOUT_MS: u64 = 30_000;
 /// Most Raft RPCs carried in one batch to a peer.
 pub const RAFT_BATCH_CALLS_MAX: usize = 512;
 /// Batches in flight to one peer at a time; further RPCs wait and join the

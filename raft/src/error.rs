@@ -1,3 +1,5 @@
+use agentd_protocol::ApiError;
+
 /// Errors of the replication layer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -5,10 +7,8 @@ pub enum Error {
     RocksDb(#[from] rocksdb::Error),
     #[error("corrupt {what}: {message}")]
     Corrupt { what: String, message: String },
-    #[error("tls: {0}")]
-    Tls(String),
-    #[error("certificate: {0}")]
-    Certificate(String),
+    #[error(transparent)]
+    Transport(#[from] agentd_transport::Error),
     #[error(transparent)]
     Protocol(#[from] agentd_protocol::Error),
     #[error("io: {0}")]
@@ -17,4 +17,20 @@ pub enum Error {
     Network(String),
     #[error("raft: {0}")]
     Raft(String),
+}
+
+/// How a caller is told of a replication error, in one place. The network
+/// is worth a retry; anything else (a store that cannot be read, a corrupt
+/// record) is this node's failure, logged here, where it is answered.
+impl From<Error> for ApiError {
+    fn from(error: Error) -> ApiError {
+        match error {
+            Error::Network(message) => ApiError::Unavailable { message },
+            Error::Transport(agentd_transport::Error::Network(message)) => ApiError::Unavailable { message },
+            other => {
+                tracing::error!(error = %other, "replication layer failed");
+                ApiError::Internal { message: other.to_string() }
+            }
+        }
+    }
 }

@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use agentd_protocol::cluster::{ClusterResponse, RaftRpcKind};
+use agentd_protocol::cluster::{ClusterResponse, RaftCall, RaftRpcKind};
 use agentd_protocol::ids::{GroupId, NodeId};
+use agentd_protocol::sync::{read, write};
 use agentd_protocol::ApiError;
 
 use crate::network::{serve_rpc, GroupNetwork};
@@ -82,17 +83,17 @@ impl RaftHost {
         let raft =
             Runtime::scope(seed, start).await.map_err(|fatal| Error::Raft(format!("cannot start {group}: {fatal}")))?;
         let handle = GroupHandle { group, raft, state };
-        self.inner.groups.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(group, handle.clone());
+        write(&self.inner.groups).insert(group, handle.clone());
         tracing::debug!(%group, "group opened");
         Ok(handle)
     }
 
     pub fn group(&self, group: GroupId) -> Option<GroupHandle> {
-        self.inner.groups.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&group).cloned()
+        read(&self.inner.groups).get(&group).cloned()
     }
 
     pub fn groups(&self) -> Vec<GroupHandle> {
-        self.inner.groups.read().unwrap_or_else(|poisoned| poisoned.into_inner()).values().cloned().collect()
+        read(&self.inner.groups).values().cloned().collect()
     }
 
     /// Answers a Raft RPC from a peer. A group this node does not host yet is
@@ -106,6 +107,13 @@ impl RaftHost {
             Ok(response) => response,
             Err(error) => ClusterResponse::Error(ApiError::Malformed { message: error.to_string() }),
         }
+    }
+
+    /// Answers a batch of Raft RPCs from one peer. The calls are for
+    /// different groups, so they run side by side.
+    pub async fn handle_rpc_batch(&self, calls: &[RaftCall]) -> Vec<ClusterResponse> {
+        let answers = calls.iter().map(|call| self.handle_rpc(call.group, call.kind, &call.payload));
+        futures_util::future::join_all(answers).await
     }
 
     /// Stops every group's Raft tasks.

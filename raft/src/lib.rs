@@ -2,14 +2,13 @@
 //! store and state machine, the QUIC Raft network and the multi-raft host.
 
 mod error;
-pub mod store;
-pub mod tls;
-pub mod types;
-
-pub use error::Error;
-pub mod errors;
 pub mod host;
 pub mod network;
 pub mod peers;
 pub mod placement;
-pub mod wire;
+mod propose;
+pub mod store;
+pub mod types;
+
+pub use error::Error;
+pub use propose::propose;

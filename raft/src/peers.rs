@@ -1,8 +1,9 @@
 //! Outgoing node-to-node calls over QUIC: one cached connection per peer
-//! address, one bidirectional stream per call.
+//! address (`agentd_transport::dial::Connections`), one bidirectional
+//! stream per call, and the batcher that puts the Raft RPCs of many groups
+//! bound for one peer into one message.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -11,10 +12,12 @@ use agentd_protocol::ids::NodeId;
 use agentd_protocol::limits::{
     CLUSTER_FRAME_BYTES_MAX, RAFT_BATCHES_IN_FLIGHT_MAX, RAFT_BATCH_CALLS_MAX, RAFT_QUEUE_DEPTH_MAX,
 };
+use agentd_protocol::sync::lock;
 use agentd_protocol::PROTOCOL_VERSION;
-use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
+use agentd_transport::dial::Connections;
+use agentd_transport::wire::{read_frame, write_frame};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::wire::{read_frame, write_frame};
 use crate::Error;
 
 /// A cheap-to-clone handle to this node's outgoing cluster connections.
@@ -25,11 +28,7 @@ pub struct Peers {
 
 struct PeersInner {
     local_node: NodeId,
-    endpoint: quinn::Endpoint,
-    client_config: quinn::ClientConfig,
-    // One slot per address; the slot's lock keeps concurrent callers from
-    // dialling the same peer twice.
-    connections: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<quinn::Connection>>>>>,
+    connections: Connections,
     // One queue of Raft RPCs per peer address, drained by a batching task.
     raft_queues: std::sync::Mutex<HashMap<String, mpsc::Sender<PendingCall>>>,
 }
@@ -46,9 +45,7 @@ impl Peers {
         Self {
             inner: Arc::new(PeersInner {
                 local_node,
-                endpoint,
-                client_config,
-                connections: std::sync::Mutex::new(HashMap::new()),
+                connections: Connections::new(endpoint, client_config),
                 raft_queues: std::sync::Mutex::new(HashMap::new()),
             }),
         }
@@ -72,8 +69,7 @@ impl Peers {
     /// same peer when several are waiting.
     pub async fn call_raft(&self, addr: &str, call: RaftCall, timeout: Duration) -> Result<ClusterResponse, Error> {
         let queue = {
-            let mut queues = self.inner.raft_queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            queues
+            lock(&self.inner.raft_queues)
                 .entry(addr.to_string())
                 .or_insert_with(|| {
                     let (sender, receiver) = mpsc::channel(RAFT_QUEUE_DEPTH_MAX);
@@ -95,7 +91,7 @@ impl Peers {
     }
 
     async fn call_inner(&self, addr: &str, envelope: &ClusterEnvelope) -> Result<ClusterResponse, Error> {
-        let connection = self.connection(addr).await?;
+        let connection = self.inner.connections.get(addr).await?;
         let result = async {
             let (mut send, mut recv) = connection.open_bi().await.map_err(network_error(addr))?;
             write_frame(&mut send, envelope, CLUSTER_FRAME_BYTES_MAX).await?;
@@ -106,44 +102,9 @@ impl Peers {
         }
         .await;
         if result.is_err() && connection.close_reason().is_some() {
-            self.forget(addr, &connection).await;
+            self.inner.connections.forget(addr, &connection).await;
         }
         result
-    }
-
-    async fn connection(&self, addr: &str) -> Result<quinn::Connection, Error> {
-        let slot = {
-            let mut connections = self.inner.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            connections.entry(addr.to_string()).or_default().clone()
-        };
-        let mut slot = slot.lock().await;
-        if let Some(connection) = slot.as_ref() {
-            if connection.close_reason().is_none() {
-                return Ok(connection.clone());
-            }
-        }
-        let socket_addr = resolve(addr).await?;
-        let connecting = self
-            .inner
-            .endpoint
-            .connect_with(self.inner.client_config.clone(), socket_addr, crate::tls::SERVER_NAME)
-            .map_err(network_error(addr))?;
-        let connection = connecting.await.map_err(network_error(addr))?;
-        *slot = Some(connection.clone());
-        Ok(connection)
-    }
-
-    async fn forget(&self, addr: &str, broken: &quinn::Connection) {
-        let slot = {
-            let connections = self.inner.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            connections.get(addr).cloned()
-        };
-        if let Some(slot) = slot {
-            let mut slot = slot.lock().await;
-            if slot.as_ref().is_some_and(|current| current.stable_id() == broken.stable_id()) {
-                *slot = None;
-            }
-        }
     }
 }
 
@@ -192,37 +153,6 @@ async fn run_batcher(peers: Weak<PeersInner>, addr: String, mut queue: mpsc::Rec
     }
 }
 
-/// Resolves `host:port`, preferring a literal socket address.
-pub async fn resolve(addr: &str) -> Result<SocketAddr, Error> {
-    if let Ok(socket_addr) = addr.parse() {
-        return Ok(socket_addr);
-    }
-    tokio::net::lookup_host(addr)
-        .await
-        .map_err(|error| Error::Network(format!("cannot resolve {addr}: {error}")))?
-        .next()
-        .ok_or_else(|| Error::Network(format!("{addr} resolves to no address")))
-}
-
 fn network_error<E: std::fmt::Display>(addr: &str) -> impl Fn(E) -> Error + '_ {
     move |error| Error::Network(format!("{addr}: {error}"))
-}
-
-/// The host part of `host:port` (brackets of an IPv6 literal removed).
-pub fn host_of(addr: &str) -> &str {
-    let host = addr.rsplit_once(':').map(|(host, _)| host).unwrap_or(addr);
-    host.trim_start_matches('[').trim_end_matches(']')
-}
-
-#[cfg(test)]
-mod tests {
-    use super::host_of;
-
-    #[test]
-    fn host_of_strips_port_and_brackets() {
-        assert_eq!(host_of("127.0.0.1:7101"), "127.0.0.1");
-        assert_eq!(host_of("[::1]:7101"), "::1");
-        assert_eq!(host_of("node-1.example:7101"), "node-1.example");
-        assert_eq!(host_of("localhost"), "localhost");
-    }
 }

@@ -14,7 +14,10 @@ use agentd_protocol::ApiError;
 use futures_util::stream::{self, StreamExt};
 
 use crate::host::{GroupHandle, RaftHost};
-use crate::types::{Command, CommandResponse, NodeInfo};
+use crate::propose::propose;
+use agentd_protocol::command::Command;
+
+use crate::types::NodeInfo;
 use crate::Error;
 
 /// How long one group's reconciliation step may take before it is retried
@@ -86,17 +89,6 @@ pub async fn admit_node(metadata: &GroupHandle, node_id: NodeId, addr: String) -
         propose(metadata, Command::SetPlacement { shard, replicas }).await?;
     }
     Ok(())
-}
-
-/// Proposes a metadata command and turns every failure into an [`ApiError`].
-pub async fn propose(group: &GroupHandle, command: Command) -> Result<CommandResponse, ApiError> {
-    match group.raft.client_write(command).await {
-        Ok(response) => match response.data {
-            CommandResponse::Rejected(error) => Err(error),
-            other => Ok(other),
-        },
-        Err(error) => Err(crate::errors::write_error(error)),
-    }
 }
 
 /// One pass: opens the shards placed on this node, initialises shards that

@@ -1,16 +1,10 @@
-//! The openraft type configuration and the commands every group replicates.
-//!
-//! One type configuration serves both the metadata group and the shards; a
-//! command names which kind of group it is for, and a state machine refuses
-//! commands meant for the other kind.
+//! The openraft type configuration. One serves both the metadata group and
+//! the shards; what they replicate is `agentd_protocol::command::Command`.
 
 use std::fmt;
 
-use agentd_protocol::agent::{Agent, AgentRef, AgentSpec, Environment, EnvironmentSpec, VaultInfo};
-use agentd_protocol::api::SessionInfo;
-use agentd_protocol::event::EventPayload;
-use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, NodeId, SessionId, ShardId, VaultId};
-use agentd_protocol::ApiError;
+use agentd_protocol::command::{Command, CommandResponse};
+use agentd_protocol::ids::NodeId;
 use openraft::type_config::alias;
 use serde::{Deserialize, Serialize};
 
@@ -40,117 +34,6 @@ impl fmt::Display for NodeInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.addr)
     }
-}
-
-/// A replicated command. Timestamps are stamped by the proposing node so
-/// that applying a command is deterministic on every replica.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Command {
-    // Shard commands.
-    CreateSession {
-        session_id: SessionId,
-        shard: ShardId,
-        created_at_ms: u64,
-        agent: Option<AgentRef>,
-        environment: Option<EnvironmentId>,
-    },
-    /// `epoch` is `None` for a client's append (user events only) and the
-    /// orchestrator run's epoch for the runtime's appends; a stale epoch is
-    /// refused, so two orchestrators of one session can never both write.
-    Append {
-        session_id: SessionId,
-        event_id: EventId,
-        payload: EventPayload,
-        processed_at_ms: u64,
-        epoch: Option<u64>,
-    },
-    /// Starts a new orchestrator run: the session's epoch goes up by one.
-    ClaimEpoch {
-        session_id: SessionId,
-    },
-    /// An operator resumes a dead-lettered session: appends
-    /// `session.status_rescheduled`, which starts a new turn.
-    Reschedule {
-        session_id: SessionId,
-        event_id: EventId,
-        at_ms: u64,
-    },
-    // Metadata commands.
-    /// The first command of a cluster: fixes the shard count for its lifetime.
-    InitCluster {
-        shards: u32,
-        replication_factor: u32,
-    },
-    AddNode {
-        node_id: NodeId,
-        addr: String,
-    },
-    /// The desired replica set of a shard; shard leaders reconcile towards it.
-    SetPlacement {
-        shard: ShardId,
-        replicas: Vec<NodeId>,
-    },
-    /// Creates an agent, or adds a version to it.
-    PutAgent {
-        agent_id: AgentId,
-        spec: AgentSpec,
-        at_ms: u64,
-    },
-    PutEnvironment {
-        environment_id: EnvironmentId,
-        spec: EnvironmentSpec,
-        at_ms: u64,
-    },
-    /// Sets one secret of a vault; `sealed` is the nonce and ciphertext.
-    PutSecret {
-        vault_id: VaultId,
-        vault_name: String,
-        secret_name: String,
-        sealed: Vec<u8>,
-    },
-    /// A client ends a session (a shard command, last so that earlier variants keep
-    /// their encoding): a new epoch fences any running orchestrator, and
-    /// `session.status_terminated` is appended in it. Nothing is appended after it.
-    Terminate {
-        session_id: SessionId,
-        event_id: EventId,
-        at_ms: u64,
-    },
-}
-
-impl fmt::Display for Command {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Command::CreateSession { session_id, .. } => write!(f, "create {session_id}"),
-            Command::Append { session_id, event_id, payload, .. } => {
-                write!(f, "append {} {event_id} to {session_id}", payload.type_name())
-            }
-            Command::InitCluster { shards, replication_factor } => {
-                write!(f, "init cluster shards={shards} replication={replication_factor}")
-            }
-            Command::AddNode { node_id, addr } => write!(f, "add node {node_id} at {addr}"),
-            Command::SetPlacement { shard, replicas } => write!(f, "place {shard} on {replicas:?}"),
-            Command::ClaimEpoch { session_id } => write!(f, "claim epoch of {session_id}"),
-            Command::Reschedule { session_id, .. } => write!(f, "reschedule {session_id}"),
-            Command::Terminate { session_id, .. } => write!(f, "terminate {session_id}"),
-            Command::PutAgent { agent_id, .. } => write!(f, "put agent {agent_id}"),
-            Command::PutEnvironment { environment_id, .. } => write!(f, "put environment {environment_id}"),
-            Command::PutSecret { vault_id, secret_name, .. } => write!(f, "put secret {secret_name} in {vault_id}"),
-        }
-    }
-}
-
-/// The result of applying one command, returned to the proposer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CommandResponse {
-    Session { info: SessionInfo, created: bool },
-    Appended { seq: u64, duplicate: bool },
-    Epoch(u64),
-    Agent(Agent),
-    Environment(Environment),
-    Vault(VaultInfo),
-    Done,
-    Rejected(ApiError),
 }
 
 pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachine>;

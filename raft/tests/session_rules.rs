@@ -4,11 +4,12 @@
 
 use agentd_protocol::agent::{AgentSpec, BuiltInTool, PermissionPolicy};
 use agentd_protocol::api::SessionStatus;
+use agentd_protocol::command::{Command, CommandResponse};
 use agentd_protocol::event::{Confirmation, ContentBlock, EventPayload, JsonText, StopReason};
 use agentd_protocol::ids::{AgentId, EventId, GroupId, SessionId, ShardId};
 use agentd_protocol::ApiError;
 use agentd_raft::store::Db;
-use agentd_raft::types::{Command, CommandResponse, Entry, LogId, TypeConfig};
+use agentd_raft::types::{Entry, LogId, TypeConfig};
 use openraft::entry::RaftEntry;
 
 const SHARD: ShardId = ShardId(0);

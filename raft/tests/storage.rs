@@ -7,11 +7,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use agentd_protocol::api::SessionInfo;
+use agentd_protocol::command::{Command, CommandResponse};
 use agentd_protocol::event::{Event, EventPayload};
 use agentd_protocol::ids::{EventId, GroupId, SessionId, ShardId};
 use agentd_protocol::ApiError;
 use agentd_raft::store::{Db, LogStore, StateMachine};
-use agentd_raft::types::{Command, CommandResponse, Entry, LogId, TypeConfig, Vote};
+use agentd_raft::types::{Entry, LogId, TypeConfig, Vote};
 use futures_util::stream;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};

@@ -1,10 +1,22 @@
-//! The simulator's stand-ins for the world around a cluster, and its
-//! checkers. The harness that runs real nodes over them lives in
-//! `agentd-node` (`node/src/sim/`), which composes everything; see
-//! `ARCHITECTURE.md`, "The simulator".
+//! The simulator: a whole agentd cluster of real nodes (`agentd-node`) run
+//! as turmoil hosts in one process on simulated time, network and disks,
+//! under a seeded plan of faults, then checked against every invariant.
+//!
+//! - `world/`: what lives outside the hosts (disks, clocks, identities, the
+//!   record of the run) and the stand-ins for the world around a cluster
+//!   (a simulated UDP socket, a fake sandbox with an effect ledger, a
+//!   scripted model);
+//! - `faults.rs`: the fault vocabulary and the seeded plan;
+//! - `checkers.rs`: the invariants, as pure functions over the history and
+//!   the replicas;
+//! - `harness/`: running real nodes over those seams, phase by phase;
+//! - `cli.rs`: `agentd sim run|sweep|replay|check-determinism|bugs`.
+//!
+//! **Boundary:** the simulator depends on the node it simulates, never the
+//! reverse; the node's seams (`agentd_node::NodeIo`) are all it swaps.
 
 pub mod checkers;
+pub mod cli;
 pub mod faults;
-pub mod model;
-pub mod net;
-pub mod sandbox;
+pub mod harness;
+pub mod world;

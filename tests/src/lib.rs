@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agentd_node::Client;
+use agentd_client::Client;
 use agentd_protocol::agent::{AgentSpec, BuiltInTool, PermissionPolicy};
 use agentd_protocol::api::{ClusterStatus, Consistency};
 use agentd_protocol::event::{ContentBlock, EventPayload};
@@ -166,7 +166,7 @@ impl Cluster {
     pub async fn status(&self) -> Result<ClusterStatus> {
         let node = self.nodes.iter().find(|node| node.is_running()).context("no node is running")?;
         let client = Client::for_addrs(vec![node.addr.clone()], None)?
-            .with_retry(agentd_node::client::RetryPolicy { deadline: Duration::from_secs(2), ..Default::default() });
+            .with_retry(agentd_client::RetryPolicy { deadline: Duration::from_secs(2), ..Default::default() });
         Ok(client.cluster_status().await?)
     }
 

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agentd_node::{Client, ClientError};
+use agentd_client::{Client, ClientError};
 use agentd_protocol::agent::{AgentSpec, BuiltInTool, CustomTool, Network, PermissionPolicy};
 use agentd_protocol::api::Consistency;
 use agentd_protocol::event::{Confirmation, ContentBlock, Event, EventPayload, JsonText, StopReason};

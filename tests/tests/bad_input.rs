@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
-use agentd_node::{Bootstrap, Client, ClientError, Node, NodeOptions, RaftTuning};
+use agentd_client::{Client, ClientError};
+use agentd_node::{Bootstrap, Node, NodeOptions, RaftTuning};
 use agentd_protocol::api::{ClientRequest, ClientResponse, Request};
 use agentd_protocol::event::{ContentBlock, EventPayload};
 use agentd_protocol::ids::{EventId, SessionId};
 use agentd_protocol::limits::{CLIENT_FRAME_BYTES_MAX, EVENT_PAYLOAD_BYTES_MAX};
 use agentd_protocol::{frame, ApiError, CLIENT_ALPN, CLUSTER_ALPN};
-use agentd_raft::tls::{client_config, ServerTrust, SERVER_NAME};
+use agentd_transport::tls::{client_config, ServerTrust, SERVER_NAME};
 
 async fn raw_connection(addr: std::net::SocketAddr, alpn: &[u8]) -> anyhow::Result<quinn::Connection> {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
@@ -22,9 +23,11 @@ async fn send_raw(connection: &quinn::Connection, bytes: &[u8]) -> anyhow::Resul
     let (mut send, mut recv) = connection.open_bi().await?;
     send.write_all(bytes).await?;
     let _ = send.finish();
-    let answer =
-        tokio::time::timeout(Duration::from_secs(10), agentd_raft::wire::read_frame(&mut recv, CLIENT_FRAME_BYTES_MAX))
-            .await?;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        agentd_transport::wire::read_frame(&mut recv, CLIENT_FRAME_BYTES_MAX),
+    )
+    .await?;
     Ok(answer.ok().flatten())
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use agentd_node::Client;
+use agentd_client::Client;
 use agentd_protocol::event::EventPayload;
 use agentd_protocol::ids::EventId;
 use agentd_tests::Cluster;

@@ -12,7 +12,7 @@ use agentd_node::hands::HandsClient;
 use agentd_protocol::hands::{HandsCall, HandsError, HandsRequest, HandsResponse};
 use agentd_protocol::limits::HANDS_FRAME_BYTES_MAX;
 use agentd_protocol::{frame, HANDS_ALPN};
-use agentd_raft::tls::{client_config, ClusterCa, HandsIdentities, HandsIdentity, ServerTrust};
+use agentd_transport::tls::{client_config, ClusterCa, HandsIdentities, HandsIdentity, ServerTrust};
 
 struct Agent {
     child: Child,
@@ -163,9 +163,11 @@ async fn raw_call(
     let (mut send, mut recv) = connection.open_bi().await?;
     send.write_all(bytes).await?;
     let _ = send.finish();
-    let answer =
-        tokio::time::timeout(Duration::from_secs(10), agentd_raft::wire::read_frame(&mut recv, HANDS_FRAME_BYTES_MAX))
-            .await??;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        agentd_transport::wire::read_frame(&mut recv, HANDS_FRAME_BYTES_MAX),
+    )
+    .await??;
     Ok(answer)
 }
 

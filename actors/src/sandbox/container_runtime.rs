@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use agentd_protocol::agent::SandboxDriver;
 use serde_json::json;
 
 use super::oci_bundle::{bundle_config, check_rootfs, write_bundle};
@@ -39,11 +40,11 @@ pub enum ContainerRuntime {
 }
 
 impl ContainerRuntime {
-    /// The environment driver name that selects this runtime.
-    pub fn driver(self) -> &'static str {
+    /// The sandbox driver that runs containers with this runtime.
+    pub fn driver(self) -> SandboxDriver {
         match self {
-            ContainerRuntime::Runc => "oci",
-            ContainerRuntime::Gvisor => "gvisor",
+            ContainerRuntime::Runc => SandboxDriver::Oci,
+            ContainerRuntime::Gvisor => SandboxDriver::Gvisor,
         }
     }
 

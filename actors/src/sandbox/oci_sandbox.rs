@@ -76,7 +76,7 @@ impl OciSandbox {
         tracing::debug!(
             root = %root.display(),
             rootfs = %rootfs.display(),
-            driver = runtime.runtime().driver(),
+            driver = %runtime.runtime().driver(),
             "container sandbox provisioned"
         );
         Ok(OciSandbox {

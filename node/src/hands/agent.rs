@@ -9,7 +9,7 @@ use agentd_actors::sandbox::{Limits, LocalSandbox, LocalShell, Sandbox, SandboxE
 use agentd_protocol::hands::{HandsCall, HandsError, HandsRequest, HandsResponse};
 use agentd_protocol::limits::HANDS_FRAME_BYTES_MAX;
 use agentd_protocol::PROTOCOL_VERSION;
-use agentd_raft::tls::HandsIdentity;
+use agentd_transport::tls::HandsIdentity;
 use anyhow::{Context, Result};
 
 /// What `agentd hands` serves, and how.
@@ -70,13 +70,13 @@ impl HandsAgent {
 }
 
 async fn serve_stream(sandbox: Arc<LocalSandbox>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let response = match agentd_raft::wire::read_frame::<_, HandsRequest>(&mut recv, HANDS_FRAME_BYTES_MAX).await {
+    let response = match agentd_transport::wire::read_frame::<_, HandsRequest>(&mut recv, HANDS_FRAME_BYTES_MAX).await {
         Ok(Some(request)) => answer(&sandbox, request).await,
         Ok(None) => return,
-        Err(agentd_raft::Error::Protocol(error)) => HandsResponse::Error(HandsError::from(error)),
+        Err(agentd_transport::Error::Protocol(error)) => HandsResponse::Error(HandsError::from(error)),
         Err(error) => HandsResponse::Error(HandsError::Malformed { message: error.to_string() }),
     };
-    if let Err(error) = agentd_raft::wire::write_frame(&mut send, &response, HANDS_FRAME_BYTES_MAX).await {
+    if let Err(error) = agentd_transport::wire::write_frame(&mut send, &response, HANDS_FRAME_BYTES_MAX).await {
         tracing::debug!(%error, "could not answer a hands call");
         return;
     }

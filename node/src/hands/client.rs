@@ -8,7 +8,7 @@ use agentd_actors::sandbox::{Sandbox, SandboxError, ToolCall, ToolOutput};
 use agentd_protocol::frame::encoded_len;
 use agentd_protocol::hands::{HandsCall, HandsError, HandsRequest, HandsResponse};
 use agentd_protocol::limits::{HANDS_FRAME_BYTES_MAX, SANDBOX_HEALTH_TIMEOUT_MS};
-use agentd_raft::tls::HandsIdentities;
+use agentd_transport::tls::HandsIdentities;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
@@ -115,11 +115,11 @@ impl HandsClient {
             .await
             .map_err(|error| unsent(crashed(format!("cannot open a stream to the agent: {error}")), true))?;
         let exchange = async {
-            agentd_raft::wire::write_frame(&mut send, request, HANDS_FRAME_BYTES_MAX)
+            agentd_transport::wire::write_frame(&mut send, request, HANDS_FRAME_BYTES_MAX)
                 .await
                 .map_err(|error| sent(crashed(format!("cannot send to the agent: {error}"))))?;
             let _ = send.finish();
-            agentd_raft::wire::read_frame::<_, HandsResponse>(&mut recv, HANDS_FRAME_BYTES_MAX)
+            agentd_transport::wire::read_frame::<_, HandsResponse>(&mut recv, HANDS_FRAME_BYTES_MAX)
                 .await
                 .map_err(|error| sent(crashed(format!("no answer from the agent: {error}"))))?
                 .ok_or_else(|| sent(crashed("the agent closed the stream without answering")))

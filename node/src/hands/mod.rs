@@ -1,6 +1,11 @@
-//! The hands over QUIC: the `agentd hands` agent that runs inside a sandbox
-//! ([`agent`]), the node's client for it ([`client`]), and the driver that
-//! boots a QEMU microVM running the agent ([`microvm`]).
+//! The hands: everything a node does with sandboxes. [`LocalHands`] holds
+//! one sandbox per session on this host and is what the brain calls;
+//! [`Provisioner`] makes them, with one arm per [`SandboxDriver`]; the
+//! `agentd hands` agent serves a sandbox's tools over QUIC from inside it
+//! ([`agent`]), [`HandsClient`] calls it, and the microvm driver boots a QEMU
+//! microVM running that agent ([`microvm`]).
+//!
+//! [`SandboxDriver`]: agentd_protocol::agent::SandboxDriver
 //!
 //! # Protocol
 //! ALPN `agentd-hands/1` (`agentd_protocol::hands`): one bidirectional stream
@@ -38,11 +43,13 @@
 //! [`HandsError`]: agentd_protocol::hands::HandsError
 
 pub mod agent;
-mod cli;
 pub mod client;
+mod local;
 pub mod microvm;
+mod provisioner;
 
 pub use agent::{HandsAgent, HandsAgentOptions};
-pub use cli::{run, HandsArgs};
 pub use client::HandsClient;
+pub use local::{reap_idle_sandboxes, LocalHands};
 pub use microvm::{MicrovmImage, MicrovmPool, MicrovmSandbox};
+pub use provisioner::{HostProvisioner, Provisioner};

@@ -21,7 +21,9 @@ use serde::Serialize;
 use crate::store::codec::encode;
 use crate::store::group_state::{AppliedState, ClusterConfig, GroupState, SessionRecord};
 use crate::store::keys::{self, STATE_CF};
-use crate::types::{Command, CommandResponse, Entry, StoredMembership};
+use agentd_protocol::command::{Command, CommandResponse};
+
+use crate::types::{Entry, StoredMembership};
 use crate::Error;
 
 /// Entries applied but not yet written.

@@ -22,7 +22,9 @@ use crate::store::group_state::{AppliedState, GroupState};
 use crate::store::keys::{self, SNAPSHOT_CF, STATE_CF};
 use crate::store::snapshot::{self, SnapshotBuilder};
 use crate::store::{Db, StateReader};
-use crate::types::{CommandResponse, Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use agentd_protocol::command::CommandResponse;
+
+use crate::types::{Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::Error;
 
 /// The state machine of one Raft group. Applied events are published to the

@@ -47,6 +47,19 @@ impl StateReader {
         self.state.events(session_id, from_seq, limit)
     }
 
+    /// Every event of a session with `seq >= from_seq`, read page by page.
+    pub fn events_from(&self, session_id: SessionId, from_seq: u64) -> Result<Vec<Event>, Error> {
+        let mut events = Vec::new();
+        loop {
+            let next = events.last().map_or(from_seq, |event: &Event| event.seq + 1);
+            let page = self.events(session_id, next, EVENTS_PER_PAGE_MAX)?;
+            if page.is_empty() {
+                return Ok(events);
+            }
+            events.extend(page);
+        }
+    }
+
     /// Every event applied from now on. A receiver that falls more than
     /// `FOLLOW_BUFFER_EVENTS_MAX` events behind gets `Lagged` and should
     /// re-read from [`StateReader::events`]. Events that arrive by an
@@ -66,7 +79,6 @@ impl StateReader {
         self.applied.clone()
     }
 
-    /// The shard count and replication factor, once the cluster is initialised.
     /// The sequence number an event id was appended at, if it was.
     pub fn event_seq(&self, session_id: SessionId, event_id: EventId) -> Result<Option<u64>, Error> {
         self.state.event_seq(session_id, event_id)
@@ -87,6 +99,7 @@ impl StateReader {
         self.state.environment(environment_id)
     }
 
+    /// The shard count and replication factor, once the cluster is initialised.
     pub fn cluster_config(&self) -> Result<Option<(u32, u32)>, Error> {
         Ok(self.state.cluster_config()?.map(|config| (config.shards, config.replication_factor)))
     }

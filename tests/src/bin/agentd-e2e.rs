@@ -2,5 +2,5 @@
 //! tests always run a binary built from the current source.
 
 fn main() -> std::process::ExitCode {
-    agentd_node::cli::main()
+    agentd_cli::main()
 }

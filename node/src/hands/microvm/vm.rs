@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentd_actors::sandbox::{Limits, Network, SandboxError};
-use agentd_raft::tls::ClusterCa;
+use agentd_transport::tls::ClusterCa;
 use tokio::io::AsyncBufReadExt;
 
 use super::image::{Accel, MicrovmImage};

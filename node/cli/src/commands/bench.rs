@@ -1,0 +1,104 @@
+//! `agentd bench`: measure a running cluster or this host's sandboxes.
+//! The measurements themselves are in `crate::bench`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use super::Target;
+use crate::bench::{append, first_model_request, sandbox};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Sandbox cold start and per-call latency, per available driver (no cluster needed).
+    Sandbox {
+        #[arg(long, default_value_t = 20)]
+        sandboxes: u32,
+        /// Calls of each kind per sandbox after the first.
+        #[arg(long, default_value_t = 20)]
+        calls: u32,
+        /// Where the sandboxes are made (a temporary directory by default).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time from a message to the first model request, lazy vs eager sandboxes.
+    FirstModelRequest {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 50)]
+        sessions: u32,
+    },
+    /// Closed-loop appends: commit latency percentiles and throughput.
+    Append {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1)]
+        clients: u32,
+        #[arg(long, default_value_t = 1000)]
+        events: u64,
+        #[arg(long, default_value_t = 100)]
+        payload_bytes: usize,
+    },
+}
+
+pub async fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Sandbox { sandboxes, calls, dir, json } => run_sandbox(sandboxes, calls, dir, json).await,
+        BenchCommand::FirstModelRequest { target, sessions } => run_first_model_request(target, sessions).await,
+        BenchCommand::Append { target, clients, events, payload_bytes } => {
+            run_append(target, clients, events, payload_bytes).await
+        }
+    }
+}
+
+async fn run_sandbox(sandboxes: u32, calls: u32, dir: Option<PathBuf>, json: bool) -> Result<()> {
+    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("agentd-bench-sandbox-{}", std::process::id())));
+    let reports = sandbox::run(sandbox::SandboxBench { sandboxes, calls, dir: dir.clone() }).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    for report in reports? {
+        if json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!(
+                "{}: {} sandboxes; cold start p50 {:.1} ms p95 {:.1} ms; bash call p50 {:.2} ms p95 {:.2} ms; read call p50 {:.2} ms p95 {:.2} ms",
+                report.driver, report.sandboxes, report.cold_start_p50_ms, report.cold_start_p95_ms,
+                report.bash_call_p50_ms, report.bash_call_p95_ms, report.read_call_p50_ms, report.read_call_p95_ms
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn run_first_model_request(target: Target, sessions: u32) -> Result<()> {
+    let bench =
+        first_model_request::FirstModelRequestBench { addrs: target.addr.clone(), ca_pem: target.ca_pem()?, sessions };
+    for report in first_model_request::run(bench).await? {
+        if target.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!(
+                "{:<5} provisioning, {} sessions: p50 {:.2} ms, p95 {:.2} ms, max {:.2} ms",
+                report.provisioning, report.sessions, report.p50_ms, report.p95_ms, report.max_ms
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn run_append(target: Target, clients: u32, events: u64, payload_bytes: usize) -> Result<()> {
+    let bench =
+        append::AppendBench { addrs: target.addr.clone(), ca_pem: target.ca_pem()?, clients, events, payload_bytes };
+    let report = append::run(bench).await?;
+    if target.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} appends by {} clients in {:.2}s: {:.0} events/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {} errors",
+            report.events, report.clients, report.seconds, report.events_per_sec, report.p50_ms, report.p99_ms, report.p999_ms, report.max_ms, report.errors
+        );
+    }
+    Ok(())
+}

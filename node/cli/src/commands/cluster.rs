@@ -1,0 +1,107 @@
+//! `agentd cluster`: nodes, shards, leaders and replica lag.
+
+use std::collections::BTreeMap;
+
+use agentd_protocol::api::{ClusterStatus, GroupStatus};
+use agentd_protocol::ids::GroupId;
+use anyhow::Result;
+use clap::Subcommand;
+use serde_json::json;
+
+use super::Target;
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Nodes, shards, leaders and replica lag.
+    Status(Target),
+}
+
+pub async fn run(command: ClusterCommand) -> Result<()> {
+    match command {
+        ClusterCommand::Status(target) => status(target).await,
+    }
+}
+
+async fn status(target: Target) -> Result<()> {
+    let status = target.client()?.cluster_status().await?;
+    if target.json {
+        println!("{}", serde_json::to_string_pretty(&status_json(&status))?);
+        return Ok(());
+    }
+    println!("shards: {}   replication: {}", status.shards, status.replication_factor);
+    println!("{:<6} {:<22} {:<10} {:>8} {:>6}", "NODE", "ADDR", "STATE", "GROUPS", "LEADS");
+    for node in &status.nodes {
+        let leads = node.groups.iter().filter(|group| group.leader == Some(node.node_id)).count();
+        let state = if node.reachable { "up" } else { "unreachable" };
+        println!("{:<6} {:<22} {:<10} {:>8} {:>6}", node.node_id, node.addr, state, node.groups.len(), leads);
+    }
+    println!();
+    println!("{:<10} {:>7} {:>6} {:>9}  {:<14} REPLICA LAG", "GROUP", "LEADER", "TERM", "LAST LOG", "VOTERS");
+    for (node, group) in leader_reports(&status) {
+        let lag: Vec<String> = group
+            .replica_lag
+            .iter()
+            .map(|(replica, lag)| format!("{replica}:{}", lag.map(|lag| lag.to_string()).unwrap_or_else(|| "?".into())))
+            .collect();
+        println!(
+            "{:<10} {:>7} {:>6} {:>9}  {:<14} {}",
+            group.group.to_string(),
+            node,
+            group.term,
+            group.last_log_index.map(|index| index.to_string()).unwrap_or_else(|| "-".into()),
+            format!("{:?}", group.voters),
+            lag.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// For every group, the report of the node that leads it (or of any node if none does).
+fn leader_reports(status: &ClusterStatus) -> Vec<(u64, &GroupStatus)> {
+    let mut by_group: BTreeMap<GroupId, (u64, &GroupStatus)> = Default::default();
+    for node in &status.nodes {
+        for group in &node.groups {
+            let leads = group.leader == Some(node.node_id);
+            let entry = by_group.entry(group.group).or_insert((node.node_id, group));
+            if leads {
+                *entry = (node.node_id, group);
+            }
+        }
+    }
+    by_group.into_values().collect()
+}
+
+fn status_json(status: &ClusterStatus) -> serde_json::Value {
+    let nodes: Vec<_> = status
+        .nodes
+        .iter()
+        .map(|node| {
+            json!({
+                "node_id": node.node_id,
+                "addr": node.addr,
+                "reachable": node.reachable,
+                "groups_hosted": node.groups.len(),
+                "groups_led": node.groups.iter().filter(|group| group.leader == Some(node.node_id)).count(),
+            })
+        })
+        .collect();
+    let groups: Vec<_> = leader_reports(status)
+        .into_iter()
+        .map(|(reporter, group)| {
+            json!({
+                "group": group.group.to_string(),
+                "leader": group.leader,
+                "reported_by": reporter,
+                "term": group.term,
+                "voters": group.voters,
+                "learners": group.learners,
+                "last_log_index": group.last_log_index,
+                "last_applied_index": group.last_applied_index,
+                "snapshot_index": group.snapshot_index,
+                "purged_index": group.purged_index,
+                "replica_lag": group.replica_lag.iter().map(|(node, lag)| json!({"node_id": node, "lag": lag})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({"shards": status.shards, "replication_factor": status.replication_factor, "nodes": nodes, "groups": groups})
+}

@@ -1,0 +1,143 @@
+//! `agentd dev`: a local three-node cluster inside this process (the
+//! embeddable `Node`), a sample agent that uses tools, and one session whose
+//! events are printed live as they commit.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agentd_actors::model::ProviderConfig;
+use agentd_protocol::agent::{AgentSpec, BuiltInTool, PermissionPolicy};
+use agentd_protocol::event::{EventPayload, StopReason};
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use agentd_client::Client;
+use agentd_node::options::SANDBOX_IDLE_DEFAULT;
+use agentd_node::{Bootstrap, Node, NodeHandle, NodeOptions, RaftTuning};
+
+use crate::output;
+
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub data_dir: PathBuf,
+    pub nodes: u16,
+    pub base_port: u16,
+    pub shards: u32,
+    pub keep_running: bool,
+}
+
+/// The sample agent's model: a script of turns, played one per model call.
+fn sample_script() -> serde_json::Value {
+    json!([
+        [
+            {"type": "text", "text": "I'll write a short note, then check it with bash."},
+            {"type": "tool_use", "name": "write", "input": {"file_path": "notes/hello.md", "content": "# Hello from agentd\n\nWritten by a scripted agent.\n"}}
+        ],
+        [
+            {"type": "tool_use", "name": "bash", "input": {"command": "wc -l notes/hello.md && grep -n agentd notes/hello.md"}}
+        ],
+        [
+            {"type": "tool_use", "name": "read", "input": {"file_path": "notes/hello.md"}}
+        ],
+        [
+            {"type": "text", "text": "Done: notes/hello.md has 3 lines and mentions agentd."}
+        ]
+    ])
+}
+
+pub async fn run(options: DevOptions) -> Result<()> {
+    if options.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if options.data_dir.exists() {
+        std::fs::remove_dir_all(&options.data_dir)
+            .with_context(|| format!("cannot clear {}", options.data_dir.display()))?;
+    }
+    std::fs::create_dir_all(&options.data_dir)?;
+    let scripts_dir = options.data_dir.join("scripts");
+    std::fs::create_dir_all(&scripts_dir)?;
+    std::fs::write(scripts_dir.join("sample.json"), serde_json::to_string_pretty(&sample_script())?)?;
+    let models = ProviderConfig { scripts_dir: Some(scripts_dir), ..ProviderConfig::from_env() };
+
+    eprintln!("agentd dev: starting {} nodes in {}", options.nodes, options.data_dir.display());
+    let mut nodes: Vec<NodeHandle> = Vec::new();
+    for index in 0..options.nodes {
+        let node_id = u64::from(index) + 1;
+        let listen = format!("127.0.0.1:{}", options.base_port + index).parse()?;
+        let bootstrap = if index == 0 {
+            Bootstrap::Init { shards: options.shards, replication_factor: 3 }
+        } else {
+            let token = std::fs::read_to_string(options.data_dir.join("n1").join("join-token"))?;
+            Bootstrap::Join { seed: nodes[0].advertise_addr().to_string(), token: token.trim().to_string() }
+        };
+        let node = Node::start(NodeOptions {
+            node_id,
+            listen,
+            advertise: None,
+            data_dir: options.data_dir.join(format!("n{node_id}")),
+            bootstrap,
+            raft: RaftTuning::default(),
+            sandbox_dir: Some(options.data_dir.join("sandboxes")),
+            sandbox_idle: SANDBOX_IDLE_DEFAULT,
+            models: models.clone(),
+        })
+        .await
+        .with_context(|| format!("node {node_id} did not start (is port {listen} free? try --base-port)"))?;
+        eprintln!("agentd dev: node {node_id} serving on {}", node.advertise_addr());
+        nodes.push(node);
+    }
+
+    let addrs: Vec<String> = nodes.iter().map(|node| node.advertise_addr().to_string()).collect();
+    let client = Client::for_addrs(addrs.clone(), None)?;
+    let agent = client
+        .put_agent(
+            None,
+            AgentSpec {
+                name: "sample".into(),
+                model: "scripted:sample.json".into(),
+                system: Some("You keep tidy notes.".into()),
+                tools: ["write", "bash", "read"]
+                    .iter()
+                    .map(|name| BuiltInTool { name: (*name).into(), policy: PermissionPolicy::AlwaysAllow })
+                    .collect(),
+                custom_tools: vec![],
+                max_model_calls_per_turn: agentd_protocol::limits::MODEL_CALLS_PER_TURN_DEFAULT,
+            },
+        )
+        .await?;
+    let session = client.create_session_with(Some(agent.id), None).await?;
+    eprintln!("agentd dev: agent {} (scripted model, tools write/bash/read), session {}", agent.id, session.session_id);
+    client.append(session.session_id, EventPayload::user_text("Please write a short note and check it.")).await?;
+
+    let mut subscription = client.subscribe(session.session_id, 1);
+    let finished = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            for event in subscription.next().await? {
+                println!("{}", output::summary(&event));
+                if let EventPayload::SessionStatusIdle { stop_reason: StopReason::EndTurn } = event.payload {
+                    return anyhow::Ok(());
+                }
+            }
+        }
+    })
+    .await;
+    match finished {
+        Ok(result) => result?,
+        Err(_) => bail!("the sample session did not finish within 120 s"),
+    }
+    let workspace = options.data_dir.join("sandboxes").join(session.session_id.to_string()).join("workspace");
+    eprintln!("agentd dev: the session finished; its workspace is {}", workspace.display());
+
+    if options.keep_running {
+        eprintln!(
+            "agentd dev: cluster running; try `agentd session events --addr {} {} --follow`. Ctrl-C stops it.",
+            addrs.join(","),
+            session.session_id
+        );
+        tokio::signal::ctrl_c().await?;
+    }
+    for node in nodes.iter().rev() {
+        node.shutdown().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! `agentd start`: one node in the foreground until SIGINT or SIGTERM, or
+//! until one of its Raft groups stops on a fatal storage error (fail-stop:
+//! the process exits non-zero for its supervisor to restart it).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use agentd_actors::model::ProviderConfig;
+use agentd_node::{Bootstrap, Node, NodeOptions, RaftTuning};
+use anyhow::{Context, Result};
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    #[arg(long)]
+    pub node_id: u64,
+    /// Address the node's QUIC endpoint binds (UDP).
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Address other nodes and clients dial, if not --listen.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Create a new cluster with this node as its first member.
+    #[arg(long, conflicts_with = "join")]
+    pub init: bool,
+    /// Join the cluster of the node at HOST:PORT (needs --token).
+    #[arg(long, requires = "token")]
+    pub join: Option<String>,
+    /// Join token, from DATA/join-token on any member.
+    #[arg(long, env = "AGENTD_JOIN_TOKEN")]
+    pub token: Option<String>,
+    /// Shards of a new cluster (fixed for its lifetime).
+    #[arg(long, default_value_t = agentd_protocol::limits::SHARDS_DEFAULT)]
+    pub shards: u32,
+    /// Replicas per shard of a new cluster.
+    #[arg(long, default_value_t = agentd_protocol::limits::REPLICATION_FACTOR_DEFAULT)]
+    pub replication: u32,
+    /// Serve Prometheus metrics over HTTP at HOST:PORT.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
+    /// Where session sandboxes live (default DATA/sandboxes). Nodes on one
+    /// host may share it.
+    #[arg(long)]
+    pub sandbox_dir: Option<PathBuf>,
+    /// Destroy a session's sandbox after this many seconds without a tool
+    /// call (the workspace stays; the next call starts a fresh sandbox).
+    #[arg(long, default_value_t = agentd_node::options::SANDBOX_IDLE_DEFAULT.as_secs())]
+    pub sandbox_idle_secs: u64,
+    /// Directory that `scripted:FILE` model names are relative to.
+    #[arg(long)]
+    pub scripts_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TuningArgs {
+    #[arg(long, default_value_t = RaftTuning::default().heartbeat_interval_ms)]
+    pub heartbeat_ms: u64,
+    #[arg(long, default_value_t = RaftTuning::default().election_timeout_min_ms)]
+    pub election_timeout_min_ms: u64,
+    #[arg(long, default_value_t = RaftTuning::default().election_timeout_max_ms)]
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    #[arg(long, default_value_t = RaftTuning::default().snapshot_logs)]
+    pub snapshot_logs: u64,
+    /// Entries kept behind a snapshot before they are purged.
+    #[arg(long, default_value_t = RaftTuning::default().logs_to_keep)]
+    pub logs_to_keep: u64,
+}
+
+pub async fn run(args: StartArgs) -> Result<()> {
+    if let Some(addr) = args.metrics {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    }
+    let bootstrap = match (args.init, args.join) {
+        (true, _) => Bootstrap::Init { shards: args.shards, replication_factor: args.replication },
+        (false, Some(seed)) => Bootstrap::Join { seed, token: args.token.unwrap_or_default() },
+        (false, None) => Bootstrap::Restart,
+    };
+    let options = NodeOptions {
+        node_id: args.node_id,
+        listen: args.listen,
+        advertise: args.advertise,
+        data_dir: args.data_dir,
+        bootstrap,
+        raft: RaftTuning {
+            heartbeat_interval_ms: args.tuning.heartbeat_ms,
+            election_timeout_min_ms: args.tuning.election_timeout_min_ms,
+            election_timeout_max_ms: args.tuning.election_timeout_max_ms,
+            snapshot_logs: args.tuning.snapshot_logs,
+            logs_to_keep: args.tuning.logs_to_keep,
+        },
+        sandbox_dir: args.sandbox_dir,
+        sandbox_idle: std::time::Duration::from_secs(args.sandbox_idle_secs),
+        models: ProviderConfig { scripts_dir: args.scripts_dir, ..ProviderConfig::from_env() },
+    };
+    let node = Node::start(options).await?;
+    eprintln!("agentd: node {} serving on {}", node.node_id(), node.advertise_addr());
+    tokio::select! {
+        _ = shutdown_signal() => {
+            eprintln!("agentd: shutting down");
+            node.shutdown().await;
+            Ok(())
+        }
+        failure = node.failed() => {
+            // Fail-stop: a group whose storage failed cannot go on; the
+            // process exits so its supervisor restarts it from what is durable.
+            node.shutdown().await;
+            anyhow::bail!("stopping: {failure}")
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match terminate.as_mut() { Some(signal) => { signal.recv().await; } None => std::future::pending().await } } => {}
+    }
+}

@@ -1,0 +1,119 @@
+//! The `agentd` command line. Scripts depend on it: flags are stable and
+//! every command that prints data takes `--json`. One file per command
+//! group in `commands/`; measurements in `bench/`; JSON shapes of events in
+//! `output.rs`.
+
+pub mod bench;
+pub mod commands;
+pub mod output;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use commands::{agent, bench as bench_command, cluster, dev, environment, hands, session, start, vault};
+
+#[derive(Debug, Parser)]
+#[command(name = "agentd", version, about = "A self-hostable cluster runtime for managed AI agents")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node in the foreground.
+    Start(start::StartArgs),
+    /// A local 3-node cluster in this process running a sample agent session.
+    Dev {
+        /// Where the nodes keep their data; cleared at start.
+        #[arg(long, default_value = ".agentd/dev")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: u16,
+        /// Nodes listen on 127.0.0.1:BASE_PORT, BASE_PORT+1, ...
+        #[arg(long, default_value_t = 7701)]
+        base_port: u16,
+        #[arg(long, default_value_t = 16)]
+        shards: u32,
+        /// Keep the cluster running after the sample session (Ctrl-C stops it).
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Inspect the cluster.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Create sessions, send events, read them.
+    #[command(subcommand)]
+    Session(session::SessionCommand),
+    /// Define agents (versioned).
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
+    /// Define environments: where an agent's tools run.
+    #[command(subcommand)]
+    Environment(environment::EnvironmentCommand),
+    /// Store credentials that tool calls get and results never show.
+    #[command(subcommand)]
+    Vault(vault::VaultCommand),
+    /// Measure a running cluster.
+    #[command(subcommand)]
+    Bench(bench_command::BenchCommand),
+    /// Run the real cluster code under a seeded plan of crashes, partitions
+    /// and disk faults in one process, and check every invariant.
+    #[command(subcommand)]
+    Sim(agentd_sim::cli::SimCommand),
+    /// The agent inside a sandbox: serves the built-in tools over QUIC to its node.
+    Hands(hands::HandsArgs),
+}
+
+/// The `agentd` program: logging to stderr, a multi-threaded runtime, the command.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Command::Sim(command) = cli.command {
+        // The simulator makes its own runtimes (one per simulated host) and
+        // logs only errors unless AGENTD_LOG asks for more.
+        let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTD_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        return agentd_sim::cli::main(command);
+    }
+    // `dev` prints a session's events; node chatter would drown them.
+    let default_filter =
+        if matches!(cli.command, Command::Dev { .. }) { "warn" } else { "info,openraft=warn,quinn=warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("agentd: cannot start the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("agentd: error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command (all but `sim`, which makes its own runtimes).
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Start(args) => start::run(args).await,
+        Command::Dev { data_dir, nodes, base_port, shards, keep_running } => {
+            dev::run(dev::DevOptions { data_dir, nodes, base_port, shards, keep_running }).await
+        }
+        Command::Cluster(command) => cluster::run(command).await,
+        Command::Hands(args) => hands::run(args).await,
+        Command::Session(command) => session::run(command).await,
+        Command::Agent(command) => agent::run(command).await,
+        Command::Environment(command) => environment::run(command).await,
+        Command::Vault(command) => vault::run(command).await,
+        Command::Bench(command) => bench_command::run(command).await,
+        Command::Sim(_) => anyhow::bail!("`agentd sim` runs outside a tokio runtime; call agentd_sim::cli::main"),
+    }
+}

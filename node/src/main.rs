@@ -1,3 +1,0 @@
-fn main() -> std::process::ExitCode {
-    agentd_node::cli::main()
-}

@@ -1,0 +1,40 @@
+//! One request per stream: reading it, and answering what could not be read.
+
+use std::time::Duration;
+
+use agentd_protocol::limits::REQUEST_READ_TIMEOUT_MS;
+use agentd_protocol::ApiError;
+use agentd_transport::wire::{read_frame, write_frame};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Reads the one request frame of a stream. On bad input the stream gets a
+/// typed error frame (when it can still be written) and is closed.
+pub(super) async fn read_request<T: DeserializeOwned, E: Serialize>(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    max_bytes: usize,
+    to_error: impl Fn(ApiError) -> E,
+) -> Option<T> {
+    let timeout = Duration::from_millis(REQUEST_READ_TIMEOUT_MS);
+    let error = match tokio::time::timeout(timeout, read_frame::<_, T>(recv, max_bytes)).await {
+        Ok(Ok(Some(request))) => return Some(request),
+        Ok(Ok(None)) => ApiError::Malformed { message: "stream ended before a request".into() },
+        Ok(Err(agentd_transport::Error::Protocol(error))) => ApiError::from(error),
+        Ok(Err(error)) => ApiError::Malformed { message: error.to_string() },
+        Err(_) => ApiError::Malformed { message: format!("no request within {timeout:?}") },
+    };
+    metrics::counter!("agentd_bad_requests_total").increment(1);
+    tracing::debug!(%error, "bad request");
+    let _ = recv.stop(0u32.into());
+    answer(send, &to_error(error), max_bytes).await;
+    None
+}
+
+/// Writes the one answer of a stream and finishes it. A client that went
+/// away meanwhile is nobody's error.
+pub(super) async fn answer<T: Serialize>(send: &mut quinn::SendStream, response: &T, max_bytes: usize) {
+    if write_frame(send, response, max_bytes).await.is_ok() {
+        let _ = send.finish();
+    }
+}
