@@ -14,7 +14,7 @@
 #   --events-1 N     writes for the 1-client rows (default 2000)
 #   --events-64 N    writes for the 64-client rows (default 20000)
 #   --only-etcd      skip building and running agentd
-#   --agentd-bin P   use this agentd binary instead of building agentd-node
+#   --agentd-bin P   use this agentd binary instead of building the agentd package
 #   --work-dir DIR   keep cluster logs and raw results in DIR (default: a
 #                    temporary directory, removed after a successful run)
 set -euo pipefail
@@ -267,7 +267,7 @@ etcd_bench="$etcd_bench_target_dir/release/etcd-bench"
 if [ "$only_etcd" = false ] && [ -z "$agentd_bin" ]; then
   log "building agentd"
   # shellcheck source=scripts/env.sh
-  agentd_bin=$(cd "$repo" && source scripts/env.sh && cargo build --release --quiet -p agentd-node >&2 \
+  agentd_bin=$(cd "$repo" && source scripts/env.sh && cargo build --release --quiet -p agentd >&2 \
     && echo "$CARGO_TARGET_DIR/release/agentd")
 fi
 if [ "$only_etcd" = false ]; then

@@ -9,7 +9,7 @@ bash scripts/setup.sh
 source scripts/env.sh
 
 echo "==> building agentd (release)" >&2
-cargo build --release -p agentd-node --quiet
+cargo build --release -p agentd --quiet
 agentd="$CARGO_TARGET_DIR/release/agentd"
 dir="${AGENTD_DEMO_DIR:-$(mktemp -d /tmp/agentd-demo.XXXXXX)}"
 ports=(7101 7102 7103)

@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 echo "==> building agentd" >&2
-cargo build -p agentd-node --quiet
+cargo build -p agentd --quiet
 exec "$CARGO_TARGET_DIR/debug/agentd" dev "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the read-only root filesystem of the OCI sandbox (actors/src/sandbox/oci_sandbox.rs)
+# Builds the read-only root filesystem of the OCI sandbox (actors/src/sandbox/drivers/oci.rs)
 # from busybox-static: one static binary, its applet symlinks, a uid 1000 user, and the
 # empty mount points the sandbox mounts over. Idempotent; rerunning refreshes it.
 # Usage: scripts/oci-rootfs.sh [DIR]   (default /var/cache/agentd/oci-rootfs)

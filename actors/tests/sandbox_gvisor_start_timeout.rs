@@ -3,6 +3,8 @@
 //! that swaps agentd's `--platform=ptrace` for `--platform=kvm` gives a real runsc that
 //! hangs. Its own test binary, because it sets `AGENTD_RUNSC` for the whole process.
 
+#![allow(clippy::disallowed_methods, reason = "tests of real sandboxes on the host, timed by the wall clock")]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,6 +1,8 @@
 //! The local sandbox (what `agentd hands` serves inside a VM): a timeout kills
 //! the shell's whole process group, and `run_as` bounds the shell user's processes.
 
+#![allow(clippy::disallowed_methods, reason = "tests of real sandboxes on the host, timed by the wall clock")]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

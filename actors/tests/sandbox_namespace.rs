@@ -1,6 +1,8 @@
 //! Real bubblewrap sandboxes: tools, idempotency, confinement and limits.
 //! Needs `bwrap` (scripts/setup.sh installs it).
 
+#![allow(clippy::disallowed_methods, reason = "tests of real sandboxes on the host, timed by the wall clock")]
+
 mod sandbox_calls;
 
 use std::path::{Path, PathBuf};

@@ -4,6 +4,8 @@
 //! scripts/oci-rootfs.sh); each test is skipped, with the reason on stderr, only when
 //! the probe says runc is unavailable here.
 
+#![allow(clippy::disallowed_methods, reason = "tests of real sandboxes on the host, timed by the wall clock")]
+
 #[macro_use]
 mod container_sandbox;
 mod sandbox_calls;

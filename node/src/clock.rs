@@ -27,7 +27,12 @@ impl Clock {
     /// Milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
         match self {
-            Clock::System => {
+            Clock::System =>
+            {
+                #[allow(
+                    clippy::disallowed_methods,
+                    reason = "the production clock; the simulator uses Clock::Simulated"
+                )]
                 SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
             }
             Clock::Simulated { start, epoch_ms, offset_ms } => {

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentd_actors::brain::{Brain, Models, Orchestrators};
-use agentd_actors::model::{ModelProvider, RetryPolicy};
+use agentd_actors::brain::{Brain, Orchestrators};
+use agentd_actors::model::{ModelProvider, Models, RetryPolicy};
 use agentd_protocol::ids::{GroupId, NodeId};
 use agentd_protocol::sync::lock;
 use agentd_raft::host::RaftHost;
@@ -115,7 +115,7 @@ impl Node {
             provisioner: Arc::new(HostProvisioner::new(sandbox_dir.clone())),
             models: Vec::new(),
             clock: Clock::System,
-            seed: rand::random(),
+            seed: os_seed(),
             sandbox_dir,
             log_observer: None,
         };
@@ -203,6 +203,13 @@ impl Node {
             }),
         })
     }
+}
+
+/// Production's seed for openraft's randomness (the simulator passes one
+/// drawn from the run's seed to `Node::start_with`).
+#[allow(clippy::disallowed_methods, reason = "Node::start is production's entry point; the simulator seeds start_with")]
+fn os_seed() -> u64 {
+    rand::random()
 }
 
 impl NodeHandle {

@@ -27,6 +27,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::disallowed_methods, reason = "poisoning a lock takes a thread that panics")]
     fn a_poisoned_lock_is_recovered_with_its_value() {
         let mutex = std::sync::Arc::new(Mutex::new(7));
         let poisoner = mutex.clone();

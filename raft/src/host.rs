@@ -12,7 +12,8 @@ use agentd_protocol::ApiError;
 
 use crate::network::{serve_rpc, GroupNetwork};
 use crate::peers::Peers;
-use crate::store::{Db, StateReader};
+use crate::state::StateReader;
+use crate::store::Db;
 use crate::types::{Raft, Runtime};
 use crate::Error;
 

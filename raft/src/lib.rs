@@ -1,5 +1,7 @@
-//! Replication for agentd: the openraft type configuration, the RocksDB log
-//! store and state machine, the QUIC Raft network and the multi-raft host.
+//! Replication for agentd: the multi-raft host (`host.rs`) with its QUIC
+//! Raft network (`network.rs`, `peers.rs`), the one door into Raft for a
+//! command (`propose.rs`), shard placement (`placement.rs`), the storage
+//! seam and log store (`store/`), and the state machine (`state/`).
 
 mod error;
 pub mod host;
@@ -7,6 +9,7 @@ pub mod network;
 pub mod peers;
 pub mod placement;
 mod propose;
+pub mod state;
 pub mod store;
 pub mod types;
 

@@ -36,7 +36,7 @@ impl fmt::Display for NodeInfo {
     }
 }
 
-pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachine>;
+pub type Raft = openraft::Raft<TypeConfig, crate::state::StateMachine>;
 pub type Entry = alias::EntryOf<TypeConfig>;
 pub type LogId = alias::LogIdOf<TypeConfig>;
 pub type Vote = alias::VoteOf<TypeConfig>;

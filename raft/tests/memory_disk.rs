@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use agentd_protocol::ids::{GroupId, ShardId};
+use agentd_raft::state::StateMachine;
 use agentd_raft::store::memory_disk::DiskFaults;
-use agentd_raft::store::{CrashMode, Db, LogStore, MemoryDisk, StateMachine};
+use agentd_raft::store::{CrashMode, Db, LogStore, MemoryDisk};
 use agentd_raft::types::{Entry, LogId, TypeConfig};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};

@@ -8,6 +8,7 @@ use agentd_protocol::command::{Command, CommandResponse};
 use agentd_protocol::event::{Confirmation, ContentBlock, EventPayload, JsonText, StopReason};
 use agentd_protocol::ids::{AgentId, EventId, GroupId, SessionId, ShardId};
 use agentd_protocol::ApiError;
+use agentd_raft::state::{StateMachine, StateReader};
 use agentd_raft::store::Db;
 use agentd_raft::types::{Entry, LogId, TypeConfig};
 use openraft::entry::RaftEntry;
@@ -19,11 +20,7 @@ fn log_id(index: u64) -> LogId {
 }
 
 /// Applies commands one entry each and returns their responses.
-fn apply(
-    state_machine: &mut agentd_raft::store::StateMachine,
-    first_index: u64,
-    commands: Vec<Command>,
-) -> Vec<CommandResponse> {
+fn apply(state_machine: &mut StateMachine, first_index: u64, commands: Vec<Command>) -> Vec<CommandResponse> {
     let entries: Vec<Entry> = commands
         .into_iter()
         .enumerate()
@@ -86,17 +83,28 @@ fn stale_epochs_never_append_and_answers_must_match_pending_actions() {
     assert!(matches!(responses[7], CommandResponse::Rejected(ApiError::InvalidRequest { .. })), "{:?}", responses[7]);
     assert_eq!(reader.session(session).unwrap().unwrap().status, SessionStatus::Running);
 
+    confirmations_answer_once_and_nothing_follows_termination(&mut shard, &reader, session, tool_use);
+}
+
+/// The second half of `stale_epochs_never_append_and_answers_must_match_pending_actions`,
+/// on a session running in epoch 2 with four events.
+fn confirmations_answer_once_and_nothing_follows_termination(
+    shard: &mut StateMachine,
+    reader: &StateReader,
+    session: SessionId,
+    tool_use: EventId,
+) {
     // The orchestrator asks for confirmation; the client answers it once.
     let confirmation =
         EventPayload::UserToolConfirmation { tool_use_id: tool_use, result: Confirmation::Deny, deny_message: None };
     let responses = apply(
-        &mut shard,
+        shard,
         9,
         vec![
             append(
                 session,
                 6,
-                EventPayload::AgentToolUse { name: "bash".into(), input: JsonText::parse("{}").unwrap() },
+                EventPayload::AgentToolUse { name: "bash".into(), input: JsonText::parse("{}").expect("JSON") },
                 Some(2),
             ),
             append(
@@ -119,7 +127,7 @@ fn stale_epochs_never_append_and_answers_must_match_pending_actions() {
     assert!(matches!(responses[3], CommandResponse::Rejected(ApiError::InvalidRequest { .. })), "answered twice");
     assert_eq!(responses[4], CommandResponse::Appended { seq: 5, duplicate: false });
     assert!(matches!(responses[5], CommandResponse::Rejected(ApiError::InvalidRequest { .. })), "terminated");
-    let info = reader.session(session).unwrap().unwrap();
+    let info = reader.session(session).expect("read").expect("the session");
     assert_eq!(
         (info.status, info.epoch, info.last_seq, info.pending_actions),
         (SessionStatus::Terminated, 2, 5, vec![])

@@ -11,7 +11,8 @@ use agentd_protocol::command::{Command, CommandResponse};
 use agentd_protocol::event::{Event, EventPayload};
 use agentd_protocol::ids::{EventId, GroupId, SessionId, ShardId};
 use agentd_protocol::ApiError;
-use agentd_raft::store::{Db, LogStore, StateMachine};
+use agentd_raft::state::{StateMachine, StateReader};
+use agentd_raft::store::{Db, LogStore};
 use agentd_raft::types::{Entry, LogId, TypeConfig, Vote};
 use futures_util::stream;
 use openraft::entry::RaftEntry;
@@ -230,37 +231,9 @@ async fn sessions_and_events_are_applied_with_exact_responses() {
         ]
     );
 
-    let expected_alice = vec![
-        Event {
-            session_id: alice,
-            seq: 1,
-            id: event_id(1),
-            processed_at_ms: 1001,
-            payload: EventPayload::user_text("one"),
-        },
-        Event {
-            session_id: alice,
-            seq: 2,
-            id: event_id(2),
-            processed_at_ms: 1002,
-            payload: EventPayload::user_text("two"),
-        },
-        Event {
-            session_id: alice,
-            seq: 3,
-            id: event_id(4),
-            processed_at_ms: 5004,
-            payload: EventPayload::user_text("three"),
-        },
-    ];
-    assert_eq!(reader.events(alice, 1, 100).expect("events"), expected_alice);
-    assert_eq!(reader.events(alice, 0, 100).expect("events"), expected_alice);
-    assert_eq!(reader.events(alice, 2, 1).expect("events"), expected_alice[1..2]);
-    assert_eq!(reader.events(alice, 4, 100).expect("events"), vec![]);
-    assert_eq!(reader.events(bob, 1, 100).expect("events").len(), 1);
-    assert_eq!(reader.events(nobody, 1, 100).expect("events"), vec![]);
+    let expected_alice = alice_events(alice);
+    assert_reads(&reader, (alice, bob, nobody), &expected_alice);
     assert_eq!(reader.session(alice).expect("session"), Some(alice_info(3)));
-    assert_eq!(reader.session(nobody).expect("session"), None);
     let mut sessions = vec![alice, bob];
     sessions.sort();
     assert_eq!(reader.session_ids().expect("session ids"), sessions);
@@ -285,6 +258,49 @@ async fn sessions_and_events_are_applied_with_exact_responses() {
     // Dropping the state machine closes the followers' channel.
     drop(state_machine);
     assert!(matches!(events.recv().await, Err(tokio::sync::broadcast::error::RecvError::Closed)));
+}
+
+/// The events `sessions_and_events_are_applied_with_exact_responses` appends to `alice`.
+fn alice_events(alice: SessionId) -> Vec<Event> {
+    vec![
+        Event {
+            session_id: alice,
+            seq: 1,
+            id: event_id(1),
+            processed_at_ms: 1001,
+            payload: EventPayload::user_text("one"),
+        },
+        Event {
+            session_id: alice,
+            seq: 2,
+            id: event_id(2),
+            processed_at_ms: 1002,
+            payload: EventPayload::user_text("two"),
+        },
+        Event {
+            session_id: alice,
+            seq: 3,
+            id: event_id(4),
+            processed_at_ms: 5004,
+            payload: EventPayload::user_text("three"),
+        },
+    ]
+}
+
+/// Reads of every kind see exactly what was applied: pages, a start before
+/// the first event, past the end, and sessions that do not exist.
+fn assert_reads(
+    reader: &StateReader,
+    (alice, bob, nobody): (SessionId, SessionId, SessionId),
+    expected_alice: &[Event],
+) {
+    assert_eq!(reader.events(alice, 1, 100).expect("events"), expected_alice);
+    assert_eq!(reader.events(alice, 0, 100).expect("events"), expected_alice);
+    assert_eq!(reader.events(alice, 2, 1).expect("events"), expected_alice[1..2]);
+    assert_eq!(reader.events(alice, 4, 100).expect("events"), vec![]);
+    assert_eq!(reader.events(bob, 1, 100).expect("events").len(), 1);
+    assert_eq!(reader.events(nobody, 1, 100).expect("events"), vec![]);
+    assert_eq!(reader.session(nobody).expect("session"), None);
 }
 
 #[tokio::test]

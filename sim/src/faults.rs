@@ -271,15 +271,6 @@ pub fn plan(seed: u64, shape: &PlanShape) -> Vec<(Duration, Fault)> {
     if kinds.is_empty() || shape.nodes == 0 {
         return plan;
     }
-    let node = |rng: &mut StdRng| rng.random_range(1..=shape.nodes);
-    let other = |rng: &mut StdRng, not: u64| {
-        let pick = rng.random_range(1..shape.nodes.max(2));
-        if pick >= not {
-            pick + 1
-        } else {
-            pick
-        }
-    };
     let end = shape.safety.as_millis() as u64;
     // Faults start after the cluster formed and the workload began.
     let mut at = 1_500 + rng.random_range(0..500);
@@ -288,75 +279,105 @@ pub fn plan(seed: u64, shape: &PlanShape) -> Vec<(Duration, Fault)> {
         let span = rng.random_range(300..2_000).min(end.saturating_sub(at + 100));
         let later = Duration::from_millis(at + span);
         let now = Duration::from_millis(at);
-        match kind {
-            FaultKind::Crash => {
-                let victim = node(&mut rng);
-                plan.push((now, Fault::Crash { node: victim, keep_unsynced: rng.random_bool(0.5) }));
-                plan.push((later, Fault::Restart { node: victim }));
-            }
-            FaultKind::Wipe => {
-                let victim = node(&mut rng);
-                plan.push((now, Fault::Wipe { node: victim }));
-                plan.push((later, Fault::Restart { node: victim }));
-            }
-            FaultKind::PowerLoss => {
-                plan.push((now, Fault::PowerLoss));
-                plan.push((now + Duration::from_millis(200), Fault::RestartAll));
-            }
-            FaultKind::Partition if shape.nodes > 1 => {
-                let a = node(&mut rng);
-                let b = other(&mut rng, a);
-                plan.push((now, Fault::Partition { a, b }));
-                plan.push((later, Fault::Heal));
-            }
-            FaultKind::OneWay if shape.nodes > 1 => {
-                let from = node(&mut rng);
-                let to = other(&mut rng, from);
-                plan.push((now, Fault::OneWay { from, to }));
-                plan.push((later, Fault::Heal));
-            }
-            FaultKind::Isolate => {
-                plan.push((now, Fault::Isolate { node: node(&mut rng) }));
-                plan.push((later, Fault::Heal));
-            }
-            FaultKind::Delay => {
-                plan.push((now, Fault::Delay { max: Duration::from_millis(rng.random_range(5..80)) }));
-                plan.push((later, Fault::Delay { max: Duration::from_millis(2) }));
-            }
-            FaultKind::Loss => {
-                plan.push((now, Fault::Loss { per_mille: rng.random_range(20..200) }));
-                plan.push((later, Fault::LossEnd));
-            }
-            FaultKind::Disk => {
-                let victim = node(&mut rng);
-                let fsync_per_million = rng.random_range(0..20_000);
-                let read_per_million = rng.random_range(0..2_000);
-                plan.push((now, Fault::DiskFaults { node: victim, fsync_per_million, read_per_million }));
-                plan.push((later, Fault::DiskFaultsEnd { node: victim }));
-            }
-            FaultKind::Clock => {
-                let delta_ms = rng.random_range(-120_000..120_000);
-                plan.push((now, Fault::ClockJump { node: node(&mut rng), delta_ms }));
-            }
-            FaultKind::LeaderTransfer => {
-                plan.push((now, Fault::LeaderTransfer { shard: rng.random_range(0..shape.shards.max(1)) }));
-            }
-            FaultKind::Snapshot => plan.push((now, Fault::Snapshot { node: node(&mut rng) })),
-            FaultKind::DuplicateWake => plan.push((now, Fault::DuplicateWake { node: node(&mut rng) })),
-            FaultKind::Duplicate => {
-                plan.push((now, Fault::Duplicate { per_mille: rng.random_range(20..300) }));
-                plan.push((later, Fault::DuplicateEnd));
-            }
-            FaultKind::Membership if shape.nodes > 1 => {
-                let shard = rng.random_range(0..shape.shards.max(1));
-                plan.push((now, Fault::ShrinkShard { shard, without: node(&mut rng) }));
-                plan.push((later, Fault::RestoreShard { shard }));
-            }
-            // Sandbox crashes are a rate for the whole safety phase, not events.
-            FaultKind::SandboxCrash | FaultKind::Partition | FaultKind::OneWay | FaultKind::Membership => {}
-        }
+        plan.extend(faults_of(kind, &mut rng, shape, now, later));
         at += rng.random_range(200..1_200);
     }
     plan.sort_by_key(|(at, _)| *at);
     plan
+}
+
+/// A random node.
+fn pick_node(rng: &mut StdRng, nodes: u64) -> u64 {
+    rng.random_range(1..=nodes)
+}
+
+/// A random node other than `not`.
+fn pick_other(rng: &mut StdRng, nodes: u64, not: u64) -> u64 {
+    let pick = rng.random_range(1..nodes.max(2));
+    if pick >= not {
+        pick + 1
+    } else {
+        pick
+    }
+}
+
+/// The fault of `kind` at `now` and, for a fault that takes something
+/// away, what undoes it at `later`. The draws from `rng` are part of the
+/// plan's definition: their order must not change, or seeds change meaning.
+fn faults_of(
+    kind: FaultKind,
+    rng: &mut StdRng,
+    shape: &PlanShape,
+    now: Duration,
+    later: Duration,
+) -> Vec<(Duration, Fault)> {
+    let mut faults = Vec::new();
+    match kind {
+        FaultKind::Crash => {
+            let victim = pick_node(rng, shape.nodes);
+            faults.push((now, Fault::Crash { node: victim, keep_unsynced: rng.random_bool(0.5) }));
+            faults.push((later, Fault::Restart { node: victim }));
+        }
+        FaultKind::Wipe => {
+            let victim = pick_node(rng, shape.nodes);
+            faults.push((now, Fault::Wipe { node: victim }));
+            faults.push((later, Fault::Restart { node: victim }));
+        }
+        FaultKind::PowerLoss => {
+            faults.push((now, Fault::PowerLoss));
+            faults.push((now + Duration::from_millis(200), Fault::RestartAll));
+        }
+        FaultKind::Partition if shape.nodes > 1 => {
+            let a = pick_node(rng, shape.nodes);
+            let b = pick_other(rng, shape.nodes, a);
+            faults.push((now, Fault::Partition { a, b }));
+            faults.push((later, Fault::Heal));
+        }
+        FaultKind::OneWay if shape.nodes > 1 => {
+            let from = pick_node(rng, shape.nodes);
+            let to = pick_other(rng, shape.nodes, from);
+            faults.push((now, Fault::OneWay { from, to }));
+            faults.push((later, Fault::Heal));
+        }
+        FaultKind::Isolate => {
+            faults.push((now, Fault::Isolate { node: pick_node(rng, shape.nodes) }));
+            faults.push((later, Fault::Heal));
+        }
+        FaultKind::Delay => {
+            faults.push((now, Fault::Delay { max: Duration::from_millis(rng.random_range(5..80)) }));
+            faults.push((later, Fault::Delay { max: Duration::from_millis(2) }));
+        }
+        FaultKind::Loss => {
+            faults.push((now, Fault::Loss { per_mille: rng.random_range(20..200) }));
+            faults.push((later, Fault::LossEnd));
+        }
+        FaultKind::Disk => {
+            let victim = pick_node(rng, shape.nodes);
+            let fsync_per_million = rng.random_range(0..20_000);
+            let read_per_million = rng.random_range(0..2_000);
+            faults.push((now, Fault::DiskFaults { node: victim, fsync_per_million, read_per_million }));
+            faults.push((later, Fault::DiskFaultsEnd { node: victim }));
+        }
+        FaultKind::Clock => {
+            let delta_ms = rng.random_range(-120_000..120_000);
+            faults.push((now, Fault::ClockJump { node: pick_node(rng, shape.nodes), delta_ms }));
+        }
+        FaultKind::LeaderTransfer => {
+            faults.push((now, Fault::LeaderTransfer { shard: rng.random_range(0..shape.shards.max(1)) }));
+        }
+        FaultKind::Snapshot => faults.push((now, Fault::Snapshot { node: pick_node(rng, shape.nodes) })),
+        FaultKind::DuplicateWake => faults.push((now, Fault::DuplicateWake { node: pick_node(rng, shape.nodes) })),
+        FaultKind::Duplicate => {
+            faults.push((now, Fault::Duplicate { per_mille: rng.random_range(20..300) }));
+            faults.push((later, Fault::DuplicateEnd));
+        }
+        FaultKind::Membership if shape.nodes > 1 => {
+            let shard = rng.random_range(0..shape.shards.max(1));
+            faults.push((now, Fault::ShrinkShard { shard, without: pick_node(rng, shape.nodes) }));
+            faults.push((later, Fault::RestoreShard { shard }));
+        }
+        // Sandbox crashes are a rate for the whole safety phase, not events.
+        FaultKind::SandboxCrash | FaultKind::Partition | FaultKind::OneWay | FaultKind::Membership => {}
+    }
+    faults
 }

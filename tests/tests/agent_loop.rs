@@ -110,12 +110,22 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
     )
     .await?;
     let client = cluster.client()?;
-    let allow = PermissionPolicy::AlwaysAllow;
-    let ask = PermissionPolicy::AlwaysAsk;
+    a_full_turn_writes_reads_and_answers(&client, scripts.path()).await?;
+    oci_environments_run_tools_in_containers(&client, scripts.path()).await?;
+    always_ask_pauses_for_a_confirmation(&client, scripts.path()).await?;
+    a_custom_tool_round_trips_through_the_client(&client, scripts.path()).await?;
+    an_interrupt_stops_the_turn_after_the_running_tool(&client, scripts.path()).await?;
+    the_turn_cap_and_the_stuck_detector_end_turns(&client, scripts.path()).await?;
+    let (session, seen) = a_failing_model_reports_errors_and_stays_usable(&client).await?;
+    a_dead_lettered_session_is_retried_where_it_failed(&client, scripts.path(), session, seen).await?;
+    bad_input_is_refused(&client, session).await
+}
 
-    // A full turn: write a file, read it back with bash, answer.
+/// A full turn: a file is written, read back with bash, and the model answers.
+async fn a_full_turn_writes_reads_and_answers(client: &Client, scripts: &Path) -> anyhow::Result<()> {
+    let allow = PermissionPolicy::AlwaysAllow;
     let model = write_script(
-        scripts.path(),
+        scripts,
         "full.json",
         json!([
             [text("Writing."), tool_use("write", json!({"file_path": "notes.txt", "content": "hello agent\n"}))],
@@ -123,17 +133,21 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
             [text("The file says hello.")],
         ]),
     );
-    let session = new_session(&client, agent(&model, &[("write", allow), ("bash", allow)], &[], 10)).await;
+    let session = new_session(client, agent(&model, &[("write", allow), ("bash", allow)], &[], 10)).await;
     client.append(session, EventPayload::user_text("write and read a note")).await?;
-    let events = wait_idle(&client, session, 1).await;
+    let events = wait_idle(client, session, 1).await;
     assert_eq!(stop_reason(&events), StopReason::EndTurn);
     let results = tool_results(&events);
     assert_eq!(results.len(), 2, "{events:#?}");
     assert!(!results[0].1 && results[1] == ("hello agent\n".to_string(), false), "{results:?}");
     assert!(events.iter().any(|event| matches!(&event.payload, EventPayload::AgentMessage { content } if text_of(content) == "The file says hello.")));
     assert_eq!(client.get_session(session).await?.status, agentd_protocol::api::SessionStatus::Idle);
+    Ok(())
+}
 
-    // The same agent in OCI environments: tools run in a runc container, and in a gVisor one.
+/// The same agent in OCI environments: tools run in a runc container, and in a gVisor one.
+async fn oci_environments_run_tools_in_containers(client: &Client, scripts: &Path) -> anyhow::Result<()> {
+    let allow = PermissionPolicy::AlwaysAllow;
     for driver in ["oci", "gvisor"] {
         let environment = client
             .put_environment(
@@ -150,31 +164,35 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
             )
             .await?;
         let model = write_script(
-            scripts.path(),
+            scripts,
             &format!("{driver}.json"),
             json!([[tool_use("bash", json!({"command": "echo in a container; id -u; uname -r"}))], [text("ok")]]),
         );
         let agent_id = client.put_agent(None, agent(&model, &[("bash", allow)], &[], 10)).await?.id;
         let session = client.create_session_with(Some(agent_id), Some(environment.id)).await?.session_id;
         client.append(session, EventPayload::user_text("where am I?")).await?;
-        let events = wait_idle(&client, session, 1).await;
+        let events = wait_idle(client, session, 1).await;
         // gVisor's kernel says it is Linux 4.4.0, whatever the host runs.
         let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
         let kernel = if driver == "gvisor" { "4.4.0\n" } else { host_kernel.as_str() };
         let expected = format!("in a container\n1000\n{kernel}");
         assert_eq!(tool_results(&events), vec![(expected, false)], "{driver}: {events:#?}");
     }
+    Ok(())
+}
 
-    // always_ask: the turn pauses; allow runs the tool, deny returns an error to the model.
+/// always_ask: the turn pauses; allow runs the tool, deny returns an error to the model.
+async fn always_ask_pauses_for_a_confirmation(client: &Client, scripts: &Path) -> anyhow::Result<()> {
+    let ask = PermissionPolicy::AlwaysAsk;
     let model = write_script(
-        scripts.path(),
+        scripts,
         "ask.json",
         json!([[tool_use("bash", json!({"command": "echo ran"}))], [text("after the tool")]]),
     );
     for allowed in [true, false] {
-        let session = new_session(&client, agent(&model, &[("bash", ask)], &[], 10)).await;
+        let session = new_session(client, agent(&model, &[("bash", ask)], &[], 10)).await;
         client.append(session, EventPayload::user_text("run it")).await?;
-        let events = wait_idle(&client, session, 1).await;
+        let events = wait_idle(client, session, 1).await;
         let StopReason::RequiresAction { event_ids } = stop_reason(&events) else { panic!("{events:#?}") };
         assert_eq!(event_ids.len(), 1);
         assert_eq!(client.get_session(session).await?.pending_actions, event_ids);
@@ -182,7 +200,7 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
             if allowed { (Confirmation::Allow, None) } else { (Confirmation::Deny, Some("not today".to_string())) };
         let confirmation = EventPayload::UserToolConfirmation { tool_use_id: event_ids[0], result, deny_message };
         client.append(session, confirmation.clone()).await?;
-        let events = wait_idle(&client, session, events.len()).await;
+        let events = wait_idle(client, session, events.len()).await;
         assert_eq!(stop_reason(&events), StopReason::EndTurn);
         let results = tool_results(&events);
         if allowed {
@@ -194,16 +212,16 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
         let again = client.append(session, confirmation).await;
         assert!(matches!(again, Err(ClientError::Api(ApiError::InvalidRequest { .. }))), "{again:?}");
     }
+    Ok(())
+}
 
-    // A custom tool round trip.
-    let model = write_script(
-        scripts.path(),
-        "custom.json",
-        json!([[tool_use("lookup", json!({"key": "answer"}))], [text("got it")]]),
-    );
-    let session = new_session(&client, agent(&model, &[], &["lookup"], 10)).await;
+/// A custom tool round trip: the turn waits for the client's result, then ends.
+async fn a_custom_tool_round_trips_through_the_client(client: &Client, scripts: &Path) -> anyhow::Result<()> {
+    let model =
+        write_script(scripts, "custom.json", json!([[tool_use("lookup", json!({"key": "answer"}))], [text("got it")]]));
+    let session = new_session(client, agent(&model, &[], &["lookup"], 10)).await;
     client.append(session, EventPayload::user_text("look it up")).await?;
-    let events = wait_idle(&client, session, 1).await;
+    let events = wait_idle(client, session, 1).await;
     let StopReason::RequiresAction { event_ids } = stop_reason(&events) else { panic!("{events:#?}") };
     assert!(events
         .iter()
@@ -214,19 +232,23 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
         is_error: false,
     };
     client.append(session, result).await?;
-    let events = wait_idle(&client, session, events.len()).await;
+    let events = wait_idle(client, session, events.len()).await;
     assert_eq!(stop_reason(&events), StopReason::EndTurn);
     assert!(events
         .iter()
         .any(|event| matches!(&event.payload, EventPayload::AgentMessage { content } if text_of(content) == "got it")));
+    Ok(())
+}
 
-    // Interrupt: the turn stops at the next step (after the running tool).
+/// Interrupt: the turn stops at the next step (after the running tool).
+async fn an_interrupt_stops_the_turn_after_the_running_tool(client: &Client, scripts: &Path) -> anyhow::Result<()> {
+    let allow = PermissionPolicy::AlwaysAllow;
     let model = write_script(
-        scripts.path(),
+        scripts,
         "slow.json",
         json!([[tool_use("bash", json!({"command": "sleep 2; echo slept"}))], [text("never said")]]),
     );
-    let session = new_session(&client, agent(&model, &[("bash", allow)], &[], 10)).await;
+    let session = new_session(client, agent(&model, &[("bash", allow)], &[], 10)).await;
     client.append(session, EventPayload::user_text("take your time")).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !client
@@ -239,14 +261,18 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     client.append(session, EventPayload::UserInterrupt).await?;
-    let events = wait_idle(&client, session, 1).await;
+    let events = wait_idle(client, session, 1).await;
     assert!(!events.iter().any(
         |event| matches!(&event.payload, EventPayload::AgentMessage { content } if text_of(content) == "never said")
     ));
+    Ok(())
+}
 
-    // The turn cap and the stuck detector.
+/// The turn cap and the stuck detector each end a turn with their own session.error.
+async fn the_turn_cap_and_the_stuck_detector_end_turns(client: &Client, scripts: &Path) -> anyhow::Result<()> {
+    let allow = PermissionPolicy::AlwaysAllow;
     let counting = write_script(
-        scripts.path(),
+        scripts,
         "counting.json",
         json!([
             [tool_use("bash", json!({"command": "echo 1"}))],
@@ -255,12 +281,12 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
             [text("done counting")],
         ]),
     );
-    let session = new_session(&client, agent(&counting, &[("bash", allow)], &[], 2)).await;
+    let session = new_session(client, agent(&counting, &[("bash", allow)], &[], 2)).await;
     client.append(session, EventPayload::user_text("count")).await?;
-    let events = wait_idle(&client, session, 1).await;
+    let events = wait_idle(client, session, 1).await;
     assert_eq!(errors(&events), vec!["max_model_calls".to_string()]);
     let looping = write_script(
-        scripts.path(),
+        scripts,
         "looping.json",
         json!([
             [tool_use("bash", json!({"command": "true"}))],
@@ -269,27 +295,37 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
             [tool_use("bash", json!({"command": "true"}))],
         ]),
     );
-    let session = new_session(&client, agent(&looping, &[("bash", allow)], &[], 10)).await;
+    let session = new_session(client, agent(&looping, &[("bash", allow)], &[], 10)).await;
     client.append(session, EventPayload::user_text("loop")).await?;
-    let events = wait_idle(&client, session, 1).await;
+    let events = wait_idle(client, session, 1).await;
     assert_eq!(errors(&events), vec!["stuck".to_string()]);
+    Ok(())
+}
 
-    // A model that fails: a clear session.error, and the session stays usable.
-    let session = new_session(&client, agent("scripted:missing.json", &[], &[], 10)).await;
+/// A model that fails: a clear session.error, and the session stays usable (returns it and its event count).
+async fn a_failing_model_reports_errors_and_stays_usable(client: &Client) -> anyhow::Result<(SessionId, usize)> {
+    let session = new_session(client, agent("scripted:missing.json", &[], &[], 10)).await;
     client.append(session, EventPayload::user_text("hello?")).await?;
-    let events = wait_idle(&client, session, 1).await;
+    let events = wait_idle(client, session, 1).await;
     assert_eq!(stop_reason(&events), StopReason::RetriesExhausted);
     assert_eq!(errors(&events).len(), 1);
     client.append(session, EventPayload::user_text("still there?")).await?;
-    let events = wait_idle(&client, session, events.len()).await;
+    let events = wait_idle(client, session, events.len()).await;
     assert_eq!(errors(&events).len(), 2);
+    Ok((session, events.len()))
+}
 
-    // The session is dead-lettered; once the model works again an operator
-    // retries it and the turn is taken up where it failed.
+/// The session is dead-lettered; once the model works again a retry takes the turn up where it failed.
+async fn a_dead_lettered_session_is_retried_where_it_failed(
+    client: &Client,
+    scripts: &Path,
+    session: SessionId,
+    seen: usize,
+) -> anyhow::Result<()> {
     assert_eq!(client.get_session(session).await?.stop_reason, Some(StopReason::RetriesExhausted));
-    write_script(scripts.path(), "missing.json", json!([[text("back again")]]));
+    write_script(scripts, "missing.json", json!([[text("back again")]]));
     client.retry_session(session).await?;
-    let events = wait_idle(&client, session, events.len()).await;
+    let events = wait_idle(client, session, seen).await;
     assert_eq!(stop_reason(&events), StopReason::EndTurn);
     assert!(events.iter().any(|event| event.payload == EventPayload::SessionStatusRescheduled));
     assert!(events.iter().any(
@@ -297,8 +333,11 @@ async fn the_agent_loop_runs_tools_asks_waits_and_stops() -> anyhow::Result<()> 
     ));
     let not_dead = client.retry_session(session).await;
     assert!(matches!(not_dead, Err(ClientError::Api(ApiError::InvalidRequest { .. }))), "{not_dead:?}");
+    Ok(())
+}
 
-    // Bad input: an unknown agent, a forged agent event.
+/// Bad input is refused: an unknown agent, a forged agent event.
+async fn bad_input_is_refused(client: &Client, session: SessionId) -> anyhow::Result<()> {
     let unknown = client.create_session_with(Some(AgentId::from_random(12345)), None).await;
     assert!(matches!(unknown, Err(ClientError::Api(ApiError::NotFound { .. }))), "{unknown:?}");
     let forged = client.append_with_id(session, EventId::from_random(9), EventPayload::SessionStatusTerminated).await;

@@ -71,79 +71,98 @@ async fn a_microvm_runs_tools_confined_and_contains_abuse() {
     let qemu = sandbox.qemu_pid().await.expect("QEMU runs");
     sandbox.health().await.expect("a booted VM whose agent answers is healthy");
 
-    // Tools round trip.
-    let written = call(&sandbox, "write", serde_json::json!({"file_path": "a.txt", "content": "one\ntwo\n"}), "").await;
+    tools_round_trip(&sandbox).await;
+    the_guest_sees_no_host_file_no_network_and_no_agent_key(&sandbox).await;
+    limits_and_abuse_end_the_tool_not_the_vm(&sandbox).await;
+    a_repeated_idempotency_key_runs_once(&sandbox).await;
+    a_vm_crash_fails_the_running_call_and_later_ones(&sandbox, qemu).await;
+    destroy_ends_qemu_and_every_later_call(&sandbox, qemu).await;
+}
+
+/// Tools round trip: write, edit, bash (as uid 1000 on the cloud kernel) and grep.
+async fn tools_round_trip(sandbox: &MicrovmSandbox) {
+    let written = call(sandbox, "write", serde_json::json!({"file_path": "a.txt", "content": "one\ntwo\n"}), "").await;
     assert!(!written.is_error, "{written:?}");
     let edited = call(
-        &sandbox,
+        sandbox,
         "edit",
         serde_json::json!({"file_path": "a.txt", "old_string": "two", "new_string": "three"}),
         "",
     )
     .await;
     assert!(!edited.is_error, "{edited:?}");
-    let shell = bash(&sandbox, "cat /workspace/a.txt; id -u; uname -r", 20_000).await;
+    let shell = bash(sandbox, "cat /workspace/a.txt; id -u; uname -r", 20_000).await;
     let words: Vec<&str> = shell.content.split_whitespace().collect();
     assert_eq!(&words[..3], ["one", "three", "1000"], "{shell:?}");
     assert!(words[3].ends_with("-cloud-amd64"), "the guest runs the cloud kernel: {shell:?}");
-    let grepped = call(&sandbox, "grep", serde_json::json!({"pattern": "thr"}), "").await;
+    let grepped = call(sandbox, "grep", serde_json::json!({"pattern": "thr"}), "").await;
     assert!(grepped.content.contains("a.txt"), "{grepped:?}");
+}
 
+/// Confinement: a host file is invisible, there is no network, and the agent's key is root's.
+async fn the_guest_sees_no_host_file_no_network_and_no_agent_key(sandbox: &MicrovmSandbox) {
     // A host file is invisible to the guest.
-    let marker_dir = tempfile::tempdir().unwrap();
+    let marker_dir = tempfile::tempdir().expect("a temporary directory");
     let secret = format!("host-only-{:016x}", rand::random::<u64>());
     let marker = marker_dir.path().join("marker.txt");
-    std::fs::write(&marker, &secret).unwrap();
+    std::fs::write(&marker, &secret).expect("write the marker");
     let looked = bash(
-        &sandbox,
+        sandbox,
         &format!("cat {} 2>&1; grep -rl {secret} / 2>/dev/null | head -3; true", marker.display()),
         20_000,
     )
     .await;
     assert!(!looked.content.contains(&secret) || looked.content.contains("grep -rl"), "{looked:?}");
     assert!(looked.content.contains("No such file"), "{looked:?}");
-    let read = call(&sandbox, "read", serde_json::json!({"file_path": marker.to_string_lossy()}), "").await;
+    let read = call(sandbox, "read", serde_json::json!({"file_path": marker.to_string_lossy()}), "").await;
     assert!(read.is_error && !read.content.contains(&secret), "{read:?}");
 
     // No network when the environment does not allow it.
-    let (output, accepted) = guest_reaches_host(&sandbox).await;
+    let (output, accepted) = guest_reaches_host(sandbox).await;
     assert!(!accepted, "the guest reached the host: {output:?}");
     assert!(!output.content.contains("rc=0"), "{output:?}");
 
     // The agent's key is root's; the tools run as uid 1000.
-    let key = bash(&sandbox, "cat /etc/agentd/agent.key 2>&1 | head -1", 20_000).await;
+    let key = bash(sandbox, "cat /etc/agentd/agent.key 2>&1 | head -1", 20_000).await;
     assert!(!key.content.contains("PRIVATE KEY"), "{key:?}");
+}
 
+/// Limits: timeouts, output caps, a fork bomb and memory exhaustion end the tool; the VM stays.
+async fn limits_and_abuse_end_the_tool_not_the_vm(sandbox: &MicrovmSandbox) {
     // Wall clock and output limits.
-    let slow = bash(&sandbox, "sleep 60", 1_000).await;
+    let slow = bash(sandbox, "sleep 60", 1_000).await;
     assert!(slow.is_error && slow.content.contains("timed out"), "{slow:?}");
-    let flood = bash(&sandbox, "yes flood | head -c 1000000", 20_000).await;
+    let flood = bash(sandbox, "yes flood | head -c 1000000", 20_000).await;
     assert!(flood.content.len() < 4_500 && flood.content.contains("flood"), "{} bytes", flood.content.len());
 
     // A fork bomb is bounded by the process limit and ended by the timeout; the VM stays.
-    let bomb = bash(&sandbox, "bomb() { bomb | bomb & }; bomb; sleep 30", 5_000).await;
+    let bomb = bash(sandbox, "bomb() { bomb | bomb & }; bomb; sleep 30", 5_000).await;
     eprintln!("fork bomb: {bomb:?}");
     assert!(bomb.is_error && bomb.content.contains("timed out"), "{bomb:?}");
-    let after = bash(&sandbox, "echo alive", 20_000).await;
+    let after = bash(sandbox, "echo alive", 20_000).await;
     assert_eq!(after.content.trim(), "alive", "{after:?}");
 
     // Memory exhaustion kills the tool, not the agent.
-    let hog = bash(&sandbox, "tail /dev/zero && echo survived", 20_000).await;
+    let hog = bash(sandbox, "tail /dev/zero && echo survived", 20_000).await;
     eprintln!("memory hog: {hog:?}");
     assert!(hog.is_error && hog.content.contains("exit code 137") && !hog.content.contains("survived"), "{hog:?}");
-    let after = bash(&sandbox, "echo alive", 20_000).await;
+    let after = bash(sandbox, "echo alive", 20_000).await;
     assert_eq!(after.content.trim(), "alive", "{after:?}");
+}
 
-    // A repeated idempotency key runs once.
+/// A repeated idempotency key runs once.
+async fn a_repeated_idempotency_key_runs_once(sandbox: &MicrovmSandbox) {
     let append = serde_json::json!({"command": "echo x >> once.txt; wc -l < once.txt"});
-    let first = call(&sandbox, "bash", append.clone(), "key-1").await;
-    let again = call(&sandbox, "bash", append, "key-1").await;
+    let first = call(sandbox, "bash", append.clone(), "key-1").await;
+    let again = call(sandbox, "bash", append, "key-1").await;
     assert_eq!(first, again);
     assert_eq!(first.content.trim(), "1");
-    let count = bash(&sandbox, "wc -l < once.txt", 20_000).await;
+    let count = bash(sandbox, "wc -l < once.txt", 20_000).await;
     assert_eq!(count.content.trim(), "1");
+}
 
-    // The VM dies in the middle of a call: the call fails, and its key is never run again.
+/// The VM dies in the middle of a call: the call fails, and its key is never run again.
+async fn a_vm_crash_fails_the_running_call_and_later_ones(sandbox: &MicrovmSandbox, qemu: u32) {
     let cut = ToolCall {
         name: "bash".into(),
         input_json: serde_json::json!({"command": "echo cut >> cut.txt; sleep 60"}).to_string(),
@@ -168,8 +187,11 @@ async fn a_microvm_runs_tools_confined_and_contains_abuse() {
     };
     let unreached_result = sandbox.execute(unreached.clone()).await;
     assert!(matches!(unreached_result, Err(SandboxError::Crashed(_))), "{unreached_result:?}");
+}
 
-    sandbox.destroy().await.unwrap();
+/// Destroy ends QEMU; health then reports the sandbox destroyed and a later call fails.
+async fn destroy_ends_qemu_and_every_later_call(sandbox: &MicrovmSandbox, qemu: u32) {
+    sandbox.destroy().await.expect("destroy the sandbox");
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::path::Path::new(&format!("/proc/{qemu}")).exists() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -5,9 +5,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use agentd_client::Client;
 use agentd_protocol::agent::{AgentSpec, BuiltInTool, EnvironmentSpec, Network, PermissionPolicy};
 use agentd_protocol::api::Consistency;
-use agentd_protocol::event::{ContentBlock, EventPayload};
+use agentd_protocol::event::{ContentBlock, Event, EventPayload};
+use agentd_protocol::ids::SessionId;
 use agentd_tests::Cluster;
 use serde_json::json;
 
@@ -53,6 +55,21 @@ async fn vault_secrets_are_injected_and_never_stored() -> anyhow::Result<()> {
     )
     .await?;
     let client = cluster.client()?;
+    let session = a_session_whose_environment_has_the_secret(&client).await?;
+    let events = a_node_that_joined_later_runs_the_session(&mut cluster, session).await?;
+    the_tool_had_the_secret_and_no_event_holds_it(&events, sandboxes.path(), session)?;
+
+    // No node stored or logged it in the clear: not in RocksDB, not in a
+    // log, not in the ledger.
+    let leaks = files_containing(cluster.dir.path(), SECRET.as_bytes());
+    assert!(leaks.is_empty(), "the cluster stores or logs the secret in {leaks:?}");
+    let ledger = sandboxes.path().join(session.to_string()).join("ledger");
+    assert!(files_containing(&ledger, SECRET.as_bytes()).is_empty(), "the ledger stores the secret");
+    Ok(())
+}
+
+/// A vault holds the secret and a session's environment uses it (the session is returned).
+async fn a_session_whose_environment_has_the_secret(client: &Client) -> anyhow::Result<SessionId> {
     let vault = client.put_secret(None, "ci".into(), "API_TOKEN".into(), SECRET.into()).await?;
     assert_eq!(vault.secret_names, vec!["API_TOKEN".to_string()]);
     let environment = client
@@ -85,10 +102,14 @@ async fn vault_secrets_are_injected_and_never_stored() -> anyhow::Result<()> {
             },
         )
         .await?;
-    let session = client.create_session_with(Some(agent.id), Some(environment.id)).await?.session_id;
+    Ok(client.create_session_with(Some(agent.id), Some(environment.id)).await?.session_id)
+}
 
-    // The session runs on a node that joined the cluster (node 1, which
-    // created the secrets key, is gone).
+/// The session runs to idle on a node that joined the cluster (node 1, which created the secrets key, is gone).
+async fn a_node_that_joined_later_runs_the_session(
+    cluster: &mut Cluster,
+    session: SessionId,
+) -> anyhow::Result<Vec<Event>> {
     cluster.kill(1)?;
     let client = cluster.client()?;
     client.append(session, EventPayload::user_text("use the token")).await?;
@@ -101,7 +122,15 @@ async fn vault_secrets_are_injected_and_never_stored() -> anyhow::Result<()> {
         assert!(Instant::now() < deadline, "the session did not finish: {events:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    Ok(events)
+}
 
+/// The tools saw the secret (it reached the workspace) but their results and every stored event hold only redactions.
+fn the_tool_had_the_secret_and_no_event_holds_it(
+    events: &[Event],
+    sandboxes: &Path,
+    session: SessionId,
+) -> anyhow::Result<()> {
     let results: Vec<String> = events
         .iter()
         .filter_map(|event| match &event.payload {
@@ -114,18 +143,11 @@ async fn vault_secrets_are_injected_and_never_stored() -> anyhow::Result<()> {
     assert_eq!(results.len(), 2, "{events:#?}");
     assert!(results[0].contains("token is [REDACTED:API_TOKEN]"), "{results:?}");
     assert!(results[1].contains("[REDACTED:API_TOKEN]"), "{results:?}");
-    for event in &events {
+    for event in events {
         assert!(!format!("{event:?}").contains(SECRET), "a stored event holds the secret: {event:?}");
     }
     // The tool really had the value: it wrote it into the workspace.
-    let written = sandboxes.path().join(session.to_string()).join("workspace").join("t.txt");
+    let written = sandboxes.join(session.to_string()).join("workspace").join("t.txt");
     assert_eq!(std::fs::read_to_string(written)?.trim(), SECRET);
-
-    // No node stored or logged it in the clear: not in RocksDB, not in a
-    // log, not in the ledger.
-    let leaks = files_containing(cluster.dir.path(), SECRET.as_bytes());
-    assert!(leaks.is_empty(), "the cluster stores or logs the secret in {leaks:?}");
-    let ledger = sandboxes.path().join(session.to_string()).join("ledger");
-    assert!(files_containing(&ledger, SECRET.as_bytes()).is_empty(), "the ledger stores the secret");
     Ok(())
 }

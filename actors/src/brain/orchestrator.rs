@@ -2,8 +2,7 @@
 //! reads the log, asks [`plan`] for the next step, and carries it out,
 //! appending the outcome with the epoch. Holds no state between steps.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use agentd_protocol::agent::AgentSpec;
 use agentd_protocol::api::{SessionInfo, SessionStatus};
@@ -15,9 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::plan::{plan, Step};
 use super::tools::tool_specs;
-use crate::model::{
-    provider_for, Block, CircuitBreaker, ModelProvider, ModelRequest, ProviderConfig, ResilientProvider, RetryPolicy,
-};
+use crate::model::{Block, ModelRequest, Models};
 use crate::sandbox::{SandboxError, ToolCall, ToolOutput};
 
 /// Tokens a model may produce in one call.
@@ -62,42 +59,6 @@ pub trait Hands: Send + Sync + 'static {
     fn on_turn_start(&self, session: &SessionInfo) -> BoxFuture<'_, Result<(), SandboxError>>;
     /// Called when the session is terminated: its sandbox and workspace go.
     fn release(&self, session: &SessionInfo) -> BoxFuture<'_, ()>;
-}
-
-/// Model providers by model string, each behind retries and a breaker.
-pub struct Models {
-    config: ProviderConfig,
-    retry: RetryPolicy,
-    seed: u64,
-    providers: Mutex<HashMap<String, Arc<dyn ModelProvider>>>,
-}
-
-impl Models {
-    pub fn new(config: ProviderConfig, retry: RetryPolicy, seed: u64) -> Self {
-        Self { config, retry, seed, providers: Mutex::new(HashMap::new()) }
-    }
-
-    /// Serves `model` with `inner` (behind the same retries and breaker as
-    /// any provider) instead of resolving it from the configuration: how
-    /// the simulator plugs in its deterministic model.
-    pub fn with_provider(self, model: &str, inner: Arc<dyn ModelProvider>) -> Self {
-        let breaker = Arc::new(CircuitBreaker::default());
-        let provider: Arc<dyn ModelProvider> = Arc::new(ResilientProvider::new(inner, self.retry, breaker, self.seed));
-        self.providers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(model.to_string(), provider);
-        self
-    }
-
-    fn provider(&self, model: &str) -> Result<Arc<dyn ModelProvider>, crate::model::ModelError> {
-        let mut providers = self.providers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(provider) = providers.get(model) {
-            return Ok(provider.clone());
-        }
-        let inner = provider_for(model, &self.config)?;
-        let breaker = Arc::new(CircuitBreaker::default());
-        let provider: Arc<dyn ModelProvider> = Arc::new(ResilientProvider::new(inner, self.retry, breaker, self.seed));
-        providers.insert(model.to_string(), provider.clone());
-        Ok(provider)
-    }
 }
 
 /// The agent loop of one node.

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentd_protocol::ids::SessionId;
+use agentd_protocol::sync::lock;
 use agentd_protocol::ApiError;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -100,7 +101,7 @@ impl Orchestrators {
 
     /// Wakes a session's orchestrator, starting one if needed.
     pub async fn wake(&self, session_id: SessionId) {
-        let existing = self.actors.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&session_id).cloned();
+        let existing = lock(&self.actors).get(&session_id).cloned();
         if let Some(actor) = existing {
             if actor.cast(OrchestratorMessage::Wake).is_ok() {
                 tracing::debug!(%session_id, "woke the session's orchestrator");
@@ -112,7 +113,7 @@ impl Orchestrators {
         match Actor::spawn(None, OrchestratorActor, state).await {
             Ok((actor, _)) => {
                 let _ = actor.cast(OrchestratorMessage::Wake);
-                self.actors.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(session_id, actor);
+                lock(&self.actors).insert(session_id, actor);
             }
             Err(error) => tracing::error!(%session_id, %error, "cannot start an orchestrator"),
         }
@@ -126,7 +127,7 @@ impl Orchestrators {
 
     /// Stops every orchestrator of this node.
     pub fn stop_all(&self) {
-        for (_, actor) in self.actors.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).drain() {
+        for (_, actor) in lock(&self.actors).drain() {
             actor.stop(None);
         }
     }

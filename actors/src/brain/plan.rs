@@ -44,24 +44,42 @@ struct OpenToolUse {
 
 /// Decides the next step for a session running `agent`.
 pub fn plan(agent: &AgentSpec, events: &[Event]) -> Step {
+    let turn = match current_turn(events) {
+        Ok(turn) => turn,
+        Err(step) => return step,
+    };
+    if let Some(step) = tool_step(agent, events) {
+        return step;
+    }
+    model_step(agent, events, turn)
+}
+
+/// The events of the turn in progress, from its `session.status_running`
+/// on; or the step to take when no turn runs (wait, start one) or the
+/// client interrupted it.
+fn current_turn(events: &[Event]) -> Result<&[Event], Step> {
     let turn_start = events.iter().rposition(|event| matches!(event.payload, EventPayload::SessionStatusIdle { .. }));
     let since_idle = &events[turn_start.map_or(0, |index| index + 1)..];
     let wakes =
         |event: &Event| event.payload.is_user_event() || event.payload == EventPayload::SessionStatusRescheduled;
     if !since_idle.iter().any(wakes) {
-        return Step::Wait;
+        return Err(Step::Wait);
     }
     let Some(running) = since_idle.iter().position(|event| event.payload == EventPayload::SessionStatusRunning) else {
-        return Step::Start;
+        return Err(Step::Start);
     };
     let turn = &since_idle[running..];
     if turn.iter().any(|event| event.payload == EventPayload::UserInterrupt) {
-        return Step::Stop { stop_reason: StopReason::EndTurn, error: None };
+        return Err(Step::Stop { stop_reason: StopReason::EndTurn, error: None });
     }
+    Ok(turn)
+}
 
-    let open = open_tool_uses(events);
+/// What the open tool uses call for: run or reject the first one that can
+/// go, else wait for the client's answers; `None` when none is open.
+fn tool_step(agent: &AgentSpec, events: &[Event]) -> Option<Step> {
     let mut waiting = Vec::new();
-    for (tool_use_id, tool_use) in &open {
+    for (tool_use_id, tool_use) in &open_tool_uses(events) {
         if tool_use.custom {
             waiting.push(*tool_use_id);
             continue;
@@ -69,34 +87,36 @@ pub fn plan(agent: &AgentSpec, events: &[Event]) -> Step {
         let policy = agent.tool_policy(&tool_use.name);
         match (policy, &tool_use.confirmation) {
             (None, _) => {
-                return Step::RejectTool {
+                return Some(Step::RejectTool {
                     tool_use_id: *tool_use_id,
                     message: format!("tool {:?} is not available to this agent", tool_use.name),
-                }
+                })
             }
             (Some(_), Some((Confirmation::Deny, message))) => {
                 let reason = message.clone().unwrap_or_else(|| "no reason given".into());
-                return Step::RejectTool {
+                return Some(Step::RejectTool {
                     tool_use_id: *tool_use_id,
                     message: format!("the user denied this tool call: {reason}"),
-                };
+                });
             }
             (Some(PermissionPolicy::AlwaysAllow), _)
             | (Some(PermissionPolicy::AlwaysAsk), Some((Confirmation::Allow, _))) => {
-                return Step::RunTool {
+                return Some(Step::RunTool {
                     tool_use_id: *tool_use_id,
                     seq: tool_use.seq,
                     name: tool_use.name.clone(),
                     input_json: tool_use.input_json.clone(),
-                };
+                });
             }
             (Some(PermissionPolicy::AlwaysAsk), None) => waiting.push(*tool_use_id),
         }
     }
-    if !waiting.is_empty() {
-        return Step::AwaitClient { event_ids: waiting };
-    }
+    (!waiting.is_empty()).then_some(Step::AwaitClient { event_ids: waiting })
+}
 
+/// With no tool use open: call the model, unless the model spoke last (the
+/// turn is over) or a stop condition holds (the turn cap, the stuck detector).
+fn model_step(agent: &AgentSpec, events: &[Event], turn: &[Event]) -> Step {
     let model_calls =
         turn.iter().filter(|event| matches!(event.payload, EventPayload::SpanModelRequestStart { .. })).count();
     let last_said = events.iter().rev().find_map(|event| match &event.payload {

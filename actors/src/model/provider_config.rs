@@ -5,10 +5,11 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::anthropic::ANTHROPIC_MODEL_PREFIX;
-use super::http_client::{HttpClient, TlsConnector, REQUEST_TIMEOUT_MS_DEFAULT};
-use super::openai::OPENAI_MODEL_PREFIX;
-use super::{AnthropicProvider, EchoProvider, ModelError, ModelProvider, OpenAiProvider, ScriptedProvider};
+use super::http::{HttpClient, TlsConnector, REQUEST_TIMEOUT_MS_DEFAULT};
+use super::providers::{
+    AnthropicProvider, EchoProvider, OpenAiProvider, ScriptedProvider, ANTHROPIC_MODEL_PREFIX, OPENAI_MODEL_PREFIX,
+};
+use super::{ModelError, ModelProvider};
 
 pub const ANTHROPIC_BASE_URL_DEFAULT: &str = "https://api.anthropic.com";
 pub const OPENAI_BASE_URL_DEFAULT: &str = "https://api.openai.com/v1";

@@ -27,6 +27,11 @@
 //!
 //! The proxy serves at most [`CONNECTIONS_MAX`] connections of one sandbox at
 //! a time, and every connection ends when the sandbox is destroyed.
+//!
+//! Every driver can run in such a namespace, bound at `root/netns`: bwrap is
+//! started in it through `nsenter`; runc joins it through the bundle, and
+//! runsc too (with `--network=host`, so gVisor's sockets are the namespace's).
+//! Needs root, util-linux's `unshare` and `nsenter`, and iproute2's `ip`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;

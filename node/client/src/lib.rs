@@ -25,6 +25,14 @@ use tokio::sync::Mutex;
 
 pub use agentd_transport::tls::ServerTrust;
 
+/// Bits for a new id (session, event, agent, environment, vault) when the
+/// caller names none. The simulator's workload always names its own, drawn
+/// from the run's seed, so OS randomness never shapes a simulated run.
+#[allow(clippy::disallowed_methods, reason = "only ids the caller left to the client; the simulator names its own")]
+fn random_id() -> u128 {
+    rand::random()
+}
+
 /// How long a QUIC handshake with a node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one call may wait for its answer.
@@ -235,7 +243,7 @@ impl Client {
         agent: Option<AgentId>,
         environment: Option<EnvironmentId>,
     ) -> Result<SessionInfo, ClientError> {
-        self.create_session_as(SessionId::from_random(rand::random()), agent, environment).await
+        self.create_session_as(SessionId::from_random(random_id()), agent, environment).await
     }
 
     /// Creates a session with an id the caller chose (retrying it is safe:
@@ -268,13 +276,13 @@ impl Client {
         secret_name: String,
         value: String,
     ) -> Result<VaultInfo, ClientError> {
-        let vault_id = vault_id.unwrap_or_else(|| VaultId::from_random(rand::random()));
+        let vault_id = vault_id.unwrap_or_else(|| VaultId::from_random(random_id()));
         Ok(self.call(ClientRequest::PutSecret { vault_id, vault_name, secret_name, value }).await?.into_vault()?)
     }
 
     /// Creates an agent (a new id) or adds a version to an existing one.
     pub async fn put_agent(&self, agent_id: Option<AgentId>, spec: AgentSpec) -> Result<Agent, ClientError> {
-        let agent_id = agent_id.unwrap_or_else(|| AgentId::from_random(rand::random()));
+        let agent_id = agent_id.unwrap_or_else(|| AgentId::from_random(random_id()));
         Ok(self.call(ClientRequest::PutAgent { agent_id, spec }).await?.into_agent()?)
     }
 
@@ -287,7 +295,7 @@ impl Client {
         environment_id: Option<EnvironmentId>,
         spec: EnvironmentSpec,
     ) -> Result<Environment, ClientError> {
-        let environment_id = environment_id.unwrap_or_else(|| EnvironmentId::from_random(rand::random()));
+        let environment_id = environment_id.unwrap_or_else(|| EnvironmentId::from_random(random_id()));
         Ok(self.call(ClientRequest::PutEnvironment { environment_id, spec }).await?.into_environment()?)
     }
 
@@ -297,7 +305,7 @@ impl Client {
 
     /// Appends an event and returns its sequence number once committed.
     pub async fn append(&self, session_id: SessionId, payload: EventPayload) -> Result<u64, ClientError> {
-        let event_id = EventId::from_random(rand::random());
+        let event_id = EventId::from_random(random_id());
         self.append_with_id(session_id, event_id, payload).await
     }
 

@@ -250,6 +250,10 @@ impl Hands for LocalHands {
                 return;
             }
             let removal = root.clone();
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "reached only with a directory on the host, which no simulated sandbox has"
+            )]
             let removed = tokio::task::spawn_blocking(move || egress::remove_session_directory(&removal))
                 .await
                 .unwrap_or_else(|error| Err(std::io::Error::other(error)));

@@ -9,10 +9,11 @@ use agentd_protocol::ids::GroupId;
 use openraft::storage::IOFlushed;
 use tokio::sync::oneshot;
 
+use crate::state::{StateMachine, StateReader};
+use crate::store::disk::SyncWaiter;
 use crate::store::disk::{Batch, Cf, Disk, KeyValue};
 use crate::store::rocks_disk::RocksDisk;
-use crate::store::syncer::SyncWaiter;
-use crate::store::{LogStore, StateMachine, StateReader};
+use crate::store::LogStore;
 use crate::types::TypeConfig;
 use crate::Error;
 

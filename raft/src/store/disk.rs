@@ -15,9 +15,13 @@
 //!   log): a crash keeps a prefix of the unsynced batches, never a later
 //!   batch without an earlier one.
 
-use futures_util::future::BoxFuture;
+use std::io;
 
-use crate::store::syncer::SyncWaiter;
+use futures_util::future::BoxFuture;
+use openraft::storage::IOFlushed;
+use tokio::sync::oneshot;
+
+use crate::types::TypeConfig;
 use crate::Error;
 
 /// A key and its value, as a disk returns them.
@@ -110,4 +114,30 @@ pub trait Disk: Send + Sync + 'static {
     /// durable (or the sync failed). Returns once the waiter is queued; a
     /// full queue slows the caller down.
     fn sync(&self, waiter: SyncWaiter) -> BoxFuture<'_, ()>;
+}
+
+/// Someone waiting for their writes to become durable.
+pub enum SyncWaiter {
+    /// An openraft log append.
+    Flushed(IOFlushed<TypeConfig>),
+    /// An internal caller that awaits the sync (votes, installed snapshots).
+    Notify(oneshot::Sender<io::Result<()>>),
+}
+
+impl SyncWaiter {
+    /// Completes the waiter with the outcome of a sync (the error message of
+    /// a failed sync, shared by every waiter of that sync).
+    pub fn complete(self, result: &Result<(), String>) {
+        let result = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|error| io::Error::other(format!("syncing the write-ahead log: {error}")));
+        match self {
+            SyncWaiter::Flushed(callback) => callback.io_completed(result),
+            // The waiter may have given up (its task was cancelled); nothing to tell.
+            SyncWaiter::Notify(sender) => {
+                let _ = sender.send(result);
+            }
+        }
+    }
 }

@@ -26,13 +26,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use agentd_protocol::limits::WRITE_QUEUE_DEPTH_MAX;
+use agentd_protocol::sync::lock;
 use futures_util::future::BoxFuture;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 
+use crate::store::disk::SyncWaiter;
 use crate::store::disk::{Batch, Cf, Disk, KeyValue, Op};
-use crate::store::syncer::SyncWaiter;
 use crate::Error;
 
 type Table = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -129,7 +130,7 @@ impl MemoryDisk {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.state)
     }
 
     /// A handle for the current boot of the host, with its syncer task

@@ -1,5 +1,7 @@
-//! RocksDB storage for every Raft group of a node: the log store, the state
-//! machine and the reader that serves queries from the state.
+//! Bytes on disk for every Raft group of a node: the [`Disk`] seam
+//! (RocksDB in production, [`MemoryDisk`] in the simulator), the key layout,
+//! and the log store. What the bytes mean (sessions, events, agents) is in
+//! `crate::state`.
 //!
 //! One RocksDB instance ([`Db`]) holds all groups; keys are prefixed by the
 //! group (see `keys`). Log appends are made durable by group commit: one WAL
@@ -9,26 +11,24 @@
 //! memory; RocksDB is the only source, so every clone of a store or reader
 //! sees every completed write.
 
-mod apply;
-mod codec;
+pub(crate) mod codec;
 mod db;
 pub mod disk;
-mod group_state;
-mod keys;
+pub(crate) mod keys;
 mod log_store;
 pub mod memory_disk;
 mod rocks_disk;
-mod snapshot;
-mod state_machine;
-mod state_reader;
+// RocksDB's group commit runs on an OS thread (a WAL sync blocks for a
+// disk flush). Production only: the simulator's `MemoryDisk` syncs on a
+// tokio task of its host.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the RocksDB syncer thread is production-only; the simulator's disk syncs on a tokio task"
+)]
 mod syncer;
 
 pub use db::{Db, PlantedBugs};
-pub use disk::{Batch, Cf, Disk};
+pub use disk::{Batch, Cf, Disk, SyncWaiter};
 pub use log_store::LogStore;
 pub use memory_disk::{CrashMode, MemoryDisk};
 pub use rocks_disk::RocksDisk;
-pub use snapshot::SnapshotBuilder;
-pub use state_machine::StateMachine;
-pub use state_reader::StateReader;
-pub use syncer::SyncWaiter;

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB};
 
+use crate::store::disk::SyncWaiter;
 use crate::store::disk::{Batch, Cf, Disk, KeyValue, Op};
-use crate::store::syncer::{SyncWaiter, Syncer};
+use crate::store::syncer::Syncer;
 use crate::Error;
 
 pub struct RocksDisk {

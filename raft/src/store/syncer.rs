@@ -16,37 +16,10 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use agentd_protocol::limits::WRITE_QUEUE_DEPTH_MAX;
-use openraft::storage::IOFlushed;
 use rocksdb::DB;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::types::TypeConfig;
-
-/// Someone waiting for their writes to become durable.
-pub enum SyncWaiter {
-    /// An openraft log append.
-    Flushed(IOFlushed<TypeConfig>),
-    /// An internal caller that awaits the sync (votes, installed snapshots).
-    Notify(oneshot::Sender<io::Result<()>>),
-}
-
-impl SyncWaiter {
-    /// Completes the waiter with the outcome of a sync (the error message of
-    /// a failed sync, shared by every waiter of that sync).
-    pub fn complete(self, result: &Result<(), String>) {
-        let result = result
-            .as_ref()
-            .map(|_| ())
-            .map_err(|error| io::Error::other(format!("syncing the write-ahead log: {error}")));
-        match self {
-            SyncWaiter::Flushed(callback) => callback.io_completed(result),
-            // The waiter may have given up (its task was cancelled); nothing to tell.
-            SyncWaiter::Notify(sender) => {
-                let _ = sender.send(result);
-            }
-        }
-    }
-}
+use super::disk::SyncWaiter;
 
 /// The handle of the syncer thread. Dropping it closes the queue and joins
 /// the thread after it has completed every waiter still queued.

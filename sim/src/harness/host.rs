@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentd_actors::brain::{Brain, Models, Orchestrators};
-use agentd_actors::model::{ProviderConfig, RetryPolicy};
+use agentd_actors::brain::{Brain, Orchestrators};
+use agentd_actors::model::{Models, ProviderConfig, RetryPolicy};
 use agentd_actors::sandbox::{Limits, Sandbox, SandboxError};
 use agentd_node::clock::Clock;
 use agentd_node::hands::{LocalHands, Provisioner};

@@ -1,6 +1,7 @@
 //! The workload: clients as simulated hosts, using the real client code over
 //! QUIC, recording what was acknowledged.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use agentd_protocol::api::SessionStatus;
 use agentd_protocol::event::{EventPayload, StopReason};
 use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, SessionId, VaultId};
 use agentd_transport::tls::ServerTrust;
+use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::host::endpoint_config;
@@ -77,16 +79,71 @@ pub(crate) async fn run_appender(world: Arc<World>, index: u64) -> turmoil::Resu
     Ok(())
 }
 
+/// The name the agent client traces under.
+const AGENTS: &str = "agents";
+/// How long a client waits before repeating a call that failed.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// How often the agent client looks at its sessions while turns run.
+const TURN_POLL: Duration = Duration::from_millis(100);
+
 /// A client that sets up an agent with a vault and runs agent sessions,
 /// then waits for each to finish its turn.
 pub(crate) async fn run_agent_client(world: Arc<World>) -> turmoil::Result {
-    let name = "agents";
     let mut rng = stream(world.options.seed, "workload-agents");
-    let client = client(&world, name, 1).await?;
+    let client = client(&world, AGENTS, 1).await?;
+    let (agent_id, environment_id) = set_up_agent(&world, &client, &mut rng).await;
+    let mut sessions = Vec::new();
+    for number in 0..world.options.agent_sessions {
+        let session_id = SessionId::from_random(rng.random());
+        loop {
+            match client.create_session_as(session_id, Some(agent_id), Some(environment_id)).await {
+                Ok(_) => break,
+                Err(error) => {
+                    world.trace(format!("{AGENTS}: creating agent session {number} failed, retrying: {error}"));
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+        world.record().agent_sessions.push(session_id);
+        world.trace(format!("{AGENTS}: agent session {number} is {session_id}"));
+        sessions.push(session_id);
+    }
+    // Turns, one round after another, each a prompt to every session and a
+    // wait for every turn to end (or be dead-lettered); rounds keep coming
+    // until the safety phase is over, so faults meet running turns. The
+    // harness bounds how long the last round may take.
+    let started = tokio::time::Instant::now();
+    let mut round = 0;
+    let mut active = sessions.clone();
+    loop {
+        let prompted = prompt_round(&world, &client, &mut rng, &active, round).await;
+        // In the second round, one session (of several) is terminated while its
+        // turn runs: its orchestrator is fenced, and nothing may follow.
+        if round == 1 && active.len() > 1 {
+            if let Some(session_id) = active.pop() {
+                terminate(&world, &client, session_id).await;
+            }
+        }
+        wait_for_round(&world, &client, &active, &prompted, round).await;
+        round += 1;
+        if started.elapsed() >= world.options.safety {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+    }
+    world.record().agent_sessions_finished.extend(sessions);
+    world.record().clients_done += 1;
+    world.trace(format!("{AGENTS}: done after {round} rounds"));
+    Ok(())
+}
+
+/// A vault holding the run's secret, an environment using it and an agent
+/// running the simulator's model with bash; returns the agent and environment.
+async fn set_up_agent(world: &World, client: &Client, rng: &mut StdRng) -> (AgentId, EnvironmentId) {
     let vault_id = VaultId::from_random(rng.random());
     let environment_id = EnvironmentId::from_random(rng.random());
     let agent_id = AgentId::from_random(rng.random());
-    retry_setup(&world, name, || {
+    retry_setup(world, AGENTS, || {
         client.put_secret(Some(vault_id), "sim".into(), "SIM_TOKEN".into(), world.secret.clone())
     })
     .await;
@@ -99,7 +156,7 @@ pub(crate) async fn run_agent_client(world: Arc<World>) -> turmoil::Result {
         vaults: vec![vault_id],
         resources: Default::default(),
     };
-    retry_setup(&world, name, || client.put_environment(Some(environment_id), environment.clone())).await;
+    retry_setup(world, AGENTS, || client.put_environment(Some(environment_id), environment.clone())).await;
     let agent = AgentSpec {
         name: "sim-agent".into(),
         model: SIM_MODEL.into(),
@@ -108,101 +165,87 @@ pub(crate) async fn run_agent_client(world: Arc<World>) -> turmoil::Result {
         custom_tools: Vec::new(),
         max_model_calls_per_turn: 10,
     };
-    retry_setup(&world, name, || client.put_agent(Some(agent_id), agent.clone())).await;
-    world.trace(format!("{name}: agent, environment and vault ready"));
-    let mut sessions = Vec::new();
-    for number in 0..world.options.agent_sessions {
-        let session_id = SessionId::from_random(rng.random());
+    retry_setup(world, AGENTS, || client.put_agent(Some(agent_id), agent.clone())).await;
+    world.trace(format!("{AGENTS}: agent, environment and vault ready"));
+    (agent_id, environment_id)
+}
+
+/// Prompts every active session once; returns each prompt's sequence number.
+async fn prompt_round(
+    world: &World,
+    client: &Client,
+    rng: &mut StdRng,
+    active: &[SessionId],
+    round: u32,
+) -> BTreeMap<SessionId, u64> {
+    let mut prompted = BTreeMap::new();
+    for (number, session_id) in active.iter().enumerate() {
+        let event_id = EventId::from_random(rng.random());
+        let prompt = EventPayload::user_text(format!("round {round}: run the tools"));
         loop {
-            match client.create_session_as(session_id, Some(agent_id), Some(environment_id)).await {
-                Ok(_) => break,
+            match client.append_with_id(*session_id, event_id, prompt.clone()).await {
+                Ok(seq) => {
+                    world.record().acked.push(Acked { session_id: *session_id, event_id, seq });
+                    prompted.insert(*session_id, seq);
+                    break;
+                }
                 Err(error) => {
-                    world.trace(format!("{name}: creating agent session {number} failed, retrying: {error}"));
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    world.trace(format!("{AGENTS}: prompting agent session {number} failed, retrying: {error}"));
+                    tokio::time::sleep(RETRY_PAUSE).await;
                 }
             }
         }
-        world.record().agent_sessions.push(session_id);
-        world.trace(format!("{name}: agent session {number} is {session_id}"));
-        sessions.push(session_id);
     }
-    // Turns, one round after another, each a prompt to every session and a
-    // wait for every turn to end (or be dead-lettered); rounds keep coming
-    // until the safety phase is over, so faults meet running turns. The
-    // harness bounds how long the last round may take.
-    let started = tokio::time::Instant::now();
-    let mut round = 0;
-    let mut active = sessions.clone();
-    loop {
-        let mut prompted = std::collections::BTreeMap::new();
-        for (number, session_id) in active.iter().enumerate() {
-            let event_id = EventId::from_random(rng.random());
-            let prompt = EventPayload::user_text(format!("round {round}: run the tools"));
-            loop {
-                match client.append_with_id(*session_id, event_id, prompt.clone()).await {
-                    Ok(seq) => {
-                        world.record().acked.push(Acked { session_id: *session_id, event_id, seq });
-                        prompted.insert(*session_id, seq);
-                        break;
-                    }
-                    Err(error) => {
-                        world.trace(format!("{name}: prompting agent session {number} failed, retrying: {error}"));
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+    prompted
+}
+
+/// Terminates `session_id`, recording the acknowledged sequence number.
+async fn terminate(world: &World, client: &Client, session_id: SessionId) {
+    let seq = loop {
+        match client.terminate_session(session_id).await {
+            Ok(seq) => break seq,
+            Err(error) => {
+                world.trace(format!("{AGENTS}: terminating {session_id} failed, retrying: {error}"));
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    };
+    world.record().terminated.push(Terminated { session_id, seq });
+    world.trace(format!("{AGENTS}: terminated {session_id} at seq {seq}"));
+}
+
+/// Waits until every active session went idle after answering its prompt of this round.
+async fn wait_for_round(
+    world: &World,
+    client: &Client,
+    active: &[SessionId],
+    prompted: &BTreeMap<SessionId, u64>,
+    round: u32,
+) {
+    let mut open: Vec<SessionId> = active.to_vec();
+    while !open.is_empty() {
+        tokio::time::sleep(TURN_POLL).await;
+        let mut still_open = Vec::new();
+        for session_id in open {
+            match client.get_session(session_id).await {
+                // Idle after answering this round's prompt.
+                Ok(info)
+                    if info.status == SessionStatus::Idle
+                        && info.stop_reason.is_some()
+                        && info.last_seq > prompted.get(&session_id).copied().unwrap_or(0) =>
+                {
+                    let how = match info.stop_reason {
+                        Some(StopReason::EndTurn) => "ended its turn",
+                        Some(StopReason::RetriesExhausted) => "was dead-lettered",
+                        _ => "stopped",
+                    };
+                    world.trace(format!("{AGENTS}: round {round}: {session_id} {how} at seq {}", info.last_seq));
                 }
+                _ => still_open.push(session_id),
             }
         }
-        // In the second round, one session (of several) is terminated while its
-        // turn runs: its orchestrator is fenced, and nothing may follow.
-        if round == 1 && active.len() > 1 {
-            if let Some(session_id) = active.pop() {
-                let seq = loop {
-                    match client.terminate_session(session_id).await {
-                        Ok(seq) => break seq,
-                        Err(error) => {
-                            world.trace(format!("{name}: terminating {session_id} failed, retrying: {error}"));
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                    }
-                };
-                world.record().terminated.push(Terminated { session_id, seq });
-                world.trace(format!("{name}: terminated {session_id} at seq {seq}"));
-            }
-        }
-        let mut open: Vec<SessionId> = active.clone();
-        while !open.is_empty() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let mut still_open = Vec::new();
-            for session_id in open {
-                match client.get_session(session_id).await {
-                    // Idle after answering this round's prompt.
-                    Ok(info)
-                        if info.status == SessionStatus::Idle
-                            && info.stop_reason.is_some()
-                            && info.last_seq > prompted.get(&session_id).copied().unwrap_or(0) =>
-                    {
-                        let how = match info.stop_reason {
-                            Some(StopReason::EndTurn) => "ended its turn",
-                            Some(StopReason::RetriesExhausted) => "was dead-lettered",
-                            _ => "stopped",
-                        };
-                        world.trace(format!("{name}: round {round}: {session_id} {how} at seq {}", info.last_seq));
-                    }
-                    _ => still_open.push(session_id),
-                }
-            }
-            open = still_open;
-        }
-        round += 1;
-        if started.elapsed() >= world.options.safety {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        open = still_open;
     }
-    world.record().agent_sessions_finished.extend(sessions);
-    world.record().clients_done += 1;
-    world.trace(format!("{name}: done after {round} rounds"));
-    Ok(())
 }
 
 async fn retry_setup<T, F, Fut>(world: &World, name: &str, mut call: F)
@@ -215,7 +258,7 @@ where
             Ok(_) => return,
             Err(error) => {
                 world.trace(format!("{name}: setup call failed, retrying: {error}"));
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
     }

@@ -2,6 +2,7 @@
 //! `turmoil::net::UdpSocket`, so the real QUIC stack (quinn, rustls) runs
 //! between simulated hosts, under turmoil's partitions, latency and loss.
 
+use agentd_protocol::sync::lock;
 use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
@@ -62,7 +63,7 @@ impl SimSocket {
     fn duplicate_next(&self) -> bool {
         let Some((per_million, rng)) = &self.duplication else { return false };
         let rate = per_million.load(Ordering::Relaxed);
-        rate > 0 && rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).random_range(0..1_000_000) < rate
+        rate > 0 && lock(rng).random_range(0..1_000_000) < rate
     }
 }
 
@@ -110,7 +111,7 @@ impl AsyncUdpSocket for SimSocket {
         let (Some(buf), Some(slot)) = (bufs.first_mut(), meta.first_mut()) else {
             return Poll::Ready(Ok(0));
         };
-        let mut readable = self.readable.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut readable = lock(&self.readable);
         loop {
             match self.socket.try_recv_from(buf) {
                 Ok((len, addr)) => {

@@ -5,13 +5,14 @@
 //! every node. It counts how many times each idempotency key took effect;
 //! the at-most-once checker reads those counts.
 //!
-//! It behaves like the real ledger (`actors/src/sandbox/ledger.rs`): a
+//! It behaves like the real ledger (`actors/src/sandbox/call/ledger.rs`): a
 //! repeated key returns the recorded output, a key that started but never
 //! finished (the sandbox crashed mid-call) is answered "interrupted" and
 //! not run again. Faults: seeded latency per call and crashes mid-call,
 //! before or after the effect. Planted bugs: re-executing a repeated key,
 //! and forgetting to scrub secrets from the output.
 
+use agentd_protocol::sync::lock;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -64,7 +65,7 @@ impl EffectLedger {
     }
 
     fn lock(&self) -> MutexGuard<'_, LedgerState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.state)
     }
 
     /// Turns crashes off (the liveness phase); planted bugs stay.
@@ -105,7 +106,7 @@ enum Plan {
 
 impl FakeSandbox {
     fn die(&self, why: &'static str) -> SandboxError {
-        *self.dead.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(why);
+        *lock(&self.dead) = Some(why);
         SandboxError::Crashed(why.to_owned())
     }
 
@@ -180,7 +181,7 @@ impl Sandbox for FakeSandbox {
     }
 
     fn health(&self) -> BoxFuture<'_, Result<(), SandboxError>> {
-        let dead = *self.dead.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let dead = *lock(&self.dead);
         Box::pin(std::future::ready(dead.map_or(Ok(()), |why| Err(SandboxError::Crashed(why.to_owned())))))
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use agentd_actors::model::ProviderConfig;
 use agentd_protocol::agent::{AgentSpec, BuiltInTool, PermissionPolicy};
 use agentd_protocol::event::{EventPayload, StopReason};
+use agentd_protocol::ids::SessionId;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
@@ -45,10 +46,37 @@ fn sample_script() -> serde_json::Value {
     ])
 }
 
+/// How long the sample session may take to finish its turn.
+const SAMPLE_SESSION_TIMEOUT: Duration = Duration::from_secs(120);
+
 pub async fn run(options: DevOptions) -> Result<()> {
     if options.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
+    let models = prepare_data_dir(&options)?;
+    let nodes = start_nodes(&options, &models).await?;
+    let addrs: Vec<String> = nodes.iter().map(|node| node.advertise_addr().to_string()).collect();
+    let client = Client::for_addrs(addrs.clone(), None)?;
+    let session = run_sample_session(&client).await?;
+    let workspace = options.data_dir.join("sandboxes").join(session.to_string()).join("workspace");
+    eprintln!("agentd dev: the session finished; its workspace is {}", workspace.display());
+
+    if options.keep_running {
+        eprintln!(
+            "agentd dev: cluster running; try `agentd session events --addr {} {session} --follow`. Ctrl-C stops it.",
+            addrs.join(",")
+        );
+        tokio::signal::ctrl_c().await?;
+    }
+    for node in nodes.iter().rev() {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Clears the data directory and writes the sample agent's script into it;
+/// returns the models' configuration that reads it.
+fn prepare_data_dir(options: &DevOptions) -> Result<ProviderConfig> {
     if options.data_dir.exists() {
         std::fs::remove_dir_all(&options.data_dir)
             .with_context(|| format!("cannot clear {}", options.data_dir.display()))?;
@@ -57,18 +85,23 @@ pub async fn run(options: DevOptions) -> Result<()> {
     let scripts_dir = options.data_dir.join("scripts");
     std::fs::create_dir_all(&scripts_dir)?;
     std::fs::write(scripts_dir.join("sample.json"), serde_json::to_string_pretty(&sample_script())?)?;
-    let models = ProviderConfig { scripts_dir: Some(scripts_dir), ..ProviderConfig::from_env() };
+    Ok(ProviderConfig { scripts_dir: Some(scripts_dir), ..ProviderConfig::from_env() })
+}
 
+/// Starts the nodes in this process: the first creates the cluster, the
+/// others join it with its token.
+async fn start_nodes(options: &DevOptions, models: &ProviderConfig) -> Result<Vec<NodeHandle>> {
     eprintln!("agentd dev: starting {} nodes in {}", options.nodes, options.data_dir.display());
     let mut nodes: Vec<NodeHandle> = Vec::new();
     for index in 0..options.nodes {
         let node_id = u64::from(index) + 1;
         let listen = format!("127.0.0.1:{}", options.base_port + index).parse()?;
-        let bootstrap = if index == 0 {
-            Bootstrap::Init { shards: options.shards, replication_factor: 3 }
-        } else {
-            let token = std::fs::read_to_string(options.data_dir.join("n1").join("join-token"))?;
-            Bootstrap::Join { seed: nodes[0].advertise_addr().to_string(), token: token.trim().to_string() }
+        let bootstrap = match nodes.first() {
+            None => Bootstrap::Init { shards: options.shards, replication_factor: 3 },
+            Some(first) => {
+                let token = std::fs::read_to_string(options.data_dir.join("n1").join("join-token"))?;
+                Bootstrap::Join { seed: first.advertise_addr().to_string(), token: token.trim().to_string() }
+            }
         };
         let node = Node::start(NodeOptions {
             node_id,
@@ -86,9 +119,12 @@ pub async fn run(options: DevOptions) -> Result<()> {
         eprintln!("agentd dev: node {node_id} serving on {}", node.advertise_addr());
         nodes.push(node);
     }
+    Ok(nodes)
+}
 
-    let addrs: Vec<String> = nodes.iter().map(|node| node.advertise_addr().to_string()).collect();
-    let client = Client::for_addrs(addrs.clone(), None)?;
+/// Creates the sample agent and a session, sends it a message and prints
+/// its events until the turn ends; returns the session.
+async fn run_sample_session(client: &Client) -> Result<SessionId> {
     let agent = client
         .put_agent(
             None,
@@ -105,12 +141,11 @@ pub async fn run(options: DevOptions) -> Result<()> {
             },
         )
         .await?;
-    let session = client.create_session_with(Some(agent.id), None).await?;
-    eprintln!("agentd dev: agent {} (scripted model, tools write/bash/read), session {}", agent.id, session.session_id);
-    client.append(session.session_id, EventPayload::user_text("Please write a short note and check it.")).await?;
-
-    let mut subscription = client.subscribe(session.session_id, 1);
-    let finished = tokio::time::timeout(Duration::from_secs(120), async {
+    let session = client.create_session_with(Some(agent.id), None).await?.session_id;
+    eprintln!("agentd dev: agent {} (scripted model, tools write/bash/read), session {session}", agent.id);
+    client.append(session, EventPayload::user_text("Please write a short note and check it.")).await?;
+    let mut subscription = client.subscribe(session, 1);
+    let finished = tokio::time::timeout(SAMPLE_SESSION_TIMEOUT, async {
         loop {
             for event in subscription.next().await? {
                 println!("{}", output::summary(&event));
@@ -122,22 +157,7 @@ pub async fn run(options: DevOptions) -> Result<()> {
     })
     .await;
     match finished {
-        Ok(result) => result?,
-        Err(_) => bail!("the sample session did not finish within 120 s"),
+        Ok(result) => result.map(|()| session),
+        Err(_) => bail!("the sample session did not finish within {SAMPLE_SESSION_TIMEOUT:?}"),
     }
-    let workspace = options.data_dir.join("sandboxes").join(session.session_id.to_string()).join("workspace");
-    eprintln!("agentd dev: the session finished; its workspace is {}", workspace.display());
-
-    if options.keep_running {
-        eprintln!(
-            "agentd dev: cluster running; try `agentd session events --addr {} {} --follow`. Ctrl-C stops it.",
-            addrs.join(","),
-            session.session_id
-        );
-        tokio::signal::ctrl_c().await?;
-    }
-    for node in nodes.iter().rev() {
-        node.shutdown().await;
-    }
-    Ok(())
 }

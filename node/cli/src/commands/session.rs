@@ -123,27 +123,7 @@ pub async fn run(command: SessionCommand) -> Result<()> {
             };
             print_seq(&target, session, target.client()?.append(session, payload).await?);
         }
-        SessionCommand::Get { target, session } => {
-            let info = target.client()?.get_session(session).await?;
-            let stop_reason = info.stop_reason.as_ref().map(|reason| match reason {
-                agentd_protocol::event::StopReason::EndTurn => "end_turn",
-                agentd_protocol::event::StopReason::RequiresAction { .. } => "requires_action",
-                agentd_protocol::event::StopReason::RetriesExhausted => "retries_exhausted",
-            });
-            let value = json!({
-                "session_id": info.session_id.to_string(),
-                "shard": info.shard.0,
-                "status": format!("{:?}", info.status).to_lowercase(),
-                "stop_reason": stop_reason,
-                "dead_lettered": stop_reason == Some("retries_exhausted"),
-                "agent": info.agent.map(|agent| json!({"id": agent.id.to_string(), "version": agent.version})),
-                "environment": info.environment.map(|environment| environment.to_string()),
-                "last_seq": info.last_seq,
-                "epoch": info.epoch,
-                "pending_actions": info.pending_actions.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            });
-            println!("{}", if target.json { value.to_string() } else { serde_json::to_string_pretty(&value)? });
-        }
+        SessionCommand::Get { target, session } => get(target, session).await?,
         SessionCommand::Retry { target, session } => {
             print_seq(&target, session, target.client()?.retry_session(session).await?);
         }
@@ -162,36 +142,7 @@ pub async fn run(command: SessionCommand) -> Result<()> {
             }
         }
         SessionCommand::Events { target, session, from, follow, local } => {
-            let client = target.client()?;
-            let print = |events: &[agentd_protocol::event::Event]| {
-                for event in events {
-                    if target.json {
-                        println!("{}", output::event(event));
-                    } else {
-                        println!("{}", output::summary(event));
-                    }
-                }
-            };
-            if !follow {
-                let consistency = if local { Consistency::Local } else { Consistency::Leader };
-                let mut next = from;
-                loop {
-                    let (events, next_seq) = client
-                        .read_events(session, next, agentd_protocol::limits::EVENTS_PER_PAGE_MAX, consistency)
-                        .await?;
-                    if events.is_empty() {
-                        break;
-                    }
-                    print(&events);
-                    next = next_seq;
-                }
-                return Ok(());
-            }
-            // Follow, resuming from the last printed event if a node goes away.
-            let mut subscription = client.subscribe(session, from);
-            loop {
-                print(&subscription.next().await?);
-            }
+            events(target, session, from, follow, local).await?
         }
     }
     Ok(())
@@ -202,5 +153,63 @@ fn print_seq(target: &Target, session: SessionId, seq: u64) {
         println!("{}", json!({"session_id": session.to_string(), "seq": seq}));
     } else {
         println!("{seq}");
+    }
+}
+
+/// `agentd session get`: status, pinned agent, pending actions, last stop reason.
+async fn get(target: Target, session: SessionId) -> Result<()> {
+    let info = target.client()?.get_session(session).await?;
+    let stop_reason = info.stop_reason.as_ref().map(|reason| match reason {
+        agentd_protocol::event::StopReason::EndTurn => "end_turn",
+        agentd_protocol::event::StopReason::RequiresAction { .. } => "requires_action",
+        agentd_protocol::event::StopReason::RetriesExhausted => "retries_exhausted",
+    });
+    let value = json!({
+        "session_id": info.session_id.to_string(),
+        "shard": info.shard.0,
+        "status": format!("{:?}", info.status).to_lowercase(),
+        "stop_reason": stop_reason,
+        "dead_lettered": stop_reason == Some("retries_exhausted"),
+        "agent": info.agent.map(|agent| json!({"id": agent.id.to_string(), "version": agent.version})),
+        "environment": info.environment.map(|environment| environment.to_string()),
+        "last_seq": info.last_seq,
+        "epoch": info.epoch,
+        "pending_actions": info.pending_actions.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    });
+    println!("{}", if target.json { value.to_string() } else { serde_json::to_string_pretty(&value)? });
+    Ok(())
+}
+
+/// `agentd session events`: every event from `from`, from the leader or this
+/// node's replica; with `follow`, new ones as they commit, forever.
+async fn events(target: Target, session: SessionId, from: u64, follow: bool, local: bool) -> Result<()> {
+    let client = target.client()?;
+    let print = |events: &[agentd_protocol::event::Event]| {
+        for event in events {
+            if target.json {
+                println!("{}", output::event(event));
+            } else {
+                println!("{}", output::summary(event));
+            }
+        }
+    };
+    if !follow {
+        let consistency = if local { Consistency::Local } else { Consistency::Leader };
+        let mut next = from;
+        loop {
+            let (events, next_seq) =
+                client.read_events(session, next, agentd_protocol::limits::EVENTS_PER_PAGE_MAX, consistency).await?;
+            if events.is_empty() {
+                break;
+            }
+            print(&events);
+            next = next_seq;
+        }
+        return Ok(());
+    }
+    // Follow, resuming from the last printed event if a node goes away.
+    let mut subscription = client.subscribe(session, from);
+    loop {
+        print(&subscription.next().await?);
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use agentd_actors::sandbox::{Ledger, Limits, Network, SandboxError};
 use agentd_protocol::limits::SANDBOX_BOOT_TIMEOUT_MS;
+use agentd_protocol::sync::lock;
 
 use super::vm::{self, Phase, Vm};
 use super::{MicrovmImage, MicrovmSandbox, WORKSPACE_DISK};
@@ -117,7 +118,7 @@ impl MicrovmPool {
 
     /// QEMU process ids of the spares ready for `limits`.
     pub fn spare_pids(&self, limits: &Limits) -> Vec<u32> {
-        let ready = self.ready.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let ready = lock(&self.ready);
         ready
             .get(&Shape::of(limits))
             .map_or_else(Vec::new, |spares| spares.iter().filter_map(|spare| spare.vm.child.id()).collect())
@@ -125,7 +126,7 @@ impl MicrovmPool {
 
     /// A ready spare whose QEMU still runs.
     fn take(&self, shape: &Shape) -> Option<Spare> {
-        let mut ready = self.ready.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut ready = lock(&self.ready);
         let spares = ready.get_mut(shape)?;
         while let Some(spare) = spares.pop() {
             if *spare.vm.phase.borrow() == Phase::Ready {
@@ -140,8 +141,8 @@ impl MicrovmPool {
     /// Boots spares in the background until `shape` has `spares` of them.
     fn refill(self: &Arc<Self>, shape: Shape, limits: Limits) {
         {
-            let ready = self.ready.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let mut booting = self.booting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let ready = lock(&self.ready);
+            let mut booting = lock(&self.booting);
             let mut counts: HashMap<&Shape, usize> = HashMap::new();
             for (other, spares) in ready.iter() {
                 *counts.entry(other).or_default() += spares.len();
@@ -168,17 +169,11 @@ impl MicrovmPool {
                 let _ = std::fs::remove_dir_all(&directory);
                 return;
             };
-            if let Some(count) = pool.booting.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get_mut(&shape) {
+            if let Some(count) = lock(&pool.booting).get_mut(&shape) {
                 *count = count.saturating_sub(1);
             }
             match booted {
-                Ok(vm) => pool
-                    .ready
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .entry(shape)
-                    .or_default()
-                    .push(Spare { vm, directory }),
+                Ok(vm) => lock(&pool.ready).entry(shape).or_default().push(Spare { vm, directory }),
                 Err(error) => {
                     tracing::warn!(%error, "a spare microvm did not boot");
                     let _ = std::fs::remove_dir_all(&directory);

@@ -16,12 +16,13 @@ use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::OptionalSend;
 use tokio::sync::{broadcast, watch};
 
-use crate::store::apply::{AppliedBatch, ApplyBatch};
+use super::apply::{AppliedBatch, ApplyBatch};
+use super::snapshot::{self, SnapshotBuilder};
+use super::StateReader;
+use crate::state::group_state::{AppliedState, GroupState};
 use crate::store::codec::{encode, io_error};
-use crate::store::group_state::{AppliedState, GroupState};
 use crate::store::keys::{self, SNAPSHOT_CF, STATE_CF};
-use crate::store::snapshot::{self, SnapshotBuilder};
-use crate::store::{Db, StateReader};
+use crate::store::Db;
 use agentd_protocol::command::CommandResponse;
 
 use crate::types::{Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};

@@ -1,7 +1,7 @@
 //! Splits a `text/event-stream` body, fed in arbitrary chunks, into the
 //! data of its events.
 
-use super::ModelError;
+use crate::model::ModelError;
 
 /// Bound on one event-stream line; a streamed delta is a few kilobytes.
 pub const SSE_LINE_BYTES_MAX: usize = 4 * 1024 * 1024;

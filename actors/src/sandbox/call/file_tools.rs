@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::capped_output::CappedOutput;
 use super::workspace::Workspace;
-use super::ToolOutput;
+use crate::sandbox::ToolOutput;
 
 /// Directory entries `glob` and `grep` visit at most, so a huge tree costs bounded time.
 const WALK_ENTRIES_MAX: usize = 100_000;

@@ -4,9 +4,8 @@ use futures_util::future::BoxFuture;
 use serde_json::{json, Map, Value};
 
 use super::anthropic_stream::StreamAssembler;
-use super::http_client::HttpClient;
-use super::sse_decoder::SseDecoder;
-use super::{Block, Message, ModelError, ModelProvider, ModelRequest, ModelResponse, StopReason, Usage};
+use crate::model::http::{HttpClient, SseDecoder};
+use crate::model::{Block, Message, ModelError, ModelProvider, ModelRequest, ModelResponse, StopReason, Usage};
 
 /// The API version this provider speaks.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";

@@ -8,7 +8,7 @@ use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, Ses
 use agentd_protocol::limits::EVENTS_PER_PAGE_MAX;
 use tokio::sync::{broadcast, watch};
 
-use crate::store::group_state::GroupState;
+use crate::state::group_state::GroupState;
 use crate::Error;
 
 /// Reads a group's state straight from RocksDB, and follows what its state

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::ModelError;
+use crate::model::ModelError;
 
 /// Default bound on one model call, from sending the request to the last
 /// byte of the answer (for a streamed answer: to its head, then on each

@@ -1,9 +1,10 @@
 //! A per-provider circuit breaker: after enough consecutive failures the
 //! provider gets a rest instead of more load.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
+use agentd_protocol::sync::lock;
 use tokio::time::Instant;
 
 /// Consecutive failures that open the breaker by default.
@@ -59,7 +60,7 @@ impl CircuitBreaker {
 
     /// The current state, with an expired open breaker shown as half-open.
     pub fn state(&self) -> BreakerState {
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         Self::expire(&mut state);
         match *state {
             State::Closed { consecutive_failures } => BreakerState::Closed { consecutive_failures },
@@ -71,7 +72,7 @@ impl CircuitBreaker {
     /// Asks to make a call. `None` means the breaker is open (or half-open
     /// with its probe already out): do not call the provider.
     pub fn try_acquire(&self) -> Option<BreakerPermit<'_>> {
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         Self::expire(&mut state);
         match *state {
             State::Closed { .. } => Some(BreakerPermit { breaker: self, probe: false, recorded: false }),
@@ -92,7 +93,7 @@ impl CircuitBreaker {
     }
 
     fn record(&self, probe: bool, success: bool) {
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         if success {
             *state = State::Closed { consecutive_failures: 0 };
             return;
@@ -116,16 +117,10 @@ impl CircuitBreaker {
     }
 
     fn release_probe(&self) {
-        let mut state = self.lock();
+        let mut state = lock(&self.state);
         if let State::HalfOpen { probe_in_flight: true } = *state {
             *state = State::HalfOpen { probe_in_flight: false };
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The state is a plain value that every writer leaves consistent, so
-        // a panic elsewhere while holding the lock does not corrupt it.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

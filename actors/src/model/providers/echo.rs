@@ -2,7 +2,8 @@
 
 use futures_util::future::BoxFuture;
 
-use super::{script, Block, ModelError, ModelProvider, ModelRequest, ModelResponse, Role, StopReason};
+use super::script;
+use crate::model::{Block, ModelError, ModelProvider, ModelRequest, ModelResponse, Role, StopReason};
 
 /// What echo answers when the last user message has no text (only tool
 /// results, say).

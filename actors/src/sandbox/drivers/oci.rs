@@ -1,4 +1,84 @@
-//! The OCI container sandbox drivers: runc (`oci`) and gVisor's runsc (`gvisor`).
+//! The OCI container sandbox drivers ([`OciSandbox`]): runc (`oci`) and gVisor's
+//! runsc (`gvisor`).
+//!
+//! # runc
+//!
+//! The same tools, ledger, secrets and shell protocol as the namespace sandbox
+//! (`namespace.rs`), with `bash` served by a busybox `sh` (ash, which
+//! understands the `eval $'...'` lines) in a runc container run in the
+//! foreground (`runc run`, stdio piped). The bundle under
+//! `root/bundle` is generated per sandbox (`oci_bundle.rs`):
+//! - the root is a shared read-only rootfs built by `scripts/oci-rootfs.sh`
+//!   (busybox-static and its applets, `/bin/bash` running ash, an `/etc/passwd`
+//!   with uid 1000); no host path is visible except the session's workspace,
+//!   bound read-write at `/workspace`;
+//! - fresh `/proc`, a tmpfs `/dev` with runc's default devices, `/tmp` a tmpfs of
+//!   at most `Limits::memory_bytes_max` bytes;
+//! - the shell runs as uid/gid 1000 without a user namespace (the workspace is
+//!   handed to host uid 1000, as are the files the file tools create), with no
+//!   capabilities and `noNewPrivileges`;
+//! - new PID, IPC, UTS, mount, cgroup and network namespaces (the network one
+//!   is the host's with `Network::Unrestricted`, the sandbox's egress
+//!   namespace with an allowlist);
+//! - cgroup limits set by runc: memory (`Limits::memory_bytes_max`), pids
+//!   (`Limits::pids_max`) and CPU (a quota of `Limits::cpu_millicores`, one core
+//!   by default, computed as for the namespace sandbox, and half the default
+//!   shares), so a background busy loop is bounded.
+//!
+//! Every shell gets a new container (a fresh id); a timeout, `restart`,
+//! `destroy` or drop runs `runc kill <id> KILL` (which ends the PID namespace)
+//! and `runc delete --force <id>`. Needs root and the `runc` and
+//! `busybox-static` packages.
+//!
+//! # gVisor ([`ContainerRuntime::Gvisor`])
+//!
+//! The same bundle and rootfs, run by gVisor's `runsc --platform=ptrace` (state
+//! under [`GVISOR_STATE_ROOT`](crate::sandbox::GVISOR_STATE_ROOT)) instead of
+//! runc. The difference is the kernel: the container's system calls never
+//! reach the host kernel; gVisor's
+//! user-space kernel (the sentry, itself under a seccomp filter) serves them,
+//! and file access goes through its gofer, which sees only the bundle's mounts.
+//! A kernel bug reachable from a system call is therefore not reachable from
+//! the sandbox. What the sandbox sees is the OCI sandbox's view (read-only
+//! busybox root, the workspace at `/workspace`, uid 1000, no capabilities, its
+//! own PID, IPC, UTS and mount namespaces), served by gVisor's kernel.
+//! - Network: with `Network::None`, `--network=none` and a new network
+//!   namespace: only gVisor's own loopback. Otherwise `--network=host`:
+//!   sockets pass through the sentry to the host stack of the namespace the
+//!   sandbox runs in, the host's (unrestricted) or the sandbox's egress
+//!   namespace (an allowlist). (runsc's own `sandbox` network would need a
+//!   prepared network namespace with a veth pair, which agentd does not set up.)
+//! - Processes: RLIMIT_NPROC = `Limits::pids_max`, enforced by gVisor's
+//!   kernel per user inside the sandbox (every process there is uid 1000, which
+//!   cannot raise it): a fork past it fails with EAGAIN, as under runc's pids
+//!   cgroup. The host's pids cgroup is only a backstop, at 16 host tasks per
+//!   allowed process plus 256, because the ptrace platform spends about 9 host
+//!   tasks (sentry threads, stub processes) per sandbox process.
+//! - Memory: the host's memory cgroup around the whole sandbox, at
+//!   `Limits::memory_bytes_max` plus 64 MiB for gVisor's own kernel (`MemTotal`
+//!   inside shows that sum). gVisor (the 2022 Debian build) has no OOM killer
+//!   of its own, so going past it makes the host kill gVisor's kernel: **the
+//!   whole sandbox dies, not just the offending process** (the call fails with
+//!   "the shell exited", the shell's state is lost, the next call gets a fresh
+//!   sandbox). `/tmp` is a tmpfs of at most `Limits::memory_bytes_max`, which
+//!   gVisor honours.
+//! - CPU: the same quota (`Limits::cpu_millicores`) and half shares as runc, on
+//!   the host cgroup.
+//! - Wall clock and output: the same as every driver. A shell must answer
+//!   within the shell start timeout (10 s; runsc starts in about 0.25 s here),
+//!   else it is killed: `runsc kill`, then the `runsc run` process (the
+//!   sandbox is attached to it and dies with it), then `runsc delete --force`,
+//!   then the empty cgroup directories and the lock file that a start killed
+//!   before runsc recorded it leaves behind are removed.
+//! - Cost: a cold start of about 0.25 s, every system call and page fault is
+//!   a round trip through ptrace, and each process costs the host some 100s of
+//!   KiB of gVisor memory.
+//!
+//! Needs root, the `runsc` package (`apt-get install runsc`) and ptrace. The
+//! first provisioning in a process (and [`OciSandbox::probe_with`]) starts a
+//! `/bin/true` container within a timeout, so a machine that cannot run
+//! gVisor fails provisioning with `SandboxError::Unavailable` saying what is
+//! missing (the same holds for runc).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -6,15 +86,14 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::call_runner::{instance_name, CallRunner, ShellLauncher};
 use super::container_runtime::{ContainerRuntime, RuntimeCli};
-use super::egress::EgressNetwork;
-use super::ledger::Ledger;
 use super::oci_bundle::{bundle_config, check_rootfs, write_bundle, SANDBOX_UID};
-use super::shell::{Shell, ShellStopper};
-use super::workspace::Workspace;
-use super::{Limits, Sandbox, SandboxError, ToolCall, ToolOutput};
+use crate::sandbox::call::{instance_name, CallRunner, Shell, ShellLauncher, ShellStopper, Workspace};
+use crate::sandbox::egress::EgressNetwork;
+use crate::sandbox::{Ledger, Limits, Sandbox, SandboxError, ToolCall, ToolOutput};
 
+/// Where `scripts/oci-rootfs.sh` builds the OCI sandbox's root filesystem.
+pub const OCI_ROOTFS_DEFAULT: &str = "/var/cache/agentd/oci-rootfs";
 /// How long a dropped sandbox's cleanup waits for the runtime's `run` to exit.
 const CLEANUP_WAIT_MS: u64 = 2_000;
 

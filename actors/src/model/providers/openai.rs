@@ -5,8 +5,8 @@ use futures_util::future::BoxFuture;
 use serde_json::{json, Map, Value};
 
 use super::anthropic::json_object;
-use super::http_client::HttpClient;
-use super::{Block, Message, ModelError, ModelProvider, ModelRequest, ModelResponse, Role, StopReason, Usage};
+use crate::model::http::HttpClient;
+use crate::model::{Block, Message, ModelError, ModelProvider, ModelRequest, ModelResponse, Role, StopReason, Usage};
 
 /// The prefix of model strings routed here; it is stripped before sending.
 pub const OPENAI_MODEL_PREFIX: &str = "openai:";

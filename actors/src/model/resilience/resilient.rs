@@ -2,12 +2,14 @@
 
 use std::sync::{Arc, Mutex};
 
+use agentd_protocol::sync::lock;
 use futures_util::future::BoxFuture;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::time::Instant;
 
-use super::{CircuitBreaker, ModelError, ModelProvider, ModelRequest, ModelResponse, RetryPolicy};
+use super::{CircuitBreaker, RetryPolicy};
+use crate::model::{ModelError, ModelProvider, ModelRequest, ModelResponse};
 
 /// Wraps a provider: `Transient` and `RateLimited` errors are retried per
 /// the `RetryPolicy` (a `RateLimited` retry waits at least the provider's
@@ -88,7 +90,7 @@ impl ResilientProvider {
                 return Err(error);
             }
             let backoff = {
-                let mut rng = self.rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut rng = lock(&self.rng);
                 self.policy.backoff(attempt - 1, retry_after_ms, &mut *rng)
             };
             tracing::debug!(%provider, attempt, backoff_ms = backoff.as_millis() as u64, %error, "retrying model call");

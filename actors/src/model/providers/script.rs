@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
-use super::{Block, ModelError, ModelProvider, ModelRequest, ModelResponse, Role, StopReason, Usage};
+use crate::model::{Block, ModelError, ModelProvider, ModelRequest, ModelResponse, Role, StopReason, Usage};
 
 /// What a script answers once all its turns were played.
 pub const SCRIPT_FINISHED: &str = "(script finished)";

@@ -1,4 +1,9 @@
 //! The idempotency ledger: one file per idempotency key under `root/ledger`.
+//!
+//! Per key, the files are named by the key's hex SHA-256. `<name>.started` is
+//! made durable (fsync of the file and of the directory) before the tool runs;
+//! `<name>` holds the output as JSON, written as a temporary file, fsynced,
+//! renamed into place and the directory fsynced, before the call returns.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -6,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{SandboxError, ToolOutput};
+use crate::sandbox::{SandboxError, ToolOutput};
 
 /// Recorded tool outputs, keyed by idempotency key, persisted before a call returns.
 ///

@@ -1,6 +1,14 @@
-//! The sandbox that the `agentd hands` agent serves from inside a VM: the same
-//! tools and ledger, with `bash` a plain local shell. It isolates nothing by
-//! itself; the VM around it does.
+//! The local sandbox driver ([`LocalSandbox`]): the sandbox that the `agentd
+//! hands` agent serves from inside a VM, with the same tools, ledger and call
+//! runner as every driver and `bash` a plain local shell (bash, or busybox
+//! ash) in its own process group, working in the workspace.
+//!
+//! It isolates nothing by itself: the VM around it is the boundary. A timeout
+//! or `destroy` kills the shell's process group (a process that left it with
+//! `setsid` survives). The shell gets `oom_score_adj` 1000 so that memory
+//! exhaustion kills tool processes before the agent; with `run_as` it runs as
+//! that uid under `ulimit -u pids_max`. Memory and CPU are the VM's
+//! (`Limits::cpu_millicores` does not apply).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,12 +16,9 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::call_runner::{CallRunner, ShellLauncher};
-use super::egress::proxy_environment;
-use super::ledger::Ledger;
-use super::shell::{Shell, ShellStopper};
-use super::workspace::Workspace;
-use super::{Limits, Network, Sandbox, SandboxError, ToolCall, ToolOutput};
+use crate::sandbox::call::{CallRunner, Shell, ShellLauncher, ShellStopper, Workspace};
+use crate::sandbox::egress::proxy_environment;
+use crate::sandbox::{Ledger, Limits, Network, Sandbox, SandboxError, ToolCall, ToolOutput};
 
 /// The `PATH` the shell gets.
 const SHELL_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";

@@ -5,10 +5,10 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::container_runtime::ContainerRuntime;
-use super::egress::proxy_environment;
-use super::resource_control::{cpu_quota_us, CPU_PERIOD_US};
-use super::workspace::WORKSPACE_MOUNT;
-use super::{Limits, Network, SandboxError};
+use crate::sandbox::call::WORKSPACE_MOUNT;
+use crate::sandbox::egress::proxy_environment;
+use crate::sandbox::resource_control::{cpu_quota_us, CPU_PERIOD_US};
+use crate::sandbox::{Limits, Network, SandboxError};
 
 /// Inside the container the shell runs as this unprivileged user (and group); the
 /// workspace is handed to it on the host, where the same number means the same user
@@ -81,38 +81,9 @@ pub(crate) fn bundle_config(
     limits: &Limits,
     egress_namespace: Option<&Path>,
 ) -> Value {
-    let mut namespaces = vec![
-        json!({ "type": "pid" }),
-        json!({ "type": "ipc" }),
-        json!({ "type": "uts" }),
-        json!({ "type": "mount" }),
-        json!({ "type": "cgroup" }),
-    ];
-    let mut environment: Vec<String> =
-        ["PATH=/bin:/sbin:/usr/bin", &format!("HOME={WORKSPACE_MOUNT}"), "LANG=C.UTF-8", "TERM=dumb"]
-            .map(str::to_owned)
-            .to_vec();
-    match (&limits.network, egress_namespace) {
-        // A new network namespace has only a loopback: no network at all.
-        (Network::None, _) | (Network::Allowlist(_), None) => namespaces.push(json!({ "type": "network" })),
-        (Network::Unrestricted, _) => {}
-        (Network::Allowlist(_), Some(path)) => {
-            namespaces.push(json!({ "type": "network", "path": path }));
-            environment.extend(proxy_environment().into_iter().map(|(name, value)| format!("{name}={value}")));
-        }
-    }
+    let (namespaces, environment) = namespaces_and_environment(limits, egress_namespace);
+    let (rlimits, memory_limit_bytes, pids_limit) = process_limits(runtime, limits);
     let no_capabilities: Vec<String> = Vec::new();
-    let mut rlimits = vec![json!({ "type": "RLIMIT_NOFILE", "hard": OPEN_FILES_MAX, "soft": OPEN_FILES_MAX })];
-    let (memory_limit_bytes, pids_limit) = match runtime {
-        ContainerRuntime::Runc => (limits.memory_bytes_max, limits.pids_max),
-        ContainerRuntime::Gvisor => {
-            rlimits.push(json!({ "type": "RLIMIT_NPROC", "hard": limits.pids_max, "soft": limits.pids_max }));
-            (
-                limits.memory_bytes_max.saturating_add(GVISOR_KERNEL_MEMORY_BYTES),
-                limits.pids_max.saturating_mul(GVISOR_HOST_TASKS_PER_PROCESS).saturating_add(GVISOR_KERNEL_TASKS),
-            )
-        }
-    };
     json!({
         "ociVersion": "1.0.2-dev",
         "process": {
@@ -133,34 +104,7 @@ pub(crate) fn bundle_config(
         },
         "root": { "path": rootfs, "readonly": true },
         "hostname": "sandbox",
-        "mounts": [
-            { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
-            {
-                "destination": "/dev",
-                "type": "tmpfs",
-                "source": "tmpfs",
-                "options": ["nosuid", "strictatime", "mode=755", format!("size={DEV_BYTES_MAX}")],
-            },
-            {
-                "destination": "/dev/shm",
-                "type": "tmpfs",
-                "source": "shm",
-                "options": ["nosuid", "noexec", "nodev", "mode=1777", format!("size={DEV_BYTES_MAX}")],
-            },
-            // /tmp is memory: bounded like memory (its pages also count against the memory cgroup).
-            {
-                "destination": "/tmp",
-                "type": "tmpfs",
-                "source": "tmpfs",
-                "options": ["nosuid", "nodev", "mode=1777", format!("size={}", limits.memory_bytes_max)],
-            },
-            {
-                "destination": WORKSPACE_MOUNT,
-                "type": "bind",
-                "source": workspace,
-                "options": ["rbind", "rw", "nosuid", "nodev"],
-            },
-        ],
+        "mounts": mounts(workspace, limits),
         "linux": {
             "resources": {
                 "devices": [{ "allow": false, "access": "rwm" }],
@@ -176,6 +120,82 @@ pub(crate) fn bundle_config(
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
         },
     })
+}
+
+/// The sandbox's namespaces and its shell's environment: the network
+/// namespace is a new empty one (no network), the host's (unrestricted: none
+/// is named), or the egress namespace (an allowlist; tools get the proxy variables).
+fn namespaces_and_environment(limits: &Limits, egress_namespace: Option<&Path>) -> (Vec<Value>, Vec<String>) {
+    let mut namespaces = vec![
+        json!({ "type": "pid" }),
+        json!({ "type": "ipc" }),
+        json!({ "type": "uts" }),
+        json!({ "type": "mount" }),
+        json!({ "type": "cgroup" }),
+    ];
+    let mut environment: Vec<String> =
+        ["PATH=/bin:/sbin:/usr/bin", &format!("HOME={WORKSPACE_MOUNT}"), "LANG=C.UTF-8", "TERM=dumb"]
+            .map(str::to_owned)
+            .to_vec();
+    match (&limits.network, egress_namespace) {
+        // A new network namespace has only a loopback: no network at all.
+        (Network::None, _) | (Network::Allowlist(_), None) => namespaces.push(json!({ "type": "network" })),
+        (Network::Unrestricted, _) => {}
+        (Network::Allowlist(_), Some(path)) => {
+            namespaces.push(json!({ "type": "network", "path": path }));
+            environment.extend(proxy_environment().into_iter().map(|(name, value)| format!("{name}={value}")));
+        }
+    }
+    (namespaces, environment)
+}
+
+/// The shell's rlimits, and the host cgroup's memory and pids limits (with
+/// headroom for gVisor's kernel under gVisor).
+fn process_limits(runtime: ContainerRuntime, limits: &Limits) -> (Vec<Value>, u64, u64) {
+    let mut rlimits = vec![json!({ "type": "RLIMIT_NOFILE", "hard": OPEN_FILES_MAX, "soft": OPEN_FILES_MAX })];
+    let (memory_limit_bytes, pids_limit) = match runtime {
+        ContainerRuntime::Runc => (limits.memory_bytes_max, limits.pids_max),
+        ContainerRuntime::Gvisor => {
+            rlimits.push(json!({ "type": "RLIMIT_NPROC", "hard": limits.pids_max, "soft": limits.pids_max }));
+            (
+                limits.memory_bytes_max.saturating_add(GVISOR_KERNEL_MEMORY_BYTES),
+                limits.pids_max.saturating_mul(GVISOR_HOST_TASKS_PER_PROCESS).saturating_add(GVISOR_KERNEL_TASKS),
+            )
+        }
+    };
+    (rlimits, memory_limit_bytes, pids_limit)
+}
+
+/// `/proc`, a small `/dev`, `/tmp` bounded like memory, and the workspace.
+fn mounts(workspace: &Path, limits: &Limits) -> Value {
+    json!([
+        { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
+        {
+            "destination": "/dev",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", format!("size={DEV_BYTES_MAX}")],
+        },
+        {
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", format!("size={DEV_BYTES_MAX}")],
+        },
+        // /tmp is memory: bounded like memory (its pages also count against the memory cgroup).
+        {
+            "destination": "/tmp",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "nodev", "mode=1777", format!("size={}", limits.memory_bytes_max)],
+        },
+        {
+            "destination": WORKSPACE_MOUNT,
+            "type": "bind",
+            "source": workspace,
+            "options": ["rbind", "rw", "nosuid", "nodev"],
+        },
+    ])
 }
 
 #[cfg(test)]

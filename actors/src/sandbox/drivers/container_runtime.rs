@@ -12,7 +12,7 @@ use agentd_protocol::agent::SandboxDriver;
 use serde_json::json;
 
 use super::oci_bundle::{bundle_config, check_rootfs, write_bundle};
-use super::{Limits, Network, SandboxError};
+use crate::sandbox::{Limits, Network, SandboxError};
 
 /// Environment variable naming the runc binary; unset means `runc` on PATH.
 pub const RUNC_ENV: &str = "AGENTD_RUNC";

@@ -14,7 +14,7 @@ use super::file_tools::FileTools;
 use super::ledger::{Claim, Ledger};
 use super::shell::{Shell, ShellOutcome};
 use super::workspace::Workspace;
-use super::{redact, Limits, SandboxError, Secret, ToolCall, ToolOutput};
+use crate::sandbox::{redact, Limits, SandboxError, Secret, ToolCall, ToolOutput};
 
 /// Tool names reported as metric labels; anything else is labelled `unknown`, so
 /// a model cannot create unbounded label values.

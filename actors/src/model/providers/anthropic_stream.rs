@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::anthropic::{parse_usage, stop_reason_from};
-use super::sse_decoder::SseDecoder;
-use super::{Block, ModelError, ModelResponse, StopReason, Usage};
+use crate::model::http::SseDecoder;
+use crate::model::{Block, ModelError, ModelResponse, StopReason, Usage};
 
 /// Bound on the content blocks of one streamed answer.
 pub const STREAM_BLOCKS_MAX: usize = 1024;

@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use super::egress::proxy_environment;
-use super::workspace::WORKSPACE_MOUNT;
-use super::{Limits, Network, SandboxError};
+use crate::sandbox::call::WORKSPACE_MOUNT;
+use crate::sandbox::egress::proxy_environment;
+use crate::sandbox::{Limits, Network, SandboxError};
 
 /// Environment variable naming the bwrap binary; unset means `bwrap` on PATH.
 pub const BWRAP_ENV: &str = "AGENTD_BWRAP";

@@ -1,7 +1,8 @@
-//! The persistent bash of a namespace sandbox, spoken to over pipes.
+//! The persistent shell of a sandbox (bash inside bwrap, a container's ash, a
+//! local shell), spoken to over pipes; each driver starts it its own way.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,11 +10,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use super::bwrap::Bwrap;
 use super::capped_output::CappedOutput;
-use super::container_runtime::RuntimeCli;
-use super::resource_control::ResourceControl;
-use super::{Limits, SandboxError, Secret};
+use crate::sandbox::drivers::RuntimeCli;
+use crate::sandbox::{SandboxError, Secret};
 
 /// How long a fresh shell may take to answer its first command.
 const START_TIMEOUT_MS: u64 = 10_000;
@@ -38,7 +37,7 @@ pub(crate) enum ShellOutcome {
     Destroyed { output: String },
 }
 
-/// One bash process inside bwrap. Commands are sent as single lines that cannot
+/// One shell process in a sandbox. Commands are sent as single lines that cannot
 /// break the framing, and each command's end is marked by a random sentinel.
 ///
 /// **Invariant:** after any outcome other than `Finished`, the shell is dead and
@@ -70,33 +69,6 @@ pub(crate) enum ShellStopper {
 }
 
 impl Shell {
-    /// Starts bash in a new sandbox over `workspace` and checks it answers. With
-    /// `network_namespace`, bwrap starts in that (egress) network namespace.
-    pub(crate) async fn start(
-        bwrap: &Bwrap,
-        resources: &ResourceControl,
-        workspace: &Path,
-        limits: &Limits,
-        network_namespace: Option<&Path>,
-    ) -> Result<Shell, SandboxError> {
-        let mut arguments = bwrap.arguments(workspace, limits);
-        arguments.extend(["/bin/bash", "--noprofile", "--norc"].map(str::to_owned));
-        let (program, arguments) = resources.wrap(bwrap.program(), arguments);
-        // nsenter is outermost: entering a namespace needs root, which the rlimit fallback gives up.
-        let (program, arguments) = match network_namespace {
-            None => (program, arguments),
-            Some(namespace) => {
-                let mut entered = vec![format!("--net={}", namespace.display()), "--".to_owned()];
-                entered.push(program.to_string_lossy().into_owned());
-                entered.extend(arguments);
-                (PathBuf::from("nsenter"), entered)
-            }
-        };
-        let mut command = tokio::process::Command::new(&program);
-        command.args(&arguments).env_clear();
-        Shell::spawn(command, ShellStopper::NamespaceInit).await
-    }
-
     /// Spawns `command`, whose stdin and stdout must reach a shell that speaks this
     /// protocol (bash, or busybox ash: both understand `eval $'...'`), and checks it
     /// answers. `stopper` says how to kill every process of its sandbox.

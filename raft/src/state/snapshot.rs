@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::storage::RaftSnapshotBuilder;
 
+use crate::state::group_state::{GroupState, Record};
 use crate::store::codec::{decode, encode, io_error};
 use crate::store::disk::Batch;
-use crate::store::group_state::{GroupState, Record};
 use crate::store::keys::{self, SNAPSHOT_CF};
 use crate::types::{Snapshot, SnapshotData, SnapshotMeta, TypeConfig};
 use crate::Error;

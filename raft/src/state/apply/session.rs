@@ -1,0 +1,184 @@
+//! Shard commands: creating sessions, appending their events, and the
+//! session rules every replica enforces (epochs fence orchestrators; client
+//! events must answer what is pending; nothing follows a termination).
+
+use agentd_protocol::api::SessionStatus;
+use agentd_protocol::command::CommandResponse;
+use agentd_protocol::event::{Event, EventPayload, StopReason};
+use agentd_protocol::ids::{EventId, SessionId};
+use agentd_protocol::ApiError;
+
+use super::ApplyBatch;
+use crate::state::group_state::SessionRecord;
+use crate::store::keys;
+use crate::Error;
+
+impl ApplyBatch<'_> {
+    pub(super) fn session(&self, session_id: SessionId) -> Result<Option<SessionRecord>, Error> {
+        match self.sessions.get(&session_id) {
+            Some(record) => Ok(Some(record.clone())),
+            None => self.state.session(session_id),
+        }
+    }
+
+    pub(super) fn put_session(&mut self, session_id: SessionId, record: SessionRecord) -> Result<(), Error> {
+        self.put(keys::session_key(self.state.group(), session_id), &record)?;
+        self.sessions.insert(session_id, record);
+        Ok(())
+    }
+
+    pub(super) fn event_seq(&self, session_id: SessionId, event_id: EventId) -> Result<Option<u64>, Error> {
+        match self.event_seqs.get(&(session_id, event_id)) {
+            Some(&seq) => Ok(Some(seq)),
+            None => self.state.event_seq(session_id, event_id),
+        }
+    }
+
+    pub(super) fn create_session(
+        &mut self,
+        session_id: SessionId,
+        record: SessionRecord,
+    ) -> Result<CommandResponse, Error> {
+        if let Some(existing) = self.session(session_id)? {
+            return Ok(CommandResponse::Session { info: existing.info(session_id), created: false });
+        }
+        let info = record.info(session_id);
+        self.put_session(session_id, record)?;
+        Ok(CommandResponse::Session { info, created: true })
+    }
+
+    pub(super) fn claim_epoch(&mut self, session_id: SessionId) -> Result<CommandResponse, Error> {
+        let Some(mut record) = self.session(session_id)? else {
+            return Ok(CommandResponse::Rejected(ApiError::NotFound { what: format!("session {session_id}") }));
+        };
+        record.epoch += 1;
+        let epoch = record.epoch;
+        self.put_session(session_id, record)?;
+        Ok(CommandResponse::Epoch(epoch))
+    }
+
+    pub(super) fn reschedule(
+        &mut self,
+        session_id: SessionId,
+        event_id: EventId,
+        at_ms: u64,
+    ) -> Result<CommandResponse, Error> {
+        if let Some(seq) = self.event_seq(session_id, event_id)? {
+            return Ok(CommandResponse::Appended { seq, duplicate: true });
+        }
+        let Some(record) = self.session(session_id)? else {
+            return Ok(CommandResponse::Rejected(ApiError::NotFound { what: format!("session {session_id}") }));
+        };
+        let dead_lettered =
+            record.status == SessionStatus::Idle && record.stop_reason == Some(StopReason::RetriesExhausted);
+        if !dead_lettered {
+            return Ok(CommandResponse::Rejected(ApiError::InvalidRequest {
+                message: format!("session {session_id} is not dead-lettered (idle after its retries ran out)"),
+            }));
+        }
+        // Written by the runtime on the operator's behalf, in the current epoch.
+        let epoch = Some(record.epoch);
+        self.append(session_id, event_id, EventPayload::SessionStatusRescheduled, at_ms, epoch)
+    }
+
+    pub(super) fn terminate(
+        &mut self,
+        session_id: SessionId,
+        event_id: EventId,
+        at_ms: u64,
+    ) -> Result<CommandResponse, Error> {
+        let Some(mut record) = self.session(session_id)? else {
+            return Ok(CommandResponse::Rejected(ApiError::NotFound { what: format!("session {session_id}") }));
+        };
+        if record.status == SessionStatus::Terminated {
+            // A retried request: nothing comes after the terminated event, so it is the last.
+            return Ok(CommandResponse::Appended { seq: record.last_seq, duplicate: true });
+        }
+        // A new epoch: a running orchestrator's next append is refused as stale.
+        record.epoch += 1;
+        let epoch = record.epoch;
+        self.put_session(session_id, record)?;
+        self.append(session_id, event_id, EventPayload::SessionStatusTerminated, at_ms, Some(epoch))
+    }
+
+    pub(super) fn append(
+        &mut self,
+        session_id: SessionId,
+        event_id: EventId,
+        payload: EventPayload,
+        processed_at_ms: u64,
+        epoch: Option<u64>,
+    ) -> Result<CommandResponse, Error> {
+        let Some(mut record) = self.session(session_id)? else {
+            return Ok(CommandResponse::Rejected(ApiError::NotFound { what: format!("session {session_id}") }));
+        };
+        // The event id is the idempotency key: a retried append gets the
+        // sequence number of the first one.
+        if let Some(seq) = self.event_seq(session_id, event_id)? {
+            return Ok(CommandResponse::Appended { seq, duplicate: true });
+        }
+        let verdict = match epoch {
+            None => admit_user_event(&mut record, &payload),
+            Some(epoch) => admit_runtime_event(&mut record, &payload, epoch, self.state.db().bugs().skip_epoch_fence),
+        };
+        if let Err(error) = verdict {
+            return Ok(CommandResponse::Rejected(error));
+        }
+        let seq = record.last_seq + 1;
+        let event = Event { session_id, seq, id: event_id, processed_at_ms, payload };
+        let group = self.state.group();
+        self.put(keys::event_key(group, session_id, seq), &event)?;
+        self.put(keys::event_id_key(group, session_id, event_id), &seq)?;
+        self.event_seqs.insert((session_id, event_id), seq);
+        record.last_seq = seq;
+        self.put_session(session_id, record)?;
+        self.events.push(event);
+        Ok(CommandResponse::Appended { seq, duplicate: false })
+    }
+}
+
+/// Checks a client's event against the session and records what it answers.
+fn admit_user_event(record: &mut SessionRecord, payload: &EventPayload) -> Result<(), ApiError> {
+    let answered = agentd_protocol::rules::admit_user_event(record.status, &record.pending_actions, payload)?;
+    if let Some(answered) = answered {
+        record.pending_actions.retain(|pending| *pending != answered);
+    }
+    Ok(())
+}
+
+/// Checks an orchestrator's event: only the current epoch may write, and
+/// status events move the session's status.
+///
+/// `skip_fence` is the simulator's planted bug (`--bug skip-epoch-fence`):
+/// any epoch may write. Never set in production.
+fn admit_runtime_event(
+    record: &mut SessionRecord,
+    payload: &EventPayload,
+    epoch: u64,
+    skip_fence: bool,
+) -> Result<(), ApiError> {
+    if epoch != record.epoch && !skip_fence {
+        return Err(ApiError::StaleEpoch { epoch, current: record.epoch });
+    }
+    if record.status == SessionStatus::Terminated {
+        return Err(ApiError::InvalidRequest { message: "the session is terminated".into() });
+    }
+    if payload.is_user_event() {
+        return Err(ApiError::InvalidRequest { message: "the runtime does not append user events".into() });
+    }
+    match payload {
+        EventPayload::SessionStatusRunning => record.status = SessionStatus::Running,
+        EventPayload::SessionStatusRescheduled => record.stop_reason = None,
+        EventPayload::SessionStatusIdle { stop_reason } => {
+            record.status = SessionStatus::Idle;
+            record.stop_reason = Some(stop_reason.clone());
+            record.pending_actions = match stop_reason {
+                StopReason::RequiresAction { event_ids } => event_ids.clone(),
+                _ => Vec::new(),
+            };
+        }
+        EventPayload::SessionStatusTerminated => record.status = SessionStatus::Terminated,
+        _ => {}
+    }
+    Ok(())
+}
