@@ -9,6 +9,7 @@ use agentd_protocol::cluster::{ClusterRequest, ClusterResponse, JoinRequest, Joi
 use agentd_protocol::command::Command;
 use agentd_protocol::ids::{GroupId, NodeId, ShardId};
 use agentd_protocol::limits::JOIN_FRAME_BYTES_MAX;
+use agentd_protocol::tenancy::{parse_api_key, secret_sha256, ApiKeyRecord, Role, DEFAULT_WORKSPACE};
 use agentd_protocol::{ApiError, PROTOCOL_VERSION};
 use agentd_raft::host::RaftHost;
 use agentd_raft::types::NodeInfo;
@@ -42,7 +43,8 @@ pub(crate) async fn create_identity(options: &NodeOptions, data: &DataDir, adver
             let ca = ClusterCa::generate()?;
             let identity = ca.issue_node(options.node_id, host_part)?;
             let token = JoinToken::generate(&ca);
-            Stored { identity, ca, token, secrets_key: crate::vault::SecretsKey::generate()? }
+            let secrets_key = crate::vault::SecretsKey::generate()?;
+            Stored { identity, ca, token, secrets_key, admin_key: Some(crate::identity::generate_admin_key()) }
         }
         Bootstrap::Join { seed, token } => {
             let token = JoinToken::parse(token)?;
@@ -82,13 +84,22 @@ async fn join(seed: &str, token: &JoinToken, node_id: NodeId, advertise: &str) -
             }
             let identity = NodeIdentity { ca_cert_pem, cert_pem: node_cert_pem, key_pem: node_key_pem };
             let secrets_key = crate::vault::SecretsKey::from_hex(&secrets_key_hex)?;
-            Ok(Stored { identity, ca, token: token.clone(), secrets_key })
+            Ok(Stored { identity, ca, token: token.clone(), secrets_key, admin_key: None })
         }
         JoinResponse::Error(error) => bail!("{seed} refused to admit node {node_id}: {error}"),
     }
 }
 
-pub(crate) async fn init_cluster(host: &RaftHost, advertise: &str, shards: u32, replication_factor: u32) -> Result<()> {
+/// Creates the cluster: this node leads the metadata group, fixes the shard
+/// count, places every shard on itself, and stores the admin key.
+pub(crate) async fn init_cluster(
+    host: &RaftHost,
+    advertise: &str,
+    shards: u32,
+    replication_factor: u32,
+    admin_key: Option<&str>,
+    now_ms: u64,
+) -> Result<()> {
     let metadata = host.open_group(GroupId::Metadata).await?;
     let me = host.node_id();
     metadata
@@ -101,6 +112,20 @@ pub(crate) async fn init_cluster(host: &RaftHost, advertise: &str, shards: u32, 
     propose(&metadata, Command::AddNode { node_id: me, addr: advertise.to_string() }).await?;
     for shard in 0..shards {
         propose(&metadata, Command::SetPlacement { shard: ShardId(shard), replicas: vec![me] }).await?;
+    }
+    if let Some(admin_key) = admin_key {
+        let (key_id, secret) =
+            parse_api_key(admin_key).ok_or_else(|| anyhow!("the admin key made for this cluster is malformed"))?;
+        let record = ApiKeyRecord {
+            id: key_id,
+            name: crate::identity::ADMIN_KEY_NAME.into(),
+            workspace: DEFAULT_WORKSPACE.into(),
+            role: Role::Admin,
+            secret_sha256: secret_sha256(secret),
+            created_at_ms: now_ms,
+            revoked_at_ms: None,
+        };
+        propose(&metadata, Command::PutApiKey(record)).await?;
     }
     placement::reconcile(host).await?;
     Ok(())

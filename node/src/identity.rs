@@ -56,6 +56,23 @@ impl std::fmt::Display for JoinToken {
     }
 }
 
+/// A new admin key's text, with an unpredictable secret.
+#[allow(clippy::disallowed_methods, reason = "a key's secret must be unpredictable; the simulator makes its own")]
+pub fn generate_admin_key() -> String {
+    let (text, _) = agentd_protocol::tenancy::new_api_key(
+        rand::random(),
+        rand::random(),
+        ADMIN_KEY_NAME.into(),
+        agentd_protocol::tenancy::DEFAULT_WORKSPACE.into(),
+        agentd_protocol::tenancy::Role::Admin,
+        0,
+    );
+    text
+}
+
+/// The name of the admin key `--init` makes.
+pub const ADMIN_KEY_NAME: &str = "admin (--init)";
+
 #[derive(Debug, Serialize, Deserialize)]
 struct NodeFile {
     node_id: NodeId,
@@ -72,6 +89,10 @@ pub struct Stored {
     pub ca: ClusterCa,
     pub token: JoinToken,
     pub secrets_key: crate::vault::SecretsKey,
+    /// The admin key of a cluster this node creates (`--init`): stored in the
+    /// metadata group when the cluster is initialised, and written to
+    /// `DATA/admin-key` for the operator. `None` on every other start.
+    pub admin_key: Option<String>,
 }
 
 impl DataDir {
@@ -116,7 +137,12 @@ impl DataDir {
         };
         let token = JoinToken::parse(&read(&self.token_path())?)?;
         let secrets_key = crate::vault::SecretsKey::from_hex(&read(&tls.join("secrets.key"))?)?;
-        Ok(Stored { identity, ca, token, secrets_key })
+        Ok(Stored { identity, ca, token, secrets_key, admin_key: None })
+    }
+
+    /// Where `--init` writes the cluster's first admin key.
+    pub fn admin_key_path(&self) -> PathBuf {
+        self.root.join("admin-key")
     }
 
     /// Writes a new member's files. `node.json` is written last, so a crash
@@ -130,6 +156,9 @@ impl DataDir {
         write_private(&tls.join("node.key"), &stored.identity.key_pem)?;
         write_private(&tls.join("secrets.key"), &stored.secrets_key.to_hex())?;
         write_private(&self.token_path(), &format!("{}\n", stored.token))?;
+        if let Some(admin_key) = &stored.admin_key {
+            write_private(&self.admin_key_path(), &format!("{admin_key}\n"))?;
+        }
         write_private(&self.root.join("node.json"), &serde_json::to_string_pretty(&NodeFile { node_id })?)?;
         Ok(())
     }

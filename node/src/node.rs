@@ -122,7 +122,11 @@ impl Node {
         let announce_init = fresh && matches!(options.bootstrap, Bootstrap::Init { .. });
         let handle = Node::start_with(options, io).await?;
         if announce_init {
-            eprintln!("agentd: cluster initialised; join token in {}", data.token_path().display());
+            eprintln!(
+                "agentd: cluster initialised; join token in {}, admin API key in {}",
+                data.token_path().display(),
+                data.admin_key_path().display()
+            );
         }
         Ok(handle)
     }
@@ -155,6 +159,8 @@ impl Node {
         let host = RaftHost::new(options.node_id, db, peers, options.raft.openraft_config()?, seed);
         // Every node replicates the metadata group (as voter or learner).
         host.open_group(GroupId::Metadata).await?;
+        let admin_key = stored.admin_key.clone();
+        let now_ms = clock.now_ms();
         let secrets_key = Arc::new(stored.secrets_key);
         let service = Service::new(host.clone(), advertise.clone(), secrets_key.clone(), clock);
         let admission = Arc::new(Admission { ca: stored.ca, secret: stored.token.secret.clone(), secrets_key });
@@ -164,7 +170,7 @@ impl Node {
         // overwritten by the initial one (the simulator found this race).
         if fresh {
             if let Bootstrap::Init { shards, replication_factor } = &options.bootstrap {
-                init_cluster(&host, &advertise, *shards, *replication_factor).await?;
+                init_cluster(&host, &advertise, *shards, *replication_factor, admin_key.as_deref(), now_ms).await?;
             }
         }
         let mut tasks = vec![tokio::spawn(serve::serve(endpoint.clone(), service.clone(), admission))];
@@ -176,19 +182,8 @@ impl Node {
             }
         }
         tasks.push(tokio::spawn(reconcile_loop(host.clone())));
-        let mut model_providers = Models::new(options.models.clone(), RetryPolicy::default(), options.node_id);
-        for (model, provider) in models {
-            model_providers = model_providers.with_provider(&model, provider);
-        }
-        let hands = Arc::new(LocalHands::new(sandbox_dir, service.clone(), provisioner));
-        tasks.push(tokio::spawn(reap_idle_sandboxes(hands.clone(), options.sandbox_idle)));
-        let brain = Brain::new(
-            Arc::new(LocalSessionLog::new(service.clone()).with_observer(log_observer)),
-            hands,
-            model_providers,
-        );
-        let orchestrators = Orchestrators::new(Arc::new(brain));
-        tasks.push(tokio::spawn(drive_shards(host.clone(), orchestrators.clone(), service.sessions().clone())));
+        let parts = BrainParts { sandbox_dir, provisioner, models, log_observer };
+        let orchestrators = start_brain(&options, &service, parts, &mut tasks);
         tasks.push(tokio::spawn(observe_terms(host.clone())));
         tracing::info!(node = options.node_id, listen = %options.listen, "node started");
         Ok(NodeHandle {
@@ -203,6 +198,35 @@ impl Node {
             }),
         })
     }
+}
+
+/// The seams the brain and the hands are built from.
+struct BrainParts {
+    sandbox_dir: PathBuf,
+    provisioner: Arc<dyn Provisioner>,
+    models: Vec<(String, Arc<dyn ModelProvider>)>,
+    log_observer: Option<Arc<dyn LogObserver>>,
+}
+
+/// The agent loop of this node: models, hands, the session log, one
+/// orchestrator per session with work, and the watchers of led shards.
+fn start_brain(
+    options: &NodeOptions,
+    service: &Service,
+    parts: BrainParts,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Orchestrators {
+    let mut models = Models::new(options.models.clone(), RetryPolicy::default(), options.node_id);
+    for (model, provider) in parts.models {
+        models = models.with_provider(&model, provider);
+    }
+    let hands = Arc::new(LocalHands::new(parts.sandbox_dir, service.clone(), parts.provisioner));
+    tasks.push(tokio::spawn(reap_idle_sandboxes(hands.clone(), options.sandbox_idle)));
+    let log = Arc::new(LocalSessionLog::new(service.clone()).with_observer(parts.log_observer));
+    let orchestrators = Orchestrators::new(Arc::new(Brain::new(log, hands, models)));
+    let host = service.host().clone();
+    tasks.push(tokio::spawn(drive_shards(host, orchestrators.clone(), service.sessions().clone())));
+    orchestrators
 }
 
 /// Production's seed for openraft's randomness (the simulator passes one

@@ -13,6 +13,25 @@ use crate::{limits, ApiError};
 pub enum PermissionPolicy {
     AlwaysAllow,
     AlwaysAsk,
+    /// The runtime decides per call. agentd decides to ask, always (the
+    /// safe choice); the API reports the evaluation as `auto` → `ask`.
+    Auto,
+}
+
+impl PermissionPolicy {
+    /// Whether a call under this policy waits for the client's confirmation.
+    pub fn asks(self) -> bool {
+        !matches!(self, PermissionPolicy::AlwaysAllow)
+    }
+
+    /// The API's name of the policy.
+    pub fn name(self) -> &'static str {
+        match self {
+            PermissionPolicy::AlwaysAllow => "always_allow",
+            PermissionPolicy::AlwaysAsk => "always_ask",
+            PermissionPolicy::Auto => "auto",
+        }
+    }
 }
 
 /// The built-in tools (`agent_toolset_20260401`), run in the session's sandbox.

@@ -8,20 +8,37 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::{Agent, AgentRef, AgentSpec, Environment, EnvironmentSpec, VaultInfo};
 use crate::event::{Event, EventPayload, StopReason};
-use crate::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId};
+use crate::ids::{
+    AgentId, ApiKeyId, CredentialId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId,
+};
+use crate::resource::{
+    EventPage, EventQuery, Resource, ResourceId, ResourcePage, ResourceQuery, ResourceVersion, SessionCreate,
+    SessionPage, SessionQuery, SessionUpdate, SessionView,
+};
+use crate::tenancy::{ApiKeyInfo, ApiKeyRecord};
 use crate::ApiError;
 
-/// The envelope of every client call; `version` is the handshake.
+/// The envelope of every client call; `version` is the handshake, and
+/// `api_key` says who calls (every call needs one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub version: u16,
+    pub api_key: String,
     pub body: ClientRequest,
 }
 
 impl Request {
-    pub fn new(body: ClientRequest) -> Self {
-        Self { version: crate::PROTOCOL_VERSION, body }
+    pub fn new(api_key: String, body: ClientRequest) -> Self {
+        Self { version: crate::PROTOCOL_VERSION, api_key, body }
     }
+}
+
+/// The envelope of protocol version 1, which carried no key. A node decodes
+/// it only to answer such a client with `UnsupportedVersion`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestV1 {
+    pub version: u16,
+    pub body: ClientRequest,
 }
 
 /// How fresh a read must be.
@@ -102,6 +119,104 @@ pub enum ClientRequest {
         secret_name: String,
         value: String,
     },
+    // Requests of the workspace era; every variant above keeps its encoding.
+    /// Creates a session pinned to an agent's version (or an override of it)
+    /// with its details. Creating it again answers the same session.
+    CreateSessionIn {
+        session_id: SessionId,
+        create: SessionCreate,
+    },
+    /// A session as the API shows it (status, details, usage).
+    GetSessionView {
+        session_id: SessionId,
+    },
+    /// A page of the caller's sessions across every shard.
+    ListSessions {
+        query: SessionQuery,
+    },
+    /// A page of the caller's sessions on one shard (what `ListSessions`
+    /// asks of each shard's leader).
+    ListShardSessions {
+        shard: ShardId,
+        query: SessionQuery,
+    },
+    UpdateSession {
+        session_id: SessionId,
+        update: SessionUpdate,
+    },
+    ArchiveSession {
+        session_id: SessionId,
+    },
+    /// Ends a session for good and removes it from every view; its streams
+    /// get `session.deleted`.
+    DeleteSession {
+        session_id: SessionId,
+    },
+    /// A page of a session's events, filtered by type.
+    ListEvents {
+        session_id: SessionId,
+        query: EventQuery,
+    },
+    /// Creates a resource or adds a version to it; `expected_revision`
+    /// makes the write conditional.
+    PutResource {
+        id: ResourceId,
+        version: ResourceVersion,
+        expected_revision: Option<u64>,
+    },
+    GetResource {
+        id: ResourceId,
+    },
+    ListResources {
+        query: ResourceQuery,
+    },
+    ArchiveResource {
+        id: ResourceId,
+    },
+    DeleteResource {
+        id: ResourceId,
+    },
+    /// Sets a credential of a vault. The value is sealed by the metadata
+    /// leader before it is replicated.
+    PutCredential {
+        vault_id: VaultId,
+        credential_id: CredentialId,
+        change: CredentialChange,
+    },
+    DeleteCredential {
+        vault_id: VaultId,
+        credential_id: CredentialId,
+    },
+    /// Stores a new API key (its hash: the key itself never leaves the node
+    /// that made it). Admin keys only.
+    PutApiKey {
+        record: ApiKeyRecord,
+    },
+    /// Every key of a workspace (of all workspaces: `None`). Admin keys only.
+    ListApiKeys {
+        workspace: Option<String>,
+    },
+    RevokeApiKey {
+        key_id: ApiKeyId,
+    },
+    /// A key's record, hash included, for a node that has not replicated it
+    /// yet (nodes only).
+    GetApiKeyRecord {
+        key_id: ApiKeyId,
+    },
+}
+
+/// What a credential write changes. Absent fields keep their value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialChange {
+    pub display_name: Option<Option<String>>,
+    pub metadata: Vec<(String, Option<String>)>,
+    /// Required when the credential is created; immutable afterwards.
+    pub secret_name: Option<String>,
+    /// The secret itself (write-only).
+    pub secret_value: Option<String>,
+    pub allowed_hosts: Option<Option<Vec<String>>>,
+    pub archive: bool,
 }
 
 /// Where a request is executed.
@@ -113,6 +228,10 @@ pub enum Route {
     Metadata,
     /// On the node that received it (it asks the others).
     Status,
+    /// On the leader of one shard.
+    Shard(ShardId),
+    /// On the node that received it, which asks every shard.
+    AllShards,
 }
 
 impl ClientRequest {
@@ -125,13 +244,32 @@ impl ClientRequest {
             | ClientRequest::ReadEvents { session_id, .. }
             | ClientRequest::FollowEvents { session_id, .. }
             | ClientRequest::RetrySession { session_id }
-            | ClientRequest::TerminateSession { session_id } => Some(*session_id),
+            | ClientRequest::TerminateSession { session_id }
+            | ClientRequest::CreateSessionIn { session_id, .. }
+            | ClientRequest::GetSessionView { session_id }
+            | ClientRequest::UpdateSession { session_id, .. }
+            | ClientRequest::ArchiveSession { session_id }
+            | ClientRequest::DeleteSession { session_id }
+            | ClientRequest::ListEvents { session_id, .. } => Some(*session_id),
             ClientRequest::ClusterStatus
             | ClientRequest::PutAgent { .. }
             | ClientRequest::GetAgent { .. }
             | ClientRequest::PutEnvironment { .. }
             | ClientRequest::GetEnvironment { .. }
-            | ClientRequest::PutSecret { .. } => None,
+            | ClientRequest::PutSecret { .. }
+            | ClientRequest::ListSessions { .. }
+            | ClientRequest::ListShardSessions { .. }
+            | ClientRequest::PutResource { .. }
+            | ClientRequest::GetResource { .. }
+            | ClientRequest::ListResources { .. }
+            | ClientRequest::ArchiveResource { .. }
+            | ClientRequest::DeleteResource { .. }
+            | ClientRequest::PutCredential { .. }
+            | ClientRequest::DeleteCredential { .. }
+            | ClientRequest::PutApiKey { .. }
+            | ClientRequest::ListApiKeys { .. }
+            | ClientRequest::RevokeApiKey { .. }
+            | ClientRequest::GetApiKeyRecord { .. } => None,
         }
     }
 
@@ -151,6 +289,25 @@ impl ClientRequest {
             ClientRequest::RetrySession { .. } => "retry_session",
             ClientRequest::TerminateSession { .. } => "terminate_session",
             ClientRequest::PutSecret { .. } => "put_secret",
+            ClientRequest::CreateSessionIn { .. } => "create_session",
+            ClientRequest::GetSessionView { .. } => "get_session",
+            ClientRequest::ListSessions { .. } => "list_sessions",
+            ClientRequest::ListShardSessions { .. } => "list_shard_sessions",
+            ClientRequest::UpdateSession { .. } => "update_session",
+            ClientRequest::ArchiveSession { .. } => "archive_session",
+            ClientRequest::DeleteSession { .. } => "delete_session",
+            ClientRequest::ListEvents { .. } => "list_events",
+            ClientRequest::PutResource { .. } => "put_resource",
+            ClientRequest::GetResource { .. } => "get_resource",
+            ClientRequest::ListResources { .. } => "list_resources",
+            ClientRequest::ArchiveResource { .. } => "archive_resource",
+            ClientRequest::DeleteResource { .. } => "delete_resource",
+            ClientRequest::PutCredential { .. } => "put_credential",
+            ClientRequest::DeleteCredential { .. } => "delete_credential",
+            ClientRequest::PutApiKey { .. } => "put_api_key",
+            ClientRequest::ListApiKeys { .. } => "list_api_keys",
+            ClientRequest::RevokeApiKey { .. } => "revoke_api_key",
+            ClientRequest::GetApiKeyRecord { .. } => "get_api_key",
         }
     }
 
@@ -158,6 +315,8 @@ impl ClientRequest {
         match (self, self.session_id()) {
             (_, Some(session_id)) => Route::Session(session_id),
             (ClientRequest::ClusterStatus, None) => Route::Status,
+            (ClientRequest::ListSessions { .. }, None) => Route::AllShards,
+            (ClientRequest::ListShardSessions { shard, .. }, None) => Route::Shard(*shard),
             (_, None) => Route::Metadata,
         }
     }
@@ -180,6 +339,16 @@ pub enum ClientResponse {
     Environment(Environment),
     Vault(VaultInfo),
     Error(ApiError),
+    // Responses of the workspace era.
+    SessionView(Box<SessionView>),
+    Sessions(SessionPage),
+    EventPage(EventPage),
+    Resource(Resource),
+    Resources(ResourcePage),
+    ApiKey(ApiKeyInfo),
+    ApiKeys(Vec<ApiKeyInfo>),
+    ApiKeyRecord(ApiKeyRecord),
+    Done,
 }
 
 impl ClientResponse {
@@ -240,6 +409,69 @@ impl ClientResponse {
         match self {
             ClientResponse::Vault(vault) => Ok(vault),
             other => Err(other.unexpected("a vault")),
+        }
+    }
+
+    pub fn into_session_view(self) -> Result<SessionView, ApiError> {
+        match self {
+            ClientResponse::SessionView(view) => Ok(*view),
+            other => Err(other.unexpected("a session")),
+        }
+    }
+
+    pub fn into_sessions(self) -> Result<SessionPage, ApiError> {
+        match self {
+            ClientResponse::Sessions(page) => Ok(page),
+            other => Err(other.unexpected("a page of sessions")),
+        }
+    }
+
+    pub fn into_event_page(self) -> Result<EventPage, ApiError> {
+        match self {
+            ClientResponse::EventPage(page) => Ok(page),
+            other => Err(other.unexpected("a page of events")),
+        }
+    }
+
+    pub fn into_resource(self) -> Result<Resource, ApiError> {
+        match self {
+            ClientResponse::Resource(resource) => Ok(resource),
+            other => Err(other.unexpected("a resource")),
+        }
+    }
+
+    pub fn into_resources(self) -> Result<ResourcePage, ApiError> {
+        match self {
+            ClientResponse::Resources(page) => Ok(page),
+            other => Err(other.unexpected("a page of resources")),
+        }
+    }
+
+    pub fn into_api_key(self) -> Result<ApiKeyInfo, ApiError> {
+        match self {
+            ClientResponse::ApiKey(key) => Ok(key),
+            other => Err(other.unexpected("an API key")),
+        }
+    }
+
+    pub fn into_api_keys(self) -> Result<Vec<ApiKeyInfo>, ApiError> {
+        match self {
+            ClientResponse::ApiKeys(keys) => Ok(keys),
+            other => Err(other.unexpected("API keys")),
+        }
+    }
+
+    pub fn into_api_key_record(self) -> Result<ApiKeyRecord, ApiError> {
+        match self {
+            ClientResponse::ApiKeyRecord(record) => Ok(record),
+            other => Err(other.unexpected("an API key record")),
+        }
+    }
+
+    pub fn into_done(self) -> Result<(), ApiError> {
+        match self {
+            ClientResponse::Done => Ok(()),
+            other => Err(other.unexpected("nothing")),
         }
     }
 }

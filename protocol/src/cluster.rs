@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{ClientRequest, ClientResponse, NodeStatus};
 use crate::ids::{GroupId, NodeId};
+use crate::tenancy::Caller;
 use crate::ApiError;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +52,11 @@ pub enum ClusterRequest {
     AddNode {
         node_id: NodeId,
         addr: String,
+    },
+    /// A client call relayed to the node that can run it, with who made it.
+    ForwardAs {
+        caller: Caller,
+        request: ClientRequest,
     },
 }
 

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::agent::{Agent, AgentRef, AgentSpec, Environment, EnvironmentSpec, VaultInfo};
 use crate::api::SessionInfo;
 use crate::event::EventPayload;
-use crate::ids::{AgentId, EnvironmentId, EventId, NodeId, SessionId, ShardId, VaultId};
+use crate::ids::{AgentId, ApiKeyId, CredentialId, EnvironmentId, EventId, NodeId, SessionId, ShardId, VaultId};
+use crate::resource::{Credential, Resource, ResourceId, ResourceVersion, SessionDetails, SessionUpdate, SessionView};
+use crate::tenancy::{ApiKeyInfo, ApiKeyRecord};
 use crate::ApiError;
 
 /// A replicated command. Timestamps are stamped by the proposing node so
@@ -92,6 +94,71 @@ pub enum Command {
         event_id: EventId,
         at_ms: u64,
     },
+    // Commands of the workspace era; every variant above keeps its encoding.
+    /// Creates a resource in `workspace`, or adds a version to it (replaces
+    /// the only one, for a vault). Refused as not found when the resource
+    /// belongs to another workspace or is archived, and as a conflict when
+    /// `expected_revision` is not the current revision.
+    PutResource {
+        id: ResourceId,
+        workspace: String,
+        version: ResourceVersion,
+        expected_revision: Option<u64>,
+        at_ms: u64,
+    },
+    /// Archives a resource: it is kept, read-only, and listed only on request.
+    ArchiveResource {
+        id: ResourceId,
+        workspace: String,
+        at_ms: u64,
+    },
+    /// Deletes an environment or a vault (agents are archived, never deleted).
+    DeleteResource {
+        id: ResourceId,
+        workspace: String,
+    },
+    /// Sets one credential of a vault (by its id), or removes it (`None`).
+    PutCredential {
+        vault_id: VaultId,
+        workspace: String,
+        credential_id: CredentialId,
+        credential: Option<Credential>,
+        at_ms: u64,
+    },
+    /// Creates a session with its details (a shard command).
+    CreateSessionIn {
+        session_id: SessionId,
+        shard: ShardId,
+        created_at_ms: u64,
+        agent: Option<AgentRef>,
+        environment: Option<EnvironmentId>,
+        details: SessionDetails,
+    },
+    UpdateSession {
+        session_id: SessionId,
+        workspace: String,
+        update: SessionUpdate,
+        at_ms: u64,
+    },
+    ArchiveSession {
+        session_id: SessionId,
+        workspace: String,
+        at_ms: u64,
+    },
+    /// Deletes a session: it ends as a termination does (its log ends with
+    /// `session.deleted`), and it is gone for every reader.
+    DeleteSession {
+        session_id: SessionId,
+        workspace: String,
+        event_id: EventId,
+        at_ms: u64,
+    },
+    /// Stores an API key (its hash) in the metadata group.
+    PutApiKey(ApiKeyRecord),
+    RevokeApiKey {
+        key_id: ApiKeyId,
+        at_ms: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -112,6 +179,20 @@ impl fmt::Display for Command {
             Command::PutAgent { agent_id, .. } => write!(f, "put agent {agent_id}"),
             Command::PutEnvironment { environment_id, .. } => write!(f, "put environment {environment_id}"),
             Command::PutSecret { vault_id, secret_name, .. } => write!(f, "put secret {secret_name} in {vault_id}"),
+            Command::PutResource { id, workspace, .. } => write!(f, "put {id} in workspace {workspace}"),
+            Command::ArchiveResource { id, .. } => write!(f, "archive {id}"),
+            Command::DeleteResource { id, .. } => write!(f, "delete {id}"),
+            Command::PutCredential { vault_id, credential_id, .. } => {
+                write!(f, "put credential {credential_id} of {vault_id}")
+            }
+            Command::CreateSessionIn { session_id, details, .. } => {
+                write!(f, "create {session_id} in workspace {}", details.workspace)
+            }
+            Command::UpdateSession { session_id, .. } => write!(f, "update {session_id}"),
+            Command::ArchiveSession { session_id, .. } => write!(f, "archive {session_id}"),
+            Command::DeleteSession { session_id, .. } => write!(f, "delete {session_id}"),
+            Command::PutApiKey(record) => write!(f, "put api key {} of workspace {}", record.id, record.workspace),
+            Command::RevokeApiKey { key_id, .. } => write!(f, "revoke api key {key_id}"),
         }
     }
 }
@@ -127,6 +208,9 @@ pub enum CommandResponse {
     Vault(VaultInfo),
     Done,
     Rejected(ApiError),
+    Resource(Resource),
+    SessionView(Box<SessionView>),
+    ApiKey(ApiKeyInfo),
 }
 
 impl CommandResponse {
@@ -176,6 +260,35 @@ impl CommandResponse {
         match self {
             CommandResponse::Vault(vault) => Ok(vault),
             other => Err(other.unexpected("a vault")),
+        }
+    }
+
+    pub fn into_resource(self) -> Result<Resource, ApiError> {
+        match self {
+            CommandResponse::Resource(resource) => Ok(resource),
+            other => Err(other.unexpected("a resource")),
+        }
+    }
+
+    pub fn into_session_view(self) -> Result<SessionView, ApiError> {
+        match self {
+            CommandResponse::SessionView(view) => Ok(*view),
+            other => Err(other.unexpected("a session")),
+        }
+    }
+
+    pub fn into_api_key(self) -> Result<ApiKeyInfo, ApiError> {
+        match self {
+            CommandResponse::ApiKey(key) => Ok(key),
+            other => Err(other.unexpected("an API key")),
+        }
+    }
+
+    /// A command that answers nothing but success.
+    pub fn into_done(self) -> Result<(), ApiError> {
+        match self {
+            CommandResponse::Done => Ok(()),
+            other => Err(other.unexpected("nothing")),
         }
     }
 }

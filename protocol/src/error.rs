@@ -46,13 +46,24 @@ pub enum ApiError {
     PermissionDenied { message: String },
     #[error("internal error: {message}")]
     Internal { message: String },
+    /// No API key, or one that is unknown, malformed or revoked.
+    #[error("authentication failed: {message}")]
+    Unauthenticated { message: String },
+    /// The request conflicts with the object's current state (a conditional
+    /// update whose version is not the current one); retrying it as it is
+    /// cannot succeed.
+    #[error("conflict: {message}")]
+    Conflict { message: String },
+    /// The caller's API key made too many requests; retry after the pause.
+    #[error("rate limited: retry after {retry_after_ms} ms")]
+    RateLimited { retry_after_ms: u64 },
 }
 
 impl ApiError {
     /// Whether the same request may succeed if sent again later (possibly to
     /// another node). Appends are idempotent by event id, so retrying them is safe.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ApiError::NotLeader { .. } | ApiError::Unavailable { .. })
+        matches!(self, ApiError::NotLeader { .. } | ApiError::Unavailable { .. } | ApiError::RateLimited { .. })
     }
 }
 

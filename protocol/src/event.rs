@@ -69,22 +69,60 @@ pub enum StopReason {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventPayload {
-    UserMessage { content: Vec<ContentBlock> },
+    UserMessage {
+        content: Vec<ContentBlock>,
+    },
     UserInterrupt,
-    UserToolConfirmation { tool_use_id: EventId, result: Confirmation, deny_message: Option<String> },
-    UserCustomToolResult { custom_tool_use_id: EventId, content: Vec<ContentBlock>, is_error: bool },
-    AgentMessage { content: Vec<ContentBlock> },
-    AgentToolUse { name: String, input: JsonText },
-    AgentToolResult { tool_use_id: EventId, content: Vec<ContentBlock>, is_error: bool },
-    AgentCustomToolUse { name: String, input: JsonText },
+    UserToolConfirmation {
+        tool_use_id: EventId,
+        result: Confirmation,
+        deny_message: Option<String>,
+    },
+    UserCustomToolResult {
+        custom_tool_use_id: EventId,
+        content: Vec<ContentBlock>,
+        is_error: bool,
+    },
+    AgentMessage {
+        content: Vec<ContentBlock>,
+    },
+    AgentToolUse {
+        name: String,
+        input: JsonText,
+    },
+    AgentToolResult {
+        tool_use_id: EventId,
+        content: Vec<ContentBlock>,
+        is_error: bool,
+    },
+    AgentCustomToolUse {
+        name: String,
+        input: JsonText,
+    },
     SessionStatusRunning,
-    SessionStatusIdle { stop_reason: StopReason },
+    SessionStatusIdle {
+        stop_reason: StopReason,
+    },
     SessionStatusRescheduled,
     SessionStatusTerminated,
-    SessionError { kind: String, message: String },
-    SpanModelRequestStart { model: String },
-    SpanModelRequestEnd { model_request_start_id: EventId, is_error: bool },
-    SessionUsage { input_tokens: u64, output_tokens: u64 },
+    SessionError {
+        kind: String,
+        message: String,
+    },
+    SpanModelRequestStart {
+        model: String,
+    },
+    SpanModelRequestEnd {
+        model_request_start_id: EventId,
+        is_error: bool,
+    },
+    SessionUsage {
+        input_tokens: u64,
+        output_tokens: u64,
+    },
+    /// The session was deleted: the last event of its log, which ends every
+    /// stream that follows it.
+    SessionDeleted,
 }
 
 impl EventPayload {
@@ -107,6 +145,7 @@ impl EventPayload {
             EventPayload::SpanModelRequestStart { .. } => "span.model_request_start",
             EventPayload::SpanModelRequestEnd { .. } => "span.model_request_end",
             EventPayload::SessionUsage { .. } => "session.usage",
+            EventPayload::SessionDeleted => "session.deleted",
         }
     }
 

@@ -6,6 +6,11 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The version of the hands protocol (ALPN `agentd-hands/1`), which a node
+/// and the `agentd hands` agent inside a sandbox speak. It moves on its own:
+/// the client protocol's versions do not concern sandboxes.
+pub const HANDS_PROTOCOL_VERSION: u16 = 1;
+
 /// The envelope of every call to a sandbox agent; `version` is the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandsRequest {
@@ -15,7 +20,7 @@ pub struct HandsRequest {
 
 impl HandsRequest {
     pub fn new(body: HandsCall) -> Self {
-        Self { version: crate::PROTOCOL_VERSION, body }
+        Self { version: HANDS_PROTOCOL_VERSION, body }
     }
 }
 

@@ -127,6 +127,18 @@ random_id!(
     "vault_"
 );
 
+random_id!(
+    /// A credential of a vault.
+    CredentialId,
+    "vcrd_"
+);
+
+random_id!(
+    /// An API key (its id; the key itself also holds a secret).
+    ApiKeyId,
+    "key_"
+);
+
 /// The shard a session lives on: a stable hash of its id modulo the shard
 /// count fixed at cluster init. FNV-1a is used because it is stable across
 /// builds and platforms (the std hasher is not).

@@ -16,14 +16,19 @@ pub mod frame;
 pub mod hands;
 pub mod ids;
 pub mod limits;
+pub mod resource;
 pub mod rules;
 pub mod sync;
+pub mod tenancy;
 
 pub use error::{ApiError, Error};
 
-/// The protocol version spoken by this build. A request carrying another
-/// version is answered with [`ApiError::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The version of the client and cluster protocols spoken by this build. A
+/// request carrying another version is answered with
+/// [`ApiError::UnsupportedVersion`]. Version 2 added API keys to client
+/// requests and callers to forwarded ones. (The hands protocol has its own:
+/// `hands::HANDS_PROTOCOL_VERSION`.)
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// ALPN for client calls (sessions, events, status).
 pub const CLIENT_ALPN: &[u8] = b"agentd/1";

@@ -77,6 +77,34 @@ pub const SANDBOX_BOOT_TIMEOUT_MS: u64 = 60_000;
 /// Size of a microVM session's workspace disk (a sparse file: it takes only
 /// what is written), and so the most its workspace can hold.
 pub const MICROVM_WORKSPACE_DISK_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Longest workspace name.
+pub const WORKSPACE_NAME_BYTES_MAX: usize = 64;
+/// Longest name of an API key.
+pub const API_KEY_NAME_BYTES_MAX: usize = 128;
+/// Client-chosen labels of one object: pairs, and the bytes of a key and of a value.
+pub const METADATA_PAIRS_MAX: usize = 16;
+pub const METADATA_KEY_BYTES_MAX: usize = 64;
+pub const METADATA_VALUE_BYTES_MAX: usize = 512;
+/// Longest description of an agent or environment, and title of a session.
+pub const DESCRIPTION_BYTES_MAX: usize = 2048;
+/// Credentials one vault holds, and vaults one session uses.
+pub const VAULT_CREDENTIALS_MAX: usize = 64;
+pub const SESSION_VAULTS_MAX: usize = 16;
+/// Objects one list request returns, and how many when it does not say.
+pub const LIST_LIMIT_MAX: u32 = 100;
+pub const LIST_LIMIT_DEFAULT: u32 = 20;
+/// Index entries or events one list request reads on one group at most; a
+/// page with filters that match rarely may come back short, with a cursor.
+pub const LIST_SCAN_BUDGET: usize = 1000;
+/// Events one send request may carry.
+pub const EVENTS_PER_SEND_MAX: usize = 50;
+/// Largest HTTP request body.
+pub const HTTP_BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Requests one API key may make per second on one node, sustained, and in a burst.
+pub const API_KEY_REQUESTS_PER_SECOND: u32 = 500;
+pub const API_KEY_REQUESTS_BURST: u32 = 1000;
+/// How often an idle SSE stream carries a ping.
+pub const SSE_PING_INTERVAL_MS: u64 = 15_000;
 /// Longest a held sandbox's health check may take before the sandbox counts as
 /// unhealthy and is replaced.
 pub const SANDBOX_HEALTH_TIMEOUT_MS: u64 = 5_000;

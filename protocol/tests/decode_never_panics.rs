@@ -1,32 +1,50 @@
 //! Property tests: decoding arbitrary or corrupted bytes yields a typed error
 //! or a value, never a panic, and valid messages round-trip.
 
-use agentd_protocol::api::{ClientRequest, ClientResponse, Consistency, Request};
+use agentd_protocol::api::{ClientRequest, ClientResponse, Consistency, Request, RequestV1};
 use agentd_protocol::cluster::{ClusterEnvelope, ClusterRequest, JoinRequest, JoinResponse, RaftRpcKind};
 use agentd_protocol::event::{Event, EventPayload};
 use agentd_protocol::frame::{decode_body, decode_frame, encode_frame};
 use agentd_protocol::hands::{HandsCall, HandsRequest, HandsResponse};
 use agentd_protocol::ids::{EventId, GroupId, SessionId, ShardId};
 use agentd_protocol::limits::{CLIENT_FRAME_BYTES_MAX, HANDS_FRAME_BYTES_MAX};
+use agentd_protocol::resource::{EventQuery, Order};
 use proptest::prelude::*;
+
+fn text_key(bits: u128) -> String {
+    format!("agentd_{bits:032x}_{}", "0".repeat(64))
+}
 
 fn sample_requests(bits: u128, text: String, seq: u64) -> Vec<Request> {
     let session_id = SessionId::from_random(bits);
     vec![
-        Request::new(ClientRequest::CreateSession { session_id, agent: None, environment: None }),
-        Request::new(ClientRequest::Append {
-            session_id,
-            event_id: EventId::from_random(bits.rotate_left(7)),
-            payload: EventPayload::user_text(text),
-        }),
-        Request::new(ClientRequest::ReadEvents {
-            session_id,
-            from_seq: seq,
-            limit: 10,
-            consistency: Consistency::Local,
-        }),
-        Request::new(ClientRequest::FollowEvents { session_id, from_seq: seq }),
-        Request::new(ClientRequest::ClusterStatus),
+        Request::new(text_key(bits), ClientRequest::CreateSession { session_id, agent: None, environment: None }),
+        Request::new(
+            text_key(bits),
+            ClientRequest::Append {
+                session_id,
+                event_id: EventId::from_random(bits.rotate_left(7)),
+                payload: EventPayload::user_text(text),
+            },
+        ),
+        Request::new(
+            text_key(bits),
+            ClientRequest::ReadEvents { session_id, from_seq: seq, limit: 10, consistency: Consistency::Local },
+        ),
+        Request::new(text_key(bits), ClientRequest::FollowEvents { session_id, from_seq: seq }),
+        Request::new(text_key(bits), ClientRequest::ClusterStatus),
+        Request::new(
+            text_key(bits),
+            ClientRequest::ListEvents {
+                session_id,
+                query: EventQuery {
+                    types: vec!["agent.message".into()],
+                    order: Order::Descending,
+                    after_seq: Some(seq),
+                    limit: 5,
+                },
+            },
+        ),
     ]
 }
 
@@ -36,6 +54,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode_body::<Request>(&bytes);
+        let _ = decode_body::<RequestV1>(&bytes);
         let _ = decode_body::<ClientResponse>(&bytes);
         let _ = decode_body::<ClusterEnvelope>(&bytes);
         let _ = decode_body::<JoinRequest>(&bytes);

@@ -152,20 +152,43 @@ impl Cluster {
         self.nodes.iter().map(|node| node.addr.clone()).collect()
     }
 
+    /// The admin API key node 1 wrote at `--init`.
+    pub fn admin_key(&self) -> Result<String> {
+        let path = self.node(1).data_dir.join("admin-key");
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .trim()
+            .to_string())
+    }
+
+    /// A client of `addrs` that calls with the admin key.
+    pub fn client_of(&self, addrs: Vec<String>) -> Result<Client> {
+        Ok(Client::for_addrs(addrs, None)?.with_api_key(self.admin_key()?))
+    }
+
     /// A client that knows every node.
     pub fn client(&self) -> Result<Client> {
-        Ok(Client::for_addrs(self.addrs(), None)?)
+        self.client_of(self.addrs())
     }
 
     /// A client bound to one node (for reading that node's replica).
     pub fn client_for(&self, id: u64) -> Result<Client> {
-        Ok(Client::for_addrs(vec![self.node(id).addr.clone()], None)?)
+        self.client_of(vec![self.node(id).addr.clone()])
+    }
+
+    /// An `agentd` command of this cluster's program that calls with the
+    /// admin key (`AGENTD_API_KEY`).
+    pub fn command(&self) -> Result<Command> {
+        let mut command = Command::new(&self.binary);
+        command.env("AGENTD_API_KEY", self.admin_key()?);
+        Ok(command)
     }
 
     /// Cluster status as seen by the first running node.
     pub async fn status(&self) -> Result<ClusterStatus> {
         let node = self.nodes.iter().find(|node| node.is_running()).context("no node is running")?;
-        let client = Client::for_addrs(vec![node.addr.clone()], None)?
+        let client = self
+            .client_of(vec![node.addr.clone()])?
             .with_retry(agentd_client::RetryPolicy { deadline: Duration::from_secs(2), ..Default::default() });
         Ok(client.cluster_status().await?)
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use agentd_client::{Client, ClientError};
 use agentd_node::{Bootstrap, Node, NodeOptions, RaftTuning};
-use agentd_protocol::api::{ClientRequest, ClientResponse, Request};
+use agentd_protocol::api::{ClientRequest, ClientResponse, Request, RequestV1};
 use agentd_protocol::event::{ContentBlock, EventPayload};
 use agentd_protocol::ids::{EventId, SessionId};
 use agentd_protocol::limits::{CLIENT_FRAME_BYTES_MAX, EVENT_PAYLOAD_BYTES_MAX};
@@ -55,6 +55,7 @@ async fn bad_input_gets_typed_errors_and_the_node_keeps_serving() -> anyhow::Res
     })
     .await?;
     let addr = node.local_addr()?;
+    let admin_key = std::fs::read_to_string(dir.path().join("n1").join("admin-key"))?.trim().to_string();
     let connection = raw_connection(addr, CLIENT_ALPN).await?;
 
     // A body that is not a request.
@@ -76,16 +77,10 @@ async fn bad_input_gets_typed_errors_and_the_node_keeps_serving() -> anyhow::Res
     assert!(matches!(expect_error(send_raw(&connection, &[]).await?, "empty"), ApiError::Malformed { .. }));
     assert!(matches!(expect_error(send_raw(&connection, &[0, 0]).await?, "half header"), ApiError::Malformed { .. }));
 
-    // An unknown protocol version.
-    let future =
-        frame::encode_frame(&Request { version: 99, body: ClientRequest::ClusterStatus }, CLIENT_FRAME_BYTES_MAX)?;
-    assert!(matches!(
-        expect_error(send_raw(&connection, &future).await?, "version"),
-        ApiError::UnsupportedVersion { requested: 99, .. }
-    ));
+    versions_and_keys_are_checked(&connection, &admin_key).await?;
 
     // Well-formed requests that the API refuses.
-    let client = Client::for_addrs(vec![addr.to_string()], None)?;
+    let client = Client::for_addrs(vec![addr.to_string()], None)?.with_api_key(admin_key.clone());
     let unknown = SessionId::from_random(7);
     let refused = client.append(unknown, EventPayload::user_text("hello")).await;
     assert!(matches!(refused, Err(ClientError::Api(ApiError::NotFound { .. }))), "{refused:?}");
@@ -121,10 +116,46 @@ async fn bad_input_gets_typed_errors_and_the_node_keeps_serving() -> anyhow::Res
     assert_eq!(client.append(session, EventPayload::user_text("still here")).await?, 1);
     let again = send_raw(
         &connection,
-        &frame::encode_frame(&Request::new(ClientRequest::GetSession { session_id: session }), CLIENT_FRAME_BYTES_MAX)?,
+        &frame::encode_frame(
+            &Request::new(admin_key.clone(), ClientRequest::GetSession { session_id: session }),
+            CLIENT_FRAME_BYTES_MAX,
+        )?,
     )
     .await?;
     assert!(matches!(again, Some(ClientResponse::Session(info)) if info.last_seq == 1));
     node.shutdown().await;
+    Ok(())
+}
+
+/// Requests of another protocol version get `UnsupportedVersion`; requests
+/// without a valid key get `Unauthenticated`.
+async fn versions_and_keys_are_checked(connection: &quinn::Connection, admin_key: &str) -> anyhow::Result<()> {
+    // An unknown protocol version.
+    let future = Request { version: 99, api_key: admin_key.to_string(), body: ClientRequest::ClusterStatus };
+    let future = frame::encode_frame(&future, CLIENT_FRAME_BYTES_MAX)?;
+    assert!(matches!(
+        expect_error(send_raw(connection, &future).await?, "version"),
+        ApiError::UnsupportedVersion { requested: 99, .. }
+    ));
+    // A client of protocol version 1 (no key in its requests) is told to upgrade.
+    let old =
+        frame::encode_frame(&RequestV1 { version: 1, body: ClientRequest::ClusterStatus }, CLIENT_FRAME_BYTES_MAX)?;
+    assert!(matches!(
+        expect_error(send_raw(connection, &old).await?, "version 1"),
+        ApiError::UnsupportedVersion { requested: 1, .. }
+    ));
+    // No key, a malformed one, one that guesses the secret: each refused.
+    for (what, key) in [
+        ("no key", String::new()),
+        ("malformed key", "sk-not-a-key".to_string()),
+        (
+            "wrong secret",
+            format!("{}{}", &admin_key[..admin_key.len() - 1], if admin_key.ends_with('0') { "1" } else { "0" }),
+        ),
+    ] {
+        let request = frame::encode_frame(&Request::new(key, ClientRequest::ClusterStatus), CLIENT_FRAME_BYTES_MAX)?;
+        let error = expect_error(send_raw(connection, &request).await?, what);
+        assert!(matches!(error, ApiError::Unauthenticated { .. }), "{what}: {error:?}");
+    }
     Ok(())
 }

@@ -7,8 +7,8 @@ use std::process::{Command, Output};
 use agentd_tests::{free_port, Cluster};
 use serde_json::Value;
 
-fn agentd(args: &[&str]) -> Output {
-    Command::new(agentd_tests::agentd_binary!()).args(args).output().expect("run agentd")
+fn agentd(cluster: &Cluster, args: &[&str]) -> Output {
+    cluster.command().expect("the admin key").args(args).output().expect("run agentd")
 }
 
 fn json(output: &Output) -> Value {
@@ -24,16 +24,16 @@ async fn cli_commands_print_json_and_fail_clearly() -> anyhow::Result<()> {
         Cluster::start(agentd_tests::agentd_binary!(), 1, &["--shards", "2", "--metrics", &metrics_flag]).await?;
     let addr = cluster.addrs()[0].clone();
 
-    let created = json(&agentd(&["session", "create", "--addr", &addr, "--json"]));
+    let created = json(&agentd(&cluster, &["session", "create", "--addr", &addr, "--json"]));
     let session = created["session_id"].as_str().expect("session id").to_string();
     assert!(session.starts_with("sesn_"));
 
-    let sent = json(&agentd(&["session", "send", "--addr", &addr, &session, "--text", "hello", "--json"]));
+    let sent = json(&agentd(&cluster, &["session", "send", "--addr", &addr, &session, "--text", "hello", "--json"]));
     assert_eq!(sent["seq"], 1);
-    let plain = agentd(&["session", "send", "--addr", &addr, &session, "--text", "second"]);
+    let plain = agentd(&cluster, &["session", "send", "--addr", &addr, &session, "--text", "second"]);
     assert_eq!(String::from_utf8_lossy(&plain.stdout).trim(), "2");
 
-    let events = agentd(&["session", "events", "--addr", &addr, &session, "--json"]);
+    let events = agentd(&cluster, &["session", "events", "--addr", &addr, &session, "--json"]);
     assert!(events.status.success());
     let lines: Vec<Value> = String::from_utf8_lossy(&events.stdout)
         .lines()
@@ -43,22 +43,29 @@ async fn cli_commands_print_json_and_fail_clearly() -> anyhow::Result<()> {
     assert_eq!(lines[0]["type"], "user.message");
     assert_eq!(lines[0]["content"][0]["text"], "hello");
     assert_eq!(lines[1]["seq"], 2);
-    let from_two = agentd(&["session", "events", "--addr", &addr, &session, "--from", "2", "--json"]);
+    let from_two = agentd(&cluster, &["session", "events", "--addr", &addr, &session, "--from", "2", "--json"]);
     assert_eq!(String::from_utf8_lossy(&from_two.stdout).lines().count(), 1);
 
-    let status = json(&agentd(&["cluster", "status", "--addr", &addr, "--json"]));
+    let status = json(&agentd(&cluster, &["cluster", "status", "--addr", &addr, "--json"]));
     assert_eq!(status["shards"], 2);
     assert_eq!(status["nodes"].as_array().map(Vec::len), Some(1));
     assert_eq!(status["groups"].as_array().map(Vec::len), Some(3));
 
     // Bad input: a malformed id and an unknown session are clear errors with a failing exit code.
-    let malformed = agentd(&["session", "send", "--addr", &addr, "sesn_nope", "--text", "x"]);
+    let malformed = agentd(&cluster, &["session", "send", "--addr", &addr, "sesn_nope", "--text", "x"]);
     assert!(!malformed.status.success());
     assert!(String::from_utf8_lossy(&malformed.stderr).contains("invalid id"), "{malformed:?}");
-    let unknown = agentd(&["session", "send", "--addr", &addr, "sesn_00000000000000000000000000000001", "--text", "x"]);
+    let unknown =
+        agentd(&cluster, &["session", "send", "--addr", &addr, "sesn_00000000000000000000000000000001", "--text", "x"]);
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("not found"), "{unknown:?}");
-    let remote = agentd(&["session", "create", "--addr", "192.0.2.1:7000"]);
+    let keyless = Command::new(agentd_tests::agentd_binary!())
+        .args(["session", "create", "--addr", &addr])
+        .env_remove("AGENTD_API_KEY")
+        .output()?;
+    assert!(!keyless.status.success(), "a call without a key was accepted");
+    assert!(String::from_utf8_lossy(&keyless.stderr).contains("an API key is required"), "{keyless:?}");
+    let remote = agentd(&cluster, &["session", "create", "--addr", "192.0.2.1:7000"]);
     assert!(!remote.status.success());
     assert!(String::from_utf8_lossy(&remote.stderr).contains("--ca"), "{remote:?}");
 

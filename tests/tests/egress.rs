@@ -3,7 +3,6 @@
 //! by the sandbox's own network namespace and egress proxy.
 
 use std::io::{Read, Write};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -30,8 +29,8 @@ fn serve_hello() -> (u16, Arc<AtomicU64>) {
     (port, connections)
 }
 
-fn agentd(args: &[&str]) -> std::process::Output {
-    Command::new(agentd_tests::agentd_binary!()).args(args).output().expect("run agentd")
+fn agentd(cluster: &Cluster, args: &[&str]) -> std::process::Output {
+    cluster.command().expect("the admin key").args(args).output().expect("run agentd")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,15 +52,20 @@ async fn a_session_reaches_only_the_hosts_its_environment_allows() -> anyhow::Re
     let addr = cluster.addrs()[0].clone();
 
     // A bad entry is refused with the reason, before anything is stored.
-    let refused = agentd(&["environment", "create", "--addr", &addr, "--name", "bad", "--allow-host", "x.com/path"]);
+    let refused =
+        agentd(&cluster, &["environment", "create", "--addr", &addr, "--name", "bad", "--allow-host", "x.com/path"]);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("an entry names a host, not a path"), "{stderr}");
-    let both = agentd(&["environment", "create", "--addr", &addr, "--name", "b", "--network", "--allow-host", "x.com"]);
+    let both = agentd(
+        &cluster,
+        &["environment", "create", "--addr", &addr, "--name", "b", "--network", "--allow-host", "x.com"],
+    );
     assert!(!both.status.success(), "--network and --allow-host together were accepted");
 
     let allow = format!("127.0.0.2:{listed}");
-    let created = agentd(&["environment", "create", "--addr", &addr, "--name", "limited", "--allow-host", &allow]);
+    let created =
+        agentd(&cluster, &["environment", "create", "--addr", &addr, "--name", "limited", "--allow-host", &allow]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let environment_id: EnvironmentId = String::from_utf8(created.stdout)?.trim().parse()?;
 

@@ -2,15 +2,13 @@
 //! --processes-max --cpu-millicores`) reach its sessions' sandboxes, and
 //! limits out of bounds are refused with the bounds.
 
-use std::process::Command;
-
 use agentd_protocol::event::EventPayload;
 use agentd_protocol::ids::EnvironmentId;
 use agentd_tests::Cluster;
 use serde_json::json;
 
-fn agentd(args: &[&str]) -> std::process::Output {
-    Command::new(agentd_tests::agentd_binary!()).args(args).output().expect("run agentd")
+fn agentd(cluster: &Cluster, args: &[&str]) -> std::process::Output {
+    cluster.command().expect("the admin key").args(args).output().expect("run agentd")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,25 +28,28 @@ async fn an_environments_limits_bound_its_sandboxes() -> anyhow::Result<()> {
     let cluster = Cluster::one_node(agentd_tests::agentd_binary!(), scripts.path(), sandboxes.path(), &[]).await?;
     let addr = cluster.addrs()[0].clone();
 
-    let refused = agentd(&["environment", "create", "--addr", &addr, "--name", "tiny", "--memory-mib", "1"]);
+    let refused = agentd(&cluster, &["environment", "create", "--addr", &addr, "--name", "tiny", "--memory-mib", "1"]);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("memory_mib is 64 to"), "{stderr}");
 
-    let created = agentd(&[
-        "environment",
-        "create",
-        "--addr",
-        &addr,
-        "--name",
-        "small",
-        "--memory-mib",
-        "128",
-        "--processes-max",
-        "32",
-        "--cpu-millicores",
-        "500",
-    ]);
+    let created = agentd(
+        &cluster,
+        &[
+            "environment",
+            "create",
+            "--addr",
+            &addr,
+            "--name",
+            "small",
+            "--memory-mib",
+            "128",
+            "--processes-max",
+            "32",
+            "--cpu-millicores",
+            "500",
+        ],
+    );
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let environment_id: EnvironmentId = String::from_utf8(created.stdout)?.trim().parse()?;
 

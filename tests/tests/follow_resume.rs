@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use agentd_client::Client;
 use agentd_protocol::event::EventPayload;
 use agentd_protocol::ids::EventId;
 use agentd_tests::Cluster;
@@ -18,7 +17,7 @@ async fn a_follower_resumes_on_another_node_without_gaps_or_duplicates() -> anyh
 
     // The follower starts on node 2 and knows the others.
     let addrs = cluster.addrs();
-    let follower_client = Client::for_addrs(vec![addrs[1].clone(), addrs[0].clone(), addrs[2].clone()], None)?;
+    let follower_client = cluster.client_of(vec![addrs[1].clone(), addrs[0].clone(), addrs[2].clone()])?;
     let follower = tokio::spawn(async move {
         let mut subscription = follower_client.subscribe(session, 1);
         let mut seen = Vec::new();

@@ -2,7 +2,6 @@
 //! its sandbox is stopped, the sandbox's processes end, its directory
 //! (workspace, ledger) is removed, and the session takes no more events.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agentd_protocol::api::{Consistency, SessionStatus};
@@ -10,8 +9,10 @@ use agentd_protocol::event::EventPayload;
 use agentd_tests::{processes_mentioning, Cluster};
 use serde_json::json;
 
-fn terminate(addr: &str, session: &str) -> String {
-    let output = Command::new(agentd_tests::agentd_binary!())
+fn terminate(cluster: &Cluster, addr: &str, session: &str) -> String {
+    let output = cluster
+        .command()
+        .expect("the admin key")
         .args(["session", "terminate", "--addr", addr, session])
         .output()
         .expect("run agentd");
@@ -44,7 +45,7 @@ async fn terminating_a_session_stops_its_tool_and_removes_its_sandbox() -> anyho
     assert!(!processes_mentioning(&needle, None).is_empty(), "the sandbox runs the tool");
 
     let addr = cluster.addrs()[0].clone();
-    let seq = terminate(&addr, &needle);
+    let seq = terminate(&cluster, &addr, &needle);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !processes_mentioning(&needle, None).is_empty() || directory.exists() {
         assert!(
@@ -67,6 +68,6 @@ async fn terminating_a_session_stops_its_tool_and_removes_its_sandbox() -> anyho
     let refused = client.append(session, EventPayload::user_text("more")).await;
     assert!(refused.is_err_and(|error| error.to_string().contains("terminated")));
     // Terminating again answers the same event.
-    assert_eq!(terminate(&addr, &needle), seq);
+    assert_eq!(terminate(&cluster, &addr, &needle), seq);
     Ok(())
 }

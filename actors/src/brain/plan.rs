@@ -100,7 +100,7 @@ fn tool_step(agent: &AgentSpec, events: &[Event]) -> Option<Step> {
                 });
             }
             (Some(PermissionPolicy::AlwaysAllow), _)
-            | (Some(PermissionPolicy::AlwaysAsk), Some((Confirmation::Allow, _))) => {
+            | (Some(PermissionPolicy::AlwaysAsk | PermissionPolicy::Auto), Some((Confirmation::Allow, _))) => {
                 return Some(Step::RunTool {
                     tool_use_id: *tool_use_id,
                     seq: tool_use.seq,
@@ -108,7 +108,8 @@ fn tool_step(agent: &AgentSpec, events: &[Event]) -> Option<Step> {
                     input_json: tool_use.input_json.clone(),
                 });
             }
-            (Some(PermissionPolicy::AlwaysAsk), None) => waiting.push(*tool_use_id),
+            // `auto` decides to ask, always: the safe choice.
+            (Some(PermissionPolicy::AlwaysAsk | PermissionPolicy::Auto), None) => waiting.push(*tool_use_id),
         }
     }
     (!waiting.is_empty()).then_some(Step::AwaitClient { event_ids: waiting })

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use commands::{agent, bench as bench_command, cluster, dev, environment, hands, session, start, vault};
+use commands::{agent, apikey, bench as bench_command, cluster, dev, environment, hands, session, start, vault};
 
 #[derive(Debug, Parser)]
 #[command(name = "agentd", version, about = "A self-hostable cluster runtime for managed AI agents")]
@@ -56,6 +56,9 @@ pub enum Command {
     /// Store credentials that tool calls get and results never show.
     #[command(subcommand)]
     Vault(vault::VaultCommand),
+    /// API keys: who may call the cluster, and in which workspace.
+    #[command(subcommand)]
+    Apikey(apikey::ApiKeyCommand),
     /// Measure a running cluster.
     #[command(subcommand)]
     Bench(bench_command::BenchCommand),
@@ -113,6 +116,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Agent(command) => agent::run(command).await,
         Command::Environment(command) => environment::run(command).await,
         Command::Vault(command) => vault::run(command).await,
+        Command::Apikey(command) => apikey::run(command).await,
         Command::Bench(command) => bench_command::run(command).await,
         Command::Sim(_) => anyhow::bail!("`agentd sim` runs outside a tokio runtime; call agentd_sim::cli::main"),
     }

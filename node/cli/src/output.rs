@@ -32,7 +32,8 @@ fn payload(payload: &EventPayload) -> Value {
         EventPayload::UserInterrupt
         | EventPayload::SessionStatusRunning
         | EventPayload::SessionStatusRescheduled
-        | EventPayload::SessionStatusTerminated => json!({}),
+        | EventPayload::SessionStatusTerminated
+        | EventPayload::SessionDeleted => json!({}),
         EventPayload::UserToolConfirmation { tool_use_id, result, deny_message } => json!({
             "tool_use_id": tool_use_id.to_string(),
             "result": match result { Confirmation::Allow => "allow", Confirmation::Deny => "deny" },

@@ -15,8 +15,10 @@ use std::time::Duration;
 use agentd_protocol::agent::{Agent, AgentSpec, Environment, EnvironmentSpec, VaultInfo};
 use agentd_protocol::api::{ClientRequest, ClientResponse, ClusterStatus, Consistency, Request, SessionInfo};
 use agentd_protocol::event::{Event, EventPayload};
-use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, SessionId, VaultId};
+use agentd_protocol::ids::{AgentId, ApiKeyId, EnvironmentId, EventId, SessionId, VaultId};
 use agentd_protocol::limits::CLIENT_FRAME_BYTES_MAX;
+use agentd_protocol::resource::{SessionPage, SessionQuery};
+use agentd_protocol::tenancy::{new_api_key, ApiKeyInfo, Role};
 use agentd_protocol::{ApiError, CLIENT_ALPN};
 use agentd_transport::dial::{host_of, resolve};
 use agentd_transport::tls::{client_config, SERVER_NAME};
@@ -85,6 +87,8 @@ impl Default for RetryPolicy {
 pub struct Client {
     endpoint: quinn::Endpoint,
     addrs: Vec<String>,
+    /// Every call carries it; the cluster answers `Unauthenticated` without a valid one.
+    api_key: String,
     current: Mutex<(usize, Option<quinn::Connection>)>,
     retry: RetryPolicy,
 }
@@ -112,7 +116,13 @@ impl Client {
         }
         let config = client_config(trust, CLIENT_ALPN).map_err(|error| ClientError::Setup(error.to_string()))?;
         endpoint.set_default_client_config(config);
-        Ok(Self { endpoint, addrs, current: Mutex::new((0, None)), retry: RetryPolicy::default() })
+        Ok(Self {
+            endpoint,
+            addrs,
+            api_key: String::new(),
+            current: Mutex::new((0, None)),
+            retry: RetryPolicy::default(),
+        })
     }
 
     /// A client trusting the CA in `ca_pem` if given; without it, only
@@ -134,6 +144,12 @@ impl Client {
             }
         };
         Self::new(addrs, trust)
+    }
+
+    /// Calls as the holder of `api_key` (see `agentd apikey create`).
+    pub fn with_api_key(mut self, api_key: impl Into<String>) -> Self {
+        self.api_key = api_key.into();
+        self
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
@@ -185,7 +201,7 @@ impl Client {
         let (addr, connection) = self.connection().await?;
         let transport = |message: String| ClientError::Transport { addr: addr.clone(), message };
         let (mut send, recv) = connection.open_bi().await.map_err(|error| transport(error.to_string()))?;
-        write_frame(&mut send, &Request::new(request), CLIENT_FRAME_BYTES_MAX)
+        write_frame(&mut send, &Request::new(self.api_key.clone(), request), CLIENT_FRAME_BYTES_MAX)
             .await
             .map_err(|error| transport(error.to_string()))?;
         send.finish().map_err(|error| transport(error.to_string()))?;
@@ -362,6 +378,36 @@ impl Client {
     /// serving node fails.
     pub fn subscribe(&self, session_id: SessionId, from_seq: u64) -> Subscription<'_> {
         Subscription { client: self, session_id, next_seq: from_seq.max(1), stream: None }
+    }
+
+    /// Makes a new API key for `workspace` (admin keys only). The key is
+    /// made here and only its hash travels: the returned text is the only
+    /// copy, to show once.
+    pub async fn create_api_key(
+        &self,
+        workspace: String,
+        name: String,
+        role: Role,
+    ) -> Result<(String, ApiKeyInfo), ClientError> {
+        #[allow(clippy::disallowed_methods, reason = "a key's secret must be unpredictable; the simulator makes none")]
+        let secret: [u8; 32] = rand::random();
+        let (text, record) = new_api_key(random_id(), secret, name, workspace, role, 0);
+        let info = self.call(ClientRequest::PutApiKey { record }).await?.into_api_key()?;
+        Ok((text, info))
+    }
+
+    /// Every API key of `workspace` (of all of them: `None`); admin keys only.
+    pub async fn list_api_keys(&self, workspace: Option<String>) -> Result<Vec<ApiKeyInfo>, ClientError> {
+        Ok(self.call(ClientRequest::ListApiKeys { workspace }).await?.into_api_keys()?)
+    }
+
+    pub async fn revoke_api_key(&self, key_id: ApiKeyId) -> Result<ApiKeyInfo, ClientError> {
+        Ok(self.call(ClientRequest::RevokeApiKey { key_id }).await?.into_api_key()?)
+    }
+
+    /// A page of the caller's sessions across the cluster.
+    pub async fn list_sessions(&self, query: SessionQuery) -> Result<SessionPage, ClientError> {
+        Ok(self.call(ClientRequest::ListSessions { query }).await?.into_sessions()?)
     }
 
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use agentd_actors::sandbox::{Limits, LocalSandbox, LocalShell, Sandbox, SandboxError, Secret, ToolCall};
+use agentd_protocol::hands::HANDS_PROTOCOL_VERSION;
 use agentd_protocol::hands::{HandsCall, HandsError, HandsRequest, HandsResponse};
 use agentd_protocol::limits::HANDS_FRAME_BYTES_MAX;
-use agentd_protocol::PROTOCOL_VERSION;
 use agentd_transport::tls::HandsIdentity;
 use anyhow::{Context, Result};
 
@@ -86,10 +86,10 @@ async fn serve_stream(sandbox: Arc<LocalSandbox>, mut send: quinn::SendStream, m
 }
 
 async fn answer(sandbox: &LocalSandbox, request: HandsRequest) -> HandsResponse {
-    if request.version != PROTOCOL_VERSION {
+    if request.version != HANDS_PROTOCOL_VERSION {
         return HandsResponse::Error(HandsError::UnsupportedVersion {
             requested: request.version,
-            supported: PROTOCOL_VERSION,
+            supported: HANDS_PROTOCOL_VERSION,
         });
     }
     match request.body {

@@ -11,7 +11,7 @@ use agentd_actors::brain::Hands;
 use agentd_actors::sandbox::{egress, Limits, Sandbox, SandboxError, Secret, ToolCall, ToolOutput};
 use agentd_protocol::agent::EnvironmentSpec;
 use agentd_protocol::api::{SessionInfo, SessionStatus};
-use agentd_protocol::ids::{GroupId, SessionId};
+use agentd_protocol::ids::{GroupId, SessionId, VaultId};
 use agentd_protocol::limits::SANDBOX_HEALTH_TIMEOUT_MS;
 use futures_util::future::BoxFuture;
 
@@ -125,12 +125,28 @@ impl LocalHands {
             .map_err(|error| SandboxError::Unavailable(format!("session {session_id}: {error}")))
     }
 
-    /// The secrets of the environment's vaults, opened.
-    fn secrets(&self, environment: Option<&EnvironmentSpec>) -> Result<Vec<Secret>, SandboxError> {
-        let Some(environment) = environment else { return Ok(Vec::new()) };
+    /// The secrets of the environment's vaults and of the session's own
+    /// (`vault_ids`), opened.
+    fn secrets(
+        &self,
+        session: &SessionInfo,
+        environment: Option<&EnvironmentSpec>,
+    ) -> Result<Vec<Secret>, SandboxError> {
         let Some(metadata) = self.service.host().group(GroupId::Metadata) else { return Ok(Vec::new()) };
+        let mut vaults: Vec<VaultId> = environment.map(|environment| environment.vaults.clone()).unwrap_or_default();
+        let shard = self.service.host().group(GroupId::Shard(session.shard));
+        if let Some(view) = shard
+            .map(|group| group.state.session_view(session.session_id))
+            .transpose()
+            .map_err(|error| SandboxError::Io(format!("reading session {}: {error}", session.session_id)))?
+            .flatten()
+        {
+            vaults.extend(
+                view.details.vault_ids.iter().filter(|vault| !vaults.contains(vault)).copied().collect::<Vec<_>>(),
+            );
+        }
         let mut secrets = Vec::new();
-        for &vault_id in &environment.vaults {
+        for vault_id in vaults {
             let vault = metadata
                 .state
                 .vault(vault_id)
@@ -206,7 +222,7 @@ impl Hands for LocalHands {
             // Credentials are opened here, for this call only; the sandbox
             // scrubs them from the output before anything records it.
             let environment = self.environment(&session).await?;
-            call.secrets = self.secrets(environment.as_ref())?;
+            call.secrets = self.secrets(&session, environment.as_ref())?;
             let sandbox = self.sandbox(&session, environment.as_ref()).await?;
             let result = sandbox.execute(call).await;
             if let Some(held) = self.sandboxes.lock().await.get_mut(&session.session_id) {

@@ -121,10 +121,15 @@ impl SessionLog for LocalSessionLog {
     }
 
     fn agent(&self, session: &SessionInfo) -> BoxFuture<'_, Result<AgentSpec, ApiError>> {
-        let pinned = session.agent;
+        let (session_id, pinned) = (session.session_id, session.agent);
         Box::pin(bounded("reading the agent", async move {
             let pinned =
                 pinned.ok_or_else(|| ApiError::InvalidRequest { message: "the session has no agent".into() })?;
+            // A session created with overrides runs its own spec.
+            let view = self.group(session_id)?.state.session_view(session_id)?;
+            if let Some(agent) = view.and_then(|view| view.details.agent_override) {
+                return Ok(agent.spec);
+            }
             if let Some(spec) = lock(&self.agents).get(&pinned) {
                 return Ok(spec.clone());
             }

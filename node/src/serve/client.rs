@@ -1,33 +1,51 @@
 //! ALPN `agentd/1`: the native client's front door. Decodes a request,
 //! calls the service, encodes the answer; a follow streams a frame per batch.
 
-use agentd_protocol::api::{ClientRequest, ClientResponse, Request};
+use agentd_protocol::api::{ClientRequest, ClientResponse, Request, RequestV1};
+use agentd_protocol::frame::decode_body;
 use agentd_protocol::ids::SessionId;
 use agentd_protocol::limits::CLIENT_FRAME_BYTES_MAX;
 use agentd_protocol::{ApiError, PROTOCOL_VERSION};
 use agentd_transport::wire::write_frame;
 
-use super::stream::{answer, read_request};
+use super::stream::{answer, read_request_as};
 use crate::service::{Caller, Service};
 
 pub(super) async fn serve(service: Service, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let decode = |body: &[u8]| match decode_body::<Request>(body) {
+        Ok(request) => Ok(Envelope::Current(request)),
+        Err(error) => decode_body::<RequestV1>(body).map(Envelope::Version1).map_err(|_| error),
+    };
     let Some(request) =
-        read_request::<Request, _>(&mut send, &mut recv, CLIENT_FRAME_BYTES_MAX, ClientResponse::Error).await
+        read_request_as(&mut send, &mut recv, CLIENT_FRAME_BYTES_MAX, ClientResponse::Error, decode).await
     else {
         return;
     };
-    let caller = Caller::Anonymous;
+    let request = match request {
+        Envelope::Current(request) if request.version == PROTOCOL_VERSION => request,
+        Envelope::Current(Request { version, .. }) | Envelope::Version1(RequestV1 { version, .. }) => {
+            let error = ApiError::UnsupportedVersion { requested: version, supported: PROTOCOL_VERSION };
+            return answer(&mut send, &ClientResponse::Error(error), CLIENT_FRAME_BYTES_MAX).await;
+        }
+    };
+    let caller = match service.authenticate(&request.api_key).await {
+        Ok(caller) => caller,
+        Err(error) => return answer(&mut send, &ClientResponse::Error(error), CLIENT_FRAME_BYTES_MAX).await,
+    };
     let response = match request.body {
-        _ if request.version != PROTOCOL_VERSION => ClientResponse::Error(ApiError::UnsupportedVersion {
-            requested: request.version,
-            supported: PROTOCOL_VERSION,
-        }),
         ClientRequest::FollowEvents { session_id, from_seq } => {
             return follow(&service, &caller, session_id, from_seq, &mut send).await;
         }
         body => service.call(&caller, body).await.unwrap_or_else(ClientResponse::Error),
     };
     answer(&mut send, &response, CLIENT_FRAME_BYTES_MAX).await;
+}
+
+/// A request of this protocol version, or of version 1 (which carried no
+/// key), so that an old client is told which version to speak.
+enum Envelope {
+    Current(Request),
+    Version1(RequestV1),
 }
 
 /// Streams a frame per batch of the session's events until the client goes

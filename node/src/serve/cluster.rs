@@ -1,5 +1,6 @@
 //! ALPN `agentd-cluster/1`: what nodes ask each other (mutual TLS).
 
+use agentd_protocol::api::ClientResponse;
 use agentd_protocol::cluster::{ClusterEnvelope, ClusterRequest, ClusterResponse};
 use agentd_protocol::limits::{CLUSTER_FRAME_BYTES_MAX, RAFT_BATCH_CALLS_MAX};
 use agentd_protocol::{ApiError, PROTOCOL_VERSION};
@@ -33,7 +34,14 @@ async fn respond(service: &Service, request: ClusterRequest) -> ClusterResponse 
             })
         }
         ClusterRequest::RaftBatch(calls) => ClusterResponse::RaftBatch(service.host().handle_rpc_batch(&calls).await),
-        ClusterRequest::Forward(request) => ClusterResponse::Forwarded(service.call_forwarded(request).await),
+        ClusterRequest::ForwardAs { caller, request } => {
+            ClusterResponse::Forwarded(service.call_forwarded(&caller, request).await)
+        }
+        // A node of protocol version 1 forwards without the caller: nothing
+        // says whose the request is, so it is not run.
+        ClusterRequest::Forward(_) => ClusterResponse::Forwarded(ClientResponse::Error(ApiError::Unauthenticated {
+            message: "a forwarded request must name its caller".into(),
+        })),
         ClusterRequest::NodeStatus => ClusterResponse::NodeStatus(service.local_status()),
         ClusterRequest::AddNode { node_id, addr } => match service.admit(node_id, addr).await {
             Ok(()) => ClusterResponse::NodeAdded,

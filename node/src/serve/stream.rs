@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use agentd_protocol::frame::decode_body;
 use agentd_protocol::limits::REQUEST_READ_TIMEOUT_MS;
 use agentd_protocol::ApiError;
-use agentd_transport::wire::{read_frame, write_frame};
+use agentd_transport::wire::{read_frame_body, write_frame};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -16,8 +17,25 @@ pub(super) async fn read_request<T: DeserializeOwned, E: Serialize>(
     max_bytes: usize,
     to_error: impl Fn(ApiError) -> E,
 ) -> Option<T> {
+    read_request_as(send, recv, max_bytes, to_error, |body| decode_body(body)).await
+}
+
+/// As [`read_request`], with the frame's body decoded by `decode`.
+pub(super) async fn read_request_as<T, E: Serialize>(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    max_bytes: usize,
+    to_error: impl Fn(ApiError) -> E,
+    decode: impl Fn(&[u8]) -> Result<T, agentd_protocol::Error>,
+) -> Option<T> {
     let timeout = Duration::from_millis(REQUEST_READ_TIMEOUT_MS);
-    let error = match tokio::time::timeout(timeout, read_frame::<_, T>(recv, max_bytes)).await {
+    let read = tokio::time::timeout(timeout, read_frame_body(recv, max_bytes)).await;
+    let read = read.map(|body| match body {
+        Ok(Some(body)) => decode(&body).map(Some).map_err(agentd_transport::Error::Protocol),
+        Ok(None) => Ok(None),
+        Err(error) => Err(error),
+    });
+    let error = match read {
         Ok(Ok(Some(request))) => return Some(request),
         Ok(Ok(None)) => ApiError::Malformed { message: "stream ended before a request".into() },
         Ok(Err(agentd_transport::Error::Protocol(error))) => ApiError::from(error),

@@ -15,8 +15,11 @@
 //! cannot run a request forwards it one hop to the node that can; a forwarded
 //! request is never forwarded again.
 
+mod auth;
 mod follow;
+mod lists;
 mod metadata;
+mod resources;
 mod route;
 mod session;
 mod status;
@@ -32,23 +35,12 @@ use agentd_raft::host::{GroupHandle, RaftHost};
 use openraft::async_runtime::watch::WatchReceiver;
 use tracing::Instrument;
 
+pub use agentd_protocol::tenancy::Caller;
 pub use follow::Follow;
 
 use crate::clock::Clock;
 use crate::session::Sessions;
 use crate::vault::SecretsKey;
-
-/// Who makes a request. Every operation takes one, so that authorisation
-/// has one place to hang off.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    /// A client of a front door. agentd has no API keys yet, so every
-    /// client is anonymous and may use every operation.
-    Anonymous,
-    /// This node's own components: the brain and the hands reading what a
-    /// session needs.
-    Node,
-}
 
 /// Where a request entered the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +67,7 @@ struct Inner {
     sessions: Sessions,
     secrets_key: Arc<SecretsKey>,
     clock: Clock,
+    rate_limits: auth::RateLimits,
 }
 
 impl Service {
@@ -86,6 +79,7 @@ impl Service {
             sessions: Sessions::new(),
             secrets_key,
             clock,
+            rate_limits: auth::RateLimits::default(),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -96,9 +90,9 @@ impl Service {
         self.instrumented(caller, request, Origin::FrontDoor).await
     }
 
-    /// Runs a request that another node forwarded here.
-    pub async fn call_forwarded(&self, request: ClientRequest) -> ClientResponse {
-        self.instrumented(&Caller::Anonymous, request, Origin::Forwarded).await.unwrap_or_else(ClientResponse::Error)
+    /// Runs a request that another node forwarded here, for `caller`.
+    pub async fn call_forwarded(&self, caller: &Caller, request: ClientRequest) -> ClientResponse {
+        self.instrumented(caller, request, Origin::Forwarded).await.unwrap_or_else(ClientResponse::Error)
     }
 
     async fn instrumented(
@@ -110,7 +104,7 @@ impl Service {
         let started = tokio::time::Instant::now();
         let kind = request.kind();
         let span = tracing::debug_span!("request", kind, ?caller, ?origin, session = ?request.session_id());
-        let response = self.route(request, origin).instrument(span).await;
+        let response = self.route(caller, request, origin).instrument(span).await;
         metrics::histogram!("agentd_request_seconds", "kind" => kind).record(started.elapsed().as_secs_f64());
         response
     }
@@ -162,6 +156,7 @@ impl Service {
         tracing::debug!(?caller, %session_id, from_seq, "follow");
         let shard = self.shard_of(session_id)?;
         let group = self.host().group(GroupId::Shard(shard)).ok_or_else(|| not_replica(shard))?;
+        session::check_visible(caller, &group, session_id)?;
         Follow::start(group, session_id, from_seq)
     }
 

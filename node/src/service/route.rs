@@ -11,52 +11,67 @@ use agentd_protocol::ids::{GroupId, NodeId, SessionId, ShardId};
 use agentd_protocol::ApiError;
 use agentd_raft::host::GroupHandle;
 
-use super::{not_replica, Origin, Service};
+use super::{not_replica, Caller, Origin, Service};
 
 /// How long a forwarded request may take on the node that runs it.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Service {
-    pub(super) async fn route(&self, request: ClientRequest, origin: Origin) -> Result<ClientResponse, ApiError> {
-        match request.route() {
-            Route::Status => Ok(ClientResponse::ClusterStatus(self.gather_cluster_status().await?)),
-            Route::Metadata => self.route_metadata(request, origin).await,
-            Route::Session(session_id) => self.route_session(session_id, request, origin).await,
-        }
-    }
-
-    /// A session's request: on its shard's leader, or a local read on this
-    /// node's replica.
-    async fn route_session(
+    pub(super) async fn route(
         &self,
-        session_id: SessionId,
+        caller: &Caller,
         request: ClientRequest,
         origin: Origin,
     ) -> Result<ClientResponse, ApiError> {
-        let shard = self.shard_of(session_id)?;
+        match request.route() {
+            Route::Status => Ok(ClientResponse::ClusterStatus(self.gather_cluster_status().await?)),
+            Route::Metadata => self.route_metadata(caller, request, origin).await,
+            Route::Session(session_id) => {
+                let shard = self.shard_of(session_id)?;
+                self.route_shard(caller, shard, Some(session_id), request, origin).await
+            }
+            Route::Shard(shard) => self.route_shard(caller, shard, None, request, origin).await,
+            Route::AllShards => self.list_sessions(caller, request).await,
+        }
+    }
+
+    /// A shard's request (about one of its sessions, or the shard): on its
+    /// leader, or a local read on this node's replica.
+    pub(super) async fn route_shard(
+        &self,
+        caller: &Caller,
+        shard: ShardId,
+        session_id: Option<SessionId>,
+        request: ClientRequest,
+        origin: Origin,
+    ) -> Result<ClientResponse, ApiError> {
         let local = self.host().group(GroupId::Shard(shard));
-        if let ClientRequest::ReadEvents { consistency: Consistency::Local, from_seq, limit, .. } = request {
+        if let (ClientRequest::ReadEvents { consistency: Consistency::Local, from_seq, limit, .. }, Some(session_id)) =
+            (&request, session_id)
+        {
             let group = local.ok_or_else(|| not_replica(shard))?;
-            return read_replica(&group, session_id, from_seq, limit);
+            super::session::check_visible(caller, &group, session_id)?;
+            return read_replica(&group, session_id, *from_seq, *limit);
         }
         if let Some(group) = local.as_ref().filter(|group| group.raft.is_leader()) {
-            return self.execute_session(group, shard, request).await;
+            return self.execute_session(caller, group, shard, request).await;
         }
         if origin == Origin::Forwarded {
             return Err(ApiError::NotLeader { leader: local.as_ref().and_then(|group| self.leader_of(group)) });
         }
-        self.forward_session(local.as_ref(), shard, request).await
+        self.forward_session(caller, local.as_ref(), shard, request).await
     }
 
     /// Agents, environments and vaults: on the metadata group's leader.
     pub(super) async fn route_metadata(
         &self,
+        caller: &Caller,
         request: ClientRequest,
         origin: Origin,
     ) -> Result<ClientResponse, ApiError> {
         let metadata = self.metadata()?;
         if metadata.raft.is_leader() {
-            return self.execute_metadata(&metadata, request).await;
+            return self.execute_metadata(caller, &metadata, request).await;
         }
         let leader = self.leader_of(&metadata);
         if origin == Origin::Forwarded {
@@ -64,13 +79,14 @@ impl Service {
         }
         let (node, addr) = leader
             .ok_or_else(|| ApiError::Unavailable { message: "the metadata group has no leader right now".into() })?;
-        self.forward_to(node, &addr, request).await?
+        self.forward_to(caller, node, &addr, request).await?
     }
 
     /// Forwards to the shard leader if this node knows it, else tries the
     /// shard's replicas in placement order, following `NotLeader` hints.
     async fn forward_session(
         &self,
+        caller: &Caller,
         local: Option<&GroupHandle>,
         shard: ShardId,
         request: ClientRequest,
@@ -80,7 +96,7 @@ impl Service {
         let mut index = 0;
         while let Some((node, addr)) = candidates.get(index).cloned() {
             index += 1;
-            match self.forward_to(node, &addr, request.clone()).await {
+            match self.forward_to(caller, node, &addr, request.clone()).await {
                 Ok(Err(ApiError::NotLeader { leader })) => {
                     if let Some(leader) = leader.filter(|(id, _)| !candidates.iter().any(|(node, _)| node == id)) {
                         candidates.push(leader);
@@ -124,11 +140,13 @@ impl Service {
     /// again) and returns that node's answer, or why it could not be asked.
     async fn forward_to(
         &self,
+        caller: &Caller,
         node: NodeId,
         addr: &str,
         request: ClientRequest,
     ) -> Result<Result<ClientResponse, ApiError>, ApiError> {
-        match self.host().peers().call(addr, ClusterRequest::Forward(request), FORWARD_TIMEOUT).await {
+        let forward = ClusterRequest::ForwardAs { caller: caller.clone(), request };
+        match self.host().peers().call(addr, forward, FORWARD_TIMEOUT).await {
             Ok(ClusterResponse::Forwarded(ClientResponse::Error(error))) => Ok(Err(error)),
             Ok(ClusterResponse::Forwarded(response)) => Ok(Ok(response)),
             Ok(other) => Err(ApiError::Internal { message: format!("node {node} answered a forward with {other:?}") }),

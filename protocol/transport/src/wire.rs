@@ -26,6 +26,18 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    match read_frame_body(reader, max_bytes).await? {
+        Some(body) => Ok(Some(frame::decode_body(&body)?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads one frame's body, undecoded (for a reader that tries more than one
+/// type); `Ok(None)` as for [`read_frame`].
+pub async fn read_frame_body<R>(reader: &mut R, max_bytes: usize) -> Result<Option<Vec<u8>>, Error>
+where
+    R: AsyncRead + Unpin,
+{
     let mut header = [0u8; FRAME_HEADER_BYTES];
     let mut filled = 0;
     while filled < FRAME_HEADER_BYTES {
@@ -46,7 +58,7 @@ where
         }
         _ => Error::Io(error),
     })?;
-    Ok(Some(frame::decode_body(&body)?))
+    Ok(Some(body))
 }
 
 #[cfg(test)]

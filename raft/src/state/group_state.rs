@@ -2,15 +2,22 @@
 //! family. Shared by the state machine (which writes them) and the state
 //! reader (which serves queries from them).
 
-use agentd_protocol::agent::{Agent, AgentRef, Environment, SealedVault};
+use agentd_protocol::agent::{Agent, AgentRef, Environment, PermissionPolicy, SealedVault};
 use agentd_protocol::api::{SessionInfo, SessionStatus};
 use agentd_protocol::event::{Event, StopReason};
-use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId};
+use agentd_protocol::ids::{
+    AgentId, ApiKeyId, CredentialId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId,
+};
+use agentd_protocol::resource::{
+    AgentBody, CreatedWithin, CreationCursor, Credential, Order, Resource, ResourceBody, ResourceId, ResourceVersion,
+    SessionDetails, SessionUsageTotals, VaultBody,
+};
+use agentd_protocol::tenancy::{ApiKeyRecord, DEFAULT_WORKSPACE};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::store::codec::decode;
-use crate::store::keys::{self, STATE_CF};
+use crate::store::keys::{self, Index, STATE_CF};
 use crate::store::Db;
 use crate::types::{LogId, StoredMembership};
 use crate::Error;
@@ -50,6 +57,26 @@ pub(crate) struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// A new session: idle, empty, epoch 0.
+    pub(crate) fn new(
+        shard: ShardId,
+        created_at_ms: u64,
+        agent: Option<AgentRef>,
+        environment: Option<EnvironmentId>,
+    ) -> SessionRecord {
+        SessionRecord {
+            shard,
+            created_at_ms,
+            last_seq: 0,
+            agent,
+            environment,
+            status: SessionStatus::Idle,
+            epoch: 0,
+            pending_actions: Vec::new(),
+            stop_reason: None,
+        }
+    }
+
     pub(crate) fn info(&self, session_id: SessionId) -> SessionInfo {
         SessionInfo {
             session_id,
@@ -130,6 +157,100 @@ impl GroupState {
 
     pub(crate) fn environment(&self, environment_id: EnvironmentId) -> Result<Option<Environment>, Error> {
         self.get(&keys::environment_key(self.group, environment_id), || format!("environment {environment_id}"))
+    }
+
+    /// An agent, environment or vault. Objects written before resources
+    /// existed are read from their old records, as workspace `default`'s.
+    pub(crate) fn resource(&self, id: ResourceId) -> Result<Option<Resource>, Error> {
+        if let Some(resource) = self.get(&keys::resource_key(self.group, id), || format!("{id}"))? {
+            return Ok(Some(resource));
+        }
+        Ok(match id {
+            ResourceId::Agent(agent_id) => self.agent(agent_id)?.map(legacy_agent),
+            ResourceId::Environment(environment_id) => self.environment(environment_id)?.map(legacy_environment),
+            ResourceId::Vault(vault_id) => self.vault(vault_id)?.map(legacy_vault),
+        })
+    }
+
+    pub(crate) fn api_key(&self, key_id: ApiKeyId) -> Result<Option<ApiKeyRecord>, Error> {
+        self.get(&keys::api_key_key(self.group, key_id), || format!("API key {key_id}"))
+    }
+
+    /// Every API key of the group, by id.
+    pub(crate) fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, Error> {
+        let (start, end) = keys::api_key_range(self.group);
+        let pairs = self.db.scan(STATE_CF, &start, &end, usize::MAX)?;
+        pairs.iter().map(|(_, value)| decode(|| format!("an API key of {}", self.group), value)).collect()
+    }
+
+    /// A session's details; a session created before details existed has
+    /// the default ones (workspace `default`).
+    pub(crate) fn session_details(&self, session_id: SessionId, created_at_ms: u64) -> Result<SessionDetails, Error> {
+        let details = self
+            .get(&keys::session_details_key(self.group, session_id), || format!("details of session {session_id}"))?;
+        Ok(details.unwrap_or_else(|| SessionDetails::default_for(created_at_ms)))
+    }
+
+    pub(crate) fn session_usage(&self, session_id: SessionId) -> Result<SessionUsageTotals, Error> {
+        let usage =
+            self.get(&keys::session_usage_key(self.group, session_id), || format!("usage of session {session_id}"))?;
+        Ok(usage.unwrap_or_default())
+    }
+
+    /// Up to `budget` positions of a workspace's index, in `order`, strictly
+    /// after `after` and created within `created`; and where the walk
+    /// stopped if it used the whole budget (more may follow).
+    pub(crate) fn index_positions(
+        &self,
+        index: &Index,
+        workspace: &str,
+        order: Order,
+        after: Option<CreationCursor>,
+        created: CreatedWithin,
+        budget: usize,
+    ) -> Result<(Vec<CreationCursor>, bool), Error> {
+        let (range_start, range_end) = index.range(self.group, workspace);
+        let lowest = index.key(self.group, workspace, CreationCursor { created_at_ms: created.from_ms, id: [0; 16] });
+        let mut highest =
+            index.key(self.group, workspace, CreationCursor { created_at_ms: created.to_ms, id: [0xff; 16] });
+        highest.push(0);
+        let mut start = range_start.max(lowest);
+        let mut end = range_end.min(highest);
+        match (order, after) {
+            (Order::Ascending, Some(after)) => {
+                let mut past = index.key(self.group, workspace, after);
+                past.push(0);
+                start = start.max(past);
+            }
+            (Order::Descending, Some(after)) => end = end.min(index.key(self.group, workspace, after)),
+            (_, None) => {}
+        }
+        let mut positions = Vec::new();
+        if start >= end {
+            return Ok((positions, false));
+        }
+        let keys: Vec<Vec<u8>> = match order {
+            Order::Ascending => {
+                self.db.scan(STATE_CF, &start, &end, budget)?.into_iter().map(|(key, _)| key.into_vec()).collect()
+            }
+            Order::Descending => {
+                let mut keys = Vec::new();
+                while keys.len() < budget {
+                    let Some((key, _)) = self.db.last(STATE_CF, &start, &end)? else { break };
+                    end = key.to_vec();
+                    keys.push(key.into_vec());
+                }
+                keys
+            }
+        };
+        for key in &keys {
+            let position = index
+                .position(self.group, key)
+                .ok_or_else(|| self.corrupt("index", format!("malformed index key {key:02x?}")))?;
+            positions.push(position);
+        }
+        let exhausted_budget = keys.len() == budget;
+        Ok((positions, exhausted_budget))
     }
 
     pub(crate) fn cluster_config(&self) -> Result<Option<ClusterConfig>, Error> {
@@ -215,4 +336,85 @@ impl GroupState {
         }
         Ok((applied, records))
     }
+}
+
+/// An agent stored before resources existed: workspace `default`, every
+/// built-in tool it names enabled with its own policy, the rest off.
+fn legacy_agent(agent: Agent) -> Resource {
+    let versions: Vec<ResourceVersion> = agent
+        .versions
+        .into_iter()
+        .map(|spec| ResourceVersion {
+            body: ResourceBody::Agent(AgentBody {
+                spec,
+                default_enabled: false,
+                default_policy: PermissionPolicy::AlwaysAllow,
+            }),
+            description: None,
+            metadata: Vec::new(),
+            created_at_ms: agent.created_at_ms,
+        })
+        .collect();
+    legacy_resource(ResourceId::Agent(agent.id), agent.created_at_ms, versions)
+}
+
+fn legacy_environment(environment: Environment) -> Resource {
+    let versions = environment
+        .versions
+        .into_iter()
+        .map(|spec| ResourceVersion {
+            body: ResourceBody::Environment(spec),
+            description: None,
+            metadata: Vec::new(),
+            created_at_ms: environment.created_at_ms,
+        })
+        .collect();
+    legacy_resource(ResourceId::Environment(environment.id), environment.created_at_ms, versions)
+}
+
+fn legacy_vault(vault: SealedVault) -> Resource {
+    let credentials = vault
+        .secrets
+        .into_iter()
+        .map(|(secret_name, sealed)| Credential {
+            id: legacy_credential_id(vault.id, &secret_name),
+            display_name: None,
+            metadata: Vec::new(),
+            secret_name,
+            sealed,
+            allowed_hosts: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            archived_at_ms: None,
+        })
+        .collect();
+    let version = ResourceVersion {
+        body: ResourceBody::Vault(VaultBody { display_name: vault.name, credentials }),
+        description: None,
+        metadata: Vec::new(),
+        created_at_ms: 0,
+    };
+    legacy_resource(ResourceId::Vault(vault.id), 0, vec![version])
+}
+
+fn legacy_resource(id: ResourceId, created_at_ms: u64, versions: Vec<ResourceVersion>) -> Resource {
+    Resource {
+        id,
+        workspace: DEFAULT_WORKSPACE.to_string(),
+        revision: versions.len() as u64,
+        versions,
+        created_at_ms,
+        updated_at_ms: created_at_ms,
+        archived_at_ms: None,
+    }
+}
+
+/// The id of the credential that holds secret `secret_name` of a vault
+/// written by `PutSecret`: derived, so every replica and every retry agree.
+pub fn legacy_credential_id(vault_id: VaultId, secret_name: &str) -> CredentialId {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new().chain_update(vault_id.0).chain_update(secret_name.as_bytes()).finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    CredentialId(bytes)
 }

@@ -10,10 +10,12 @@
 
 mod apply;
 pub(crate) mod group_state;
+mod queries;
 mod reader;
 pub(crate) mod snapshot;
 mod state_machine;
 
+pub use group_state::legacy_credential_id;
 pub use reader::StateReader;
 pub use snapshot::SnapshotBuilder;
 pub use state_machine::StateMachine;

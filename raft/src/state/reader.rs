@@ -4,8 +4,10 @@
 use agentd_protocol::agent::{Agent, Environment, SealedVault};
 use agentd_protocol::api::SessionInfo;
 use agentd_protocol::event::Event;
-use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId};
+use agentd_protocol::ids::{AgentId, ApiKeyId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId};
 use agentd_protocol::limits::EVENTS_PER_PAGE_MAX;
+use agentd_protocol::resource::{Resource, ResourceId, SessionView};
+use agentd_protocol::tenancy::ApiKeyRecord;
 use tokio::sync::{broadcast, watch};
 
 use crate::state::group_state::GroupState;
@@ -15,7 +17,7 @@ use crate::Error;
 /// machine applies. Cheap to clone.
 #[derive(Clone)]
 pub struct StateReader {
-    state: GroupState,
+    pub(super) state: GroupState,
     // Weak, so that subscribers see the channel close when the state machine
     // is dropped instead of waiting forever.
     events: broadcast::WeakSender<Event>,
@@ -84,19 +86,43 @@ impl StateReader {
         self.state.event_seq(session_id, event_id)
     }
 
-    /// An agent with all its versions (metadata group).
+    /// An agent with all its versions (metadata group), whatever its workspace.
     pub fn agent(&self, agent_id: AgentId) -> Result<Option<Agent>, Error> {
-        self.state.agent(agent_id)
+        Ok(self.resource(ResourceId::Agent(agent_id))?.and_then(|resource| resource.to_agent()))
     }
 
-    /// A vault with its sealed secrets (metadata group).
+    /// A vault's secrets, sealed (metadata group), whatever its workspace.
     pub fn vault(&self, vault_id: VaultId) -> Result<Option<SealedVault>, Error> {
-        self.state.vault(vault_id)
+        Ok(self.resource(ResourceId::Vault(vault_id))?.and_then(|resource| resource.to_sealed_vault()))
     }
 
-    /// An environment (metadata group).
+    /// An environment (metadata group), whatever its workspace.
     pub fn environment(&self, environment_id: EnvironmentId) -> Result<Option<Environment>, Error> {
-        self.state.environment(environment_id)
+        Ok(self.resource(ResourceId::Environment(environment_id))?.and_then(|resource| resource.to_environment()))
+    }
+
+    /// An agent, environment or vault with its workspace and versions (metadata group).
+    pub fn resource(&self, id: ResourceId) -> Result<Option<Resource>, Error> {
+        self.state.resource(id)
+    }
+
+    /// An API key's record (metadata group).
+    pub fn api_key(&self, key_id: ApiKeyId) -> Result<Option<ApiKeyRecord>, Error> {
+        self.state.api_key(key_id)
+    }
+
+    /// Every API key (metadata group), by id.
+    pub fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, Error> {
+        self.state.api_keys()
+    }
+
+    /// A session as the API shows it: its state, details and usage. A
+    /// deleted session is still returned; callers decide what it means.
+    pub fn session_view(&self, session_id: SessionId) -> Result<Option<SessionView>, Error> {
+        let Some(record) = self.state.session(session_id)? else { return Ok(None) };
+        let details = self.state.session_details(session_id, record.created_at_ms)?;
+        let usage = self.state.session_usage(session_id)?;
+        Ok(Some(SessionView { info: record.info(session_id), details, usage }))
     }
 
     /// The shard count and replication factor, once the cluster is initialised.

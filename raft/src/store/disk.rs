@@ -81,6 +81,14 @@ impl Batch {
         self.ops.push(Op::DeleteRange { cf, start: start.into(), end: end.into() });
     }
 
+    /// Deletes `key`: the range from it to the first key after it.
+    pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
+        let start = key.into();
+        let mut end = start.clone();
+        end.push(0);
+        self.delete_range(cf, start, end);
+    }
+
     pub fn ops(&self) -> &[Op] {
         &self.ops
     }

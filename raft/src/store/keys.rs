@@ -17,7 +17,8 @@
 //! sorts after every key of a group, including the metadata group whose
 //! prefix is all ones and so has no successor of the same width.
 
-use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId};
+use agentd_protocol::ids::{AgentId, ApiKeyId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId};
+use agentd_protocol::resource::{CreationCursor, ResourceId, ResourceKind};
 
 use crate::store::disk::Cf;
 
@@ -49,6 +50,19 @@ const PLACEMENT_TAG: u8 = 6;
 const AGENT_TAG: u8 = 7;
 const ENVIRONMENT_TAG: u8 = 8;
 const VAULT_TAG: u8 = 9;
+/// Tags of the workspace era: resources (agents, environments, vaults) by
+/// id and by workspace and creation; API keys; sessions' details, usage and
+/// index by workspace and creation.
+const AGENT_RESOURCE_TAG: u8 = 10;
+const ENVIRONMENT_RESOURCE_TAG: u8 = 11;
+const VAULT_RESOURCE_TAG: u8 = 12;
+const AGENT_INDEX_TAG: u8 = 13;
+const ENVIRONMENT_INDEX_TAG: u8 = 14;
+const VAULT_INDEX_TAG: u8 = 15;
+const API_KEY_TAG: u8 = 16;
+const SESSION_DETAILS_TAG: u8 = 17;
+const SESSION_USAGE_TAG: u8 = 18;
+const SESSION_INDEX_TAG: u8 = 19;
 
 fn key(group: GroupId, parts: &[&[u8]]) -> Vec<u8> {
     let mut key = Vec::with_capacity(GROUP_BYTES + SUFFIX_BYTES_MAX);
@@ -200,6 +214,105 @@ pub(crate) fn shard_of_placement(group: GroupId, key: &[u8]) -> Option<ShardId> 
     Some(ShardId(u32::from_be_bytes(shard.try_into().ok()?)))
 }
 
+/// A workspace name as 8 bytes of index keys: FNV-1a, stable across builds.
+/// Two workspaces may share a hash; readers check the record's workspace.
+pub(crate) fn workspace_hash(workspace: &str) -> [u8; 8] {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in workspace.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash.to_be_bytes()
+}
+
+fn resource_tag(kind: ResourceKind) -> u8 {
+    match kind {
+        ResourceKind::Agent => AGENT_RESOURCE_TAG,
+        ResourceKind::Environment => ENVIRONMENT_RESOURCE_TAG,
+        ResourceKind::Vault => VAULT_RESOURCE_TAG,
+    }
+}
+
+fn resource_index_tag(kind: ResourceKind) -> u8 {
+    match kind {
+        ResourceKind::Agent => AGENT_INDEX_TAG,
+        ResourceKind::Environment => ENVIRONMENT_INDEX_TAG,
+        ResourceKind::Vault => VAULT_INDEX_TAG,
+    }
+}
+
+pub(crate) fn resource_key(group: GroupId, id: ResourceId) -> Vec<u8> {
+    key(group, &[&[resource_tag(id.kind())], &id.bytes()])
+}
+
+/// An index key: tag, workspace hash, creation time (ms, BE), object id.
+/// Sorting by it lists a workspace's objects by creation, ties by id.
+fn index_key(group: GroupId, tag: u8, workspace: &str, position: CreationCursor) -> Vec<u8> {
+    key(group, &[&[tag], &workspace_hash(workspace), &position.created_at_ms.to_be_bytes(), &position.id])
+}
+
+/// The range `[start, end)` of a workspace's index keys under `tag`.
+fn index_range(group: GroupId, tag: u8, workspace: &str) -> (Vec<u8>, Vec<u8>) {
+    let start = key(group, &[&[tag], &workspace_hash(workspace)]);
+    (start.clone(), prefix_end(start))
+}
+
+/// The creation position stored in an index key under `tag`.
+fn index_position(group: GroupId, tag: u8, key: &[u8]) -> Option<CreationCursor> {
+    let rest = key.strip_prefix(group_prefix(group).as_slice())?.strip_prefix(&[tag])?;
+    if rest.len() != 8 + 8 + 16 {
+        return None;
+    }
+    let created_at_ms = u64::from_be_bytes(rest[8..16].try_into().ok()?);
+    let id = rest[16..].try_into().ok()?;
+    Some(CreationCursor { created_at_ms, id })
+}
+
+/// The index of resources of one kind, ordered by creation within a workspace.
+pub(crate) struct Index {
+    pub(crate) tag: u8,
+}
+
+impl Index {
+    pub(crate) fn resources(kind: ResourceKind) -> Index {
+        Index { tag: resource_index_tag(kind) }
+    }
+
+    pub(crate) fn sessions() -> Index {
+        Index { tag: SESSION_INDEX_TAG }
+    }
+
+    pub(crate) fn key(&self, group: GroupId, workspace: &str, position: CreationCursor) -> Vec<u8> {
+        index_key(group, self.tag, workspace, position)
+    }
+
+    pub(crate) fn range(&self, group: GroupId, workspace: &str) -> (Vec<u8>, Vec<u8>) {
+        index_range(group, self.tag, workspace)
+    }
+
+    pub(crate) fn position(&self, group: GroupId, key: &[u8]) -> Option<CreationCursor> {
+        index_position(group, self.tag, key)
+    }
+}
+
+pub(crate) fn api_key_key(group: GroupId, key_id: ApiKeyId) -> Vec<u8> {
+    key(group, &[&[API_KEY_TAG], &key_id.0])
+}
+
+/// The range `[start, end)` of every API key of a group.
+pub(crate) fn api_key_range(group: GroupId) -> (Vec<u8>, Vec<u8>) {
+    let start = key(group, &[&[API_KEY_TAG]]);
+    (start.clone(), prefix_end(start))
+}
+
+pub(crate) fn session_details_key(group: GroupId, session_id: SessionId) -> Vec<u8> {
+    key(group, &[&[SESSION_DETAILS_TAG], &session_id.0])
+}
+
+pub(crate) fn session_usage_key(group: GroupId, session_id: SessionId) -> Vec<u8> {
+    key(group, &[&[SESSION_USAGE_TAG], &session_id.0])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +341,20 @@ mod tests {
         assert_eq!(session_id_of(group, &node_key(group, 3)), None);
         assert_eq!(node_id_of(group, &node_key(group, 3)), Some(3));
         assert_eq!(shard_of_placement(group, &placement_key(group, ShardId(9))), Some(ShardId(9)));
+    }
+
+    #[test]
+    fn index_keys_fit_and_sort_by_creation_within_a_workspace() {
+        let group = GroupId::Metadata;
+        let index = Index::sessions();
+        let early = CreationCursor { created_at_ms: 5, id: [0xff; 16] };
+        let late = CreationCursor { created_at_ms: 6, id: [0; 16] };
+        assert!(index.key(group, "a", early) < index.key(group, "a", late));
+        assert_eq!(index.position(group, &index.key(group, "a", late)), Some(late));
+        let (start, end) = index.range(group, "a");
+        assert!(start < index.key(group, "a", early) && index.key(group, "a", late) < end);
+        assert!(index.key(group, "a", late) < group_end(group));
+        assert_eq!(index.position(group, &resource_key(group, ResourceId::Agent(AgentId([1; 16])))), None);
     }
 
     #[test]

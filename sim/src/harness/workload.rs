@@ -41,7 +41,8 @@ async fn client(world: &World, name: &str, first_node: u64) -> anyhow::Result<Cl
         })
         .collect();
     let retry = RetryPolicy { deadline: CALL_DEADLINE, ..RetryPolicy::default() };
-    Ok(Client::with_endpoint(endpoint, addrs, ServerTrust::Ca(world.ca_cert_pem().to_string()))?.with_retry(retry))
+    let client = Client::with_endpoint(endpoint, addrs, ServerTrust::Ca(world.ca_cert_pem().to_string()))?;
+    Ok(client.with_retry(retry).with_api_key(world.admin_key.clone()))
 }
 
 /// A client that creates one plain session and appends to it.

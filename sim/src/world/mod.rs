@@ -13,20 +13,22 @@ use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use agentd_node::identity::{JoinToken, Stored};
+use agentd_node::identity::{JoinToken, Stored, ADMIN_KEY_NAME};
 use agentd_node::leader::LogObserver;
 use agentd_node::vault::SecretsKey;
 use agentd_node::NodeHandle;
 use agentd_protocol::ids::{GroupId, SessionId};
 use agentd_protocol::sync::lock;
+use agentd_protocol::tenancy::{new_api_key, Role, DEFAULT_WORKSPACE};
 use agentd_raft::store::memory_disk::DiskFaults;
 use agentd_raft::store::MemoryDisk;
 use agentd_transport::tls::{ClusterCa, NodeIdentity};
 use anyhow::Result;
+use rand::Rng;
 use tokio::sync::mpsc;
 
 use crate::checkers::{Acked, EpochObservation, Leadership, Terminated};
-use crate::faults::stream_seed;
+use crate::faults::{stream, stream_seed};
 use crate::harness::SimOptions;
 use sandbox::{EffectLedger, SandboxBehaviour};
 
@@ -73,6 +75,8 @@ pub(crate) struct World {
     identities: BTreeMap<u64, NodeIdentity>,
     token: JoinToken,
     secrets_key_hex: String,
+    /// The cluster's admin key (made when n1 creates it), which the workload's clients use.
+    pub admin_key: String,
     pub handles: Mutex<BTreeMap<u64, NodeHandle>>,
     pub commands: Mutex<BTreeMap<u64, mpsc::UnboundedSender<HostCommand>>>,
     pub initialised: Mutex<BTreeSet<u64>>,
@@ -109,6 +113,15 @@ impl World {
         }
         let token = JoinToken::generate(&ca);
         let secrets_key_hex = SecretsKey::generate()?.to_hex();
+        let mut key_rng = stream(seed, "admin-key");
+        let (admin_key, _) = new_api_key(
+            key_rng.random(),
+            key_rng.random(),
+            ADMIN_KEY_NAME.into(),
+            DEFAULT_WORKSPACE.into(),
+            Role::Admin,
+            0,
+        );
         Ok(World {
             secret: format!("sim-secret-{:016x}", stream_seed(seed, "secret")),
             ca_cert_pem: ca.cert_pem(),
@@ -122,6 +135,7 @@ impl World {
             identities,
             token,
             secrets_key_hex,
+            admin_key,
             handles: Mutex::new(BTreeMap::new()),
             commands: Mutex::new(BTreeMap::new()),
             initialised: Mutex::new(BTreeSet::new()),
@@ -142,6 +156,7 @@ impl World {
             ca: ClusterCa::from_pem(&self.ca_cert_pem, &self.ca_key_pem)?,
             token: self.token.clone(),
             secrets_key: SecretsKey::from_hex(&self.secrets_key_hex)?,
+            admin_key: (node == 1).then(|| self.admin_key.clone()),
         })
     }
 

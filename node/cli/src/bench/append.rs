@@ -6,17 +6,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentd_client::Client;
 use agentd_protocol::event::EventPayload;
 use anyhow::Result;
 use serde::Serialize;
 
 use super::percentile_ms;
+use crate::commands::Target;
 
 #[derive(Debug, Clone)]
 pub struct AppendBench {
-    pub addrs: Vec<String>,
-    pub ca_pem: Option<String>,
+    /// The cluster, and the key to call it with.
+    pub target: Target,
     pub clients: u32,
     pub events: u64,
     pub payload_bytes: usize,
@@ -49,7 +49,7 @@ pub async fn run(bench: AppendBench) -> Result<BenchReport> {
     // Sessions are created before the clock starts.
     let mut workers = Vec::new();
     for _ in 0..clients {
-        let client = Client::for_addrs(bench.addrs.clone(), bench.ca_pem.clone())?;
+        let client = bench.target.client()?;
         let session = client.create_session().await?;
         workers.push((client, session.session_id));
     }

@@ -3,21 +3,21 @@
 
 use std::time::Instant;
 
-use agentd_client::Client;
 use agentd_protocol::agent::{AgentSpec, BuiltInTool, EnvironmentSpec, Network, PermissionPolicy, SandboxDriver};
 use agentd_protocol::event::EventPayload;
 use anyhow::Result;
 use serde::Serialize;
 
 use super::percentile_ms;
+use crate::commands::Target;
 
 /// Time from sending a message to the first model request of the turn, for
 /// sandboxes provisioned lazily (at the first tool call) and eagerly (when
 /// the turn starts), in one run against one cluster.
 #[derive(Debug, Clone)]
 pub struct FirstModelRequestBench {
-    pub addrs: Vec<String>,
-    pub ca_pem: Option<String>,
+    /// The cluster, and the key to call it with.
+    pub target: Target,
     pub sessions: u32,
 }
 
@@ -31,7 +31,7 @@ pub struct FirstModelRequestReport {
 }
 
 pub async fn run(bench: FirstModelRequestBench) -> Result<Vec<FirstModelRequestReport>> {
-    let client = Client::for_addrs(bench.addrs.clone(), bench.ca_pem.clone())?;
+    let client = bench.target.client()?;
     let agent = client
         .put_agent(
             None,

@@ -94,10 +94,8 @@ pub async fn run(command: AgentCommand) -> Result<()> {
                         "name": spec.name,
                         "model": spec.model,
                         "system": spec.system,
-                        "tools": spec.tools.iter().map(|tool| json!({"name": tool.name, "policy": match tool.policy {
-                            PermissionPolicy::AlwaysAllow => "always_allow",
-                            PermissionPolicy::AlwaysAsk => "always_ask",
-                        }})).collect::<Vec<_>>(),
+                        "tools": spec.tools.iter().map(|tool| json!({"name": tool.name, "policy": tool.policy.name()}))
+                            .collect::<Vec<_>>(),
                         "custom_tools": spec.custom_tools.iter().map(|tool| tool.name.clone()).collect::<Vec<_>>(),
                         "max_model_calls_per_turn": spec.max_model_calls_per_turn,
                     })

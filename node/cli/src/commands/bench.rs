@@ -73,10 +73,10 @@ async fn run_sandbox(sandboxes: u32, calls: u32, dir: Option<PathBuf>, json: boo
 }
 
 async fn run_first_model_request(target: Target, sessions: u32) -> Result<()> {
-    let bench =
-        first_model_request::FirstModelRequestBench { addrs: target.addr.clone(), ca_pem: target.ca_pem()?, sessions };
+    let json = target.json;
+    let bench = first_model_request::FirstModelRequestBench { target, sessions };
     for report in first_model_request::run(bench).await? {
-        if target.json {
+        if json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
             println!(
@@ -89,10 +89,10 @@ async fn run_first_model_request(target: Target, sessions: u32) -> Result<()> {
 }
 
 async fn run_append(target: Target, clients: u32, events: u64, payload_bytes: usize) -> Result<()> {
-    let bench =
-        append::AppendBench { addrs: target.addr.clone(), ca_pem: target.ca_pem()?, clients, events, payload_bytes };
+    let json = target.json;
+    let bench = append::AppendBench { target, clients, events, payload_bytes };
     let report = append::run(bench).await?;
-    if target.json {
+    if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(

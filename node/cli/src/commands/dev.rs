@@ -56,7 +56,11 @@ pub async fn run(options: DevOptions) -> Result<()> {
     let models = prepare_data_dir(&options)?;
     let nodes = start_nodes(&options, &models).await?;
     let addrs: Vec<String> = nodes.iter().map(|node| node.advertise_addr().to_string()).collect();
-    let client = Client::for_addrs(addrs.clone(), None)?;
+    let admin_key_path = options.data_dir.join("n1").join("admin-key");
+    let admin_key = std::fs::read_to_string(&admin_key_path)
+        .with_context(|| format!("cannot read the admin key in {}", admin_key_path.display()))?;
+    let admin_key = admin_key.trim().to_string();
+    let client = Client::for_addrs(addrs.clone(), None)?.with_api_key(admin_key.clone());
     let session = run_sample_session(&client).await?;
     let workspace = options.data_dir.join("sandboxes").join(session.to_string()).join("workspace");
     eprintln!("agentd dev: the session finished; its workspace is {}", workspace.display());

@@ -2,6 +2,7 @@
 //! and what runs them.
 
 pub mod agent;
+pub mod apikey;
 pub mod bench;
 pub mod cluster;
 pub mod dev;
@@ -26,6 +27,10 @@ pub struct Target {
     /// Cluster CA certificate (DATA/tls/ca.pem). Needed unless every address is loopback.
     #[arg(long, env = "AGENTD_CA")]
     pub ca: Option<PathBuf>,
+    /// The API key to call with (`DATA/admin-key` on the node that ran
+    /// `--init`, or one from `agentd apikey create`).
+    #[arg(long, env = "AGENTD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -33,7 +38,8 @@ pub struct Target {
 
 impl Target {
     pub fn client(&self) -> Result<Client> {
-        Ok(Client::for_addrs(self.addr.clone(), self.ca_pem()?)?)
+        let client = Client::for_addrs(self.addr.clone(), self.ca_pem()?)?;
+        Ok(client.with_api_key(self.api_key.clone().unwrap_or_default()))
     }
 
     pub fn ca_pem(&self) -> Result<Option<String>> {

@@ -1,10 +1,12 @@
 //! `agentd session`: create sessions, send events, read and follow them.
 
 use agentd_protocol::api::Consistency;
+use agentd_protocol::api::SessionStatus;
 use agentd_protocol::event::{Confirmation, ContentBlock, EventPayload};
 use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, SessionId};
+use agentd_protocol::resource::{CreatedWithin, Order, SessionQuery, SessionView};
 use anyhow::Result;
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 
 use super::Target;
@@ -46,6 +48,23 @@ pub enum SessionCommand {
         text: String,
         #[arg(long)]
         error: bool,
+    },
+    /// List the sessions of the key's workspace across the cluster, newest first.
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Only sessions in this status (repeatable): idle, running, terminated.
+        #[arg(long = "status", value_enum)]
+        statuses: Vec<StatusArg>,
+        /// Only sessions of this agent.
+        #[arg(long)]
+        agent: Option<AgentId>,
+        /// Archived sessions too.
+        #[arg(long)]
+        include_archived: bool,
+        /// At most this many sessions (all when not given).
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Show a session: status, pinned agent, pending actions, last stop reason.
     Get {
@@ -124,6 +143,10 @@ pub async fn run(command: SessionCommand) -> Result<()> {
             print_seq(&target, session, target.client()?.append(session, payload).await?);
         }
         SessionCommand::Get { target, session } => get(target, session).await?,
+        SessionCommand::List { target, statuses, agent, include_archived, limit } => {
+            let statuses = statuses.into_iter().map(StatusArg::status).collect();
+            list(target, statuses, agent, include_archived, limit).await?
+        }
         SessionCommand::Retry { target, session } => {
             print_seq(&target, session, target.client()?.retry_session(session).await?);
         }
@@ -211,5 +234,83 @@ async fn events(target: Target, session: SessionId, from: u64, follow: bool, loc
     let mut subscription = client.subscribe(session, from);
     loop {
         print(&subscription.next().await?);
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StatusArg {
+    Idle,
+    Running,
+    Terminated,
+}
+
+impl StatusArg {
+    fn status(self) -> SessionStatus {
+        match self {
+            StatusArg::Idle => SessionStatus::Idle,
+            StatusArg::Running => SessionStatus::Running,
+            StatusArg::Terminated => SessionStatus::Terminated,
+        }
+    }
+}
+
+/// `agentd session list`: every page of the workspace's sessions, newest first.
+async fn list(
+    target: Target,
+    statuses: Vec<SessionStatus>,
+    agent: Option<AgentId>,
+    include_archived: bool,
+    limit: Option<usize>,
+) -> Result<()> {
+    let client = target.client()?;
+    let mut query = SessionQuery {
+        agent,
+        agent_version: None,
+        statuses,
+        include_archived,
+        created: CreatedWithin::default(),
+        order: Order::Descending,
+        after: None,
+        limit: agentd_protocol::limits::LIST_LIMIT_MAX,
+    };
+    let mut printed = 0;
+    if !target.json {
+        println!("{:<38} {:<11} {:>8} {:<38} TITLE", "SESSION", "STATUS", "EVENTS", "AGENT");
+    }
+    loop {
+        let page = client.list_sessions(query.clone()).await?;
+        for view in &page.sessions {
+            if limit.is_some_and(|limit| printed >= limit) {
+                return Ok(());
+            }
+            print_session_line(&target, view);
+            printed += 1;
+        }
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => return Ok(()),
+        }
+    }
+}
+
+fn print_session_line(target: &Target, view: &SessionView) {
+    let status = format!("{:?}", view.info.status).to_lowercase();
+    let agent = view.info.agent.map(|agent| format!("{} v{}", agent.id, agent.version)).unwrap_or_default();
+    if target.json {
+        println!(
+            "{}",
+            json!({
+                "session_id": view.info.session_id.to_string(),
+                "status": status,
+                "created_at_ms": view.info.created_at_ms,
+                "last_seq": view.info.last_seq,
+                "agent": agent,
+                "title": view.details.title,
+                "workspace": view.details.workspace,
+            })
+        );
+    } else {
+        let title = view.details.title.clone().unwrap_or_default();
+        println!("{:<38} {:<11} {:>8} {:<38} {title}", view.info.session_id, status, view.info.last_seq, agent);
     }
 }

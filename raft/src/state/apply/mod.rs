@@ -14,14 +14,15 @@
 
 mod metadata;
 mod session;
+mod session_details;
 
 use std::collections::HashMap;
 
-use agentd_protocol::agent::{Agent, Environment, SealedVault};
-use agentd_protocol::api::SessionStatus;
 use agentd_protocol::command::{Command, CommandResponse};
 use agentd_protocol::event::Event;
-use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, SessionId, VaultId};
+use agentd_protocol::ids::{ApiKeyId, EventId, GroupId, SessionId};
+use agentd_protocol::resource::{Resource, ResourceId, SessionDetails, SessionUsageTotals};
+use agentd_protocol::tenancy::ApiKeyRecord;
 use agentd_protocol::ApiError;
 use openraft::EntryPayload;
 use serde::Serialize;
@@ -42,9 +43,11 @@ pub(crate) struct ApplyBatch<'a> {
     sessions: HashMap<SessionId, SessionRecord>,
     event_seqs: HashMap<(SessionId, EventId), u64>,
     cluster_config: Option<ClusterConfig>,
-    agents: HashMap<AgentId, Agent>,
-    environments: HashMap<EnvironmentId, Environment>,
-    vaults: HashMap<VaultId, SealedVault>,
+    /// Resources written (`Some`) or deleted (`None`) by this batch.
+    resources: HashMap<ResourceId, Option<Resource>>,
+    api_keys: HashMap<ApiKeyId, ApiKeyRecord>,
+    session_details: HashMap<SessionId, SessionDetails>,
+    session_usage: HashMap<SessionId, SessionUsageTotals>,
     events: Vec<Event>,
 }
 
@@ -65,9 +68,10 @@ impl<'a> ApplyBatch<'a> {
             sessions: HashMap::new(),
             event_seqs: HashMap::new(),
             cluster_config: None,
-            agents: HashMap::new(),
-            environments: HashMap::new(),
-            vaults: HashMap::new(),
+            resources: HashMap::new(),
+            api_keys: HashMap::new(),
+            session_details: HashMap::new(),
+            session_usage: HashMap::new(),
             events: Vec::new(),
         }
     }
@@ -115,18 +119,7 @@ impl<'a> ApplyBatch<'a> {
                 GroupId::Shard(this_shard),
                 Command::CreateSession { session_id, shard, created_at_ms, agent, environment },
             ) if shard == this_shard => {
-                let record = SessionRecord {
-                    shard,
-                    created_at_ms,
-                    last_seq: 0,
-                    agent,
-                    environment,
-                    status: SessionStatus::Idle,
-                    epoch: 0,
-                    pending_actions: Vec::new(),
-                    stop_reason: None,
-                };
-                self.create_session(session_id, record)
+                self.create_session(session_id, SessionRecord::new(shard, created_at_ms, agent, environment))
             }
             (GroupId::Shard(_), Command::Append { session_id, event_id, payload, processed_at_ms, epoch }) => {
                 self.append(session_id, event_id, payload, processed_at_ms, epoch)
@@ -150,6 +143,34 @@ impl<'a> ApplyBatch<'a> {
             }
             (GroupId::Metadata, Command::AddNode { node_id, addr }) => self.add_node(node_id, addr),
             (GroupId::Metadata, Command::SetPlacement { shard, replicas }) => self.set_placement(shard, replicas),
+            (GroupId::Metadata, Command::PutResource { id, workspace, version, expected_revision, at_ms }) => {
+                self.put_resource(id, workspace, version, expected_revision, at_ms)
+            }
+            (GroupId::Metadata, Command::ArchiveResource { id, workspace, at_ms }) => {
+                self.archive_resource(id, &workspace, at_ms)
+            }
+            (GroupId::Metadata, Command::DeleteResource { id, workspace }) => self.delete_resource(id, &workspace),
+            (GroupId::Metadata, Command::PutCredential { vault_id, workspace, credential_id, credential, at_ms }) => {
+                self.put_credential(vault_id, &workspace, credential_id, credential, at_ms)
+            }
+            (GroupId::Metadata, Command::PutApiKey(record)) => self.put_api_key(record),
+            (GroupId::Metadata, Command::RevokeApiKey { key_id, at_ms }) => self.revoke_api_key(key_id, at_ms),
+            (
+                GroupId::Shard(this_shard),
+                Command::CreateSessionIn { session_id, shard, created_at_ms, agent, environment, details },
+            ) if shard == this_shard => {
+                let record = SessionRecord::new(shard, created_at_ms, agent, environment);
+                self.create_session_in(session_id, record, details)
+            }
+            (GroupId::Shard(_), Command::UpdateSession { session_id, workspace, update, at_ms }) => {
+                self.update_session(session_id, &workspace, update, at_ms)
+            }
+            (GroupId::Shard(_), Command::ArchiveSession { session_id, workspace, at_ms }) => {
+                self.archive_session(session_id, &workspace, at_ms)
+            }
+            (GroupId::Shard(_), Command::DeleteSession { session_id, workspace, event_id, at_ms }) => {
+                self.delete_session(session_id, &workspace, event_id, at_ms)
+            }
             // A command for another group is a routing bug upstream; refusing
             // it keeps this group's state meaningful.
             (group, command) => Ok(CommandResponse::Rejected(ApiError::InvalidRequest {

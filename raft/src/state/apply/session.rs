@@ -6,6 +6,7 @@ use agentd_protocol::api::SessionStatus;
 use agentd_protocol::command::CommandResponse;
 use agentd_protocol::event::{Event, EventPayload, StopReason};
 use agentd_protocol::ids::{EventId, SessionId};
+use agentd_protocol::resource::SessionUsageTotals;
 use agentd_protocol::ApiError;
 
 use super::ApplyBatch;
@@ -124,7 +125,22 @@ impl ApplyBatch<'_> {
         if let Err(error) = verdict {
             return Ok(CommandResponse::Rejected(error));
         }
+        let seq = self.write_event(session_id, record, event_id, payload, processed_at_ms)?;
+        Ok(CommandResponse::Appended { seq, duplicate: false })
+    }
+
+    /// Writes the next event of a session whose `record` the rules admitted
+    /// it to (its status already moved), and counts its usage; returns its seq.
+    pub(super) fn write_event(
+        &mut self,
+        session_id: SessionId,
+        mut record: SessionRecord,
+        event_id: EventId,
+        payload: EventPayload,
+        processed_at_ms: u64,
+    ) -> Result<u64, Error> {
         let seq = record.last_seq + 1;
+        self.count_usage(session_id, &payload)?;
         let event = Event { session_id, seq, id: event_id, processed_at_ms, payload };
         let group = self.state.group();
         self.put(keys::event_key(group, session_id, seq), &event)?;
@@ -133,7 +149,33 @@ impl ApplyBatch<'_> {
         record.last_seq = seq;
         self.put_session(session_id, record)?;
         self.events.push(event);
-        Ok(CommandResponse::Appended { seq, duplicate: false })
+        Ok(seq)
+    }
+
+    /// Adds a model request or its token counts to the session's usage.
+    fn count_usage(&mut self, session_id: SessionId, payload: &EventPayload) -> Result<(), Error> {
+        let mut usage = match payload {
+            EventPayload::SpanModelRequestStart { .. } | EventPayload::SessionUsage { .. } => self.usage(session_id)?,
+            _ => return Ok(()),
+        };
+        match payload {
+            EventPayload::SpanModelRequestStart { .. } => usage.model_requests += 1,
+            EventPayload::SessionUsage { input_tokens, output_tokens } => {
+                usage.input_tokens += input_tokens;
+                usage.output_tokens += output_tokens;
+            }
+            _ => {}
+        }
+        self.put(keys::session_usage_key(self.state.group(), session_id), &usage)?;
+        self.session_usage.insert(session_id, usage);
+        Ok(())
+    }
+
+    fn usage(&self, session_id: SessionId) -> Result<SessionUsageTotals, Error> {
+        match self.session_usage.get(&session_id) {
+            Some(usage) => Ok(*usage),
+            None => self.state.session_usage(session_id),
+        }
     }
 }
 
@@ -177,7 +219,9 @@ fn admit_runtime_event(
                 _ => Vec::new(),
             };
         }
-        EventPayload::SessionStatusTerminated => record.status = SessionStatus::Terminated,
+        EventPayload::SessionStatusTerminated | EventPayload::SessionDeleted => {
+            record.status = SessionStatus::Terminated
+        }
         _ => {}
     }
     Ok(())
