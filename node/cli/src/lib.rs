@@ -35,6 +35,9 @@ pub enum Command {
         /// Nodes listen on 127.0.0.1:BASE_PORT, BASE_PORT+1, ...
         #[arg(long, default_value_t = 7701)]
         base_port: u16,
+        /// The nodes' HTTP APIs listen on 127.0.0.1:HTTP_BASE_PORT, HTTP_BASE_PORT+1, ...
+        #[arg(long, default_value_t = 7801)]
+        http_base_port: u16,
         #[arg(long, default_value_t = 16)]
         shards: u32,
         /// Keep the cluster running after the sample session (Ctrl-C stops it).
@@ -107,8 +110,8 @@ pub fn main() -> std::process::ExitCode {
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Start(args) => start::run(args).await,
-        Command::Dev { data_dir, nodes, base_port, shards, keep_running } => {
-            dev::run(dev::DevOptions { data_dir, nodes, base_port, shards, keep_running }).await
+        Command::Dev { data_dir, nodes, base_port, http_base_port, shards, keep_running } => {
+            dev::run(dev::DevOptions { data_dir, nodes, base_port, http_base_port, shards, keep_running }).await
         }
         Command::Cluster(command) => cluster::run(command).await,
         Command::Hands(args) => hands::run(args).await,

@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use agentd_client::Client;
+use agentd_node::http::{HttpHandle, HttpOptions, HttpServer};
 use agentd_node::options::SANDBOX_IDLE_DEFAULT;
 use agentd_node::{Bootstrap, Node, NodeHandle, NodeOptions, RaftTuning};
 
@@ -23,6 +24,7 @@ pub struct DevOptions {
     pub data_dir: PathBuf,
     pub nodes: u16,
     pub base_port: u16,
+    pub http_base_port: u16,
     pub shards: u32,
     pub keep_running: bool,
 }
@@ -60,6 +62,10 @@ pub async fn run(options: DevOptions) -> Result<()> {
     let admin_key = std::fs::read_to_string(&admin_key_path)
         .with_context(|| format!("cannot read the admin key in {}", admin_key_path.display()))?;
     let admin_key = admin_key.trim().to_string();
+    let apis = start_http(&options, &nodes).await?;
+    let base_urls: Vec<String> = apis.iter().map(|api| format!("http://{}", api.local_addr())).collect();
+    eprintln!("agentd dev: HTTP API (Managed Agents, for the Anthropic SDKs) at {}", base_urls.join(", "));
+    eprintln!("agentd dev: API key (admin, workspace default): {admin_key}");
     let client = Client::for_addrs(addrs.clone(), None)?.with_api_key(admin_key.clone());
     let session = run_sample_session(&client).await?;
     let workspace = options.data_dir.join("sandboxes").join(session.to_string()).join("workspace");
@@ -72,10 +78,26 @@ pub async fn run(options: DevOptions) -> Result<()> {
         );
         tokio::signal::ctrl_c().await?;
     }
+    for api in &apis {
+        api.shutdown();
+    }
     for node in nodes.iter().rev() {
         node.shutdown().await;
     }
     Ok(())
+}
+
+/// The HTTP API on every node, on ports from `--http-base-port` up.
+async fn start_http(options: &DevOptions, nodes: &[NodeHandle]) -> Result<Vec<HttpHandle>> {
+    let mut apis = Vec::with_capacity(nodes.len());
+    for (index, node) in nodes.iter().enumerate() {
+        let listen = format!("127.0.0.1:{}", options.http_base_port + index as u16).parse()?;
+        let api = HttpServer::start(node.service().clone(), HttpOptions { listen, tls: None })
+            .await
+            .with_context(|| format!("the HTTP API of node {} did not start (try --http-base-port)", node.node_id()))?;
+        apis.push(api);
+    }
+    Ok(apis)
 }
 
 /// Clears the data directory and writes the sample agent's script into it;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use agentd_actors::model::ProviderConfig;
+use agentd_node::http::{HttpOptions, HttpServer, HttpTls};
 use agentd_node::{Bootstrap, Node, NodeOptions, RaftTuning};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -37,6 +38,16 @@ pub struct StartArgs {
     /// Replicas per shard of a new cluster.
     #[arg(long, default_value_t = agentd_protocol::limits::REPLICATION_FACTOR_DEFAULT)]
     pub replication: u32,
+    /// Serve the Managed Agents HTTP API (what the Anthropic SDKs call) at
+    /// HOST:PORT; its base URL is http://HOST:PORT (https with --http-tls-cert).
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// Certificate chain (PEM) of the HTTP API; with --http-tls-key, it speaks HTTPS.
+    #[arg(long, requires_all = ["http", "http_tls_key"])]
+    pub http_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --http-tls-cert.
+    #[arg(long, requires_all = ["http", "http_tls_cert"])]
+    pub http_tls_key: Option<PathBuf>,
     /// Serve Prometheus metrics over HTTP at HOST:PORT.
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
@@ -72,6 +83,7 @@ pub struct TuningArgs {
 }
 
 pub async fn run(args: StartArgs) -> Result<()> {
+    let http = http_options(&args)?;
     if let Some(addr) = args.metrics {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
@@ -102,19 +114,47 @@ pub async fn run(args: StartArgs) -> Result<()> {
     };
     let node = Node::start(options).await?;
     eprintln!("agentd: node {} serving on {}", node.node_id(), node.advertise_addr());
+    let api = match http {
+        Some(http) => {
+            let scheme = if http.tls.is_some() { "https" } else { "http" };
+            let api = HttpServer::start(node.service().clone(), http).await?;
+            eprintln!("agentd: HTTP API at {scheme}://{}", api.local_addr());
+            Some(api)
+        }
+        None => None,
+    };
+    let stop_api = || {
+        if let Some(api) = &api {
+            api.shutdown();
+        }
+    };
     tokio::select! {
         _ = shutdown_signal() => {
             eprintln!("agentd: shutting down");
+            stop_api();
             node.shutdown().await;
             Ok(())
         }
         failure = node.failed() => {
             // Fail-stop: a group whose storage failed cannot go on; the
             // process exits so its supervisor restarts it from what is durable.
+            stop_api();
             node.shutdown().await;
             anyhow::bail!("stopping: {failure}")
         }
     }
+}
+
+/// The HTTP API's options, its certificate and key read from their files.
+fn http_options(args: &StartArgs) -> Result<Option<HttpOptions>> {
+    let Some(listen) = args.http else { return Ok(None) };
+    let read =
+        |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()));
+    let tls = match (&args.http_tls_cert, &args.http_tls_key) {
+        (Some(cert), Some(key)) => Some(HttpTls { cert_pem: read(cert)?, key_pem: read(key)? }),
+        _ => None,
+    };
+    Ok(Some(HttpOptions { listen, tls }))
 }
 
 async fn shutdown_signal() {

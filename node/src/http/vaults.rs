@@ -1,0 +1,368 @@
+//! `/v1/vaults` and their credentials, resources of the key's workspace.
+//! Secret values are write-only: sealed by the metadata leader before they
+//! are replicated, never shown again.
+//!
+//! agentd has `environment_variable` credentials: the tools of a session
+//! that names the vault (`vault_ids`) get `secret_name` set to the value,
+//! which is scrubbed from every result before it is recorded. Until secrets
+//! are injected at egress, such a credential reaches every host its tools
+//! reach: `networking` must be `unrestricted`, and `injection_location` is
+//! refused. MCP credentials (`static_bearer`, `mcp_oauth`) come with MCP.
+
+use agentd_protocol::api::{ClientRequest, CredentialChange};
+use agentd_protocol::ids::{CredentialId, VaultId};
+use agentd_protocol::resource::{
+    Credential, Order, Resource, ResourceBody, ResourceId, ResourceKind, ResourceQuery, ResourceVersion, VaultBody,
+};
+use agentd_protocol::tenancy::Caller;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::{Extension, Json};
+use serde_json::{json, Map, Value};
+
+use super::error::HttpError;
+use super::util::{
+    encode_cursor, list_body, metadata_from, metadata_json, metadata_patch, page_cursor, parse_body, rfc3339,
+    rfc3339_or_null, Query,
+};
+use super::AppState;
+
+type Answer = Result<Json<Value>, HttpError>;
+
+fn parse_vault_id(text: &str) -> Result<VaultId, HttpError> {
+    text.parse().map_err(|_| HttpError::not_found(format!("vault {text:?} not found")))
+}
+
+fn parse_credential_id(text: &str) -> Result<CredentialId, HttpError> {
+    text.parse().map_err(|_| HttpError::not_found(format!("credential {text:?} not found")))
+}
+
+fn only(field: &str, map: &Map<String, Value>, known: &[&str]) -> Result<(), HttpError> {
+    match map.keys().find(|key| !known.contains(&key.as_str())) {
+        Some(key) => Err(HttpError::invalid(format!("unknown field `{field}{key}`"))),
+        None => Ok(()),
+    }
+}
+
+fn vault_json(resource: &Resource) -> Option<Value> {
+    let version = resource.latest()?;
+    let vault = resource.vault_body()?;
+    Some(json!({
+        "id": resource.id.to_string(),
+        "type": "vault",
+        "display_name": vault.display_name,
+        "metadata": metadata_json(&version.metadata),
+        "created_at": rfc3339(resource.created_at_ms),
+        "updated_at": rfc3339(resource.updated_at_ms),
+        "archived_at": rfc3339_or_null(resource.archived_at_ms),
+    }))
+}
+
+fn credential_json(vault_id: VaultId, credential: &Credential) -> Value {
+    json!({
+        "id": credential.id.to_string(),
+        "type": "vault_credential",
+        "vault_id": vault_id.to_string(),
+        "display_name": credential.display_name,
+        "metadata": metadata_json(&credential.metadata),
+        "auth": {
+            "type": "environment_variable",
+            "secret_name": credential.secret_name,
+            "networking": {"type": "unrestricted"},
+            "injection_location": null,
+        },
+        "created_at": rfc3339(credential.created_at_ms),
+        "updated_at": rfc3339(credential.updated_at_ms),
+        "archived_at": rfc3339_or_null(credential.archived_at_ms),
+    })
+}
+
+fn answer(resource: &Resource) -> Answer {
+    vault_json(resource).map(Json).ok_or_else(|| HttpError::not_found(format!("vault {} not found", resource.id)))
+}
+
+async fn get(state: &AppState, caller: &Caller, id: VaultId) -> Result<Resource, HttpError> {
+    let request = ClientRequest::GetResource { id: ResourceId::Vault(id) };
+    Ok(state.service.call(caller, request).await?.into_resource()?)
+}
+
+fn credential_of(resource: &Resource, id: CredentialId) -> Result<&Credential, HttpError> {
+    resource
+        .vault_body()
+        .and_then(|vault| vault.credentials.iter().find(|credential| credential.id == id))
+        .ok_or_else(|| HttpError::not_found(format!("credential {id} not found")))
+}
+
+fn random_bits() -> u128 {
+    rand::random()
+}
+
+pub async fn create(State(state): State<AppState>, Extension(caller): Extension<Caller>, body: Bytes) -> Answer {
+    let map: Map<String, Value> = parse_body(&body)?;
+    only("", &map, &["display_name", "metadata"])?;
+    let display_name = map
+        .get("display_name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| HttpError::invalid("display_name is required"))?;
+    let version = ResourceVersion {
+        body: ResourceBody::Vault(VaultBody { display_name: display_name.to_string(), credentials: Vec::new() }),
+        description: None,
+        metadata: metadata_from("metadata", map.get("metadata").and_then(Value::as_object))?,
+        created_at_ms: 0,
+    };
+    let id = ResourceId::Vault(VaultId::from_random(random_bits()));
+    let request = ClientRequest::PutResource { id, version, expected_revision: Some(0) };
+    answer(&state.service.call(&caller, request).await?.into_resource()?)
+}
+
+pub async fn retrieve(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(vault_id): Path<String>,
+) -> Answer {
+    answer(&get(&state, &caller, parse_vault_id(&vault_id)?).await?)
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(vault_id): Path<String>,
+    body: Bytes,
+) -> Answer {
+    let map: Map<String, Value> = parse_body(&body)?;
+    only("", &map, &["display_name", "metadata"])?;
+    let id = parse_vault_id(&vault_id)?;
+    let current = get(&state, &caller, id).await?;
+    let mut next = current.latest().cloned().ok_or_else(|| HttpError::not_found(format!("vault {id} not found")))?;
+    if let (Some(name), ResourceBody::Vault(vault)) = (map.get("display_name"), &mut next.body) {
+        vault.display_name =
+            name.as_str().ok_or_else(|| HttpError::invalid("display_name must be a string"))?.to_string();
+    }
+    if let Some(patch) = map.get("metadata").filter(|value| !value.is_null()) {
+        let patch = patch.as_object().ok_or_else(|| HttpError::invalid("metadata must be an object"))?;
+        next.metadata = agentd_protocol::resource::patch_metadata(&next.metadata, &metadata_patch("metadata", patch)?);
+    }
+    let request = ClientRequest::PutResource {
+        id: ResourceId::Vault(id),
+        version: next,
+        expected_revision: Some(current.revision),
+    };
+    answer(&state.service.call(&caller, request).await?.into_resource()?)
+}
+
+pub async fn archive(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(vault_id): Path<String>,
+) -> Answer {
+    let request = ClientRequest::ArchiveResource { id: ResourceId::Vault(parse_vault_id(&vault_id)?) };
+    answer(&state.service.call(&caller, request).await?.into_resource()?)
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(vault_id): Path<String>,
+) -> Answer {
+    let id = parse_vault_id(&vault_id)?;
+    state.service.call(&caller, ClientRequest::DeleteResource { id: ResourceId::Vault(id) }).await?.into_done()?;
+    Ok(Json(json!({"id": id.to_string(), "type": "vault_deleted"})))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let query = Query::parse(raw.as_deref());
+    query.only(&["include_archived", "limit", "page"])?;
+    let order = Order::Descending;
+    let resource_query = ResourceQuery {
+        kind: ResourceKind::Vault,
+        include_archived: query.bool("include_archived")?,
+        created: Default::default(),
+        order,
+        after: page_cursor(&query, order)?,
+        limit: query.list_limit()?,
+    };
+    let page =
+        state.service.call(&caller, ClientRequest::ListResources { query: resource_query }).await?.into_resources()?;
+    let data = page.resources.iter().filter_map(vault_json).collect();
+    Ok(Json(list_body(data, page.next.map(|next| encode_cursor(order, next)))))
+}
+
+/// The secret, name and hosts an `auth` object sets. `create` says whether
+/// the credential is new (its `secret_name` and `secret_value` are required).
+fn auth_change(auth: &Value, change: &mut CredentialChange, create: bool) -> Result<(), HttpError> {
+    let map = auth.as_object().ok_or_else(|| HttpError::invalid("auth must be an object"))?;
+    match map.get("type").and_then(Value::as_str) {
+        Some("environment_variable") => {}
+        Some(kind @ ("static_bearer" | "mcp_oauth")) => {
+            return Err(HttpError::unsupported(&format!("auth.type ({kind})"), "MCP credentials come with MCP servers"))
+        }
+        other => return Err(HttpError::invalid(format!("auth.type: unknown credential type {other:?}"))),
+    }
+    only("auth.", map, &["type", "secret_name", "secret_value", "networking", "injection_location"])?;
+    if map.get("injection_location").is_some_and(|value| !value.is_null()) {
+        return Err(HttpError::unsupported(
+            "auth.injection_location",
+            "secrets are injected at egress in a later release",
+        ));
+    }
+    if let Some(networking) = map.get("networking").filter(|value| !value.is_null()) {
+        if networking.get("type").and_then(Value::as_str) != Some("unrestricted") {
+            return Err(HttpError::unsupported(
+                "auth.networking",
+                "a credential reaches every host its tools reach until secrets are injected at egress; use unrestricted",
+            ));
+        }
+    } else if create {
+        return Err(HttpError::invalid("auth.networking is required"));
+    }
+    change.secret_name = map.get("secret_name").and_then(Value::as_str).map(str::to_string);
+    change.secret_value = map.get("secret_value").and_then(Value::as_str).map(str::to_string);
+    if create && (change.secret_name.is_none() || change.secret_value.is_none()) {
+        return Err(HttpError::invalid("auth.secret_name and auth.secret_value are required"));
+    }
+    Ok(())
+}
+
+fn empty_change() -> CredentialChange {
+    CredentialChange {
+        display_name: None,
+        metadata: Vec::new(),
+        secret_name: None,
+        secret_value: None,
+        allowed_hosts: None,
+        archive: false,
+    }
+}
+
+async fn put_credential(
+    state: &AppState,
+    caller: &Caller,
+    vault_id: VaultId,
+    credential_id: CredentialId,
+    change: CredentialChange,
+) -> Answer {
+    let request = ClientRequest::PutCredential { vault_id, credential_id, change };
+    let resource = state.service.call(caller, request).await?.into_resource()?;
+    Ok(Json(credential_json(vault_id, credential_of(&resource, credential_id)?)))
+}
+
+pub async fn create_credential(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(vault_id): Path<String>,
+    body: Bytes,
+) -> Answer {
+    let map: Map<String, Value> = parse_body(&body)?;
+    only("", &map, &["auth", "display_name", "metadata"])?;
+    let mut change = empty_change();
+    auth_change(map.get("auth").ok_or_else(|| HttpError::invalid("auth is required"))?, &mut change, true)?;
+    change.display_name = Some(map.get("display_name").and_then(Value::as_str).map(str::to_string));
+    let metadata = metadata_from("metadata", map.get("metadata").and_then(Value::as_object))?;
+    change.metadata = metadata.into_iter().map(|(key, value)| (key, Some(value))).collect();
+    let credential_id = CredentialId::from_random(random_bits());
+    put_credential(&state, &caller, parse_vault_id(&vault_id)?, credential_id, change).await
+}
+
+pub async fn retrieve_credential(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((vault_id, credential_id)): Path<(String, String)>,
+) -> Answer {
+    let vault_id = parse_vault_id(&vault_id)?;
+    let resource = get(&state, &caller, vault_id).await?;
+    Ok(Json(credential_json(vault_id, credential_of(&resource, parse_credential_id(&credential_id)?)?)))
+}
+
+pub async fn update_credential(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((vault_id, credential_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Answer {
+    let map: Map<String, Value> = parse_body(&body)?;
+    only("", &map, &["auth", "display_name", "metadata"])?;
+    let mut change = empty_change();
+    if let Some(auth) = map.get("auth").filter(|value| !value.is_null()) {
+        auth_change(auth, &mut change, false)?;
+    }
+    if let Some(name) = map.get("display_name") {
+        change.display_name = Some(name.as_str().map(str::to_string));
+    }
+    if let Some(patch) = map.get("metadata").filter(|value| !value.is_null()) {
+        let patch = patch.as_object().ok_or_else(|| HttpError::invalid("metadata must be an object"))?;
+        change.metadata = metadata_patch("metadata", patch)?;
+    }
+    let vault_id = parse_vault_id(&vault_id)?;
+    let credential_id = parse_credential_id(&credential_id)?;
+    // The credential must exist: an update never creates one.
+    credential_of(&get(&state, &caller, vault_id).await?, credential_id)?;
+    put_credential(&state, &caller, vault_id, credential_id, change).await
+}
+
+pub async fn archive_credential(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((vault_id, credential_id)): Path<(String, String)>,
+) -> Answer {
+    let vault_id = parse_vault_id(&vault_id)?;
+    let credential_id = parse_credential_id(&credential_id)?;
+    credential_of(&get(&state, &caller, vault_id).await?, credential_id)?;
+    put_credential(&state, &caller, vault_id, credential_id, CredentialChange { archive: true, ..empty_change() }).await
+}
+
+pub async fn delete_credential(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((vault_id, credential_id)): Path<(String, String)>,
+) -> Answer {
+    let vault_id = parse_vault_id(&vault_id)?;
+    let credential_id = parse_credential_id(&credential_id)?;
+    let request = ClientRequest::DeleteCredential { vault_id, credential_id };
+    state.service.call(&caller, request).await?.into_resource()?;
+    Ok(Json(json!({"id": credential_id.to_string(), "type": "vault_credential_deleted"})))
+}
+
+/// Credentials of a vault, in creation order; `page` is the last id a page held.
+pub async fn list_credentials(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(vault_id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Answer {
+    let query = Query::parse(raw.as_deref());
+    query.only(&["include_archived", "limit", "page"])?;
+    let include_archived = query.bool("include_archived")?;
+    let limit = query.list_limit()? as usize;
+    let vault_id = parse_vault_id(&vault_id)?;
+    let resource = get(&state, &caller, vault_id).await?;
+    let credentials: Vec<&Credential> = resource
+        .vault_body()
+        .map(|vault| {
+            vault
+                .credentials
+                .iter()
+                .filter(|credential| include_archived || credential.archived_at_ms.is_none())
+                .collect()
+        })
+        .unwrap_or_default();
+    let start = match query.get("page") {
+        Some(page) => {
+            let after = parse_credential_id(page)
+                .map_err(|_| HttpError::invalid(format!("page {page:?} is not a cursor this API returned")))?;
+            credentials
+                .iter()
+                .position(|credential| credential.id == after)
+                .map_or(credentials.len(), |index| index + 1)
+        }
+        None => 0,
+    };
+    let shown: Vec<&Credential> = credentials.iter().skip(start).take(limit).copied().collect();
+    let next = (start + shown.len() < credentials.len())
+        .then(|| shown.last().map(|credential| credential.id.to_string()))
+        .flatten();
+    Ok(Json(list_body(shown.iter().map(|credential| credential_json(vault_id, credential)).collect(), next)))
+}
