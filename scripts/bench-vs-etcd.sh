@@ -226,11 +226,14 @@ start_agentd() {
   "$agentd_bin" start --node-id 1 --listen 127.0.0.1:7101 --data-dir "$dir/n1" --init \
     </dev/null >"$dir/n1.log" 2>&1 &
   agentd_pids+=("$!")
-  until [ -s "$dir/n1/join-token" ]; do
+  until [ -s "$dir/n1/join-token" ] && [ -s "$dir/n1/admin-key" ]; do
     check_agentd_alive "$dir"
-    [ "$SECONDS" -lt "$deadline" ] || die "no join token in $dir/n1 after ${agentd_ready_timeout_seconds}s"
+    [ "$SECONDS" -lt "$deadline" ] || die "no join token or admin key in $dir/n1 after ${agentd_ready_timeout_seconds}s"
     sleep 0.2
   done
+  # Every request carries an API key; --init wrote the cluster's first (admin) key.
+  AGENTD_API_KEY=$(cat "$dir/n1/admin-key")
+  export AGENTD_API_KEY
   for node in 2 3; do
     "$agentd_bin" start --node-id "$node" --listen "127.0.0.1:710$node" --data-dir "$dir/n$node" \
       --join 127.0.0.1:7101 --token "$(cat "$dir/n1/join-token")" \

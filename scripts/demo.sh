@@ -29,8 +29,11 @@ start_node() { # id, extra args...
 
 echo "==> starting node 1 (--init) in $dir" >&2
 start_node 1 --init
-for _ in $(seq 1 100); do [ -s "$dir/n1/join-token" ] && break; sleep 0.2; done
+for _ in $(seq 1 100); do [ -s "$dir/n1/join-token" ] && [ -s "$dir/n1/admin-key" ] && break; sleep 0.2; done
 token=$(cat "$dir/n1/join-token")
+# Every request carries an API key; --init wrote the cluster's first (admin) key.
+export AGENTD_API_KEY
+AGENTD_API_KEY=$(cat "$dir/n1/admin-key")
 echo "==> starting nodes 2 and 3 (--join)" >&2
 start_node 2 --join 127.0.0.1:7101 --token "$token"
 start_node 3 --join 127.0.0.1:7101 --token "$token"
