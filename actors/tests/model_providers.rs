@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentd_actors::model::{
-    provider_for, Block, BreakerState, CircuitBreaker, Message, ModelError, ModelProvider, ModelRequest,
-    ProviderConfig, ResilientProvider, RetryPolicy, Role, StopReason, ToolSpec, Usage, ECHO_NO_TEXT, SCRIPT_FINISHED,
+    provider_for, Block, BreakerState, CircuitBreaker, Message, ModelError, ModelProvider, ModelRequest, ModelUsage,
+    ProviderConfig, ResilientProvider, RetryPolicy, Role, StopReason, ToolSpec, ECHO_NO_TEXT, SCRIPT_FINISHED,
 };
 use axum::body::Bytes;
 use axum::extract::State;
@@ -182,7 +182,7 @@ async fn echo_repeats_the_last_user_text() {
     assert_eq!(response.content, vec![text("hello\nworld")]);
     assert_eq!(response.stop_reason, StopReason::EndTurn);
     // Twelve bytes of request text and eleven of answer, a quarter each, rounded up.
-    assert_eq!(response.usage, Usage { input_tokens: 6, output_tokens: 3 });
+    assert_eq!(response.usage, ModelUsage { input_tokens: 6, output_tokens: 3, ..ModelUsage::default() });
 }
 
 #[tokio::test]
@@ -307,7 +307,8 @@ fn anthropic_answer() -> Value {
             {"type": "tool_use", "id": "toolu_9", "name": "read", "input": {"path": "a.txt"}},
         ],
         "stop_reason": "tool_use",
-        "usage": {"input_tokens": 120, "output_tokens": 33},
+        "usage": {"input_tokens": 120, "output_tokens": 33,
+                  "cache_creation_input_tokens": 7, "cache_read_input_tokens": 64},
     })
 }
 
@@ -326,7 +327,13 @@ async fn anthropic_sends_the_messages_api_shape_and_parses_tool_use() {
         ]
     );
     assert_eq!(response.stop_reason, StopReason::ToolUse);
-    assert_eq!(response.usage, Usage { input_tokens: 120, output_tokens: 33 });
+    let usage = ModelUsage {
+        input_tokens: 120,
+        output_tokens: 33,
+        cache_creation_input_tokens: 7,
+        cache_read_input_tokens: 64,
+    };
+    assert_eq!(response.usage, usage);
 
     let seen = server.seen();
     assert_eq!(seen.len(), 1);
@@ -502,7 +509,8 @@ fn openai_answer() -> Value {
             },
             "finish_reason": "tool_calls",
         }],
-        "usage": {"prompt_tokens": 50, "completion_tokens": 9, "total_tokens": 59},
+        "usage": {"prompt_tokens": 50, "completion_tokens": 9, "total_tokens": 59,
+                  "prompt_tokens_details": {"cached_tokens": 32}},
     })
 }
 
@@ -526,7 +534,8 @@ async fn openai_sends_the_chat_completions_shape_and_parses_tool_calls() {
         ]
     );
     assert_eq!(response.stop_reason, StopReason::ToolUse);
-    assert_eq!(response.usage, Usage { input_tokens: 50, output_tokens: 9 });
+    let usage = ModelUsage { input_tokens: 50, output_tokens: 9, cache_read_input_tokens: 32, ..ModelUsage::default() };
+    assert_eq!(response.usage, usage);
 
     let seen = server.seen();
     assert_eq!(seen.len(), 1);
@@ -573,7 +582,7 @@ async fn openai_finish_reasons_and_missing_key() {
     for _ in 0..3 {
         let response = provider.complete(request("openai:llama3", vec![Message::user_text("hi")])).await.unwrap();
         assert_eq!(response.content, vec![text("ok")]);
-        assert_eq!(response.usage, Usage::default());
+        assert_eq!(response.usage, ModelUsage::default());
         stop_reasons.push(response.stop_reason);
     }
     assert_eq!(stop_reasons, [StopReason::EndTurn, StopReason::MaxTokens, StopReason::Other("content_filter".into())]);
@@ -825,7 +834,7 @@ async fn anthropic_streaming_assembles_the_same_response() {
         ]
     );
     assert_eq!(response.stop_reason, StopReason::ToolUse);
-    assert_eq!(response.usage, Usage { input_tokens: 25, output_tokens: 40 });
+    assert_eq!(response.usage, ModelUsage { input_tokens: 25, output_tokens: 40, ..ModelUsage::default() });
     let seen = server.seen();
     assert_eq!(seen[0].body["stream"], true);
     assert_eq!(seen[0].headers["accept"], "text/event-stream");
@@ -927,7 +936,7 @@ async fn anthropic_streaming_reads_chunks_as_they_come_and_bounds_silences_only(
     let response = provider.complete(hello()).await.unwrap();
     assert_eq!(response.content, vec![text("héllo wörld")]);
     assert_eq!(response.stop_reason, StopReason::EndTurn);
-    assert_eq!(response.usage, Usage { input_tokens: 3, output_tokens: 4 });
+    assert_eq!(response.usage, ModelUsage { input_tokens: 3, output_tokens: 4, ..ModelUsage::default() });
 }
 
 #[tokio::test]

@@ -322,13 +322,20 @@ impl ClientRequest {
     }
 }
 
+/// A committed append: its sequence number, whether an earlier attempt with
+/// the same event id had committed it already, and the `processed_at_ms`
+/// stamped on the stored event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Appended {
+    pub seq: u64,
+    pub duplicate: bool,
+    pub processed_at_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientResponse {
     Session(SessionInfo),
-    Appended {
-        seq: u64,
-        duplicate: bool,
-    },
+    Appended(Appended),
     /// A page of events; `next_seq` is where the next read should start.
     Events {
         events: Vec<Event>,
@@ -370,8 +377,13 @@ impl ClientResponse {
 
     /// `(seq, duplicate)` of an append.
     pub fn into_appended(self) -> Result<(u64, bool), ApiError> {
+        self.into_committed().map(|appended| (appended.seq, appended.duplicate))
+    }
+
+    /// Where an append landed, and when it was stamped.
+    pub fn into_committed(self) -> Result<Appended, ApiError> {
         match self {
-            ClientResponse::Appended { seq, duplicate } => Ok((seq, duplicate)),
+            ClientResponse::Appended(appended) => Ok(appended),
             other => Err(other.unexpected("an appended event")),
         }
     }

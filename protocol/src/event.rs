@@ -112,7 +112,10 @@ pub enum EventPayload {
     SpanModelRequestStart {
         model: String,
     },
-    SpanModelRequestEnd {
+    /// `span.model_request_end` as written before the log recorded each
+    /// request's usage (then in a `session.usage` event after it). Read,
+    /// never written.
+    SpanModelRequestEndWithoutUsage {
         model_request_start_id: EventId,
         is_error: bool,
     },
@@ -123,6 +126,22 @@ pub enum EventPayload {
     /// The session was deleted: the last event of its log, which ends every
     /// stream that follows it.
     SessionDeleted,
+    /// The end of one model request, with the tokens it used.
+    SpanModelRequestEnd {
+        model_request_start_id: EventId,
+        is_error: bool,
+        model_usage: ModelUsage,
+    },
+}
+
+/// The tokens one model request used, as the provider reported them (zero
+/// where it reported nothing, and for a request that failed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelUsage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
 }
 
 impl EventPayload {
@@ -143,7 +162,9 @@ impl EventPayload {
             EventPayload::SessionStatusTerminated => "session.status_terminated",
             EventPayload::SessionError { .. } => "session.error",
             EventPayload::SpanModelRequestStart { .. } => "span.model_request_start",
-            EventPayload::SpanModelRequestEnd { .. } => "span.model_request_end",
+            EventPayload::SpanModelRequestEnd { .. } | EventPayload::SpanModelRequestEndWithoutUsage { .. } => {
+                "span.model_request_end"
+            }
             EventPayload::SessionUsage { .. } => "session.usage",
             EventPayload::SessionDeleted => "session.deleted",
         }

@@ -49,7 +49,8 @@ impl fmt::Display for GroupId {
 }
 
 macro_rules! random_id {
-    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+    // `was`: a prefix this id was written with before; still read.
+    ($(#[$doc:meta])* $name:ident, $prefix:literal $(, was $old:literal)?) => {
         $(#[$doc])*
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         pub struct $name(pub [u8; 16]);
@@ -84,7 +85,7 @@ macro_rules! random_id {
 
             fn from_str(text: &str) -> Result<Self, Error> {
                 let invalid = || Error::InvalidId { text: text.chars().take(64).collect(), expected: $prefix };
-                let hex = text.strip_prefix($prefix).ok_or_else(invalid)?;
+                let hex = text.strip_prefix($prefix)$(.or_else(|| text.strip_prefix($old)))?.ok_or_else(invalid)?;
                 if hex.len() != 32 || !hex.is_ascii() {
                     return Err(invalid());
                 }
@@ -124,7 +125,8 @@ random_id!(
 random_id!(
     /// A vault: named credentials, stored encrypted in the metadata group.
     VaultId,
-    "vault_"
+    "vlt_",
+    was "vault_"
 );
 
 random_id!(
@@ -162,6 +164,14 @@ mod tests {
         let text = id.to_string();
         assert_eq!(text, "sesn_0123456789abcdef0011223344556677");
         assert_eq!(text.parse::<SessionId>().unwrap(), id);
+    }
+
+    #[test]
+    fn a_vault_id_is_written_vlt_and_still_read_with_its_old_prefix() {
+        let id = VaultId::from_random(7);
+        assert!(id.to_string().starts_with("vlt_"));
+        let old = format!("vault_{}", &id.to_string()["vlt_".len()..]);
+        assert_eq!(old.parse::<VaultId>().unwrap(), id);
     }
 
     #[test]

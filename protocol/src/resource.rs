@@ -341,12 +341,16 @@ impl SessionDetails {
     }
 }
 
-/// Tokens a session's model calls used, summed from its `session.usage` events.
+/// Tokens a session's model calls used, summed from the `model_usage` of
+/// its `span.model_request_end` events (and, in logs written before that,
+/// its `session.usage` events).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SessionUsageTotals {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub model_requests: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
 }
 
 /// A session as the API shows it.

@@ -5,7 +5,7 @@
 
 use agentd_protocol::agent::{AgentSpec, PermissionPolicy};
 use agentd_protocol::command::{Command, CommandResponse};
-use agentd_protocol::event::EventPayload;
+use agentd_protocol::event::{EventPayload, ModelUsage};
 use agentd_protocol::ids::{AgentId, EventId, GroupId, SessionId, ShardId};
 use agentd_protocol::resource::{
     AgentBody, CreatedWithin, Order, ResourceBody, ResourceId, ResourceKind, ResourceQuery, ResourceVersion,
@@ -16,7 +16,6 @@ use agentd_raft::state::StateMachine;
 use agentd_raft::store::Db;
 use agentd_raft::types::{Entry, LogId, TypeConfig};
 use openraft::entry::RaftEntry;
-use openraft::storage::RaftStateMachine;
 
 const SHARD: ShardId = ShardId(0);
 
@@ -207,4 +206,49 @@ async fn a_deleted_sessions_log_ends_with_session_deleted_and_refuses_more() {
         limit: 10,
     };
     assert!(reader.sessions_page("a", &query).expect("page").sessions.is_empty(), "a deleted session is listed");
+}
+
+#[tokio::test]
+async fn a_sessions_usage_sums_each_requests_model_usage_and_old_usage_events() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = Db::open(dir.path()).expect("open");
+    let (mut shard, reader) = db.state_machine(GroupId::Shard(SHARD)).expect("state machine");
+    let session_id = SessionId::from_random(6);
+    let runtime = |id: u128, payload: EventPayload| Command::Append {
+        session_id,
+        event_id: EventId::from_random(id),
+        payload,
+        processed_at_ms: 2,
+        epoch: Some(1),
+    };
+    let start = EventId::from_random(10);
+    let model_usage = ModelUsage {
+        input_tokens: 100,
+        output_tokens: 20,
+        cache_creation_input_tokens: 3,
+        cache_read_input_tokens: 40,
+    };
+    let commands = vec![
+        create_session(session_id, "a", 1),
+        Command::ClaimEpoch { session_id },
+        runtime(10, EventPayload::SpanModelRequestStart { model: "m".into() }),
+        runtime(11, EventPayload::SpanModelRequestEnd { model_request_start_id: start, is_error: false, model_usage }),
+        // As a log written before usage moved onto the span's end has it.
+        runtime(12, EventPayload::SpanModelRequestStart { model: "m".into() }),
+        runtime(13, EventPayload::SpanModelRequestEndWithoutUsage { model_request_start_id: start, is_error: false }),
+        runtime(14, EventPayload::SessionUsage { input_tokens: 5, output_tokens: 7 }),
+    ];
+    let responses = apply(&mut shard, 1, commands).await;
+    assert_eq!(responses[1], CommandResponse::Epoch(1));
+    assert!(
+        responses[2..].iter().all(|response| matches!(response, CommandResponse::Appended { .. })),
+        "{responses:?}"
+    );
+    let usage = reader.session_view(session_id).expect("read").expect("exists").usage;
+    assert_eq!(
+        (usage.model_requests, usage.input_tokens, usage.output_tokens),
+        (2, 105, 27),
+        "both requests, each counted once"
+    );
+    assert_eq!((usage.cache_creation_input_tokens, usage.cache_read_input_tokens), (3, 40));
 }

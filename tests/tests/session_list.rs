@@ -83,7 +83,9 @@ async fn sessions_are_listed_once_per_workspace_across_shards() -> anyhow::Resul
         loop {
             match client.get_session(theirs).await {
                 Err(ClientError::Api(ApiError::Unauthenticated { .. })) => break,
-                other if std::time::Instant::now() > deadline => panic!("{addr} still accepts a revoked key: {other:?}"),
+                other if std::time::Instant::now() > deadline => {
+                    panic!("{addr} still accepts a revoked key: {other:?}")
+                }
                 _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
             }
         }

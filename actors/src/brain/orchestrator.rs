@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use agentd_protocol::agent::AgentSpec;
 use agentd_protocol::api::{SessionInfo, SessionStatus};
-use agentd_protocol::event::{ContentBlock, Event, EventPayload, JsonText, StopReason};
+use agentd_protocol::event::{ContentBlock, Event, EventPayload, JsonText, ModelUsage, StopReason};
 use agentd_protocol::ids::{EventId, SessionId};
 use agentd_protocol::ApiError;
 use futures_util::future::BoxFuture;
@@ -196,7 +196,11 @@ impl Run<'_> {
             Err(error) => {
                 tracing::warn!(session = %self.session.session_id, %error, "model call failed");
                 appender
-                    .append(EventPayload::SpanModelRequestEnd { model_request_start_id: start, is_error: true })
+                    .append(EventPayload::SpanModelRequestEnd {
+                        model_request_start_id: start,
+                        is_error: true,
+                        model_usage: ModelUsage::default(),
+                    })
                     .await?;
                 appender
                     .append(EventPayload::SessionError { kind: error.kind().into(), message: error.to_string() })
@@ -238,10 +242,9 @@ impl Run<'_> {
             };
             appender.append(payload).await?;
         }
-        appender.append(EventPayload::SpanModelRequestEnd { model_request_start_id: start, is_error: false }).await?;
-        let usage = response.usage;
+        let model_usage = response.usage;
         appender
-            .append(EventPayload::SessionUsage { input_tokens: usage.input_tokens, output_tokens: usage.output_tokens })
+            .append(EventPayload::SpanModelRequestEnd { model_request_start_id: start, is_error: false, model_usage })
             .await?;
         Ok(())
     }

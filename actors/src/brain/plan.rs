@@ -197,7 +197,10 @@ fn stuck_on(turn: &[Event]) -> Option<String> {
             EventPayload::AgentToolUse { name, input } | EventPayload::AgentCustomToolUse { name, input } => {
                 current.push((name.clone(), input.as_str().to_string()));
             }
-            EventPayload::SpanModelRequestEnd { is_error: false, .. } => responses.push(std::mem::take(&mut current)),
+            EventPayload::SpanModelRequestEnd { is_error: false, .. }
+            | EventPayload::SpanModelRequestEndWithoutUsage { is_error: false, .. } => {
+                responses.push(std::mem::take(&mut current))
+            }
             _ => {}
         }
     }
@@ -254,7 +257,7 @@ pub fn conversation(events: &[Event]) -> Vec<Message> {
 #[cfg(test)]
 mod tests {
     use agentd_protocol::agent::{BuiltInTool, CustomTool};
-    use agentd_protocol::event::JsonText;
+    use agentd_protocol::event::{JsonText, ModelUsage};
     use agentd_protocol::ids::SessionId;
 
     use super::*;
@@ -299,7 +302,12 @@ mod tests {
         fn model_turn(&mut self, payloads: Vec<EventPayload>) -> Vec<EventId> {
             let start = self.push(EventPayload::SpanModelRequestStart { model: "m".into() });
             let ids = payloads.into_iter().map(|payload| self.push(payload)).collect();
-            self.push(EventPayload::SpanModelRequestEnd { model_request_start_id: start, is_error: false });
+            let model_usage = ModelUsage::default();
+            self.push(EventPayload::SpanModelRequestEnd {
+                model_request_start_id: start,
+                is_error: false,
+                model_usage,
+            });
             ids
         }
 

@@ -30,6 +30,7 @@ mod response;
 
 use futures_util::future::BoxFuture;
 
+pub use agentd_protocol::event::ModelUsage;
 pub use error::ModelError;
 pub use http::{
     HttpClient, HttpResponse, HttpStream, SseDecoder, TlsConnector, CONNECT_TIMEOUT_MS, REQUEST_TIMEOUT_MS_DEFAULT,
@@ -50,7 +51,7 @@ pub use resilience::{
     BreakerPermit, BreakerState, CircuitBreaker, ResilientProvider, RetryPolicy, BREAKER_COOL_DOWN_MS_DEFAULT,
     BREAKER_FAILURES_MAX_DEFAULT,
 };
-pub use response::{ModelResponse, StopReason, Usage};
+pub use response::{ModelResponse, StopReason};
 
 /// A language model behind some API.
 pub trait ModelProvider: Send + Sync + 'static {

@@ -1,5 +1,7 @@
 //! What a model answered.
 
+use agentd_protocol::event::ModelUsage;
+
 use super::Block;
 
 /// Why the model stopped.
@@ -12,18 +14,11 @@ pub enum StopReason {
     Other(String),
 }
 
-/// Tokens billed for one call.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-}
-
 /// One model answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelResponse {
     /// Only `Block::Text` and `Block::ToolUse`.
     pub content: Vec<Block>,
     pub stop_reason: StopReason,
-    pub usage: Usage,
+    pub usage: ModelUsage,
 }

@@ -58,7 +58,11 @@ fn payload(payload: &EventPayload) -> Value {
         }}),
         EventPayload::SessionError { kind, message } => json!({"error": {"type": kind, "message": message}}),
         EventPayload::SpanModelRequestStart { model } => json!({"model": model}),
-        EventPayload::SpanModelRequestEnd { model_request_start_id, is_error } => json!({
+        EventPayload::SpanModelRequestEnd { model_request_start_id, is_error, model_usage } => json!({
+            "model_request_start_id": model_request_start_id.to_string(), "is_error": is_error,
+            "model_usage": model_usage,
+        }),
+        EventPayload::SpanModelRequestEndWithoutUsage { model_request_start_id, is_error } => json!({
             "model_request_start_id": model_request_start_id.to_string(), "is_error": is_error,
         }),
         EventPayload::SessionUsage { input_tokens, output_tokens } => {

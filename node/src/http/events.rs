@@ -92,7 +92,12 @@ pub(super) fn event_json(event: &Event, agent: Option<&AgentSnapshot>) -> Value 
         EventPayload::SessionError { kind, message } => json!({
             "error": {"type": kind, "message": message, "retry_status": {"type": "exhausted"}},
         }),
-        EventPayload::SpanModelRequestEnd { model_request_start_id, is_error } => json!({
+        EventPayload::SpanModelRequestEnd { model_request_start_id, is_error, model_usage } => json!({
+            "model_request_start_id": model_request_start_id.to_string(), "is_error": is_error,
+            "model_usage": model_usage,
+        }),
+        // Its usage is in the `session.usage` event that follows it.
+        EventPayload::SpanModelRequestEndWithoutUsage { model_request_start_id, is_error } => json!({
             "model_request_start_id": model_request_start_id.to_string(), "is_error": is_error,
         }),
         EventPayload::SpanModelRequestStart { model } => json!({"model": model}),
@@ -206,8 +211,8 @@ pub async fn send(
     let mut echoed = Vec::with_capacity(payloads.len());
     for (index, payload) in payloads.into_iter().enumerate() {
         let id = EventId::from_random(bits.wrapping_add(index as u128));
-        let (seq, _) = state.service.append(&caller, session_id, id, payload.clone()).await?;
-        let event = Event { session_id, seq, id, processed_at_ms: state.service.now_ms(), payload };
+        let appended = state.service.append(&caller, session_id, id, payload.clone()).await?;
+        let event = Event { session_id, seq: appended.seq, id, processed_at_ms: appended.processed_at_ms, payload };
         echoed.push(event_json(&event, None));
     }
     Ok(Json(json!({"data": echoed})))

@@ -114,7 +114,8 @@ pub(super) fn session_json(view: &SessionView, agent: Option<&AgentSnapshot>) ->
         "usage": {
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
-            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+            "cache_read_input_tokens": usage.cache_read_input_tokens,
         },
         "stats": {},
         "outcome_evaluations": [],

@@ -6,8 +6,8 @@
 //! that names the vault (`vault_ids`) get `secret_name` set to the value,
 //! which is scrubbed from every result before it is recorded. Until secrets
 //! are injected at egress, such a credential reaches every host its tools
-//! reach: `networking` must be `unrestricted`, and `injection_location` is
-//! refused. MCP credentials (`static_bearer`, `mcp_oauth`) come with MCP.
+//! reach: `networking` must be `unrestricted`, and `injection_location` (a
+//! placeholder substituted at egress) is refused unless it asks for nothing. MCP credentials (`static_bearer`, `mcp_oauth`) come with MCP.
 
 use agentd_protocol::api::{ClientRequest, CredentialChange};
 use agentd_protocol::ids::{CredentialId, VaultId};
@@ -69,7 +69,8 @@ fn credential_json(vault_id: VaultId, credential: &Credential) -> Value {
             "type": "environment_variable",
             "secret_name": credential.secret_name,
             "networking": {"type": "unrestricted"},
-            "injection_location": null,
+            // The tools see the value itself; nothing substitutes a placeholder.
+            "injection_location": {"header": false, "body": false},
         },
         "created_at": rfc3339(credential.created_at_ms),
         "updated_at": rfc3339(credential.updated_at_ms),
@@ -203,7 +204,8 @@ fn auth_change(auth: &Value, change: &mut CredentialChange, create: bool) -> Res
         other => return Err(HttpError::invalid(format!("auth.type: unknown credential type {other:?}"))),
     }
     only("auth.", map, &["type", "secret_name", "secret_value", "networking", "injection_location"])?;
-    if map.get("injection_location").is_some_and(|value| !value.is_null()) {
+    let substitutes = |location: &Value| location.as_object().is_none_or(|map| map.values().any(|on| on != false));
+    if map.get("injection_location").is_some_and(|value| !value.is_null() && substitutes(value)) {
         return Err(HttpError::unsupported(
             "auth.injection_location",
             "secrets are injected at egress in a later release",

@@ -27,7 +27,7 @@ mod status;
 use std::sync::Arc;
 
 use agentd_protocol::agent::{Agent, AgentSpec, Environment, EnvironmentSpec, VaultInfo};
-use agentd_protocol::api::{ClientRequest, ClientResponse, ClusterStatus, Consistency, SessionInfo};
+use agentd_protocol::api::{Appended, ClientRequest, ClientResponse, ClusterStatus, Consistency, SessionInfo};
 use agentd_protocol::event::{Event, EventPayload};
 use agentd_protocol::ids::{AgentId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId};
 use agentd_protocol::ApiError;
@@ -126,15 +126,15 @@ impl Service {
     }
 
     /// Appends a client's event; `event_id` is the idempotency key. Answers
-    /// `(seq, duplicate)` once the event is committed.
+    /// once the event is committed, with where it landed.
     pub async fn append(
         &self,
         caller: &Caller,
         session_id: SessionId,
         event_id: EventId,
         payload: EventPayload,
-    ) -> Result<(u64, bool), ApiError> {
-        self.call(caller, ClientRequest::Append { session_id, event_id, payload }).await?.into_appended()
+    ) -> Result<Appended, ApiError> {
+        self.call(caller, ClientRequest::Append { session_id, event_id, payload }).await?.into_committed()
     }
 
     /// Up to `limit` events with `seq >= from_seq`, and where the next read starts.

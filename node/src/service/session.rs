@@ -5,7 +5,7 @@
 //! one, is "not found" for every client.
 
 use agentd_protocol::agent::AgentRef;
-use agentd_protocol::api::{ClientRequest, ClientResponse};
+use agentd_protocol::api::{Appended, ClientRequest, ClientResponse};
 use agentd_protocol::command::Command;
 use agentd_protocol::ids::{AgentId, EventId, SessionId, ShardId};
 use agentd_protocol::resource::{
@@ -45,9 +45,13 @@ impl Service {
             }
             ClientRequest::Append { session_id, event_id, payload } => {
                 payload.validate_from_client()?;
-                let (seq, duplicate) =
-                    self.sessions().append(group, session_id, event_id, payload, self.now_ms()).await?;
-                Ok(ClientResponse::Appended { seq, duplicate })
+                let at_ms = self.now_ms();
+                let (seq, duplicate) = self.sessions().append(group, session_id, event_id, payload, at_ms).await?;
+                let appended = match duplicate {
+                    false => Appended { seq, duplicate, processed_at_ms: at_ms },
+                    true => stored(group, session_id, seq)?,
+                };
+                Ok(ClientResponse::Appended(appended))
             }
             ClientRequest::RetrySession { session_id } => {
                 #[allow(
@@ -55,13 +59,15 @@ impl Service {
                     reason = "the id only needs to be unique; the simulator never retries a dead-lettered session"
                 )]
                 let event_id = EventId::from_random(rand::random());
-                propose_append(group, Command::Reschedule { session_id, event_id, at_ms: self.now_ms() }).await
+                propose_append(group, session_id, Command::Reschedule { session_id, event_id, at_ms: self.now_ms() })
+                    .await
             }
             ClientRequest::TerminateSession { session_id } => {
                 // A session ends once: its termination's id follows from its own
                 // (no randomness, so the simulator's runs stay reproducible).
                 let event_id = EventId(session_id.0.map(|byte| byte ^ 0x5a));
-                propose_append(group, Command::Terminate { session_id, event_id, at_ms: self.now_ms() }).await
+                propose_append(group, session_id, Command::Terminate { session_id, event_id, at_ms: self.now_ms() })
+                    .await
             }
             ClientRequest::GetSession { session_id } => {
                 ensure_linearizable(group).await?;
@@ -226,10 +232,24 @@ fn validate_update(update: &SessionUpdate) -> Result<(), ApiError> {
     validate_metadata(&set)
 }
 
-/// Proposes a command that appends one event, answering with its sequence number.
-async fn propose_append(group: &GroupHandle, command: Command) -> Result<ClientResponse, ApiError> {
+/// Proposes a command that appends one event to `session_id`, answering
+/// with where it landed.
+async fn propose_append(
+    group: &GroupHandle,
+    session_id: SessionId,
+    command: Command,
+) -> Result<ClientResponse, ApiError> {
     let (seq, duplicate) = propose(group, command).await?.into_appended()?;
-    Ok(ClientResponse::Appended { seq, duplicate })
+    Ok(ClientResponse::Appended(Appended { duplicate, ..stored(group, session_id, seq)? }))
+}
+
+/// The committed event at `seq`, as this leader applied it (it applies an
+/// entry before acknowledging it), as an append's answer.
+fn stored(group: &GroupHandle, session_id: SessionId, seq: u64) -> Result<Appended, ApiError> {
+    let event = group.state.events(session_id, seq, 1)?.into_iter().find(|event| event.seq == seq);
+    let event = event
+        .ok_or_else(|| ApiError::Internal { message: format!("event {seq} of {session_id} is not applied here") })?;
+    Ok(Appended { seq, duplicate: true, processed_at_ms: event.processed_at_ms })
 }
 
 /// Makes sure this node is still the leader, so a read sees every

@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use agentd_actors::model::{Block, ModelError, ModelProvider, ModelRequest, ModelResponse, Role, StopReason, Usage};
+use agentd_actors::model::{
+    Block, ModelError, ModelProvider, ModelRequest, ModelResponse, ModelUsage, Role, StopReason,
+};
 use futures_util::future::BoxFuture;
 
 /// The model name agents in the simulation use (served by [`SimModel`]).
@@ -38,7 +40,11 @@ impl ModelProvider for SimModel {
                 1 => (vec![bash(step, "echo token=$SIM_TOKEN")], StopReason::ToolUse),
                 _ => (vec![Block::Text { text: "done".into() }], StopReason::EndTurn),
             };
-            Ok(ModelResponse { content, stop_reason, usage: Usage { input_tokens: 10, output_tokens: 5 } })
+            Ok(ModelResponse {
+                content,
+                stop_reason,
+                usage: ModelUsage { input_tokens: 10, output_tokens: 5, ..ModelUsage::default() },
+            })
         })
     }
 }

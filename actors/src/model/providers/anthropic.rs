@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::anthropic_stream::StreamAssembler;
 use crate::model::http::{HttpClient, SseDecoder};
-use crate::model::{Block, Message, ModelError, ModelProvider, ModelRequest, ModelResponse, StopReason, Usage};
+use crate::model::{Block, Message, ModelError, ModelProvider, ModelRequest, ModelResponse, ModelUsage, StopReason};
 
 /// The API version this provider speaks.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -180,8 +180,14 @@ pub(crate) fn stop_reason_from(reason: &str) -> StopReason {
     }
 }
 
-/// Reads `{input_tokens, output_tokens}`; missing counts are zero.
-pub(crate) fn parse_usage(usage: Option<&Value>) -> Usage {
+/// Reads `{input_tokens, output_tokens, cache_creation_input_tokens,
+/// cache_read_input_tokens}`; missing counts are zero.
+pub(crate) fn parse_usage(usage: Option<&Value>) -> ModelUsage {
     let count = |name: &str| usage.and_then(|usage| usage.get(name)).and_then(Value::as_u64).unwrap_or(0);
-    Usage { input_tokens: count("input_tokens"), output_tokens: count("output_tokens") }
+    ModelUsage {
+        input_tokens: count("input_tokens"),
+        output_tokens: count("output_tokens"),
+        cache_creation_input_tokens: count("cache_creation_input_tokens"),
+        cache_read_input_tokens: count("cache_read_input_tokens"),
+    }
 }

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::anthropic::{parse_usage, stop_reason_from};
 use crate::model::http::SseDecoder;
-use crate::model::{Block, ModelError, ModelResponse, StopReason, Usage};
+use crate::model::{Block, ModelError, ModelResponse, ModelUsage, StopReason};
 
 /// Bound on the content blocks of one streamed answer.
 pub const STREAM_BLOCKS_MAX: usize = 1024;
@@ -33,7 +33,7 @@ pub struct StreamAssembler {
     blocks: BTreeMap<u64, PartialBlock>,
     finished: Vec<(u64, Block)>,
     stop_reason: Option<StopReason>,
-    usage: Usage,
+    usage: ModelUsage,
     stopped: bool,
 }
 

@@ -6,7 +6,9 @@ use serde_json::{json, Map, Value};
 
 use super::anthropic::json_object;
 use crate::model::http::HttpClient;
-use crate::model::{Block, Message, ModelError, ModelProvider, ModelRequest, ModelResponse, Role, StopReason, Usage};
+use crate::model::{
+    Block, Message, ModelError, ModelProvider, ModelRequest, ModelResponse, ModelUsage, Role, StopReason,
+};
 
 /// The prefix of model strings routed here; it is stripped before sending.
 pub const OPENAI_MODEL_PREFIX: &str = "openai:";
@@ -161,7 +163,13 @@ pub fn parse_response(body: &[u8]) -> Result<ModelResponse, ModelError> {
     };
     let usage = value.get("usage");
     let count = |name: &str| usage.and_then(|usage| usage.get(name)).and_then(Value::as_u64).unwrap_or(0);
-    let usage = Usage { input_tokens: count("prompt_tokens"), output_tokens: count("completion_tokens") };
+    let cached = usage.and_then(|usage| usage.pointer("/prompt_tokens_details/cached_tokens")).and_then(Value::as_u64);
+    let usage = ModelUsage {
+        input_tokens: count("prompt_tokens"),
+        output_tokens: count("completion_tokens"),
+        cache_read_input_tokens: cached.unwrap_or(0),
+        ..ModelUsage::default()
+    };
     Ok(ModelResponse { content, stop_reason, usage })
 }
 

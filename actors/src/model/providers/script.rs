@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
-use crate::model::{Block, ModelError, ModelProvider, ModelRequest, ModelResponse, Role, StopReason, Usage};
+use crate::model::{Block, ModelError, ModelProvider, ModelRequest, ModelResponse, ModelUsage, Role, StopReason};
 
 /// What a script answers once all its turns were played.
 pub const SCRIPT_FINISHED: &str = "(script finished)";
@@ -121,11 +121,15 @@ fn script_block(turn_index: usize, block_index: usize, block: &Value) -> Result<
 
 /// A deterministic stand-in for token counts: a quarter of the bytes of
 /// the request's and the answer's text, rounded up.
-pub fn estimate_usage(request: &ModelRequest, content: &[Block]) -> Usage {
+pub fn estimate_usage(request: &ModelRequest, content: &[Block]) -> ModelUsage {
     let system_bytes = request.system.as_ref().map_or(0, String::len);
     let request_bytes =
         system_bytes + request.messages.iter().map(|message| blocks_bytes(&message.content)).sum::<usize>();
-    Usage { input_tokens: bytes_to_tokens(request_bytes), output_tokens: bytes_to_tokens(blocks_bytes(content)) }
+    ModelUsage {
+        input_tokens: bytes_to_tokens(request_bytes),
+        output_tokens: bytes_to_tokens(blocks_bytes(content)),
+        ..ModelUsage::default()
+    }
 }
 
 fn blocks_bytes(blocks: &[Block]) -> usize {

@@ -155,11 +155,20 @@ impl ApplyBatch<'_> {
     /// Adds a model request or its token counts to the session's usage.
     fn count_usage(&mut self, session_id: SessionId, payload: &EventPayload) -> Result<(), Error> {
         let mut usage = match payload {
-            EventPayload::SpanModelRequestStart { .. } | EventPayload::SessionUsage { .. } => self.usage(session_id)?,
+            EventPayload::SpanModelRequestStart { .. }
+            | EventPayload::SpanModelRequestEnd { .. }
+            | EventPayload::SessionUsage { .. } => self.usage(session_id)?,
             _ => return Ok(()),
         };
         match payload {
             EventPayload::SpanModelRequestStart { .. } => usage.model_requests += 1,
+            EventPayload::SpanModelRequestEnd { model_usage, .. } => {
+                usage.input_tokens += model_usage.input_tokens;
+                usage.output_tokens += model_usage.output_tokens;
+                usage.cache_creation_input_tokens += model_usage.cache_creation_input_tokens;
+                usage.cache_read_input_tokens += model_usage.cache_read_input_tokens;
+            }
+            // Logs written before usage moved onto the span's end.
             EventPayload::SessionUsage { input_tokens, output_tokens } => {
                 usage.input_tokens += input_tokens;
                 usage.output_tokens += output_tokens;
