@@ -27,4 +27,35 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 echo "setup: system packages present"
+
+# The official Anthropic SDKs, which tests/tests/sdk_*.rs drive against a cluster's HTTP API:
+# Python `anthropic` in a venv and npm `@anthropic-ai/sdk` in a prefix, both under
+# /var/cache/agentd so they survive new clones. Skipped when the pinned versions are there.
+sdk_python=2.10.0
+sdk_node=1.16.0
+sdk_dir=/var/cache/agentd
+venv="$sdk_dir/python"
+if ! "$venv/bin/python" -c "import anthropic, sys; sys.exit(anthropic.__version__ != '$sdk_python')" 2>/dev/null; then
+  echo "setup: installing anthropic==$sdk_python into $venv"
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
+  mkdir -p "$sdk_dir"
+  python3 -m venv --clear "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "anthropic==$sdk_python"
+fi
+sdk_package="$sdk_dir/node/node_modules/@anthropic-ai/sdk/package.json"
+if ! node -e "process.exit(require('$sdk_package').version === '$sdk_node' ? 0 : 1)" 2>/dev/null; then
+  echo "setup: installing @anthropic-ai/sdk@$sdk_node into $sdk_dir/node"
+  if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  mkdir -p "$sdk_dir/node"
+  npm install --prefix "$sdk_dir/node" --silent --no-audit --no-fund "@anthropic-ai/sdk@$sdk_node" >/dev/null
+fi
+echo "setup: SDKs present"
 "$(dirname "$0")/oci-rootfs.sh"

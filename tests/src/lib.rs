@@ -32,10 +32,18 @@ pub fn free_port() -> u16 {
     socket.local_addr().expect("local address").port()
 }
 
+/// A free TCP port on loopback (free when asked; the node binds it soon after).
+pub fn free_tcp_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral TCP port");
+    listener.local_addr().expect("local address").port()
+}
+
 pub struct NodeProcess {
     pub id: u64,
     pub addr: String,
     pub data_dir: PathBuf,
+    /// The `--http` address of the Managed Agents HTTP API, if it serves one.
+    pub http: Option<String>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -79,6 +87,26 @@ impl Cluster {
     /// Starts `size` nodes: node 1 with `--init`, the others with `--join`,
     /// and waits until every shard has `min(size, replication)` voters.
     pub async fn start(binary: PathBuf, size: usize, extra_args: &[&str]) -> Result<Cluster> {
+        Cluster::start_nodes(binary, size, extra_args, false).await
+    }
+
+    /// Like [`Cluster::start`], with each node also serving the Managed Agents
+    /// HTTP API on a port of its own (`--http 127.0.0.1:PORT`); waits until
+    /// every node accepts HTTP connections and returns the nodes' base URLs
+    /// (`http://127.0.0.1:PORT`, what the SDKs take as `base_url`), in node order.
+    pub async fn start_with_http(binary: PathBuf, size: usize, extra_args: &[&str]) -> Result<(Cluster, Vec<String>)> {
+        let cluster = Cluster::start_nodes(binary, size, extra_args, true).await?;
+        for node in &cluster.nodes {
+            let addr = node.http.as_deref().context("a node without --http")?;
+            wait_listening(addr, Duration::from_secs(60))
+                .await
+                .with_context(|| format!("node {} log tail:\n{}", node.id, node.log_tail()))?;
+        }
+        let urls = cluster.http_urls();
+        Ok((cluster, urls))
+    }
+
+    async fn start_nodes(binary: PathBuf, size: usize, extra_args: &[&str], http: bool) -> Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("agentd-e2e-").tempdir()?;
         let mut cluster = Cluster {
             binary,
@@ -91,7 +119,8 @@ impl Cluster {
             let addr = format!("127.0.0.1:{}", free_port());
             let data_dir = cluster.dir.path().join(format!("n{id}"));
             let log = cluster.dir.path().join(format!("n{id}.log"));
-            cluster.nodes.push(NodeProcess { id, addr, data_dir, log, child: None });
+            let http = http.then(|| format!("127.0.0.1:{}", free_tcp_port()));
+            cluster.nodes.push(NodeProcess { id, addr, data_dir, http, log, child: None });
             let bootstrap = if id == 1 {
                 vec!["--init".to_string()]
             } else {
@@ -117,11 +146,13 @@ impl Cluster {
         let binary = self.binary.clone();
         let node = &mut self.nodes[(id - 1) as usize];
         let log = File::options().create(true).append(true).open(&node.log)?;
+        let http: Vec<&str> = node.http.as_deref().map(|addr| vec!["--http", addr]).unwrap_or_default();
         let child = Command::new(&binary)
             .arg("start")
             .args(["--node-id", &id.to_string(), "--listen", &node.addr, "--data-dir"])
             .arg(&node.data_dir)
             .args(bootstrap)
+            .args(&http)
             .args(&extra)
             .env("AGENTD_LOG", "info,openraft=warn,quinn=warn")
             .stdin(Stdio::null())
@@ -150,6 +181,48 @@ impl Cluster {
 
     pub fn addrs(&self) -> Vec<String> {
         self.nodes.iter().map(|node| node.addr.clone()).collect()
+    }
+
+    /// The base URL of each node's HTTP API (`http://127.0.0.1:PORT`), in node
+    /// order; empty unless the cluster was started with [`Cluster::start_with_http`].
+    pub fn http_urls(&self) -> Vec<String> {
+        self.nodes.iter().filter_map(|node| node.http.as_ref().map(|addr| format!("http://{addr}"))).collect()
+    }
+
+    /// The last lines of every node's log, for a failure message.
+    pub fn log_tails(&self) -> String {
+        let tails: Vec<String> =
+            self.nodes.iter().map(|node| format!("--- node {} log tail:\n{}", node.id, node.log_tail())).collect();
+        tails.join("\n")
+    }
+
+    /// Makes an API key for `workspace` with `agentd apikey create --json`;
+    /// returns its id and its secret.
+    pub fn create_api_key(&self, workspace: &str) -> Result<(String, String)> {
+        let output = self
+            .command()?
+            .args(["apikey", "create", "--addr", self.running_addr()?, "--workspace", workspace, "--json"])
+            .output()?;
+        if !output.status.success() {
+            bail!("agentd apikey create failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let created: serde_json::Value = serde_json::from_slice(&output.stdout).context("apikey create --json")?;
+        let field =
+            |name: &str| created[name].as_str().map(str::to_owned).with_context(|| format!("no {name}: {created}"));
+        Ok((field("id")?, field("key")?))
+    }
+
+    /// Revokes the API key `key_id` with `agentd apikey revoke`.
+    pub fn revoke_api_key(&self, key_id: &str) -> Result<()> {
+        let output = self.command()?.args(["apikey", "revoke", "--addr", self.running_addr()?, key_id]).output()?;
+        if !output.status.success() {
+            bail!("agentd apikey revoke failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(())
+    }
+
+    fn running_addr(&self) -> Result<&str> {
+        Ok(&self.nodes.iter().find(|node| node.is_running()).context("no node is running")?.addr)
     }
 
     /// The admin API key node 1 wrote at `--init`.
@@ -274,6 +347,18 @@ pub fn leader_views(status: &ClusterStatus) -> Vec<agentd_protocol::api::GroupSt
     views.into_values().collect()
 }
 
+/// Waits until something accepts TCP connections at `addr`.
+pub async fn wait_listening(addr: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => return Ok(()),
+            Err(error) if Instant::now() > deadline => bail!("nothing listens on {addr} after {timeout:?}: {error}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 fn truncate(text: &str, max: usize) -> &str {
     match text.char_indices().nth(max) {
         Some((index, _)) => &text[..index],
@@ -353,4 +438,134 @@ pub async fn scripted_bash_agent(
         max_model_calls_per_turn: 10,
     };
     Ok(client.put_agent(None, spec).await?.id)
+}
+
+/// Where `scripts/setup.sh` installs the official Python SDK (`anthropic`, in a venv).
+pub const SDK_PYTHON_VENV: &str = "/var/cache/agentd/python";
+/// Where `scripts/setup.sh` installs the official TypeScript SDK (`@anthropic-ai/sdk`).
+pub const SDK_NODE_PREFIX: &str = "/var/cache/agentd/node";
+/// The SDK versions the compatibility tests pin.
+pub const SDK_PYTHON_VERSION: &str = "2.10.0";
+pub const SDK_NODE_VERSION: &str = "1.16.0";
+
+/// `tests/sdk`: the scripts that drive the official SDKs, and their model scripts.
+pub fn sdk_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sdk")
+}
+
+/// A command that runs a script of `tests/sdk` with the cached Python SDK's
+/// interpreter (in `tests/sdk`, with no `ANTHROPIC_*` variable). Fails,
+/// saying to run scripts/setup.sh, when that SDK is not installed.
+pub fn sdk_python() -> Result<Command> {
+    let python = PathBuf::from(SDK_PYTHON_VENV).join("bin/python");
+    let probe = format!("import anthropic, sys; sys.exit(anthropic.__version__ != '{SDK_PYTHON_VERSION}')");
+    let installed = Command::new(&python).args(["-c", &probe]).output().is_ok_and(|output| output.status.success());
+    if !installed {
+        bail!(
+            "the official Python SDK (anthropic=={SDK_PYTHON_VERSION}) is not installed in {SDK_PYTHON_VENV}: \
+             run scripts/setup.sh"
+        );
+    }
+    let mut command = Command::new(python);
+    // No __pycache__ left in the source tree.
+    command.current_dir(sdk_dir()).env("PYTHONDONTWRITEBYTECODE", "1");
+    without_sdk_variables(&mut command);
+    Ok(command)
+}
+
+/// A command that runs a script of `tests/sdk` with `node`, resolving
+/// `@anthropic-ai/sdk` from the cached install. Fails, saying to run
+/// scripts/setup.sh, when that SDK is not installed.
+pub fn sdk_node() -> Result<Command> {
+    let modules = PathBuf::from(SDK_NODE_PREFIX).join("node_modules");
+    let manifest = modules.join("@anthropic-ai/sdk/package.json");
+    let version = std::fs::read(&manifest)
+        .ok()
+        .and_then(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
+        .and_then(|package| package["version"].as_str().map(str::to_owned));
+    if version.as_deref() != Some(SDK_NODE_VERSION) {
+        bail!(
+            "the official TypeScript SDK (@anthropic-ai/sdk@{SDK_NODE_VERSION}) is not installed in \
+             {SDK_NODE_PREFIX} (found {version:?}): run scripts/setup.sh"
+        );
+    }
+    let mut command = Command::new("node");
+    command.current_dir(sdk_dir()).env("AGENTD_SDK_NODE_DIR", SDK_NODE_PREFIX).env("NODE_PATH", modules);
+    without_sdk_variables(&mut command);
+    Ok(command)
+}
+
+fn without_sdk_variables(command: &mut Command) {
+    for variable in ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL", "AGENTD_API_KEY"] {
+        command.env_remove(variable);
+    }
+}
+
+/// Runs an SDK script to its end; returns its standard output, or fails with
+/// its output and the cluster's logs when it exits non-zero.
+pub fn run_sdk_script(command: &mut Command, cluster: &Cluster) -> Result<String> {
+    let output = command.stdin(Stdio::null()).output().with_context(|| format!("cannot run {command:?}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}):\n--- stdout:\n{stdout}\n--- stderr:\n{}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr),
+            cluster.log_tails()
+        );
+    }
+    Ok(stdout)
+}
+
+/// Runs an SDK script that asks the test to act: each line it prints goes to
+/// `act`, whose answer (if any) is written back as a line on the script's
+/// stdin (e.g. `KILL` → SIGKILL a node → `killed`). Returns the script's
+/// stdout, or fails with its output and the cluster's logs when it exits
+/// non-zero.
+pub fn run_sdk_script_with(
+    command: &mut Command,
+    cluster: &mut Cluster,
+    mut act: impl FnMut(&str, &mut Cluster) -> Result<Option<String>>,
+) -> Result<String> {
+    use std::io::{BufRead, Write};
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stderr_path = cluster.dir.path().join(format!("sdk-script-{run}.stderr"));
+    let mut script = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(File::create(&stderr_path)?)
+        .spawn()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    let stdout = script.stdout.take().context("the script's stdout")?;
+    let mut stdin = script.stdin.take().context("the script's stdin")?;
+    let mut printed = String::new();
+    let mut acted = Ok(());
+    for line in std::io::BufReader::new(stdout).lines() {
+        let step = line.map_err(anyhow::Error::from).and_then(|line| {
+            printed.push_str(&line);
+            printed.push('\n');
+            if let Some(answer) = act(line.trim(), cluster)? {
+                writeln!(stdin, "{answer}")?;
+                stdin.flush()?;
+            }
+            Ok(())
+        });
+        if step.is_err() {
+            acted = step;
+            break;
+        }
+    }
+    drop(stdin);
+    if acted.is_err() {
+        let _ = script.kill();
+    }
+    let status = script.wait()?;
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let context = format!("--- stdout:\n{printed}\n--- stderr:\n{stderr}\n{}", cluster.log_tails());
+    acted.with_context(|| context.clone())?;
+    if !status.success() {
+        bail!("{command:?} failed ({status}):\n{context}");
+    }
+    Ok(printed + &stderr)
 }
