@@ -5,6 +5,7 @@
 
 pub mod append;
 pub mod first_model_request;
+pub mod http;
 pub mod sandbox;
 
 use std::time::Duration;

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use super::Target;
-use crate::bench::{append, first_model_request, sandbox};
+use crate::bench::{append, first_model_request, http, sandbox};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -42,6 +42,11 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         payload_bytes: usize,
     },
+    /// The Managed Agents HTTP API against native QUIC: appends, session reads, SSE fan-out.
+    Http {
+        #[command(subcommand)]
+        command: http::HttpCommand,
+    },
 }
 
 pub async fn run(command: BenchCommand) -> Result<()> {
@@ -51,6 +56,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Append { target, clients, events, payload_bytes } => {
             run_append(target, clients, events, payload_bytes).await
         }
+        BenchCommand::Http { command } => run_http(command).await,
     }
 }
 
@@ -100,5 +106,25 @@ async fn run_append(target: Target, clients: u32, events: u64, payload_bytes: us
             report.events, report.clients, report.seconds, report.events_per_sec, report.p50_ms, report.p99_ms, report.p999_ms, report.max_ms, report.errors
         );
     }
+    Ok(())
+}
+
+async fn run_http(command: http::HttpCommand) -> Result<()> {
+    let json = command.json();
+    let (report, summary) = match command {
+        http::HttpCommand::Append(args) => {
+            let report = http::append(args).await?;
+            (serde_json::to_string(&report)?, report.summary())
+        }
+        http::HttpCommand::Get(args) => {
+            let report = http::get(args).await?;
+            (serde_json::to_string(&report)?, report.summary())
+        }
+        http::HttpCommand::Stream(args) => {
+            let report = http::stream(args).await?;
+            (serde_json::to_string(&report)?, report.summary())
+        }
+    };
+    println!("{}", if json { report } else { summary });
     Ok(())
 }
