@@ -287,6 +287,35 @@ async fn missing_scripts_and_escaping_paths_are_permanent_errors() {
 }
 
 #[test]
+fn scripts_need_a_scripts_directory_and_symlinks_may_not_lead_out() {
+    // Without --scripts-dir no file is read, absolute or relative.
+    for model in ["scripted:/etc/passwd", "scripted:demo.json"] {
+        let error = provider_for(model, &ProviderConfig::default()).err().unwrap();
+        assert!(
+            matches!(&error, ModelError::Permanent(message) if message.contains("--scripts-dir")),
+            "{model}: {error:?}"
+        );
+    }
+    assert_eq!(provider_for("scripted:echo", &ProviderConfig::default()).unwrap().name(), "scripted");
+
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.json"), "[]").unwrap();
+    let (dir, config) = scripts_dir_with("demo.json", "[]");
+    std::os::unix::fs::symlink(outside.path().join("secret.json"), dir.path().join("link.json")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).unwrap();
+    for model in ["scripted:link.json", "scripted:out/secret.json"] {
+        let error = provider_for(model, &config).err().unwrap();
+        assert!(
+            matches!(&error, ModelError::Permanent(message) if message.contains("outside the scripts directory")),
+            "{model}: {error:?}"
+        );
+    }
+    // A symlink that stays inside is fine.
+    std::os::unix::fs::symlink(dir.path().join("demo.json"), dir.path().join("alias.json")).unwrap();
+    assert!(provider_for("scripted:alias.json", &config).is_ok());
+}
+
+#[test]
 fn unknown_models_and_missing_keys_are_refused() {
     let error = provider_for("gpt-4o", &ProviderConfig::default()).err().unwrap();
     assert!(matches!(error, ModelError::Permanent(_)), "{error:?}");

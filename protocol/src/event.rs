@@ -194,6 +194,21 @@ impl EventPayload {
                 message: format!("clients may only send user.* events, not {}", self.type_name()),
             });
         }
+        let (field, text_bytes) = match self {
+            EventPayload::UserMessage { content } => ("the text of a user.message", text_len(content)),
+            EventPayload::UserCustomToolResult { content, .. } => {
+                ("the text of a user.custom_tool_result", text_len(content))
+            }
+            EventPayload::UserToolConfirmation { deny_message, .. } => {
+                ("deny_message", deny_message.as_ref().map_or(0, String::len))
+            }
+            _ => ("", 0),
+        };
+        if text_bytes > limits::TEXT_BYTES_MAX {
+            return Err(ApiError::InvalidRequest {
+                message: format!("{field} is {text_bytes} bytes; the limit is {} bytes", limits::TEXT_BYTES_MAX),
+            });
+        }
         let encoded = crate::frame::encoded_len(self)?;
         if encoded > limits::EVENT_PAYLOAD_BYTES_MAX {
             return Err(ApiError::PayloadTooLarge {
@@ -203,6 +218,11 @@ impl EventPayload {
         }
         Ok(())
     }
+}
+
+/// Bytes of text in `content`, all blocks together.
+fn text_len(content: &[ContentBlock]) -> usize {
+    content.iter().map(|ContentBlock::Text { text }| text.len()).sum()
 }
 
 #[cfg(test)]
@@ -223,8 +243,31 @@ mod tests {
     }
 
     #[test]
-    fn oversized_payloads_are_refused() {
-        let big = EventPayload::user_text("x".repeat(limits::EVENT_PAYLOAD_BYTES_MAX + 1));
-        assert!(matches!(big.validate_from_client(), Err(ApiError::PayloadTooLarge { .. })));
+    fn text_past_the_limit_is_refused_at_its_edge() {
+        let at_limit = "x".repeat(limits::TEXT_BYTES_MAX);
+        let past = "x".repeat(limits::TEXT_BYTES_MAX + 1);
+        assert!(EventPayload::user_text(at_limit.clone()).validate_from_client().is_ok());
+        assert!(matches!(
+            EventPayload::user_text(past.clone()).validate_from_client(),
+            Err(ApiError::InvalidRequest { message }) if message.contains("user.message")
+        ));
+        // The limit is on the message, not on each block.
+        let half = "x".repeat(limits::TEXT_BYTES_MAX / 2 + 1);
+        let split = EventPayload::UserMessage { content: vec![ContentBlock::text(&half), ContentBlock::text(&half)] };
+        assert!(matches!(split.validate_from_client(), Err(ApiError::InvalidRequest { .. })));
+        let result = |text: &str| EventPayload::UserCustomToolResult {
+            custom_tool_use_id: EventId::from_random(1),
+            content: vec![ContentBlock::text(text)],
+            is_error: false,
+        };
+        assert!(result(&at_limit).validate_from_client().is_ok());
+        assert!(matches!(result(&past).validate_from_client(), Err(ApiError::InvalidRequest { .. })));
+        let deny = |text: &str| EventPayload::UserToolConfirmation {
+            tool_use_id: EventId::from_random(1),
+            result: Confirmation::Deny,
+            deny_message: Some(text.to_owned()),
+        };
+        assert!(deny(&at_limit).validate_from_client().is_ok());
+        assert!(matches!(deny(&past).validate_from_client(), Err(ApiError::InvalidRequest { .. })));
     }
 }

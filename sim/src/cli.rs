@@ -130,7 +130,7 @@ pub fn main(command: SimCommand) -> ExitCode {
     match command {
         SimCommand::Bugs => {
             for bug in Bug::ALL {
-                println!("{}", bug.name());
+                outln!("{}", bug.name());
             }
             ExitCode::SUCCESS
         }
@@ -147,7 +147,7 @@ pub fn main(command: SimCommand) -> ExitCode {
                 }
             }
             if quiet {
-                println!("{}", summary_line(&report));
+                outln!("{}", summary_line(&report));
             } else {
                 print_report(&report);
             }
@@ -203,8 +203,8 @@ fn ratio(simulated: Duration, wall: Duration) -> f64 {
 
 fn print_report(report: &SimReport) {
     let options = &report.options;
-    println!("{}", summary_line(report));
-    println!(
+    outln!("{}", summary_line(report));
+    outln!(
         "configuration: {} nodes, {} shards, faults {}, safety phase {:?}, liveness bound {:?}, {} clients x {} appends, {} agent sessions{}",
         options.nodes,
         options.shards,
@@ -219,19 +219,19 @@ fn print_report(report: &SimReport) {
     if report.outcome == Outcome::Pass {
         return;
     }
-    println!("violated invariants:");
+    outln!("violated invariants:");
     for violation in report.violations.iter().take(20) {
-        println!("  {violation}");
+        outln!("  {violation}");
     }
     if report.violations.len() > 20 {
-        println!("  ... and {} more", report.violations.len() - 20);
+        outln!("  ... and {} more", report.violations.len() - 20);
     }
-    println!("last {TRACE_TAIL} trace events:");
+    outln!("last {TRACE_TAIL} trace events:");
     let start = report.trace.len().saturating_sub(TRACE_TAIL);
     for line in &report.trace[start..] {
-        println!("  {line}");
+        outln!("  {line}");
     }
-    println!("reproduce: {}", options.command());
+    outln!("reproduce: {}", options.command());
 }
 
 fn parse_seeds(text: &str) -> Result<std::ops::RangeInclusive<u64>, String> {
@@ -266,7 +266,7 @@ fn sweep(seeds: &str, time_budget: Option<u64>, shape: &ShapeArgs) -> ExitCode {
     let total = seeds.end() - seeds.start() + 1;
     for seed in seeds {
         if budget.is_some_and(|budget| started.elapsed() >= budget) {
-            println!("time budget spent: stopping after {runs} of {total} seeds");
+            outln!("time budget spent: stopping after {runs} of {total} seeds");
             break;
         }
         let Some(options) = options_or_exit(shape, seed) else { return ExitCode::from(EXIT_USAGE) };
@@ -277,7 +277,7 @@ fn sweep(seeds: &str, time_budget: Option<u64>, shape: &ShapeArgs) -> ExitCode {
         runs += 1;
         simulated += report.simulated;
         wall += report.wall;
-        println!("{}", summary_line(&report));
+        outln!("{}", summary_line(&report));
         if report.outcome != Outcome::Pass {
             print_report(&report);
             worst = worst.max(report.outcome.exit_code() as u8);
@@ -285,7 +285,7 @@ fn sweep(seeds: &str, time_budget: Option<u64>, shape: &ShapeArgs) -> ExitCode {
         }
     }
     let faults = shape.options(0).map(|options| fault_names(&options.faults)).unwrap_or_default();
-    println!(
+    outln!(
         "sweep: {runs} seeds, {} failed{}; faults {faults}; {:.0}s simulated in {:.0}s of runs ({:.1}x)",
         failures.len(),
         if failures.is_empty() { String::new() } else { format!(" (seeds {failures:?})") },
@@ -330,15 +330,15 @@ fn replay(seed: u64, trace: &Path, shape: &ShapeArgs) -> ExitCode {
     let actual = report.trace_text();
     match first_difference(&expected, &actual) {
         None => {
-            println!("seed {seed}: replayed {} trace lines identically", report.trace.len());
+            outln!("seed {seed}: replayed {} trace lines identically", report.trace.len());
             print_report(&report);
             ExitCode::from(report.outcome.exit_code() as u8)
         }
         Some((line, expected, actual)) => {
-            println!("seed {seed}: the replay diverged from {} at line {line}:", trace.display());
-            println!("  recorded: {expected}");
-            println!("  replayed: {actual}");
-            println!("reproduce: {}", report.options.command());
+            outln!("seed {seed}: the replay diverged from {} at line {line}:", trace.display());
+            outln!("  recorded: {expected}");
+            outln!("  replayed: {actual}");
+            outln!("reproduce: {}", report.options.command());
             ExitCode::from(EXIT_NONDETERMINISM)
         }
     }
@@ -365,7 +365,7 @@ fn check_determinism(seed: u64, shape: &ShapeArgs) -> ExitCode {
         arguments.extend(options.command().split_whitespace().skip(3).map(str::to_string));
         arguments.push("--trace".into());
         arguments.push(path.display().to_string());
-        println!("process {attempt}: {} {}", executable.display(), arguments.join(" "));
+        outln!("process {attempt}: {} {}", executable.display(), arguments.join(" "));
         let status = std::process::Command::new(&executable).args(&arguments).status();
         match status {
             Ok(status) if status.code().is_some_and(|code| code <= 2) => {}
@@ -389,7 +389,7 @@ fn check_determinism(seed: u64, shape: &ShapeArgs) -> ExitCode {
     let _ = std::fs::remove_dir_all(&directory);
     match first_difference(&traces[0], &traces[1]) {
         None => {
-            println!(
+            outln!(
                 "seed {seed}: deterministic: two processes wrote the same {} bytes of trace ({} lines)",
                 traces[0].len(),
                 traces[0].lines().count()
@@ -397,11 +397,25 @@ fn check_determinism(seed: u64, shape: &ShapeArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Some((line, first, second)) => {
-            println!("seed {seed}: NONDETERMINISM: the traces differ at line {line}:");
-            println!("  process 1: {first}");
-            println!("  process 2: {second}");
-            println!("reproduce: agentd sim check-determinism --seed {seed}");
+            outln!("seed {seed}: NONDETERMINISM: the traces differ at line {line}:");
+            outln!("  process 1: {first}");
+            outln!("  process 2: {second}");
+            outln!("reproduce: agentd sim check-determinism --seed {seed}");
             ExitCode::from(EXIT_NONDETERMINISM)
+        }
+    }
+}
+
+/// What `outln!` calls: a line to stdout, and a quiet exit once nobody reads it.
+pub fn write_stdout_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(error) => {
+            eprintln!("agentd sim: cannot write to stdout: {error}");
+            std::process::exit(1)
         }
     }
 }

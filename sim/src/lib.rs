@@ -15,6 +15,15 @@
 //! **Boundary:** the simulator depends on the node it simulates, never the
 //! reverse; the node's seams (`agentd_node::NodeIo`) are all it swaps.
 
+#![deny(clippy::print_stdout)]
+
+/// Prints one line of a report; a closed reader (`| head`) ends the run
+/// quietly instead of panicking on the broken pipe.
+macro_rules! outln {
+    () => { $crate::cli::write_stdout_line(format_args!("")) };
+    ($($arg:tt)*) => { $crate::cli::write_stdout_line(format_args!($($arg)*)) };
+}
+
 pub mod checkers;
 pub mod cli;
 pub mod faults;

@@ -113,11 +113,23 @@ def bad_bodies(raw, model):
     raw.expect("a body over 2 MiB", 413, None, "POST", "/v1/agents", body=big)
 
 
+# protocol::limits::TEXT_BYTES_MAX: the longest text of one message.
+TEXT_BYTES_MAX = 256 * 1024
+
+
+def text_message(size):
+    return {"type": "user.message", "content": [{"type": "text", "text": "x" * size}]}
+
+
 def bad_events(raw, session_id):
     """Sends and lists of events that the endpoint refuses."""
     invalid = "invalid_request_error"
     path = f"/v1/sessions/{session_id}/events"
     raw.expect("10,000 events in one send", 400, invalid, "POST", path, body={"events": [MESSAGE] * 10_000})
+    # Limits at their edge (protocol::limits): at the limit accepted, one past refused.
+    raw.expect("51 events in one send", 400, invalid, "POST", path, body={"events": [MESSAGE] * 51})
+    past = {"events": [text_message(TEXT_BYTES_MAX + 1)]}
+    raw.expect(f"a message of {TEXT_BYTES_MAX + 1} bytes", 400, invalid, "POST", path, body=past)
     raw.expect("events not a list", 400, invalid, "POST", path, body={"events": "hello"})
     raw.expect("no events field", 400, invalid, "POST", path, body={})
     raw.expect("an unknown event type", 400, invalid, "POST", path, body={"events": [{"type": "user.teleport"}]})
@@ -215,6 +227,10 @@ def run(args):
     )
     listed = list(sdk.beta.sessions.events.list(session.id))
     check_eq(listed, [], "the events of the session that every bad send went to")
+    # The other side of the edge, on a session of its own.
+    other = sdk.beta.sessions.create(agent=agent.id, environment_id=environment.id)
+    accepted = raw.call("POST", f"/v1/sessions/{other.id}/events", body={"events": [text_message(TEXT_BYTES_MAX)]})
+    check_eq(accepted.status_code, 200, f"a message of {TEXT_BYTES_MAX} bytes ({accepted.text[:300]})")
     still_works(sdk, agent.id, environment.id)
     return f"{raw.cases} bad requests answered with the right 4xx and envelope; the node still serves"
 

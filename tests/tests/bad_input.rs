@@ -8,7 +8,7 @@ use agentd_node::{Bootstrap, Node, NodeOptions, RaftTuning};
 use agentd_protocol::api::{ClientRequest, ClientResponse, Request, RequestV1};
 use agentd_protocol::event::{ContentBlock, EventPayload};
 use agentd_protocol::ids::{EventId, SessionId};
-use agentd_protocol::limits::{CLIENT_FRAME_BYTES_MAX, EVENT_PAYLOAD_BYTES_MAX};
+use agentd_protocol::limits::{CLIENT_FRAME_BYTES_MAX, EVENT_PAYLOAD_BYTES_MAX, TEXT_BYTES_MAX};
 use agentd_protocol::{frame, ApiError, CLIENT_ALPN, CLUSTER_ALPN};
 use agentd_transport::tls::{client_config, ServerTrust, SERVER_NAME};
 
@@ -36,6 +36,31 @@ fn expect_error(answer: Option<ClientResponse>, what: &str) -> ApiError {
         Some(ClientResponse::Error(error)) => error,
         other => panic!("{what}: expected a typed error, got {other:?}"),
     }
+}
+
+/// Each client limit at its edge: at the limit accepted, past it refused at
+/// once with a typed, permanent error (never retried).
+async fn limits_at_their_edge(client: &Client, session: SessionId) -> anyhow::Result<()> {
+    // A message's text at the limit is accepted, one byte more is refused.
+    client.append(session, EventPayload::user_text("x".repeat(TEXT_BYTES_MAX))).await?;
+    let long = client.append(session, EventPayload::user_text("x".repeat(TEXT_BYTES_MAX + 1))).await;
+    assert!(
+        matches!(&long, Err(ClientError::Api(ApiError::InvalidRequest { message })) if message.contains(&TEXT_BYTES_MAX.to_string())),
+        "{long:?}"
+    );
+    // A secret value at its limit is stored; past it, and past the frame
+    // limit, it is refused at once as a permanent error, never retried.
+    let put = |size: usize| client.put_secret(None, "limits".into(), "token".into(), "s".repeat(size));
+    put(TEXT_BYTES_MAX).await?;
+    let long = put(TEXT_BYTES_MAX + 1).await;
+    assert!(matches!(long, Err(ClientError::Api(ApiError::InvalidRequest { .. }))), "{long:?}");
+    let huge = put(100 * 1024 * 1024).await;
+    assert!(matches!(huge, Err(ClientError::Api(ApiError::PayloadTooLarge { .. }))), "{huge:?}");
+    // Past the payload limit by sheer number of blocks.
+    let blocks = vec![ContentBlock::text(""); EVENT_PAYLOAD_BYTES_MAX / 2 + 1];
+    let huge = client.append(session, EventPayload::UserMessage { content: blocks }).await;
+    assert!(matches!(huge, Err(ClientError::Api(ApiError::PayloadTooLarge { .. }))), "{huge:?}");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,8 +118,7 @@ async fn bad_input_gets_typed_errors_and_the_node_keeps_serving() -> anyhow::Res
         )
         .await;
     assert!(matches!(forged, Err(ClientError::Api(ApiError::InvalidRequest { .. }))), "{forged:?}");
-    let huge = client.append(session, EventPayload::user_text("x".repeat(EVENT_PAYLOAD_BYTES_MAX + 1))).await;
-    assert!(matches!(huge, Err(ClientError::Api(ApiError::PayloadTooLarge { .. }))), "{huge:?}");
+    limits_at_their_edge(&client, session).await?;
 
     // Cluster traffic without a node certificate is closed, not served. The
     // server may close the connection before, during or after the stream
@@ -113,7 +137,11 @@ async fn bad_input_gets_typed_errors_and_the_node_keeps_serving() -> anyhow::Res
     assert!(raw_connection(addr, b"http/1.1").await.is_err());
 
     // The node still serves well-formed requests on the same connection.
-    assert_eq!(client.append(session, EventPayload::user_text("still here")).await?, 1);
+    assert_eq!(
+        client.append(session, EventPayload::user_text("still here")).await?,
+        2,
+        "the message at the limit is 1"
+    );
     let again = send_raw(
         &connection,
         &frame::encode_frame(
@@ -122,7 +150,7 @@ async fn bad_input_gets_typed_errors_and_the_node_keeps_serving() -> anyhow::Res
         )?,
     )
     .await?;
-    assert!(matches!(again, Some(ClientResponse::Session(info)) if info.last_seq == 1));
+    assert!(matches!(again, Some(ClientResponse::Session(info)) if info.last_seq == 2));
     node.shutdown().await;
     Ok(())
 }

@@ -16,6 +16,33 @@ fn json(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).expect("JSON output")
 }
 
+/// A reader that stops early (`| head -1`) ends the command quietly. The
+/// output must outgrow the pipe's buffer, so that a write meets the closed
+/// pipe.
+fn reader_that_stops_early_ends_the_command_quietly(
+    cluster: &Cluster,
+    addr: &str,
+    session: &str,
+) -> anyhow::Result<()> {
+    let big = "x".repeat(100_000);
+    for _ in 0..3 {
+        json(&agentd(cluster, &["session", "send", "--addr", addr, session, "--text", &big, "--json"]));
+    }
+    let mut events = cluster
+        .command()?
+        .args(["session", "events", "--addr", addr, session, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(events.stdout.take().expect("stdout")), &mut first)?;
+    assert!(first.contains("hello"), "{first}");
+    let closed = events.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&closed.stderr);
+    assert!(closed.status.success() && !stderr.contains("panicked"), "{:?}: {stderr}", closed.status);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_commands_print_json_and_fail_clearly() -> anyhow::Result<()> {
     let metrics_port = free_port();
@@ -45,6 +72,8 @@ async fn cli_commands_print_json_and_fail_clearly() -> anyhow::Result<()> {
     assert_eq!(lines[1]["seq"], 2);
     let from_two = agentd(&cluster, &["session", "events", "--addr", &addr, &session, "--from", "2", "--json"]);
     assert_eq!(String::from_utf8_lossy(&from_two.stdout).lines().count(), 1);
+
+    reader_that_stops_early_ends_the_command_quietly(&cluster, &addr, &session)?;
 
     let status = json(&agentd(&cluster, &["cluster", "status", "--addr", &addr, "--json"]));
     assert_eq!(status["shards"], 2);

@@ -28,8 +28,8 @@ pub struct ProviderConfig {
     pub openai_base_url: String,
     /// Optional: local servers (llama.cpp, Ollama) usually need none.
     pub openai_api_key: Option<String>,
-    /// Relative `scripted:PATH` model strings resolve here; when set, paths
-    /// must stay inside it.
+    /// `scripted:PATH` model strings resolve here and must stay inside it;
+    /// without it only `scripted:echo` works.
     pub scripts_dir: Option<PathBuf>,
     /// Needed for `https://` base URLs; see `TlsConnector`. Without it only
     /// `http://` works and an `https://` call fails with `Permanent`.
@@ -72,25 +72,39 @@ impl ProviderConfig {
         HttpClient::new(self.tls_connector.clone()).with_request_timeout(Duration::from_millis(self.request_timeout_ms))
     }
 
+    /// Where `scripted:PATH` reads its script. Model strings come from API
+    /// clients, so they must never name a file outside the scripts
+    /// directory: no absolute paths, no `..`, no symlink that leads out, and
+    /// nothing at all when the node has no scripts directory.
     fn script_path(&self, path: &str) -> Result<PathBuf, ModelError> {
-        let path = Path::new(path);
         let Some(scripts_dir) = &self.scripts_dir else {
-            return Ok(path.to_path_buf());
-        };
-        // Model strings come from API clients; they must not read files
-        // outside the scripts directory.
-        if path.components().any(|component| !matches!(component, Component::Normal(_) | Component::CurDir)) {
             return Err(ModelError::Permanent(format!(
-                "script path {} must be relative to the scripts directory, without '..'",
-                path.display()
+                "model scripted:{path} needs a scripts directory: start the node with --scripts-dir DIR \
+                 and put the script in it"
+            )));
+        };
+        let relative = Path::new(path);
+        if relative.components().any(|component| !matches!(component, Component::Normal(_) | Component::CurDir)) {
+            return Err(ModelError::Permanent(format!(
+                "script path {path} must be relative to the scripts directory, without '..'"
             )));
         }
-        Ok(scripts_dir.join(path))
+        let joined = scripts_dir.join(relative);
+        // A missing script is reported when the provider first reads it; one
+        // that exists must resolve inside the directory.
+        if let (Ok(resolved), Ok(root)) = (joined.canonicalize(), scripts_dir.canonicalize()) {
+            if !resolved.starts_with(&root) {
+                return Err(ModelError::Permanent(format!(
+                    "script path {path} leads outside the scripts directory (through a symlink)"
+                )));
+            }
+        }
+        Ok(joined)
     }
 }
 
 /// Chooses a provider by the agent's model string:
-/// `scripted:echo`, `scripted:PATH` (relative to `scripts_dir` if set),
+/// `scripted:echo`, `scripted:PATH` (inside `scripts_dir`, which it needs),
 /// `anthropic:MODEL` or `claude-...` for the Anthropic Messages API, and
 /// `openai:MODEL` for OpenAI-style chat completions (vLLM, llama.cpp,
 /// Ollama). Each call builds a new provider with its own connection pool,

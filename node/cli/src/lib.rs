@@ -3,6 +3,16 @@
 //! group in `commands/`; measurements in `bench/`; JSON shapes of events in
 //! `output.rs`.
 
+#![deny(clippy::print_stdout)]
+
+/// Prints one line of a command's output. When the reader has gone away
+/// (`agentd session events --json | head -1`), the command ends quietly
+/// with success instead of panicking on the broken pipe.
+macro_rules! outln {
+    () => { $crate::write_stdout_line(format_args!("")) };
+    ($($arg:tt)*) => { $crate::write_stdout_line(format_args!($($arg)*)) };
+}
+
 pub mod bench;
 pub mod commands;
 pub mod output;
@@ -122,5 +132,19 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Apikey(command) => apikey::run(command).await,
         Command::Bench(command) => bench_command::run(command).await,
         Command::Sim(_) => anyhow::bail!("`agentd sim` runs outside a tokio runtime; call agentd_sim::cli::main"),
+    }
+}
+
+/// What [`outln!`] calls: a line to stdout, and a quiet exit once nobody reads it.
+pub fn write_stdout_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(error) => {
+            eprintln!("agentd: cannot write to stdout: {error}");
+            std::process::exit(1)
+        }
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use agentd_protocol::agent::{Agent, AgentSpec, Environment, EnvironmentSpec, VaultInfo};
 use agentd_protocol::api::{ClientRequest, ClientResponse, ClusterStatus, Consistency, Request, SessionInfo};
 use agentd_protocol::event::{Event, EventPayload};
+use agentd_protocol::frame::encode_frame;
 use agentd_protocol::ids::{AgentId, ApiKeyId, EnvironmentId, EventId, SessionId, VaultId};
 use agentd_protocol::limits::CLIENT_FRAME_BYTES_MAX;
 use agentd_protocol::resource::{SessionPage, SessionQuery};
@@ -22,7 +23,7 @@ use agentd_protocol::tenancy::{new_api_key, ApiKeyInfo, Role};
 use agentd_protocol::{ApiError, CLIENT_ALPN};
 use agentd_transport::dial::{host_of, resolve};
 use agentd_transport::tls::{client_config, SERVER_NAME};
-use agentd_transport::wire::{read_frame, write_frame};
+use agentd_transport::wire::read_frame;
 use tokio::sync::Mutex;
 
 pub use agentd_transport::tls::ServerTrust;
@@ -198,12 +199,14 @@ impl Client {
 
     /// Opens a stream and sends one request on it.
     async fn open(&self, request: ClientRequest) -> Result<(String, quinn::RecvStream), ClientError> {
+        // Encoded first: a request too large for a frame (or one that does
+        // not encode) is refused here as a permanent error, never retried.
+        let frame = encode_frame(&Request::new(self.api_key.clone(), request), CLIENT_FRAME_BYTES_MAX)
+            .map_err(|error| ClientError::Api(error.into()))?;
         let (addr, connection) = self.connection().await?;
         let transport = |message: String| ClientError::Transport { addr: addr.clone(), message };
         let (mut send, recv) = connection.open_bi().await.map_err(|error| transport(error.to_string()))?;
-        write_frame(&mut send, &Request::new(self.api_key.clone(), request), CLIENT_FRAME_BYTES_MAX)
-            .await
-            .map_err(|error| transport(error.to_string()))?;
+        send.write_all(&frame).await.map_err(|error| transport(error.to_string()))?;
         send.finish().map_err(|error| transport(error.to_string()))?;
         Ok((addr, recv))
     }

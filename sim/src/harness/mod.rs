@@ -62,16 +62,16 @@ fn report_panic(world: &World, options: &SimOptions, info: &std::panic::PanicHoo
         .map(|text| text.to_string())
         .or_else(|| info.payload().downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_string());
-    println!("seed {}: SAFETY VIOLATION (a panic on the simulated path)", options.seed);
-    println!("violated invariants:");
-    println!("  {}: {message}{location}", Invariant::NoPanic.name());
+    outln!("seed {}: SAFETY VIOLATION (a panic on the simulated path)", options.seed);
+    outln!("violated invariants:");
+    outln!("  {}: {message}{location}", Invariant::NoPanic.name());
     if let Some(trace) = world.try_trace() {
-        println!("last {TRACE_TAIL} trace events:");
+        outln!("last {TRACE_TAIL} trace events:");
         for line in &trace[trace.len().saturating_sub(TRACE_TAIL)..] {
-            println!("  {line}");
+            outln!("  {line}");
         }
     }
-    println!("reproduce: {}", options.command());
+    outln!("reproduce: {}", options.command());
 }
 
 /// Runs one simulation.

@@ -77,9 +77,9 @@ pub async fn run(command: AgentCommand) -> Result<()> {
             };
             let agent = target.client()?.put_agent(id, spec).await?;
             if target.json {
-                println!("{}", json!({"agent_id": agent.id.to_string(), "version": agent.latest_version()}));
+                outln!("{}", json!({"agent_id": agent.id.to_string(), "version": agent.latest_version()}));
             } else {
-                println!("{}", agent.id);
+                outln!("{}", agent.id);
             }
         }
         AgentCommand::Get { target, agent } => {
@@ -103,7 +103,7 @@ pub async fn run(command: AgentCommand) -> Result<()> {
                 .collect();
             let value =
                 json!({"agent_id": agent.id.to_string(), "created_at_ms": agent.created_at_ms, "versions": versions});
-            println!("{}", if target.json { value.to_string() } else { serde_json::to_string_pretty(&value)? });
+            outln!("{}", if target.json { value.to_string() } else { serde_json::to_string_pretty(&value)? });
         }
     }
     Ok(())

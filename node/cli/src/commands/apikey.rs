@@ -58,29 +58,29 @@ pub async fn run(command: ApiKeyCommand) -> Result<()> {
             if target.json {
                 let mut value = info_json(&info);
                 value["key"] = json!(key);
-                println!("{value}");
+                outln!("{value}");
             } else {
-                println!("{key}");
+                outln!("{key}");
             }
         }
         ApiKeyCommand::List { target, workspace } => {
             let keys = target.client()?.list_api_keys(workspace).await?;
             if target.json {
-                println!("{}", json!(keys.iter().map(info_json).collect::<Vec<_>>()));
+                outln!("{}", json!(keys.iter().map(info_json).collect::<Vec<_>>()));
             } else {
-                println!("{:<38} {:<16} {:<8} {:<10} NAME", "ID", "WORKSPACE", "ROLE", "STATE");
+                outln!("{:<38} {:<16} {:<8} {:<10} NAME", "ID", "WORKSPACE", "ROLE", "STATE");
                 for key in &keys {
                     let state = if key.revoked_at_ms.is_some() { "revoked" } else { "active" };
-                    println!("{:<38} {:<16} {:<8} {:<10} {}", key.id, key.workspace, key.role.name(), state, key.name);
+                    outln!("{:<38} {:<16} {:<8} {:<10} {}", key.id, key.workspace, key.role.name(), state, key.name);
                 }
             }
         }
         ApiKeyCommand::Revoke { target, key_id } => {
             let info = target.client()?.revoke_api_key(key_id).await?;
             if target.json {
-                println!("{}", info_json(&info));
+                outln!("{}", info_json(&info));
             } else {
-                println!("revoked {}", info.id);
+                outln!("revoked {}", info.id);
             }
         }
     }

@@ -66,9 +66,9 @@ async fn run_sandbox(sandboxes: u32, calls: u32, dir: Option<PathBuf>, json: boo
     let _ = std::fs::remove_dir_all(&dir);
     for report in reports? {
         if json {
-            println!("{}", serde_json::to_string(&report)?);
+            outln!("{}", serde_json::to_string(&report)?);
         } else {
-            println!(
+            outln!(
                 "{}: {} sandboxes; cold start p50 {:.1} ms p95 {:.1} ms; bash call p50 {:.2} ms p95 {:.2} ms; read call p50 {:.2} ms p95 {:.2} ms",
                 report.driver, report.sandboxes, report.cold_start_p50_ms, report.cold_start_p95_ms,
                 report.bash_call_p50_ms, report.bash_call_p95_ms, report.read_call_p50_ms, report.read_call_p95_ms
@@ -83,11 +83,15 @@ async fn run_first_model_request(target: Target, sessions: u32) -> Result<()> {
     let bench = first_model_request::FirstModelRequestBench { target, sessions };
     for report in first_model_request::run(bench).await? {
         if json {
-            println!("{}", serde_json::to_string(&report)?);
+            outln!("{}", serde_json::to_string(&report)?);
         } else {
-            println!(
+            outln!(
                 "{:<5} provisioning, {} sessions: p50 {:.2} ms, p95 {:.2} ms, max {:.2} ms",
-                report.provisioning, report.sessions, report.p50_ms, report.p95_ms, report.max_ms
+                report.provisioning,
+                report.sessions,
+                report.p50_ms,
+                report.p95_ms,
+                report.max_ms
             );
         }
     }
@@ -99,9 +103,9 @@ async fn run_append(target: Target, clients: u32, events: u64, payload_bytes: us
     let bench = append::AppendBench { target, clients, events, payload_bytes };
     let report = append::run(bench).await?;
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
+        outln!(
             "{} appends by {} clients in {:.2}s: {:.0} events/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {} errors",
             report.events, report.clients, report.seconds, report.events_per_sec, report.p50_ms, report.p99_ms, report.p999_ms, report.max_ms, report.errors
         );
@@ -125,6 +129,6 @@ async fn run_http(command: http::HttpCommand) -> Result<()> {
             (serde_json::to_string(&report)?, report.summary())
         }
     };
-    println!("{}", if json { report } else { summary });
+    outln!("{}", if json { report } else { summary });
     Ok(())
 }

@@ -25,25 +25,25 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
 async fn status(target: Target) -> Result<()> {
     let status = target.client()?.cluster_status().await?;
     if target.json {
-        println!("{}", serde_json::to_string_pretty(&status_json(&status))?);
+        outln!("{}", serde_json::to_string_pretty(&status_json(&status))?);
         return Ok(());
     }
-    println!("shards: {}   replication: {}", status.shards, status.replication_factor);
-    println!("{:<6} {:<22} {:<10} {:>8} {:>6}", "NODE", "ADDR", "STATE", "GROUPS", "LEADS");
+    outln!("shards: {}   replication: {}", status.shards, status.replication_factor);
+    outln!("{:<6} {:<22} {:<10} {:>8} {:>6}", "NODE", "ADDR", "STATE", "GROUPS", "LEADS");
     for node in &status.nodes {
         let leads = node.groups.iter().filter(|group| group.leader == Some(node.node_id)).count();
         let state = if node.reachable { "up" } else { "unreachable" };
-        println!("{:<6} {:<22} {:<10} {:>8} {:>6}", node.node_id, node.addr, state, node.groups.len(), leads);
+        outln!("{:<6} {:<22} {:<10} {:>8} {:>6}", node.node_id, node.addr, state, node.groups.len(), leads);
     }
-    println!();
-    println!("{:<10} {:>7} {:>6} {:>9}  {:<14} REPLICA LAG", "GROUP", "LEADER", "TERM", "LAST LOG", "VOTERS");
+    outln!();
+    outln!("{:<10} {:>7} {:>6} {:>9}  {:<14} REPLICA LAG", "GROUP", "LEADER", "TERM", "LAST LOG", "VOTERS");
     for (node, group) in leader_reports(&status) {
         let lag: Vec<String> = group
             .replica_lag
             .iter()
             .map(|(replica, lag)| format!("{replica}:{}", lag.map(|lag| lag.to_string()).unwrap_or_else(|| "?".into())))
             .collect();
-        println!(
+        outln!(
             "{:<10} {:>7} {:>6} {:>9}  {:<14} {}",
             group.group.to_string(),
             node,

@@ -174,7 +174,7 @@ async fn run_sample_session(client: &Client) -> Result<SessionId> {
     let finished = tokio::time::timeout(SAMPLE_SESSION_TIMEOUT, async {
         loop {
             for event in subscription.next().await? {
-                println!("{}", output::summary(&event));
+                outln!("{}", output::summary(&event));
                 if let EventPayload::SessionStatusIdle { stop_reason: StopReason::EndTurn } = event.payload {
                     return anyhow::Ok(());
                 }

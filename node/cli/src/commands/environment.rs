@@ -77,9 +77,9 @@ pub async fn run(command: EnvironmentCommand) -> Result<()> {
     let spec = EnvironmentSpec { name, driver, network, tool_timeout_ms, eager_provisioning, vaults, resources };
     let environment = target.client()?.put_environment(id, spec).await?;
     if target.json {
-        println!("{}", json!({"environment_id": environment.id.to_string(), "version": environment.versions.len()}));
+        outln!("{}", json!({"environment_id": environment.id.to_string(), "version": environment.versions.len()}));
     } else {
-        println!("{}", environment.id);
+        outln!("{}", environment.id);
     }
     Ok(())
 }

@@ -103,6 +103,6 @@ pub async fn run(args: HandsArgs) -> Result<()> {
         },
     })?;
     // Scripts and the microVM driver wait for this line.
-    println!("agentd hands listening on {}", agent.local_addr()?);
+    outln!("agentd hands listening on {}", agent.local_addr()?);
     agent.serve().await
 }

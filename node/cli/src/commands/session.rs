@@ -121,12 +121,12 @@ pub async fn run(command: SessionCommand) -> Result<()> {
         SessionCommand::Create { target, agent, environment } => {
             let info = target.client()?.create_session_with(agent, environment).await?;
             if target.json {
-                println!(
+                outln!(
                     "{}",
                     json!({"session_id": info.session_id.to_string(), "shard": info.shard.0, "created_at_ms": info.created_at_ms})
                 );
             } else {
-                println!("{}", info.session_id);
+                outln!("{}", info.session_id);
             }
         }
         SessionCommand::Confirm { target, session, event, allow, message, .. } => {
@@ -159,9 +159,9 @@ pub async fn run(command: SessionCommand) -> Result<()> {
         SessionCommand::Send { target, session, text } => {
             let seq = target.client()?.append(session, EventPayload::user_text(text)).await?;
             if target.json {
-                println!("{}", json!({"session_id": session.to_string(), "seq": seq}));
+                outln!("{}", json!({"session_id": session.to_string(), "seq": seq}));
             } else {
-                println!("{seq}");
+                outln!("{seq}");
             }
         }
         SessionCommand::Events { target, session, from, follow, local } => {
@@ -173,9 +173,9 @@ pub async fn run(command: SessionCommand) -> Result<()> {
 
 fn print_seq(target: &Target, session: SessionId, seq: u64) {
     if target.json {
-        println!("{}", json!({"session_id": session.to_string(), "seq": seq}));
+        outln!("{}", json!({"session_id": session.to_string(), "seq": seq}));
     } else {
-        println!("{seq}");
+        outln!("{seq}");
     }
 }
 
@@ -199,7 +199,7 @@ async fn get(target: Target, session: SessionId) -> Result<()> {
         "epoch": info.epoch,
         "pending_actions": info.pending_actions.iter().map(ToString::to_string).collect::<Vec<_>>(),
     });
-    println!("{}", if target.json { value.to_string() } else { serde_json::to_string_pretty(&value)? });
+    outln!("{}", if target.json { value.to_string() } else { serde_json::to_string_pretty(&value)? });
     Ok(())
 }
 
@@ -210,9 +210,9 @@ async fn events(target: Target, session: SessionId, from: u64, follow: bool, loc
     let print = |events: &[agentd_protocol::event::Event]| {
         for event in events {
             if target.json {
-                println!("{}", output::event(event));
+                outln!("{}", output::event(event));
             } else {
-                println!("{}", output::summary(event));
+                outln!("{}", output::summary(event));
             }
         }
     };
@@ -275,7 +275,7 @@ async fn list(
     };
     let mut printed = 0;
     if !target.json {
-        println!("{:<38} {:<11} {:>8} {:<38} TITLE", "SESSION", "STATUS", "EVENTS", "AGENT");
+        outln!("{:<38} {:<11} {:>8} {:<38} TITLE", "SESSION", "STATUS", "EVENTS", "AGENT");
     }
     loop {
         let page = client.list_sessions(query.clone()).await?;
@@ -297,7 +297,7 @@ fn print_session_line(target: &Target, view: &SessionView) {
     let status = format!("{:?}", view.info.status).to_lowercase();
     let agent = view.info.agent.map(|agent| format!("{} v{}", agent.id, agent.version)).unwrap_or_default();
     if target.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "session_id": view.info.session_id.to_string(),
@@ -311,6 +311,6 @@ fn print_session_line(target: &Target, view: &SessionView) {
         );
     } else {
         let title = view.details.title.clone().unwrap_or_default();
-        println!("{:<38} {:<11} {:>8} {:<38} {title}", view.info.session_id, status, view.info.last_seq, agent);
+        outln!("{:<38} {:<11} {:>8} {:<38} {title}", view.info.session_id, status, view.info.last_seq, agent);
     }
 }

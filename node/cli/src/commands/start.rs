@@ -59,7 +59,8 @@ pub struct StartArgs {
     /// call (the workspace stays; the next call starts a fresh sandbox).
     #[arg(long, default_value_t = agentd_node::options::SANDBOX_IDLE_DEFAULT.as_secs())]
     pub sandbox_idle_secs: u64,
-    /// Directory that `scripted:FILE` model names are relative to.
+    /// Directory that `scripted:FILE` models read from; a script must resolve
+    /// inside it. Without it only `scripted:echo` works.
     #[arg(long)]
     pub scripts_dir: Option<PathBuf>,
     #[command(flatten)]

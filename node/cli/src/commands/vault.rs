@@ -33,9 +33,9 @@ pub async fn run(command: VaultCommand) -> Result<()> {
     let value = value.strip_suffix('\n').unwrap_or(&value).to_string();
     let vault = target.client()?.put_secret(id, name, secret, value).await?;
     if target.json {
-        println!("{}", json!({"vault_id": vault.id.to_string(), "secrets": vault.secret_names}));
+        outln!("{}", json!({"vault_id": vault.id.to_string(), "secrets": vault.secret_names}));
     } else {
-        println!("{}", vault.id);
+        outln!("{}", vault.id);
     }
     Ok(())
 }
