@@ -14,7 +14,8 @@ set -euo pipefail
 # qemu-system-x86, linux-image-cloud-amd64: the microvm sandbox (its initramfs, with busybox-static,
 # is built on first use by scripts/microvm-initramfs.sh, embedded in agentd); e2fsprogs makes
 # its sessions' workspace disks.
-packages=(librocksdb-dev libclang-dev clang pkg-config etcd-server etcd-client protobuf-compiler libprotobuf-dev bubblewrap
+# libfaketime: the clock-skew test runs one node with its wall clock preloaded half an hour back.
+packages=(librocksdb-dev libclang-dev clang pkg-config etcd-server etcd-client protobuf-compiler libprotobuf-dev bubblewrap libfaketime
   runc busybox-static runsc qemu-system-x86 linux-image-cloud-amd64 e2fsprogs iproute2 curl)
 missing=()
 for package in "${packages[@]}"; do

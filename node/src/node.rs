@@ -185,6 +185,7 @@ impl Node {
         let parts = BrainParts { sandbox_dir, provisioner, models, log_observer };
         let orchestrators = start_brain(&options, &service, parts, &mut tasks);
         tasks.push(tokio::spawn(observe_terms(host.clone())));
+        tasks.push(tokio::spawn(service.clone().watch_clock_skew()));
         tracing::info!(node = options.node_id, listen = %options.listen, "node started");
         Ok(NodeHandle {
             inner: Arc::new(NodeInner {

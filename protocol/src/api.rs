@@ -530,6 +530,13 @@ pub struct NodeStatus {
     /// False when the node could not be reached for this report.
     pub reachable: bool,
     pub groups: Vec<GroupStatus>,
+    /// The node's wall clock when it made the report (ms since the epoch).
+    pub clock_ms: u64,
+    /// How far this node's clock is ahead (positive) or behind (negative)
+    /// of the clock of the node that gathered the status, estimated from
+    /// the midpoint of the request; 0 for the gatherer itself, `None` when
+    /// unreachable.
+    pub clock_skew_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -108,3 +108,10 @@ pub const SSE_PING_INTERVAL_MS: u64 = 15_000;
 /// Longest a held sandbox's health check may take before the sandbox counts as
 /// unhealthy and is replaced.
 pub const SANDBOX_HEALTH_TIMEOUT_MS: u64 = 5_000;
+/// Clock differences between nodes past this are logged, and flagged by
+/// `agentd cluster status`. Event timestamps never go backwards within a
+/// session whatever the skew; past about an hour TLS certificates of peers
+/// start to look not yet valid.
+pub const CLOCK_SKEW_WARN_MS: u64 = 1_000;
+/// How often each node measures its peers' clocks.
+pub const CLOCK_CHECK_INTERVAL_MS: u64 = 15_000;

@@ -18,6 +18,7 @@ use agentd_transport::dial::Connections;
 use agentd_transport::wire::{read_frame, write_frame};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::peer_health::PeerHealth;
 use crate::Error;
 
 /// A cheap-to-clone handle to this node's outgoing cluster connections.
@@ -29,6 +30,7 @@ pub struct Peers {
 struct PeersInner {
     local_node: NodeId,
     connections: Connections,
+    health: PeerHealth,
     // One queue of Raft RPCs per peer address, drained by a batching task.
     raft_queues: std::sync::Mutex<HashMap<String, mpsc::Sender<PendingCall>>>,
 }
@@ -46,6 +48,7 @@ impl Peers {
             inner: Arc::new(PeersInner {
                 local_node,
                 connections: Connections::new(endpoint, client_config),
+                health: PeerHealth::default(),
                 raft_queues: std::sync::Mutex::new(HashMap::new()),
             }),
         }
@@ -91,6 +94,23 @@ impl Peers {
     }
 
     async fn call_inner(&self, addr: &str, envelope: &ClusterEnvelope) -> Result<ClusterResponse, Error> {
+        if let Err(wait) = self.inner.health.check(addr) {
+            return Err(Error::Network(format!("{addr} is unreachable; next attempt in {wait:?}")));
+        }
+        let result = self.exchange(addr, envelope).await;
+        match &result {
+            Ok(_) => self.inner.health.answered(addr),
+            Err(
+                error @ (Error::Network(_)
+                | Error::Transport(agentd_transport::Error::Network(_) | agentd_transport::Error::Io(_))),
+            ) => self.inner.health.failed(addr, &error.to_string()),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// One request and its answer on a new stream of the cached connection.
+    async fn exchange(&self, addr: &str, envelope: &ClusterEnvelope) -> Result<ClusterResponse, Error> {
         let connection = self.inner.connections.get(addr).await?;
         let result = async {
             let (mut send, mut recv) = connection.open_bi().await.map_err(network_error(addr))?;

@@ -53,6 +53,11 @@ impl NodeProcess {
         self.child.is_some()
     }
 
+    /// Everything the node has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -142,6 +147,10 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: u64, bootstrap: &[String]) -> Result<()> {
+        self.spawn_with_env(id, bootstrap, &[])
+    }
+
+    fn spawn_with_env(&mut self, id: u64, bootstrap: &[String], env: &[(&str, &str)]) -> Result<()> {
         let extra = self.extra_args.clone();
         let binary = self.binary.clone();
         let node = &mut self.nodes[(id - 1) as usize];
@@ -154,7 +163,7 @@ impl Cluster {
             .args(bootstrap)
             .args(&http)
             .args(&extra)
-            .env("AGENTD_LOG", "info,openraft=warn,quinn=warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -177,6 +186,12 @@ impl Cluster {
     /// Restarts a killed node with only its id, address and data directory.
     pub fn restart(&mut self, id: u64) -> Result<()> {
         self.spawn(id, &[])
+    }
+
+    /// Restarts a killed node with `env` added to its environment (an
+    /// `LD_PRELOAD` that skews its clock, say).
+    pub fn restart_with_env(&mut self, id: u64, env: &[(&str, &str)]) -> Result<()> {
+        self.spawn_with_env(id, &[], env)
     }
 
     pub fn addrs(&self) -> Vec<String> {

@@ -95,8 +95,13 @@ pub fn main() -> std::process::ExitCode {
         return agentd_sim::cli::main(command);
     }
     // `dev` prints a session's events; node chatter would drown them.
-    let default_filter =
-        if matches!(cli.command, Command::Dev { .. }) { "warn" } else { "info,openraft=warn,quinn=warn" };
+    // openraft warns on every failed RPC (hundreds a second while a peer is
+    // down); agentd's own peer lines say the same once (raft::peer_health).
+    let default_filter = if matches!(cli.command, Command::Dev { .. }) {
+        "warn,openraft=error"
+    } else {
+        "info,openraft=error,quinn=warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

@@ -47,11 +47,10 @@ impl Service {
                 payload.validate_from_client()?;
                 let at_ms = self.now_ms();
                 let (seq, duplicate) = self.sessions().append(group, session_id, event_id, payload, at_ms).await?;
-                let appended = match duplicate {
-                    false => Appended { seq, duplicate, processed_at_ms: at_ms },
-                    true => stored(group, session_id, seq)?,
-                };
-                Ok(ClientResponse::Appended(appended))
+                // The stored stamp: a retry's is the first attempt's, and the
+                // log may have moved a new one forward (timestamps never go
+                // backwards within a session).
+                Ok(ClientResponse::Appended(Appended { duplicate, ..stored(group, session_id, seq)? }))
             }
             ClientRequest::RetrySession { session_id } => {
                 #[allow(

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use agentd_protocol::api::{ClusterStatus, GroupStatus};
 use agentd_protocol::ids::GroupId;
+use agentd_protocol::limits::CLOCK_SKEW_WARN_MS;
 use anyhow::Result;
 use clap::Subcommand;
 use serde_json::json;
@@ -29,11 +30,28 @@ async fn status(target: Target) -> Result<()> {
         return Ok(());
     }
     outln!("shards: {}   replication: {}", status.shards, status.replication_factor);
-    outln!("{:<6} {:<22} {:<10} {:>8} {:>6}", "NODE", "ADDR", "STATE", "GROUPS", "LEADS");
+    outln!("{:<6} {:<22} {:<10} {:>8} {:>6} {:>9}", "NODE", "ADDR", "STATE", "GROUPS", "LEADS", "CLOCK");
     for node in &status.nodes {
         let leads = node.groups.iter().filter(|group| group.leader == Some(node.node_id)).count();
         let state = if node.reachable { "up" } else { "unreachable" };
-        outln!("{:<6} {:<22} {:<10} {:>8} {:>6}", node.node_id, node.addr, state, node.groups.len(), leads);
+        let clock = node.clock_skew_ms.map_or("-".to_string(), |skew| format!("{:+.3}s", skew as f64 / 1000.0));
+        outln!(
+            "{:<6} {:<22} {:<10} {:>8} {:>6} {:>9}",
+            node.node_id,
+            node.addr,
+            state,
+            node.groups.len(),
+            leads,
+            clock
+        );
+    }
+    for (node, skew) in skewed_clocks(&status) {
+        outln!(
+            "warning: node {node}'s clock is {:.1} s {} the answering node's (more than {} ms apart)",
+            skew.unsigned_abs() as f64 / 1000.0,
+            if skew > 0 { "ahead of" } else { "behind" },
+            CLOCK_SKEW_WARN_MS
+        );
     }
     outln!();
     outln!("{:<10} {:>7} {:>6} {:>9}  {:<14} REPLICA LAG", "GROUP", "LEADER", "TERM", "LAST LOG", "VOTERS");
@@ -54,6 +72,13 @@ async fn status(target: Target) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Nodes whose clock differs from the answering node's by more than
+/// [`CLOCK_SKEW_WARN_MS`], with the difference in ms.
+fn skewed_clocks(status: &ClusterStatus) -> Vec<(u64, i64)> {
+    let past = |skew: &i64| skew.unsigned_abs() > CLOCK_SKEW_WARN_MS;
+    status.nodes.iter().filter_map(|node| node.clock_skew_ms.filter(past).map(|skew| (node.node_id, skew))).collect()
 }
 
 /// For every group, the report of the node that leads it (or of any node if none does).
@@ -80,6 +105,8 @@ fn status_json(status: &ClusterStatus) -> serde_json::Value {
                 "node_id": node.node_id,
                 "addr": node.addr,
                 "reachable": node.reachable,
+                "clock_skew_ms": node.clock_skew_ms,
+                "clock_skewed": node.clock_skew_ms.is_some_and(|skew| skew.unsigned_abs() > CLOCK_SKEW_WARN_MS),
                 "groups_hosted": node.groups.len(),
                 "groups_led": node.groups.iter().filter(|group| group.leader == Some(node.node_id)).count(),
             })

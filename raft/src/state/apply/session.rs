@@ -141,6 +141,10 @@ impl ApplyBatch<'_> {
     ) -> Result<u64, Error> {
         let seq = record.last_seq + 1;
         self.count_usage(session_id, &payload)?;
+        // Timestamps never go backwards within a session: a leader whose
+        // clock is behind the previous one's stamps no earlier than the last
+        // event (or the session's creation). Every replica computes the same.
+        let processed_at_ms = processed_at_ms.max(self.last_processed_at_ms(session_id, &record)?);
         let event = Event { session_id, seq, id: event_id, processed_at_ms, payload };
         let group = self.state.group();
         self.put(keys::event_key(group, session_id, seq), &event)?;
@@ -150,6 +154,21 @@ impl ApplyBatch<'_> {
         self.put_session(session_id, record)?;
         self.events.push(event);
         Ok(seq)
+    }
+
+    /// When the session's last event was stamped: from this batch if it
+    /// was applied in it, else from the store.
+    fn last_processed_at_ms(&self, session_id: SessionId, record: &SessionRecord) -> Result<u64, Error> {
+        if record.last_seq == 0 {
+            return Ok(record.created_at_ms);
+        }
+        let in_batch = self.events.iter().rev().find(|event| event.session_id == session_id);
+        if let Some(event) = in_batch.filter(|event| event.seq == record.last_seq) {
+            return Ok(event.processed_at_ms);
+        }
+        let stored = self.state.events(session_id, record.last_seq, 1)?;
+        let last = stored.first().filter(|event| event.seq == record.last_seq);
+        Ok(last.map_or(record.created_at_ms, |event| event.processed_at_ms))
     }
 
     /// Adds a model request or its token counts to the session's usage.
