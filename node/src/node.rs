@@ -173,7 +173,8 @@ impl Node {
                 init_cluster(&host, &advertise, *shards, *replication_factor, admin_key.as_deref(), now_ms).await?;
             }
         }
-        let mut tasks = vec![tokio::spawn(serve::serve(endpoint.clone(), service.clone(), admission))];
+        let mut tasks =
+            vec![tokio::spawn(serve::serve(endpoint.clone(), service.clone(), admission, options.client_idle))];
         if fresh {
             match &options.bootstrap {
                 Bootstrap::Init { .. } => {}

@@ -100,6 +100,8 @@ pub struct NodeOptions {
     pub sandbox_idle: std::time::Duration,
     /// How agents reach their models (API keys, base URLs, scripts).
     pub models: agentd_actors::model::ProviderConfig,
+    /// A client connection with no open stream for this long is closed.
+    pub client_idle: std::time::Duration,
 }
 
 impl NodeOptions {

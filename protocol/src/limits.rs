@@ -115,3 +115,18 @@ pub const SANDBOX_HEALTH_TIMEOUT_MS: u64 = 5_000;
 pub const CLOCK_SKEW_WARN_MS: u64 = 1_000;
 /// How often each node measures its peers' clocks.
 pub const CLOCK_CHECK_INTERVAL_MS: u64 = 15_000;
+/// Connections a node's QUIC endpoint holds at once, handshakes included
+/// (clients, peers and joining nodes); past it new ones are refused before
+/// any handshake work.
+pub const CONNECTIONS_MAX: usize = 1280;
+/// Client connections (ALPN `agentd/1`) at once, and from one IP address.
+/// A QUIC connection costs the node about 100-150 KiB, so clients hold at
+/// most about 150 MiB of a node's memory whatever they attempt.
+pub const CLIENT_CONNECTIONS_MAX: usize = 1024;
+pub const CLIENT_CONNECTIONS_PER_ADDRESS_MAX: usize = 256;
+/// New connections per second past which a node asks unvalidated ones to
+/// prove their address first (a QUIC Retry: one more round trip).
+pub const HANDSHAKES_PER_SECOND_BEFORE_RETRY: u32 = 200;
+/// A client connection with no open stream for this long is closed (QUIC
+/// keep-alives alone do not keep it), unless `--client-idle-secs` says otherwise.
+pub const CLIENT_IDLE_SECS_DEFAULT: u64 = 60;

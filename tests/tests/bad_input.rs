@@ -76,6 +76,7 @@ async fn bad_input_gets_typed_errors_and_the_node_keeps_serving() -> anyhow::Res
         raft: RaftTuning::default(),
         sandbox_dir: None,
         sandbox_idle: agentd_node::options::SANDBOX_IDLE_DEFAULT,
+        client_idle: std::time::Duration::from_secs(agentd_protocol::limits::CLIENT_IDLE_SECS_DEFAULT),
         models: Default::default(),
     })
     .await?;

@@ -135,6 +135,7 @@ async fn start_node(world: &Arc<World>, node: u64, boot: u64) -> anyhow::Result<
         raft: RaftTuning { snapshot_logs: 200, logs_to_keep: 50, ..RaftTuning::default() },
         sandbox_dir: None,
         sandbox_idle: SANDBOX_IDLE_DEFAULT,
+        client_idle: std::time::Duration::from_secs(agentd_protocol::limits::CLIENT_IDLE_SECS_DEFAULT),
         models: ProviderConfig::default(),
     };
     let duplication = world.duplication(&format!("n{node}-boot{boot}"));

@@ -1155,7 +1155,7 @@ fn tally(acks: &[Ack], subscriptions: &[(usize, Subscription)]) -> Delivery {
 // ---------------------------------------------------------------- processes
 
 /// A process's VmRSS in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status_field(&status, "VmRSS:")
 }

@@ -1,10 +1,12 @@
 //! What `agentd bench` measures: appends against a running cluster
 //! (`append.rs`), the time from a message to the first model request
-//! (`first_model_request.rs`), and sandbox starts and calls on this host
+//! (`first_model_request.rs`), a flood of silent connections (`flood.rs`),
+//! the HTTP API against QUIC (`http.rs`), and sandbox starts and calls on this host
 //! (`sandbox.rs`). Each prints progress to stderr and returns a report.
 
 pub mod append;
 pub mod first_model_request;
+pub mod flood;
 pub mod http;
 pub mod sandbox;
 

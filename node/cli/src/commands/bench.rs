@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Subcommand;
 
 use super::Target;
-use crate::bench::{append, first_model_request, http, sandbox};
+use crate::bench::{append, first_model_request, flood, http, sandbox};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -42,6 +42,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         payload_bytes: usize,
     },
+    /// Silent QUIC connections against one node: what it admits, closes and refuses, and its memory.
+    Flood {
+        #[command(flatten)]
+        target: Target,
+        /// Connection attempts in all.
+        #[arg(long, default_value_t = 10_000)]
+        attempts: usize,
+        /// Loopback source addresses to spread them over (127.0.0.2 and up).
+        #[arg(long, default_value_t = 40)]
+        sources: u8,
+        /// The node's process id, for its memory.
+        #[arg(long)]
+        node_pid: u32,
+    },
     /// The Managed Agents HTTP API against native QUIC: appends, session reads, SSE fan-out.
     Http {
         #[command(subcommand)]
@@ -57,6 +71,9 @@ pub async fn run(command: BenchCommand) -> Result<()> {
             run_append(target, clients, events, payload_bytes).await
         }
         BenchCommand::Http { command } => run_http(command).await,
+        BenchCommand::Flood { target, attempts, sources, node_pid } => {
+            run_flood(target, attempts, sources, node_pid).await
+        }
     }
 }
 
@@ -130,5 +147,22 @@ async fn run_http(command: http::HttpCommand) -> Result<()> {
         }
     };
     outln!("{}", if json { report } else { summary });
+    Ok(())
+}
+
+async fn run_flood(target: Target, attempts: usize, sources: u8, node_pid: u32) -> Result<()> {
+    let addr = target.addr.first().context("--addr names no node")?;
+    let addr = tokio::net::lookup_host(addr.as_str()).await?.next().context("--addr resolves to nothing")?;
+    let control = target.client()?;
+    let report = flood::run(flood::FloodBench { addr, attempts, sources, node_pid, control }).await?;
+    if target.json {
+        outln!("{}", serde_json::to_string(&report)?);
+    } else {
+        outln!(
+            "{} attempts from {} addresses: {} held open, {} closed by the node, {} refused; node RSS {:.0} MiB before, {:.0} MiB flooded, {:.0} MiB after; control client served: {}",
+            report.attempts, report.sources, report.held_open, report.closed_by_node, report.refused,
+            report.rss_before_mib, report.rss_flooded_mib, report.rss_after_mib, report.control_served
+        );
+    }
     Ok(())
 }

@@ -59,6 +59,9 @@ pub struct StartArgs {
     /// call (the workspace stays; the next call starts a fresh sandbox).
     #[arg(long, default_value_t = agentd_node::options::SANDBOX_IDLE_DEFAULT.as_secs())]
     pub sandbox_idle_secs: u64,
+    /// A client connection with no open stream for this many seconds is closed.
+    #[arg(long, default_value_t = agentd_protocol::limits::CLIENT_IDLE_SECS_DEFAULT)]
+    pub client_idle_secs: u64,
     /// Directory that `scripted:FILE` models read from; a script must resolve
     /// inside it. Without it only `scripted:echo` works.
     #[arg(long)]
@@ -111,6 +114,7 @@ pub async fn run(args: StartArgs) -> Result<()> {
         },
         sandbox_dir: args.sandbox_dir,
         sandbox_idle: std::time::Duration::from_secs(args.sandbox_idle_secs),
+        client_idle: std::time::Duration::from_secs(args.client_idle_secs),
         models: ProviderConfig { scripts_dir: args.scripts_dir, ..ProviderConfig::from_env() },
     };
     let node = Node::start(options).await?;
