@@ -98,8 +98,14 @@ impl Node {
             }
             data.load(options.node_id)?
         };
-        let db = Db::open(&data.db_path())
-            .with_context(|| format!("cannot open the store in {}", data.db_path().display()))?;
+        let db = Db::open(&data.db_path()).map_err(|error| match error {
+            agentd_raft::Error::Corrupt { what, message } => {
+                anyhow::anyhow!(damaged_store(options.node_id, &what, &message))
+            }
+            other => {
+                anyhow::Error::new(other).context(format!("cannot open the store in {}", data.db_path().display()))
+            }
+        })?;
         let socket = std::net::UdpSocket::bind(options.listen)
             .with_context(|| format!("cannot listen on {}", options.listen))?;
         let socket = quinn::TokioRuntime
@@ -200,6 +206,20 @@ impl Node {
             }),
         })
     }
+}
+
+/// Why a node with a damaged store refuses to start, and the repair. It may
+/// have acknowledged and voted on entries it no longer holds, so it must
+/// not come back as the same voter.
+fn damaged_store(node_id: u64, what: &str, message: &str) -> String {
+    format!(
+        "the {what} is damaged ({message}); node {node_id} refuses to start, because it may have acknowledged \
+         Raft entries it no longer holds, and rejoining as the same voter could lose committed events. \
+         Repair: keep this data directory for inspection, start this machine with an empty --data-dir and a new \
+         --node-id joining the cluster (--join ADDR --token TOKEN), and never start node {node_id} again. The other \
+         replicas keep serving meanwhile; node {node_id} stays a member until it is removed (removal is an operator \
+         command still to come; until then the cluster counts it as a down voter)."
+    )
 }
 
 /// The seams the brain and the hands are built from.

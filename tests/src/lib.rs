@@ -173,6 +173,17 @@ impl Cluster {
         Ok(())
     }
 
+    /// How a node's process ended, once it has (it is then no longer running).
+    pub fn try_exit_status(&mut self, id: u64) -> Result<Option<std::process::ExitStatus>> {
+        let node = &mut self.nodes[(id - 1) as usize];
+        let Some(child) = node.child.as_mut() else { return Ok(None) };
+        let status = child.try_wait()?;
+        if status.is_some() {
+            node.child = None;
+        }
+        Ok(status)
+    }
+
     /// SIGKILLs a node.
     pub fn kill(&mut self, id: u64) -> Result<()> {
         let node = &mut self.nodes[(id - 1) as usize];

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBRecoveryMode, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB,
+};
 
 use crate::store::disk::SyncWaiter;
 use crate::store::disk::{Batch, Cf, Disk, KeyValue, Op};
@@ -21,12 +23,27 @@ pub struct RocksDisk {
 
 impl RocksDisk {
     /// Opens (or creates) the database in `path` and starts its syncer thread.
+    ///
+    /// Damage is never repaired silently: RocksDB's default recovery drops
+    /// everything after a damaged WAL record, which for a Raft voter means
+    /// forgetting entries it acknowledged. Only a torn last record (a write
+    /// cut short, so never synced or acknowledged) is tolerated; any other
+    /// damage, and a damaged SST or MANIFEST, fails the open as
+    /// [`Error::Corrupt`].
     pub fn open(path: &Path) -> Result<RocksDisk, Error> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
+        options.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+        options.set_paranoid_checks(true);
         let families = Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
-        let rocks = Arc::new(DB::open_cf_descriptors(&options, path, families)?);
+        let rocks = match DB::open_cf_descriptors(&options, path, families) {
+            Ok(rocks) => Arc::new(rocks),
+            Err(error) if error.kind() == rocksdb::ErrorKind::Corruption => {
+                return Err(Error::Corrupt { what: format!("store in {}", path.display()), message: error.to_string() })
+            }
+            Err(error) => return Err(error.into()),
+        };
         let syncer = Syncer::start(Arc::clone(&rocks))?;
         Ok(RocksDisk { syncer, rocks })
     }
