@@ -32,6 +32,9 @@ pub enum Invariant {
     /// Invariant 9: A terminated session's log ends with its termination: nothing
     /// (a late tool result of a fenced orchestrator, a client's event) follows it.
     TerminatedIsLast,
+    /// Invariant 11: Within a session, event timestamps never go backwards,
+    /// whatever the leaders' clocks say.
+    TimestampsMonotonic,
 }
 
 impl Invariant {
@@ -46,6 +49,7 @@ impl Invariant {
             Invariant::NoSecretInLog => "no-secret-in-log",
             Invariant::NoPanic => "no-panic",
             Invariant::TerminatedIsLast => "terminated-is-last",
+            Invariant::TimestampsMonotonic => "timestamps-never-go-backwards",
         }
     }
 
@@ -149,6 +153,25 @@ pub fn acknowledged_kept(acked: &[Acked], replicas: &BTreeMap<u64, Replica>) -> 
 
 /// Invariant 9: On every replica of a terminated session, the event at the
 /// acknowledged sequence number is `session.status_terminated` and it is the last.
+pub fn timestamps_monotonic(replicas: &BTreeMap<u64, Replica>) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for (node, replica) in replicas {
+        for (session_id, events) in replica {
+            let backwards = events.windows(2).find(|pair| pair[1].processed_at_ms < pair[0].processed_at_ms);
+            if let Some(pair) = backwards {
+                violations.push(violation(
+                    Invariant::TimestampsMonotonic,
+                    format!(
+                        "n{node}: {session_id} seq {} is stamped {} ms, before seq {} at {} ms",
+                        pair[1].seq, pair[1].processed_at_ms, pair[0].seq, pair[0].processed_at_ms
+                    ),
+                ));
+            }
+        }
+    }
+    violations
+}
+
 pub fn terminated_is_last(terminated: &[Terminated], replicas: &BTreeMap<u64, Replica>) -> Vec<Violation> {
     let mut violations = Vec::new();
     for termination in terminated {
@@ -345,6 +368,18 @@ mod tests {
         assert_eq!(violations[0].invariant, Invariant::AcknowledgedKept);
         let full: Replica = BTreeMap::from([(SessionId::from_random(1), vec![event(1, 1, 8), event(1, 2, 9)])]);
         assert!(acknowledged_kept(&acked, &BTreeMap::from([(1, full)])).is_empty());
+    }
+
+    #[test]
+    fn a_timestamp_that_goes_backwards_is_reported() {
+        let session = SessionId::from_random(1);
+        let at = |seq, processed_at_ms| Event { processed_at_ms, ..event(1, seq, seq as u128) };
+        let forward: Replica = BTreeMap::from([(session, vec![at(1, 10), at(2, 10), at(3, 11)])]);
+        assert!(timestamps_monotonic(&BTreeMap::from([(1, forward)])).is_empty());
+        let backward: Replica = BTreeMap::from([(session, vec![at(1, 10), at(2, 9)])]);
+        let violations = timestamps_monotonic(&BTreeMap::from([(1, backward)]));
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].invariant, Invariant::TimestampsMonotonic);
     }
 
     #[test]

@@ -264,6 +264,7 @@ fn final_checks(world: &World, converged_now: bool) -> Vec<Violation> {
         violations.extend(checkers::stale_epochs_never_append(&record.epochs));
     }
     violations.extend(checkers::replicas_agree(&replicas, converged_now));
+    violations.extend(checkers::timestamps_monotonic(&replicas));
     violations.extend(checkers::effects_at_most_once(&world.ledger.effects()));
     violations.extend(checkers::no_secret_in_log(&replicas, std::slice::from_ref(&world.secret)));
     violations
