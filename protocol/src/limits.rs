@@ -120,8 +120,9 @@ pub const CLOCK_CHECK_INTERVAL_MS: u64 = 15_000;
 /// any handshake work.
 pub const CONNECTIONS_MAX: usize = 1280;
 /// Client connections (ALPN `agentd/1`) at once, and from one IP address.
-/// A QUIC connection costs the node about 100-150 KiB, so clients hold at
-/// most about 150 MiB of a node's memory whatever they attempt.
+/// A held QUIC connection costs the node about 170 KiB (`agentd bench
+/// flood`), so clients hold at most about 175 MiB of a node's memory
+/// whatever they attempt.
 pub const CLIENT_CONNECTIONS_MAX: usize = 1024;
 pub const CLIENT_CONNECTIONS_PER_ADDRESS_MAX: usize = 256;
 /// New connections per second past which a node asks unvalidated ones to
