@@ -245,7 +245,7 @@ async fn propose_append(
 /// The committed event at `seq`, as this leader applied it (it applies an
 /// entry before acknowledging it), as an append's answer.
 fn stored(group: &GroupHandle, session_id: SessionId, seq: u64) -> Result<Appended, ApiError> {
-    let event = group.state.events(session_id, seq, 1)?.into_iter().find(|event| event.seq == seq);
+    let event = group.state.event(session_id, seq)?;
     let event = event
         .ok_or_else(|| ApiError::Internal { message: format!("event {seq} of {session_id} is not applied here") })?;
     Ok(Appended { seq, duplicate: true, processed_at_ms: event.processed_at_ms })

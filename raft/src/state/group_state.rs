@@ -258,6 +258,16 @@ impl GroupState {
     }
 
     /// Up to `limit` events of a session with `seq >= from_seq`, by seq.
+    /// One event by its seq: a point read, cheaper than a scan.
+    pub(crate) fn event(&self, session_id: SessionId, seq: u64) -> Result<Option<Event>, Error> {
+        let event: Option<Event> =
+            self.get(&keys::event_key(self.group, session_id, seq), || format!("event {seq} of session {session_id}"))?;
+        if event.as_ref().is_some_and(|event| event.seq != seq || event.session_id != session_id) {
+            return Err(self.corrupt("events", format!("event {seq} of {session_id} stored under another key")));
+        }
+        Ok(event)
+    }
+
     pub(crate) fn events(&self, session_id: SessionId, from_seq: u64, limit: usize) -> Result<Vec<Event>, Error> {
         let start = keys::event_key(self.group, session_id, from_seq);
         let end = keys::events_end(self.group, session_id);

@@ -44,6 +44,11 @@ impl StateReader {
 
     /// Up to `limit` events of a session with `seq >= from_seq`, ordered by
     /// seq. At most [`EVENTS_PER_PAGE_MAX`] are returned whatever `limit` says.
+    /// The event at `seq`, if this replica has applied it.
+    pub fn event(&self, session_id: SessionId, seq: u64) -> Result<Option<Event>, Error> {
+        self.state.event(session_id, seq)
+    }
+
     pub fn events(&self, session_id: SessionId, from_seq: u64, limit: u32) -> Result<Vec<Event>, Error> {
         let limit = limit.min(EVENTS_PER_PAGE_MAX) as usize;
         self.state.events(session_id, from_seq, limit)

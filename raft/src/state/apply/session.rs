@@ -166,8 +166,7 @@ impl ApplyBatch<'_> {
         if let Some(event) = in_batch.filter(|event| event.seq == record.last_seq) {
             return Ok(event.processed_at_ms);
         }
-        let stored = self.state.events(session_id, record.last_seq, 1)?;
-        let last = stored.first().filter(|event| event.seq == record.last_seq);
+        let last = self.state.event(session_id, record.last_seq)?;
         Ok(last.map_or(record.created_at_ms, |event| event.processed_at_ms))
     }
 
