@@ -270,4 +270,12 @@ mod tests {
         assert!(deny(&at_limit).validate_from_client().is_ok());
         assert!(matches!(deny(&past).validate_from_client(), Err(ApiError::InvalidRequest { .. })));
     }
+
+    #[test]
+    fn oversized_payloads_are_refused() {
+        // Within the text limit, past the payload limit by the number of blocks.
+        let blocks = vec![ContentBlock::text(""); limits::EVENT_PAYLOAD_BYTES_MAX / 2 + 1];
+        let big = EventPayload::UserMessage { content: blocks };
+        assert!(matches!(big.validate_from_client(), Err(ApiError::PayloadTooLarge { .. })));
+    }
 }
