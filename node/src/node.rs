@@ -162,7 +162,10 @@ impl Node {
         )
         .with_context(|| format!("cannot listen on {}", options.listen))?;
         let peers = Peers::new(options.node_id, endpoint.clone(), stored.identity.cluster_client_config()?);
-        let host = RaftHost::new(options.node_id, db, peers, options.raft.openraft_config()?, seed);
+        let host =
+            RaftHost::new(options.node_id, db, peers, options.raft.openraft_config()?, seed, options.min_free_disk);
+        // A node restarted on a full disk opens its groups taking no writes.
+        host.check_disk_space(&mut Default::default()).await;
         // Every node replicates the metadata group (as voter or learner).
         host.open_group(GroupId::Metadata).await?;
         let admin_key = stored.admin_key.clone();
@@ -193,6 +196,7 @@ impl Node {
         let orchestrators = start_brain(&options, &service, parts, &mut tasks);
         tasks.push(tokio::spawn(observe_terms(host.clone())));
         tasks.push(tokio::spawn(service.clone().watch_clock_skew()));
+        tasks.push(tokio::spawn(host.clone().watch_disk_space()));
         tracing::info!(node = options.node_id, listen = %options.listen, "node started");
         Ok(NodeHandle {
             inner: Arc::new(NodeInner {

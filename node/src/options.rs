@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use agentd_protocol::ids::NodeId;
+#[cfg(doc)]
+use agentd_protocol::limits::DISK_FREE_FLOOR_DEFAULT;
 use agentd_protocol::limits::{REPLICATION_FACTOR_DEFAULT, SHARDS_DEFAULT, SHARDS_MAX};
 use anyhow::{bail, Result};
 
@@ -102,6 +104,9 @@ pub struct NodeOptions {
     pub models: agentd_actors::model::ProviderConfig,
     /// A client connection with no open stream for this long is closed.
     pub client_idle: std::time::Duration,
+    /// Under this many free bytes on the data disk the node takes no new
+    /// writes (`--min-free-disk`, default [`DISK_FREE_FLOOR_DEFAULT`]).
+    pub min_free_disk: u64,
 }
 
 impl NodeOptions {

@@ -311,6 +311,45 @@ impl ClientRequest {
         }
     }
 
+    /// Whether the request changes replicated state (a node whose disk is
+    /// full refuses these, see [`ApiError::StorageFull`]).
+    pub fn is_write(&self) -> bool {
+        match self {
+            ClientRequest::GetSession { .. }
+            | ClientRequest::ReadEvents { .. }
+            | ClientRequest::FollowEvents { .. }
+            | ClientRequest::ClusterStatus
+            | ClientRequest::GetAgent { .. }
+            | ClientRequest::GetEnvironment { .. }
+            | ClientRequest::GetSessionView { .. }
+            | ClientRequest::ListSessions { .. }
+            | ClientRequest::ListShardSessions { .. }
+            | ClientRequest::ListEvents { .. }
+            | ClientRequest::GetResource { .. }
+            | ClientRequest::ListResources { .. }
+            | ClientRequest::ListApiKeys { .. }
+            | ClientRequest::GetApiKeyRecord { .. } => false,
+            ClientRequest::CreateSession { .. }
+            | ClientRequest::Append { .. }
+            | ClientRequest::PutAgent { .. }
+            | ClientRequest::PutEnvironment { .. }
+            | ClientRequest::RetrySession { .. }
+            | ClientRequest::TerminateSession { .. }
+            | ClientRequest::PutSecret { .. }
+            | ClientRequest::CreateSessionIn { .. }
+            | ClientRequest::UpdateSession { .. }
+            | ClientRequest::ArchiveSession { .. }
+            | ClientRequest::DeleteSession { .. }
+            | ClientRequest::PutResource { .. }
+            | ClientRequest::ArchiveResource { .. }
+            | ClientRequest::DeleteResource { .. }
+            | ClientRequest::PutCredential { .. }
+            | ClientRequest::DeleteCredential { .. }
+            | ClientRequest::PutApiKey { .. }
+            | ClientRequest::RevokeApiKey { .. } => true,
+        }
+    }
+
     pub fn route(&self) -> Route {
         match (self, self.session_id()) {
             (_, Some(session_id)) => Route::Session(session_id),
@@ -537,6 +576,14 @@ pub struct NodeStatus {
     /// the midpoint of the request; 0 for the gatherer itself, `None` when
     /// unreachable.
     pub clock_skew_ms: Option<i64>,
+    /// Free bytes on the node's data disk at its last measurement (`None`
+    /// when unreachable or not measured yet).
+    pub disk_free_bytes: Option<u64>,
+    /// The node's free-space floor (`--min-free-disk`).
+    pub disk_floor_bytes: u64,
+    /// True while the node's free space is under its floor: it takes no
+    /// new writes and leads no group.
+    pub storage_full: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

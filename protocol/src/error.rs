@@ -57,6 +57,14 @@ pub enum ApiError {
     /// The caller's API key made too many requests; retry after the pause.
     #[error("rate limited: retry after {retry_after_ms} ms")]
     RateLimited { retry_after_ms: u64 },
+    /// The node's data disk has less free space than its floor: it takes no
+    /// new writes until space is freed (reads and follows still work). Other
+    /// nodes of the cluster take the write.
+    #[error(
+        "storage full: node {node}'s data disk has {free_bytes} bytes free, under its floor of {floor_bytes} bytes; \
+         it takes no new writes until space is freed (send writes to another node)"
+    )]
+    StorageFull { node: NodeId, free_bytes: u64, floor_bytes: u64 },
 }
 
 impl ApiError {

@@ -115,6 +115,21 @@ pub const SANDBOX_HEALTH_TIMEOUT_MS: u64 = 5_000;
 pub const CLOCK_SKEW_WARN_MS: u64 = 1_000;
 /// How often each node measures its peers' clocks.
 pub const CLOCK_CHECK_INTERVAL_MS: u64 = 15_000;
+
+/// The default free-space floor of a node's data disk (`--min-free-disk`):
+/// below it the node takes no new writes, steps down from leadership and
+/// answers writes with `StorageFull`, keeping the rest as headroom for what
+/// it must still write (applying entries already in its log, RocksDB's
+/// memtable flushes and compactions), so it never meets a full disk.
+pub const DISK_FREE_FLOOR_DEFAULT: u64 = 256 * 1024 * 1024;
+/// A node that stopped taking writes takes them again once its free space
+/// is back above the floor plus this fraction of it (1/4), so it does not
+/// flap around the floor.
+pub const DISK_FREE_RESUME_DIVISOR: u64 = 4;
+/// How often a node measures its data disk's free space (a `statvfs`, a few
+/// microseconds): often enough that only a disk filled faster than the floor
+/// per interval (256 MiB in 200 ms by default) reaches RocksDB as a failed write.
+pub const DISK_CHECK_INTERVAL_MS: u64 = 200;
 /// Connections a node's QUIC endpoint holds at once, handshakes included
 /// (clients, peers and joining nodes); past it new ones are refused before
 /// any handshake work.

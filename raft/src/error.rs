@@ -17,6 +17,9 @@ pub enum Error {
     Network(String),
     #[error("raft: {0}")]
     Raft(String),
+    /// This node refuses the request, with the answer the caller gets.
+    #[error(transparent)]
+    Refused(ApiError),
 }
 
 /// How a caller is told of a replication error, in one place. The network
@@ -27,6 +30,7 @@ impl From<Error> for ApiError {
         match error {
             Error::Network(message) => ApiError::Unavailable { message },
             Error::Transport(agentd_transport::Error::Network(message)) => ApiError::Unavailable { message },
+            Error::Refused(error) => error,
             other => {
                 tracing::error!(error = %other, "replication layer failed");
                 ApiError::Internal { message: other.to_string() }

@@ -12,6 +12,7 @@ use agentd_protocol::ApiError;
 
 use crate::network::{serve_rpc, GroupNetwork};
 use crate::peers::Peers;
+use crate::space::DiskSpace;
 use crate::state::StateReader;
 use crate::store::Db;
 use crate::types::{Raft, Runtime};
@@ -38,6 +39,7 @@ struct HostInner {
     config: Arc<openraft::Config>,
     /// Seeds openraft's randomness; each group derives its own from it.
     seed: u64,
+    space: DiskSpace,
     groups: RwLock<BTreeMap<GroupId, GroupHandle>>,
     // Serialises group creation so a group is never opened twice.
     opening: tokio::sync::Mutex<()>,
@@ -46,7 +48,16 @@ struct HostInner {
 impl RaftHost {
     /// `seed` drives openraft's randomness (election timeouts) in every
     /// group: production passes an OS-random seed, the simulator its own.
-    pub fn new(node_id: NodeId, db: Db, peers: Peers, config: Arc<openraft::Config>, seed: u64) -> Self {
+    /// Under `disk_floor_bytes` of free space the node takes no new writes
+    /// (see `space.rs`).
+    pub fn new(
+        node_id: NodeId,
+        db: Db,
+        peers: Peers,
+        config: Arc<openraft::Config>,
+        seed: u64,
+        disk_floor_bytes: u64,
+    ) -> Self {
         Self {
             inner: Arc::new(HostInner {
                 node_id,
@@ -54,6 +65,7 @@ impl RaftHost {
                 peers,
                 config,
                 seed,
+                space: DiskSpace::new(disk_floor_bytes),
                 groups: RwLock::new(BTreeMap::new()),
                 opening: tokio::sync::Mutex::new(()),
             }),
@@ -66,6 +78,15 @@ impl RaftHost {
 
     pub fn peers(&self) -> &Peers {
         &self.inner.peers
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// The free space of the data disk, and whether the node takes writes.
+    pub fn space(&self) -> &DiskSpace {
+        &self.inner.space
     }
 
     /// Opens (or returns the already open) group, recovering its state from disk.
@@ -83,6 +104,9 @@ impl RaftHost {
         let start = Raft::new(self.inner.node_id, self.inner.config.clone(), network, log_store, state_machine);
         let raft =
             Runtime::scope(seed, start).await.map_err(|fatal| Error::Raft(format!("cannot start {group}: {fatal}")))?;
+        if self.space().is_full() {
+            raft.runtime_config().elect(false);
+        }
         let handle = GroupHandle { group, raft, state };
         write(&self.inner.groups).insert(group, handle.clone());
         tracing::debug!(%group, "group opened");
@@ -99,13 +123,17 @@ impl RaftHost {
 
     /// Answers a Raft RPC from a peer. A group this node does not host yet is
     /// refused; the sender backs off and retries, which is what a new replica
-    /// needs while its placement is still replicating to it.
+    /// needs while its placement is still replicating to it. While the disk
+    /// is full, new entries and snapshots are refused the same way.
     pub async fn handle_rpc(&self, group: GroupId, kind: RaftRpcKind, payload: &[u8]) -> ClusterResponse {
         let Some(handle) = self.group(group) else {
             return ClusterResponse::Error(ApiError::NotReplica { group: group.to_string() });
         };
-        match serve_rpc(&handle.raft, kind, payload).await {
+        let space = self.space();
+        let refusal = space.is_full().then(|| space.refusal(self.node_id()));
+        match serve_rpc(&handle.raft, kind, payload, refusal).await {
             Ok(response) => response,
+            Err(Error::Refused(error)) => ClusterResponse::Error(error),
             Err(error) => ClusterResponse::Error(ApiError::Malformed { message: error.to_string() }),
         }
     }

@@ -8,9 +8,13 @@ use std::time::Duration;
 use agentd_protocol::cluster::{ClusterRequest, ClusterResponse, RaftCall, RaftRpcKind};
 use agentd_protocol::frame::{decode_body, encode_body};
 use agentd_protocol::ids::{GroupId, NodeId};
+use agentd_protocol::ApiError;
 use openraft::errors::{Fatal, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::storage::RaftStateMachine;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -107,6 +111,16 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
         self.unary(RaftRpcKind::PreVote, &rpc, &option).await
     }
 
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let reply: Result<TransferLeaderResponse<TypeConfig>, Fatal<TypeConfig>> =
+            self.rpc(RaftRpcKind::TransferLeader, &rpc, option.soft_ttl()).await.map_err(Unreachable::from_string)?;
+        reply.map_err(|fatal| RPCError::Unreachable(Unreachable::from_string(format!("node {}: {fatal}", self.target))))
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,
@@ -131,10 +145,13 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
 }
 
 /// Hands an incoming Raft RPC to the local group and encodes its reply.
+/// With `refuse_writes` (the disk is full), log entries and snapshots are
+/// refused with it; heartbeats, votes and leader transfers still run.
 pub async fn serve_rpc<SM>(
     raft: &openraft::Raft<TypeConfig, SM>,
     kind: RaftRpcKind,
     payload: &[u8],
+    refuse_writes: Option<ApiError>,
 ) -> Result<ClusterResponse, Error>
 where
     SM: RaftStateMachine<TypeConfig, SnapshotData = SnapshotData>,
@@ -142,6 +159,9 @@ where
     let reply = match kind {
         RaftRpcKind::AppendEntries => {
             let request: AppendEntriesRequest<TypeConfig> = decode_body(payload)?;
+            if let Some(refusal) = refuse_writes.filter(|_| !request.entries.is_empty()) {
+                return Err(Error::Refused(refusal));
+            }
             encode_body(&raft.append_entries(request).await)?
         }
         RaftRpcKind::Vote => {
@@ -153,13 +173,17 @@ where
             encode_body(&raft.pre_vote(request).await)?
         }
         RaftRpcKind::FullSnapshot => {
+            if let Some(refusal) = refuse_writes {
+                return Err(Error::Refused(refusal));
+            }
             let (vote, meta, data): (Vote, SnapshotMeta, SnapshotData) = decode_body(payload)?;
             metrics::counter!("agentd_raft_snapshots_received_total").increment(1);
             let snapshot = Snapshot { meta, snapshot: data };
             encode_body(&raft.install_full_snapshot(vote, snapshot).await)?
         }
         RaftRpcKind::TransferLeader => {
-            return Err(Error::Raft("leader transfer between nodes is not supported yet".into()));
+            let request: TransferLeaderRequest<TypeConfig> = decode_body(payload)?;
+            encode_body(&raft.handle_transfer_leader(request).await)?
         }
     };
     Ok(ClusterResponse::Raft(reply))

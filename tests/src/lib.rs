@@ -420,6 +420,75 @@ pub fn processes_mentioning(text: &str, name_prefix: Option<&str>) -> Vec<u32> {
         .collect()
 }
 
+/// Appends to one session continuously from a task, through whatever fault
+/// a test injects, recording the sequence number of every acknowledged append.
+pub struct Appender {
+    acknowledged: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Appender {
+    /// Starts appending with `client` (which should know every node, so that
+    /// it can move away from a node that refuses), one append every 5 ms.
+    /// The first failed append (after the client's own retries) stops it.
+    pub fn start(client: Client, session: SessionId) -> Appender {
+        let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut index = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let text = format!("appended {index}");
+                    let seq =
+                        client.append(session, EventPayload::user_text(text)).await.context("an append failed")?;
+                    agentd_protocol::sync::lock(&acknowledged).push(seq);
+                    index += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Ok(())
+            })
+        };
+        Appender { acknowledged, stop, task }
+    }
+
+    /// How many appends were acknowledged so far.
+    pub fn count(&self) -> usize {
+        agentd_protocol::sync::lock(&self.acknowledged).len()
+    }
+
+    /// Stops, and answers the acknowledged sequence numbers in order (or the
+    /// failure that stopped the appends).
+    pub async fn stop(self) -> Result<Vec<u64>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.context("the appender panicked")??;
+        Ok(agentd_protocol::sync::lock(&self.acknowledged).clone())
+    }
+}
+
+/// Checks that every running node's replica of `session` holds the same
+/// events as the leader's, numbered 1, 2, 3... with no gap or repeat, and
+/// that each of the `acknowledged` sequence numbers is among them.
+pub async fn assert_every_replica_holds(cluster: &Cluster, session: SessionId, acknowledged: &[u64]) -> Result<()> {
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+    let leader_view = cluster.client()?.read_all(session, Consistency::Leader).await?;
+    for node in cluster.nodes.iter().filter(|node| node.is_running()) {
+        let events = cluster.client_for(node.id)?.read_all(session, Consistency::Local).await?;
+        let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
+        if seqs != (1..=seqs.len() as u64).collect::<Vec<_>>() {
+            bail!("node {}: the sequence numbers are not 1..{}: {seqs:?}", node.id, seqs.len());
+        }
+        if events != leader_view {
+            bail!("node {}'s replica of {session} differs from the leader's", node.id);
+        }
+        if let Some(missing) = acknowledged.iter().find(|seq| seqs.binary_search(seq).is_err()) {
+            bail!("node {} lacks acknowledged event {missing} of {session}", node.id);
+        }
+    }
+    Ok(())
+}
+
 /// The text of each tool result of `session`, once it has at least `results`
 /// of them and is idle; panics after 60 s with the events it saw.
 pub async fn tool_results(client: &Client, session: SessionId, results: usize) -> Vec<String> {

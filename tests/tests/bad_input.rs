@@ -77,6 +77,7 @@ async fn bad_input_gets_typed_errors_and_the_node_keeps_serving() -> anyhow::Res
         sandbox_dir: None,
         sandbox_idle: agentd_node::options::SANDBOX_IDLE_DEFAULT,
         client_idle: std::time::Duration::from_secs(agentd_protocol::limits::CLIENT_IDLE_SECS_DEFAULT),
+        min_free_disk: agentd_protocol::limits::DISK_FREE_FLOOR_DEFAULT,
         models: Default::default(),
     })
     .await?;

@@ -60,7 +60,9 @@ impl ClientError {
     /// Whether another attempt (perhaps on another node) may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Api(error) => error.is_retryable() || matches!(error, ApiError::NotReplica { .. }),
+            ClientError::Api(error) => {
+                error.is_retryable() || matches!(error, ApiError::NotReplica { .. } | ApiError::StorageFull { .. })
+            }
             ClientError::Connect { .. } | ClientError::Transport { .. } => true,
             ClientError::Exhausted { .. } | ClientError::Setup(_) => false,
         }
@@ -180,7 +182,9 @@ impl Client {
     pub async fn note_failure(&self, error: &ClientError) {
         match error {
             ClientError::Connect { addr, .. } | ClientError::Transport { addr, .. } => self.rotate(addr).await,
-            ClientError::Api(ApiError::NotReplica { .. } | ApiError::Unavailable { .. }) => {
+            ClientError::Api(
+                ApiError::NotReplica { .. } | ApiError::Unavailable { .. } | ApiError::StorageFull { .. },
+            ) => {
                 let addr = self.addrs[self.current.lock().await.0 % self.addrs.len()].clone();
                 self.rotate(&addr).await;
             }
@@ -240,6 +244,10 @@ impl Client {
             let error = match self.call_once(request.clone()).await {
                 Ok(response) => return Ok(response),
                 Err(error) if !error.is_retryable() => return Err(error),
+                // A full node stays full for a while: only another node helps.
+                Err(error @ ClientError::Api(ApiError::StorageFull { .. })) if self.addrs.len() == 1 => {
+                    return Err(error)
+                }
                 Err(error) => error,
             };
             self.note_failure(&error).await;

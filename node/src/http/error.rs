@@ -70,6 +70,11 @@ impl From<ApiError> for HttpError {
                 HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded_error", message)
             }
             ApiError::Internal { .. } => HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", message),
+            // 507 is a 5xx, so the SDKs retry it (a load balancer in front
+            // may pick another node); the type names the condition.
+            ApiError::StorageFull { .. } => {
+                HttpError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full_error", message)
+            }
         }
     }
 }
@@ -103,4 +108,17 @@ pub fn envelope(error: &HttpError, request_id: &str) -> serde_json::Value {
         body["details"] = serde_json::json!({"error_code": code});
     }
     serde_json::json!({"type": "error", "error": body, "request_id": request_id})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_a_retryable_5xx_that_names_itself() {
+        let error = HttpError::from(ApiError::StorageFull { node: 3, free_bytes: 10, floor_bytes: 100 });
+        assert_eq!(error.status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(error.kind, "storage_full_error");
+        assert!(error.message.contains("node 3") && error.message.contains("another node"), "{}", error.message);
+    }
 }

@@ -23,6 +23,12 @@ impl Service {
         request: ClientRequest,
         origin: Origin,
     ) -> Result<ClientResponse, ApiError> {
+        // A node under its free-space floor takes no writes, forwarded or not
+        // (see `agentd_raft::space`); another node takes them.
+        let space = self.host().space();
+        if request.is_write() && space.is_full() {
+            return Err(space.refusal(self.host().node_id()));
+        }
         match request.route() {
             Route::Status => Ok(ClientResponse::ClusterStatus(self.gather_cluster_status().await?)),
             Route::Metadata => self.route_metadata(caller, request, origin).await,

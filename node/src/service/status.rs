@@ -27,6 +27,9 @@ impl Service {
             groups,
             clock_ms: self.now_ms(),
             clock_skew_ms: Some(0),
+            disk_free_bytes: self.host().space().free_bytes(),
+            disk_floor_bytes: self.host().space().floor_bytes(),
+            storage_full: self.host().space().is_full(),
         }
     }
 
@@ -45,7 +48,17 @@ impl Service {
                 metrics::gauge!("agentd_clock_skew_seconds", "node" => node_id.to_string()).set(skew as f64 / 1000.0);
                 status
             }
-            _ => NodeStatus { node_id, addr, reachable: false, groups: Vec::new(), clock_ms: 0, clock_skew_ms: None },
+            _ => NodeStatus {
+                node_id,
+                addr,
+                reachable: false,
+                groups: Vec::new(),
+                clock_ms: 0,
+                clock_skew_ms: None,
+                disk_free_bytes: None,
+                disk_floor_bytes: 0,
+                storage_full: false,
+            },
         }
     }
 

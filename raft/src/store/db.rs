@@ -104,6 +104,11 @@ impl Db {
         self.inner.disk.sync(SyncWaiter::Flushed(callback)).await;
     }
 
+    /// Bytes free on the disk's device.
+    pub(crate) fn free_bytes(&self) -> io::Result<u64> {
+        self.inner.disk.free_bytes()
+    }
+
     /// Returns once everything written so far is durable.
     pub(crate) async fn synced(&self) -> io::Result<()> {
         let (sender, receiver) = oneshot::channel();

@@ -122,6 +122,10 @@ pub trait Disk: Send + Sync + 'static {
     /// durable (or the sync failed). Returns once the waiter is queued; a
     /// full queue slows the caller down.
     fn sync(&self, waiter: SyncWaiter) -> BoxFuture<'_, ()>;
+
+    /// Bytes free for this disk's writes on its device (`u64::MAX` for a
+    /// disk with no such bound).
+    fn free_bytes(&self) -> io::Result<u64>;
 }
 
 /// Someone waiting for their writes to become durable.

@@ -341,4 +341,9 @@ impl Disk for Mounted {
             }
         })
     }
+
+    fn free_bytes(&self) -> std::io::Result<u64> {
+        // The simulated disk has no device bound.
+        Ok(u64::MAX)
+    }
 }

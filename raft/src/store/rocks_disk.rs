@@ -1,7 +1,8 @@
 //! The production [`Disk`]: one RocksDB instance per node, with the group
 //! commit syncer thread (see `syncer.rs`).
 
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -11,7 +12,7 @@ use rocksdb::{
 
 use crate::store::disk::SyncWaiter;
 use crate::store::disk::{Batch, Cf, Disk, KeyValue, Op};
-use crate::store::syncer::Syncer;
+use crate::store::syncer::{Failure, Syncer};
 use crate::Error;
 
 pub struct RocksDisk {
@@ -19,6 +20,8 @@ pub struct RocksDisk {
     // releases the thread's handle on `rocks` before `rocks` itself drops.
     syncer: Syncer,
     rocks: Arc<DB>,
+    path: PathBuf,
+    failure: Arc<Failure>,
 }
 
 impl RocksDisk {
@@ -44,8 +47,9 @@ impl RocksDisk {
             }
             Err(error) => return Err(error.into()),
         };
-        let syncer = Syncer::start(Arc::clone(&rocks))?;
-        Ok(RocksDisk { syncer, rocks })
+        let failure = Arc::new(Failure::default());
+        let syncer = Syncer::start(Arc::clone(&rocks), Arc::clone(&failure))?;
+        Ok(RocksDisk { syncer, rocks, path: path.to_path_buf(), failure })
     }
 
     fn cf(&self, cf: Cf) -> &ColumnFamily {
@@ -56,6 +60,9 @@ impl RocksDisk {
 
 impl Disk for RocksDisk {
     fn write(&self, batch: Batch) -> Result<(), Error> {
+        if let Some(error) = self.failure.get() {
+            return Err(Error::Io(io::Error::other(format!("the store takes no writes after a failed one ({error})"))));
+        }
         let mut rocks_batch = WriteBatch::default();
         for op in batch.into_ops() {
             match op {
@@ -63,7 +70,10 @@ impl Disk for RocksDisk {
                 Op::DeleteRange { cf, start, end } => rocks_batch.delete_range_cf(self.cf(cf), start, end),
             }
         }
-        Ok(self.rocks.write(rocks_batch)?)
+        self.rocks.write(rocks_batch).map_err(|error| {
+            self.failure.record(error.as_ref());
+            Error::from(error)
+        })
     }
 
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
@@ -92,5 +102,11 @@ impl Disk for RocksDisk {
 
     fn sync(&self, waiter: SyncWaiter) -> BoxFuture<'_, ()> {
         Box::pin(self.syncer.enqueue(waiter))
+    }
+
+    fn free_bytes(&self) -> io::Result<u64> {
+        // What an unprivileged writer may still use (`f_bavail`), as `df` shows it.
+        let stats = rustix::fs::statvfs(&self.path)?;
+        Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
     }
 }

@@ -11,7 +11,7 @@
 //! blocks for the duration of a disk flush.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -28,11 +28,36 @@ pub(crate) struct Syncer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// The first write or sync of the store that failed, if one did. After
+/// that the store takes no more writes and syncs nothing: RocksDB's WAL
+/// writer must not be used again once a write to it failed (its build in
+/// Debian asserts on a sync after a failed write, aborting the process, as
+/// a full disk showed), and what failed to be written can never be
+/// acknowledged.
+#[derive(Debug, Default)]
+pub(crate) struct Failure(Mutex<Option<String>>);
+
+impl Failure {
+    pub(crate) fn get(&self) -> Option<String> {
+        agentd_protocol::sync::lock(&self.0).clone()
+    }
+
+    /// Records `error` unless an earlier failure is recorded already.
+    pub(crate) fn record(&self, error: &str) {
+        let mut failure = agentd_protocol::sync::lock(&self.0);
+        if failure.is_none() {
+            tracing::error!(%error, "a write to the store failed: it takes no more writes until the node restarts");
+            *failure = Some(error.to_string());
+        }
+    }
+}
+
 impl Syncer {
-    pub(crate) fn start(db: Arc<DB>) -> io::Result<Syncer> {
+    pub(crate) fn start(db: Arc<DB>, failure: Arc<Failure>) -> io::Result<Syncer> {
         let (sender, receiver) = mpsc::channel(WRITE_QUEUE_DEPTH_MAX);
-        let thread =
-            std::thread::Builder::new().name("agentd-storage-sync".into()).spawn(move || run(&db, receiver))?;
+        let thread = std::thread::Builder::new()
+            .name("agentd-storage-sync".into())
+            .spawn(move || run(&db, &failure, receiver))?;
         Ok(Syncer { sender: Some(sender), thread: Some(thread) })
     }
 
@@ -62,7 +87,7 @@ impl Drop for Syncer {
     }
 }
 
-fn run(db: &DB, mut receiver: mpsc::Receiver<SyncWaiter>) {
+fn run(db: &DB, failure: &Failure, mut receiver: mpsc::Receiver<SyncWaiter>) {
     let mut waiters = Vec::new();
     while let Some(first) = receiver.blocking_recv() {
         waiters.push(first);
@@ -72,8 +97,18 @@ fn run(db: &DB, mut receiver: mpsc::Receiver<SyncWaiter>) {
                 Err(_) => break,
             }
         }
+        if let Some(error) = failure.get() {
+            let result = Err(format!("an earlier write failed ({error})"));
+            for waiter in waiters.drain(..) {
+                waiter.complete(&result);
+            }
+            continue;
+        }
         let started = Instant::now();
         let result = db.flush_wal(true).map_err(|error| error.to_string());
+        if let Err(error) = &result {
+            failure.record(error);
+        }
         metrics::histogram!("agentd_storage_sync_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("agentd_storage_syncs_total").increment(1);
         metrics::histogram!("agentd_storage_sync_batch_size").record(waiters.len() as f64);

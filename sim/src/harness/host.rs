@@ -136,6 +136,7 @@ async fn start_node(world: &Arc<World>, node: u64, boot: u64) -> anyhow::Result<
         sandbox_dir: None,
         sandbox_idle: SANDBOX_IDLE_DEFAULT,
         client_idle: std::time::Duration::from_secs(agentd_protocol::limits::CLIENT_IDLE_SECS_DEFAULT),
+        min_free_disk: agentd_protocol::limits::DISK_FREE_FLOOR_DEFAULT,
         models: ProviderConfig::default(),
     };
     let duplication = world.duplication(&format!("n{node}-boot{boot}"));

@@ -29,30 +29,7 @@ async fn status(target: Target) -> Result<()> {
         outln!("{}", serde_json::to_string_pretty(&status_json(&status))?);
         return Ok(());
     }
-    outln!("shards: {}   replication: {}", status.shards, status.replication_factor);
-    outln!("{:<6} {:<22} {:<10} {:>8} {:>6} {:>9}", "NODE", "ADDR", "STATE", "GROUPS", "LEADS", "CLOCK");
-    for node in &status.nodes {
-        let leads = node.groups.iter().filter(|group| group.leader == Some(node.node_id)).count();
-        let state = if node.reachable { "up" } else { "unreachable" };
-        let clock = node.clock_skew_ms.map_or("-".to_string(), |skew| format!("{:+.3}s", skew as f64 / 1000.0));
-        outln!(
-            "{:<6} {:<22} {:<10} {:>8} {:>6} {:>9}",
-            node.node_id,
-            node.addr,
-            state,
-            node.groups.len(),
-            leads,
-            clock
-        );
-    }
-    for (node, skew) in skewed_clocks(&status) {
-        outln!(
-            "warning: node {node}'s clock is {:.1} s {} the answering node's (more than {} ms apart)",
-            skew.unsigned_abs() as f64 / 1000.0,
-            if skew > 0 { "ahead of" } else { "behind" },
-            CLOCK_SKEW_WARN_MS
-        );
-    }
+    print_nodes(&status);
     outln!();
     outln!("{:<10} {:>7} {:>6} {:>9}  {:<14} REPLICA LAG", "GROUP", "LEADER", "TERM", "LAST LOG", "VOTERS");
     for (node, group) in leader_reports(&status) {
@@ -74,11 +51,79 @@ async fn status(target: Target) -> Result<()> {
     Ok(())
 }
 
+/// The node table, and a warning for each node that needs an operator.
+fn print_nodes(status: &ClusterStatus) {
+    outln!("shards: {}   replication: {}", status.shards, status.replication_factor);
+    outln!(
+        "{:<6} {:<22} {:<12} {:>8} {:>6} {:>9} {:>10}",
+        "NODE",
+        "ADDR",
+        "STATE",
+        "GROUPS",
+        "LEADS",
+        "CLOCK",
+        "DISK FREE"
+    );
+    for node in &status.nodes {
+        let leads = node.groups.iter().filter(|group| group.leader == Some(node.node_id)).count();
+        let state = match (node.reachable, node.storage_full) {
+            (false, _) => "unreachable",
+            (true, true) => "storage-full",
+            (true, false) => "up",
+        };
+        let clock = node.clock_skew_ms.map_or("-".to_string(), |skew| format!("{:+.3}s", skew as f64 / 1000.0));
+        let disk = node.disk_free_bytes.map_or("-".to_string(), human_bytes);
+        outln!(
+            "{:<6} {:<22} {:<12} {:>8} {:>6} {:>9} {:>10}",
+            node.node_id,
+            node.addr,
+            state,
+            node.groups.len(),
+            leads,
+            clock,
+            disk
+        );
+    }
+    for node in status.nodes.iter().filter(|node| node.storage_full) {
+        outln!(
+            "warning: node {}'s data disk is under its free-space floor ({} free, floor {}): it takes no new writes \
+             and leads no group until space is freed",
+            node.node_id,
+            node.disk_free_bytes.map_or("?".to_string(), human_bytes),
+            human_bytes(node.disk_floor_bytes)
+        );
+    }
+    for (node, skew) in skewed_clocks(status) {
+        outln!(
+            "warning: node {node}'s clock is {:.1} s {} the answering node's (more than {} ms apart)",
+            skew.unsigned_abs() as f64 / 1000.0,
+            if skew > 0 { "ahead of" } else { "behind" },
+            CLOCK_SKEW_WARN_MS
+        );
+    }
+}
+
 /// Nodes whose clock differs from the answering node's by more than
 /// [`CLOCK_SKEW_WARN_MS`], with the difference in ms.
 fn skewed_clocks(status: &ClusterStatus) -> Vec<(u64, i64)> {
     let past = |skew: &i64| skew.unsigned_abs() > CLOCK_SKEW_WARN_MS;
     status.nodes.iter().filter_map(|node| node.clock_skew_ms.filter(past).map(|skew| (node.node_id, skew))).collect()
+}
+
+/// Bytes in the largest binary unit that keeps a number of at least 1.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// For every group, the report of the node that leads it (or of any node if none does).
@@ -107,6 +152,9 @@ fn status_json(status: &ClusterStatus) -> serde_json::Value {
                 "reachable": node.reachable,
                 "clock_skew_ms": node.clock_skew_ms,
                 "clock_skewed": node.clock_skew_ms.is_some_and(|skew| skew.unsigned_abs() > CLOCK_SKEW_WARN_MS),
+                "disk_free_bytes": node.disk_free_bytes,
+                "disk_floor_bytes": node.disk_floor_bytes,
+                "storage_full": node.storage_full,
                 "groups_hosted": node.groups.len(),
                 "groups_led": node.groups.iter().filter(|group| group.leader == Some(node.node_id)).count(),
             })

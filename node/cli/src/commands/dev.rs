@@ -139,6 +139,7 @@ async fn start_nodes(options: &DevOptions, models: &ProviderConfig) -> Result<Ve
             sandbox_dir: Some(options.data_dir.join("sandboxes")),
             sandbox_idle: SANDBOX_IDLE_DEFAULT,
             client_idle: std::time::Duration::from_secs(agentd_protocol::limits::CLIENT_IDLE_SECS_DEFAULT),
+            min_free_disk: agentd_protocol::limits::DISK_FREE_FLOOR_DEFAULT,
             models: models.clone(),
         })
         .await

@@ -66,6 +66,11 @@ pub struct StartArgs {
     /// inside it. Without it only `scripted:echo` works.
     #[arg(long)]
     pub scripts_dir: Option<PathBuf>,
+    /// Free space the data disk keeps: under it the node takes no new
+    /// writes, hands off its leaderships and answers writes with
+    /// `storage_full`, until space is freed. Bytes, or with a unit: 512MiB, 2GiB, 500MB.
+    #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
+    pub min_free_disk: u64,
     #[command(flatten)]
     pub tuning: TuningArgs,
 }
@@ -116,6 +121,7 @@ pub async fn run(args: StartArgs) -> Result<()> {
         sandbox_idle: std::time::Duration::from_secs(args.sandbox_idle_secs),
         client_idle: std::time::Duration::from_secs(args.client_idle_secs),
         models: ProviderConfig { scripts_dir: args.scripts_dir, ..ProviderConfig::from_env() },
+        min_free_disk: args.min_free_disk,
     };
     let node = Node::start(options).await?;
     eprintln!("agentd: node {} serving on {}", node.node_id(), node.advertise_addr());
@@ -167,5 +173,48 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match terminate.as_mut() { Some(signal) => { signal.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// A size in bytes: a number with an optional unit (`KiB`, `MiB`, `GiB`,
+/// `TiB` count in 1024s; `KB`, `MB`, `GB`, `TB` in 1000s; `B` or none is
+/// bytes).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 =
+        number.parse().map_err(|_| format!("{text:?} is not a size: expected a number such as 256MiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => {
+            return Err(format!("unknown unit {other:?} in {text:?}: use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"))
+        }
+    };
+    number.checked_mul(scale).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_with_and_without_units() {
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("2 GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("500MB"), Ok(500_000_000));
+        assert!(parse_bytes("MiB").unwrap_err().contains("not a size"));
+        assert!(parse_bytes("12 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_bytes("99999999999TiB").unwrap_err().contains("too large"));
     }
 }
