@@ -171,7 +171,8 @@ impl Node {
         let admin_key = stored.admin_key.clone();
         let now_ms = clock.now_ms();
         let secrets_key = Arc::new(stored.secrets_key);
-        let service = Service::new(host.clone(), advertise.clone(), secrets_key.clone(), clock);
+        let service =
+            Service::new(host.clone(), advertise.clone(), secrets_key.clone(), clock, options.requests_in_flight_max);
         let admission = Arc::new(Admission { ca: stored.ca, secret: stored.token.secret.clone(), secrets_key });
 
         // A new cluster is fully initialised before this node serves anyone:

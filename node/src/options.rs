@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use agentd_protocol::ids::NodeId;
 #[cfg(doc)]
-use agentd_protocol::limits::DISK_FREE_FLOOR_DEFAULT;
+use agentd_protocol::limits::{DISK_FREE_FLOOR_DEFAULT, REQUESTS_IN_FLIGHT_MAX};
 use agentd_protocol::limits::{REPLICATION_FACTOR_DEFAULT, SHARDS_DEFAULT, SHARDS_MAX};
 use anyhow::{bail, Result};
 
@@ -107,6 +107,10 @@ pub struct NodeOptions {
     /// Under this many free bytes on the data disk the node takes no new
     /// writes (`--min-free-disk`, default [`DISK_FREE_FLOOR_DEFAULT`]).
     pub min_free_disk: u64,
+    /// Client requests run at once, from every front door together; one
+    /// more is refused with `Overloaded` (`--max-requests-in-flight`,
+    /// default [`REQUESTS_IN_FLIGHT_MAX`]).
+    pub requests_in_flight_max: usize,
 }
 
 impl NodeOptions {
@@ -125,6 +129,9 @@ impl NodeOptions {
             if replication_factor == 0 {
                 bail!("--replication must be at least 1");
             }
+        }
+        if self.requests_in_flight_max == 0 {
+            bail!("--max-requests-in-flight must be at least 1");
         }
         if self.listen.ip().is_unspecified() && self.advertise.is_none() {
             bail!(

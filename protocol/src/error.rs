@@ -65,13 +65,24 @@ pub enum ApiError {
          it takes no new writes until space is freed (send writes to another node)"
     )]
     StorageFull { node: NodeId, free_bytes: u64, floor_bytes: u64 },
+    /// The node has as many requests in flight as it admits; it refused
+    /// this one at once, without reading it. Retry after the pause (another
+    /// node may have room now).
+    #[error("overloaded: this node is at its limit of requests in flight; retry after {retry_after_ms} ms")]
+    Overloaded { retry_after_ms: u64 },
 }
 
 impl ApiError {
     /// Whether the same request may succeed if sent again later (possibly to
     /// another node). Appends are idempotent by event id, so retrying them is safe.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ApiError::NotLeader { .. } | ApiError::Unavailable { .. } | ApiError::RateLimited { .. })
+        matches!(
+            self,
+            ApiError::NotLeader { .. }
+                | ApiError::Unavailable { .. }
+                | ApiError::RateLimited { .. }
+                | ApiError::Overloaded { .. }
+        )
     }
 }
 

@@ -116,6 +116,22 @@ pub const CLOCK_SKEW_WARN_MS: u64 = 1_000;
 /// How often each node measures its peers' clocks.
 pub const CLOCK_CHECK_INTERVAL_MS: u64 = 15_000;
 
+/// Client requests a node runs at once, from all its front doors together
+/// (QUIC and HTTP; follow streams, once started, are not counted). One more
+/// is refused at once with `Overloaded`, before its body is read, so a
+/// node past its capacity keeps a bounded latency for what it admits and
+/// flat memory. At the point where more concurrent requests stop
+/// adding throughput (the knee, at about 256 concurrent appends on the
+/// 2-core machine of BENCHMARKS.md, where 512 add 3%).
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 256;
+/// The shortest pause an `Overloaded` answer suggests before a retry. The
+/// hint grows with how many requests the node refused in the last second
+/// (per admitted slot), so that clients that honour it come back no faster
+/// than the node can take them; it never passes
+/// [`OVERLOADED_RETRY_AFTER_MAX_MS`].
+pub const OVERLOADED_RETRY_AFTER_MS: u64 = 50;
+pub const OVERLOADED_RETRY_AFTER_MAX_MS: u64 = 5_000;
+
 /// The default free-space floor of a node's data disk (`--min-free-disk`):
 /// below it the node takes no new writes, steps down from leadership and
 /// answers writes with `StorageFull`, keeping the rest as headroom for what

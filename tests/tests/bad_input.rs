@@ -78,6 +78,7 @@ async fn bad_input_gets_typed_errors_and_the_node_keeps_serving() -> anyhow::Res
         sandbox_idle: agentd_node::options::SANDBOX_IDLE_DEFAULT,
         client_idle: std::time::Duration::from_secs(agentd_protocol::limits::CLIENT_IDLE_SECS_DEFAULT),
         min_free_disk: agentd_protocol::limits::DISK_FREE_FLOOR_DEFAULT,
+        requests_in_flight_max: agentd_protocol::limits::REQUESTS_IN_FLIGHT_MAX,
         models: Default::default(),
     })
     .await?;

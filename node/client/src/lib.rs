@@ -254,7 +254,14 @@ impl Client {
             if tokio::time::Instant::now() + backoff > deadline {
                 return Err(ClientError::Exhausted { attempts, last: Box::new(error) });
             }
-            tokio::time::sleep(backoff).await;
+            // An overloaded node says how long to wait; wait at least that.
+            let pause = match &error {
+                ClientError::Api(ApiError::Overloaded { retry_after_ms }) => {
+                    backoff.max(Duration::from_millis(*retry_after_ms))
+                }
+                _ => backoff,
+            };
+            tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(self.retry.backoff_max);
         }
     }

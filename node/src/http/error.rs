@@ -75,8 +75,18 @@ impl From<ApiError> for HttpError {
             ApiError::StorageFull { .. } => {
                 HttpError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full_error", message)
             }
+            // Anthropic's own status for an overloaded API, which the SDKs retry.
+            ApiError::Overloaded { retry_after_ms } => HttpError {
+                retry_after_ms: Some(retry_after_ms),
+                ..HttpError::new(overloaded_status(), "overloaded_error", message)
+            },
         }
     }
+}
+
+/// 529, which `StatusCode` has no name for.
+fn overloaded_status() -> StatusCode {
+    StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
 }
 
 impl IntoResponse for HttpError {
@@ -120,5 +130,15 @@ mod tests {
         assert_eq!(error.status, StatusCode::INSUFFICIENT_STORAGE);
         assert_eq!(error.kind, "storage_full_error");
         assert!(error.message.contains("node 3") && error.message.contains("another node"), "{}", error.message);
+    }
+
+    #[test]
+    fn overload_is_a_529_with_a_retry_hint() {
+        let error = HttpError::from(ApiError::Overloaded { retry_after_ms: 50 });
+        assert_eq!(error.status.as_u16(), 529);
+        assert_eq!(error.kind, "overloaded_error");
+        let response = error.into_response();
+        assert_eq!(response.headers()["retry-after-ms"], "50");
+        assert_eq!(response.headers()["retry-after"], "1");
     }
 }

@@ -68,6 +68,19 @@ fn new_request_id() -> String {
     format!("req_{start:016x}{:08x}", COUNTER.fetch_add(1, Ordering::Relaxed) as u32)
 }
 
+/// Admits the request (see `crate::service::RequestPermit`) or answers 529
+/// at once. An event stream (SSE) is not counted: it lives as long as its
+/// reader.
+pub async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if request.uri().path().ends_with("/events/stream") {
+        return next.run(request).await;
+    }
+    match state.service.admit_request() {
+        Ok(_permit) => next.run(request).await,
+        Err(error) => HttpError::from(error).into_response(),
+    }
+}
+
 /// Turns the request's API key (`Authorization: Bearer KEY`, or
 /// `x-api-key: KEY`) into its caller, or answers 401 (or 429 past the key's
 /// rate limit).

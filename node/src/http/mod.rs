@@ -63,7 +63,8 @@ fn router(state: AppState) -> Router {
         )
         .route("/v1/vaults/{vault_id}/credentials/{credential_id}/archive", post(vaults::archive_credential))
         .fallback(middleware::unknown_route)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::authenticate));
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::authenticate))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::admit));
     api.layer(axum::middleware::from_fn(middleware::request_id))
         .layer(axum::extract::DefaultBodyLimit::max(agentd_protocol::limits::HTTP_BODY_BYTES_MAX))
         .with_state(state)

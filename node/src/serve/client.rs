@@ -12,6 +12,14 @@ use super::stream::{answer, read_request_as};
 use crate::service::{Caller, Service};
 
 pub(super) async fn serve(service: Service, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    // Admitted before the request is read: a refused one costs no memory.
+    let permit = match service.admit_request() {
+        Ok(permit) => permit,
+        Err(error) => {
+            let _ = recv.stop(quinn::VarInt::from_u32(0));
+            return answer(&mut send, &ClientResponse::Error(error), CLIENT_FRAME_BYTES_MAX).await;
+        }
+    };
     let decode = |body: &[u8]| match decode_body::<Request>(body) {
         Ok(request) => Ok(Envelope::Current(request)),
         Err(error) => decode_body::<RequestV1>(body).map(Envelope::Version1).map_err(|_| error),
@@ -34,6 +42,8 @@ pub(super) async fn serve(service: Service, mut send: quinn::SendStream, mut rec
     };
     let response = match request.body {
         ClientRequest::FollowEvents { session_id, from_seq } => {
+            // A follow lives as long as its reader: it holds no permit.
+            drop(permit);
             return follow(&service, &caller, session_id, from_seq, &mut send).await;
         }
         body => service.call(&caller, body).await.unwrap_or_else(ClientResponse::Error),

@@ -15,6 +15,7 @@
 //! cannot run a request forwards it one hop to the node that can; a forwarded
 //! request is never forwarded again.
 
+mod admission;
 mod auth;
 mod follow;
 mod lists;
@@ -35,6 +36,7 @@ use agentd_raft::host::{GroupHandle, RaftHost};
 use openraft::async_runtime::watch::WatchReceiver;
 use tracing::Instrument;
 
+pub use admission::RequestPermit;
 pub use agentd_protocol::tenancy::Caller;
 pub use follow::Follow;
 
@@ -68,10 +70,19 @@ struct Inner {
     secrets_key: Arc<SecretsKey>,
     clock: Clock,
     rate_limits: auth::RateLimits,
+    admission: admission::Admission,
 }
 
 impl Service {
-    pub fn new(host: RaftHost, advertise: String, secrets_key: Arc<SecretsKey>, clock: Clock) -> Self {
+    /// `requests_in_flight_max` bounds the client requests it runs at once
+    /// (see [`Service::admit_request`]).
+    pub fn new(
+        host: RaftHost,
+        advertise: String,
+        secrets_key: Arc<SecretsKey>,
+        clock: Clock,
+        requests_in_flight_max: usize,
+    ) -> Self {
         let inner = Inner {
             host,
             advertise,
@@ -80,6 +91,7 @@ impl Service {
             secrets_key,
             clock,
             rate_limits: auth::RateLimits::default(),
+            admission: admission::Admission::new(requests_in_flight_max),
         };
         Self { inner: Arc::new(inner) }
     }

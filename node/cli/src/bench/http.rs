@@ -715,7 +715,7 @@ async fn create_sessions(client: &Client, count: u32) -> Result<Vec<SessionId>> 
 /// `--api-key` and revoked afterwards (a key's requests are rate limited on
 /// each node, so one key for all would measure the limiter), or `--api-key`
 /// itself for all with `--shared-key`.
-struct Keys {
+pub(crate) struct Keys {
     admin: Client,
     admin_key: String,
     shared: bool,
@@ -723,7 +723,7 @@ struct Keys {
 }
 
 impl Keys {
-    fn new(target: &Target, shared: bool) -> Result<Self> {
+    pub(crate) fn new(target: &Target, shared: bool) -> Result<Self> {
         let admin_key = target.api_key.clone().unwrap_or_default();
         Ok(Keys { admin: target.client()?, admin_key, shared, made: Vec::new() })
     }
@@ -736,7 +736,7 @@ impl Keys {
         }
     }
 
-    async fn next(&mut self) -> Result<String> {
+    pub(crate) async fn next(&mut self) -> Result<String> {
         if self.shared {
             return Ok(self.admin_key.clone());
         }
@@ -750,7 +750,7 @@ impl Keys {
         Ok(key)
     }
 
-    async fn revoke(self) {
+    pub(crate) async fn revoke(self) {
         for id in self.made {
             if let Err(error) = self.admin.revoke_api_key(id).await {
                 eprintln!("bench http: cannot revoke the key {id}: {error}");

@@ -1,13 +1,15 @@
 //! What `agentd bench` measures: appends against a running cluster
 //! (`append.rs`), the time from a message to the first model request
 //! (`first_model_request.rs`), a flood of silent connections (`flood.rs`),
-//! the HTTP API against QUIC (`http.rs`), and sandbox starts and calls on this host
+//! the HTTP API against QUIC (`http.rs`), admission past a node's capacity
+//! (`overload.rs`), and sandbox starts and calls on this host
 //! (`sandbox.rs`). Each prints progress to stderr and returns a report.
 
 pub mod append;
 pub mod first_model_request;
 pub mod flood;
 pub mod http;
+pub mod overload;
 pub mod sandbox;
 
 use std::time::Duration;

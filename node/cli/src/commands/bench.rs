@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 
 use super::Target;
-use crate::bench::{append, first_model_request, flood, http, sandbox};
+use crate::bench::{append, first_model_request, flood, http, overload, sandbox};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -56,6 +56,28 @@ pub enum BenchCommand {
         #[arg(long)]
         node_pid: u32,
     },
+    /// Appends at rising concurrency against one node to find where throughput
+    /// stops growing, then ten times past it: what is admitted and how fast,
+    /// what is refused as overloaded, and the node's memory.
+    Overload {
+        #[command(flatten)]
+        target: Target,
+        /// Concurrent clients of the steps that look for the knee.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,128,256")]
+        steps: Vec<u32>,
+        /// The last step runs this many times the knee's clients.
+        #[arg(long, default_value_t = 10)]
+        factor: u32,
+        /// Seconds per step.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// QUIC connections the clients share.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// The node's process id, for its memory.
+        #[arg(long)]
+        node_pid: Option<u32>,
+    },
     /// The Managed Agents HTTP API against native QUIC: appends, session reads, SSE fan-out.
     Http {
         #[command(subcommand)]
@@ -71,6 +93,11 @@ pub async fn run(command: BenchCommand) -> Result<()> {
             run_append(target, clients, events, payload_bytes).await
         }
         BenchCommand::Http { command } => run_http(command).await,
+        BenchCommand::Overload { target, steps, factor, seconds, connections, node_pid } => {
+            let json = target.json;
+            let bench = overload::OverloadBench { target, steps, factor, seconds, connections, node_pid };
+            run_overload(bench, json).await
+        }
         BenchCommand::Flood { target, attempts, sources, node_pid } => {
             run_flood(target, attempts, sources, node_pid).await
         }
@@ -125,6 +152,43 @@ async fn run_append(target: Target, clients: u32, events: u64, payload_bytes: us
         outln!(
             "{} appends by {} clients in {:.2}s: {:.0} events/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {} errors",
             report.events, report.clients, report.seconds, report.events_per_sec, report.p50_ms, report.p99_ms, report.p999_ms, report.max_ms, report.errors
+        );
+    }
+    Ok(())
+}
+
+async fn run_overload(bench: overload::OverloadBench, json: bool) -> Result<()> {
+    let reports = overload::run(bench).await?;
+    if json {
+        for report in &reports {
+            outln!("{}", serde_json::to_string(report)?);
+        }
+        return Ok(());
+    }
+    outln!(
+        "{:>7} {:>6} {:>11} {:>8} {:>8} {:>11} {:>11} {:>7} {:>8}",
+        "CLIENTS",
+        "",
+        "ADMITTED/S",
+        "P50 MS",
+        "P99 MS",
+        "REFUSED/S",
+        "REFUSAL P99",
+        "ERRORS",
+        "RSS MIB"
+    );
+    for report in &reports {
+        outln!(
+            "{:>7} {:>6} {:>11.0} {:>8.2} {:>8.2} {:>11.0} {:>11.2} {:>7} {:>8}",
+            report.clients,
+            if report.label == "step" { "" } else { &report.label },
+            report.admitted_per_sec,
+            report.admitted_p50_ms,
+            report.admitted_p99_ms,
+            report.refused_per_sec,
+            report.refusal_p99_ms,
+            report.other_errors,
+            report.node_rss_mib.map_or("-".to_string(), |rss| format!("{rss:.0}"))
         );
     }
     Ok(())

@@ -140,6 +140,7 @@ async fn start_nodes(options: &DevOptions, models: &ProviderConfig) -> Result<Ve
             sandbox_idle: SANDBOX_IDLE_DEFAULT,
             client_idle: std::time::Duration::from_secs(agentd_protocol::limits::CLIENT_IDLE_SECS_DEFAULT),
             min_free_disk: agentd_protocol::limits::DISK_FREE_FLOOR_DEFAULT,
+            requests_in_flight_max: agentd_protocol::limits::REQUESTS_IN_FLIGHT_MAX,
             models: models.clone(),
         })
         .await

@@ -71,6 +71,11 @@ pub struct StartArgs {
     /// `storage_full`, until space is freed. Bytes, or with a unit: 512MiB, 2GiB, 500MB.
     #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
     pub min_free_disk: u64,
+    /// Client requests the node runs at once (QUIC and HTTP together; event
+    /// streams once started are not counted). One more is refused at once
+    /// as `overloaded`, with a retry hint.
+    #[arg(long, default_value_t = agentd_protocol::limits::REQUESTS_IN_FLIGHT_MAX)]
+    pub max_requests_in_flight: usize,
     #[command(flatten)]
     pub tuning: TuningArgs,
 }
@@ -122,6 +127,7 @@ pub async fn run(args: StartArgs) -> Result<()> {
         client_idle: std::time::Duration::from_secs(args.client_idle_secs),
         models: ProviderConfig { scripts_dir: args.scripts_dir, ..ProviderConfig::from_env() },
         min_free_disk: args.min_free_disk,
+        requests_in_flight_max: args.max_requests_in_flight,
     };
     let node = Node::start(options).await?;
     eprintln!("agentd: node {} serving on {}", node.node_id(), node.advertise_addr());
