@@ -11,6 +11,7 @@ use agentd_actors::model::{ModelProvider, Models, RetryPolicy};
 use agentd_protocol::ids::{GroupId, NodeId};
 use agentd_protocol::sync::lock;
 use agentd_raft::host::RaftHost;
+use agentd_raft::identity::Identities;
 use agentd_raft::peers::Peers;
 use agentd_raft::placement;
 use agentd_raft::store::Db;
@@ -161,7 +162,10 @@ impl Node {
             Arc::new(quinn::TokioRuntime),
         )
         .with_context(|| format!("cannot listen on {}", options.listen))?;
-        let peers = Peers::new(options.node_id, endpoint.clone(), stored.identity.cluster_client_config()?);
+        // This process of the node: a number drawn at each start (from the
+        // node's seed, so the simulator's runs repeat).
+        let identities = Arc::new(Identities::new(options.node_id, seed, advertise.clone()));
+        let peers = Peers::new(identities, endpoint.clone(), stored.identity.cluster_client_config()?);
         let host =
             RaftHost::new(options.node_id, db, peers, options.raft.openraft_config()?, seed, options.min_free_disk);
         // A node restarted on a full disk opens its groups taking no writes.
@@ -291,9 +295,14 @@ impl NodeHandle {
 
     /// Resolves when a Raft group of this node stopped on a fatal error
     /// (a failed fsync or an unreadable log): the node cannot serve that
-    /// group any more and must be restarted. Says which group and why.
+    /// group any more and must be restarted. Says which group and why. Also
+    /// when the cluster refuses this process as a copy of its node (see
+    /// `agentd_raft::identity`): it must stop.
     pub async fn failed(&self) -> String {
         loop {
+            if let Some(refused) = self.inner.host.peers().identities().refused_for_good() {
+                return refused;
+            }
             for group in self.inner.host.groups() {
                 if let Err(fatal) = &group.raft.metrics().borrow_watched().running_state {
                     return format!("{} stopped: {fatal}", group.group);

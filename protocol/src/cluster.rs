@@ -58,6 +58,13 @@ pub enum ClusterRequest {
         caller: Caller,
         request: ClientRequest,
     },
+    /// The first request on every node-to-node connection: which process of
+    /// its node the dialer is (`incarnation`, drawn at each start) and the
+    /// address it serves at. Nothing else is served on a connection before.
+    Hello {
+        incarnation: u64,
+        addr: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +77,11 @@ pub enum ClusterResponse {
     NodeStatus(NodeStatus),
     NodeAdded,
     Error(ApiError),
+    /// The answer to `Hello`: which process of which node answers.
+    Hello {
+        node_id: NodeId,
+        incarnation: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -70,6 +70,10 @@ pub enum ApiError {
     /// node may have room now).
     #[error("overloaded: this node is at its limit of requests in flight; retry after {retry_after_ms} ms")]
     Overloaded { retry_after_ms: u64 },
+    /// Another process speaks as this node (a copy of its data directory,
+    /// say): the cluster takes one process per node id.
+    #[error("node {node}'s identity is in use: {message}")]
+    IdentityInUse { node: NodeId, message: String },
 }
 
 impl ApiError {

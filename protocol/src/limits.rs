@@ -132,6 +132,15 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 256;
 pub const OVERLOADED_RETRY_AFTER_MS: u64 = 50;
 pub const OVERLOADED_RETRY_AFTER_MAX_MS: u64 = 5_000;
 
+/// A process that speaks as a node is refused while another process of the
+/// same node (another incarnation) was heard from within this long.
+pub const IDENTITY_LEASE_MS: u64 = 5_000;
+/// A node refused as a duplicate this long without a break stops itself:
+/// it is a copy, and the original is alive. Longer than the lease, so a
+/// restart refused until its previous process's lease ran out is not taken
+/// for a copy.
+pub const IDENTITY_REFUSED_EXIT_MS: u64 = 15_000;
+
 /// The default free-space floor of a node's data disk (`--min-free-disk`):
 /// below it the node takes no new writes, steps down from leadership and
 /// answers writes with `StorageFull`, keeping the rest as headroom for what

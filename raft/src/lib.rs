@@ -6,6 +6,7 @@
 
 mod error;
 pub mod host;
+pub mod identity;
 pub mod network;
 mod peer_health;
 pub mod peers;

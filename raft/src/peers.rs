@@ -13,11 +13,12 @@ use agentd_protocol::limits::{
     CLUSTER_FRAME_BYTES_MAX, RAFT_BATCHES_IN_FLIGHT_MAX, RAFT_BATCH_CALLS_MAX, RAFT_QUEUE_DEPTH_MAX,
 };
 use agentd_protocol::sync::lock;
-use agentd_protocol::PROTOCOL_VERSION;
+use agentd_protocol::{ApiError, PROTOCOL_VERSION};
 use agentd_transport::dial::Connections;
 use agentd_transport::wire::{read_frame, write_frame};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::identity::Identities;
 use crate::peer_health::PeerHealth;
 use crate::Error;
 
@@ -30,6 +31,10 @@ pub struct Peers {
 struct PeersInner {
     local_node: NodeId,
     connections: Connections,
+    identities: Arc<Identities>,
+    /// Connections that said hello (by `stable_id`), with the node and
+    /// process that answered it.
+    greeted: std::sync::Mutex<HashMap<usize, (NodeId, u64)>>,
     health: PeerHealth,
     // One queue of Raft RPCs per peer address, drained by a batching task.
     raft_queues: std::sync::Mutex<HashMap<String, mpsc::Sender<PendingCall>>>,
@@ -43,11 +48,14 @@ struct PendingCall {
 }
 
 impl Peers {
-    pub fn new(local_node: NodeId, endpoint: quinn::Endpoint, client_config: quinn::ClientConfig) -> Self {
+    /// Calls as the process `identities` names.
+    pub fn new(identities: Arc<Identities>, endpoint: quinn::Endpoint, client_config: quinn::ClientConfig) -> Self {
         Self {
             inner: Arc::new(PeersInner {
-                local_node,
+                local_node: identities.node_id(),
                 connections: Connections::new(endpoint, client_config),
+                identities,
+                greeted: std::sync::Mutex::new(HashMap::new()),
                 health: PeerHealth::default(),
                 raft_queues: std::sync::Mutex::new(HashMap::new()),
             }),
@@ -56,6 +64,11 @@ impl Peers {
 
     pub fn local_node(&self) -> NodeId {
         self.inner.local_node
+    }
+
+    /// This process's identity and the live process of every peer.
+    pub fn identities(&self) -> &Identities {
+        &self.inner.identities
     }
 
     /// Sends one request to the node at `addr` and waits for its answer,
@@ -109,22 +122,58 @@ impl Peers {
         result
     }
 
-    /// One request and its answer on a new stream of the cached connection.
+    /// One request and its answer on a new stream of the cached connection,
+    /// which says hello first if it has not yet.
     async fn exchange(&self, addr: &str, envelope: &ClusterEnvelope) -> Result<ClusterResponse, Error> {
         let connection = self.inner.connections.get(addr).await?;
         let result = async {
-            let (mut send, mut recv) = connection.open_bi().await.map_err(network_error(addr))?;
-            write_frame(&mut send, envelope, CLUSTER_FRAME_BYTES_MAX).await?;
-            send.finish().map_err(network_error(addr))?;
-            read_frame::<_, ClusterResponse>(&mut recv, CLUSTER_FRAME_BYTES_MAX)
-                .await?
-                .ok_or_else(|| Error::Network(format!("{addr} closed the stream without answering")))
+            let peer = match self.greeted(&connection) {
+                Some(peer) => peer,
+                None => self.greet(addr, &connection).await?,
+            };
+            let response = one_exchange(addr, &connection, envelope).await?;
+            if let ClusterResponse::Error(ApiError::IdentityInUse { .. }) = &response {
+                // The peer took another process as this node: say hello
+                // again on a new connection.
+                connection.close(0u32.into(), b"identity refused");
+            } else {
+                self.inner.identities.heard(peer.0, peer.1);
+            }
+            Ok(response)
         }
         .await;
-        if result.is_err() && connection.close_reason().is_some() {
+        if connection.close_reason().is_some() {
+            lock(&self.inner.greeted).remove(&connection.stable_id());
             self.inner.connections.forget(addr, &connection).await;
         }
         result
+    }
+
+    fn greeted(&self, connection: &quinn::Connection) -> Option<(NodeId, u64)> {
+        lock(&self.inner.greeted).get(&connection.stable_id()).copied()
+    }
+
+    /// Says hello on a new connection: which process of this node calls
+    /// (see `identity.rs`). Answers the node and process at the other end.
+    async fn greet(&self, addr: &str, connection: &quinn::Connection) -> Result<(NodeId, u64), Error> {
+        let identities = &self.inner.identities;
+        let body = ClusterRequest::Hello { incarnation: identities.incarnation(), addr: identities.addr().to_string() };
+        let hello = ClusterEnvelope { version: PROTOCOL_VERSION, from: self.inner.local_node, body };
+        match one_exchange(addr, connection, &hello).await? {
+            ClusterResponse::Hello { node_id, incarnation } => {
+                identities.heard(node_id, incarnation);
+                lock(&self.inner.greeted).insert(connection.stable_id(), (node_id, incarnation));
+                Ok((node_id, incarnation))
+            }
+            ClusterResponse::Error(error) => {
+                if let ApiError::IdentityInUse { message, .. } = &error {
+                    identities.hello_refused(message);
+                }
+                connection.close(0u32.into(), b"hello refused");
+                Err(Error::Refused(error))
+            }
+            other => Err(Error::Network(format!("{addr} answered a hello with {other:?}"))),
+        }
     }
 }
 
@@ -171,6 +220,20 @@ async fn run_batcher(peers: Weak<PeersInner>, addr: String, mut queue: mpsc::Rec
             }
         });
     }
+}
+
+/// One request and its answer on a new stream of `connection`.
+async fn one_exchange(
+    addr: &str,
+    connection: &quinn::Connection,
+    envelope: &ClusterEnvelope,
+) -> Result<ClusterResponse, Error> {
+    let (mut send, mut recv) = connection.open_bi().await.map_err(network_error(addr))?;
+    write_frame(&mut send, envelope, CLUSTER_FRAME_BYTES_MAX).await?;
+    send.finish().map_err(network_error(addr))?;
+    read_frame::<_, ClusterResponse>(&mut recv, CLUSTER_FRAME_BYTES_MAX)
+        .await?
+        .ok_or_else(|| Error::Network(format!("{addr} closed the stream without answering")))
 }
 
 fn network_error<E: std::fmt::Display>(addr: &str) -> impl Fn(E) -> Error + '_ {

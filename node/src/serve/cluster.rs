@@ -1,14 +1,35 @@
 //! ALPN `agentd-cluster/1`: what nodes ask each other (mutual TLS).
 
 use agentd_protocol::api::ClientResponse;
+use std::sync::{Arc, OnceLock};
+
 use agentd_protocol::cluster::{ClusterEnvelope, ClusterRequest, ClusterResponse};
+use agentd_protocol::ids::NodeId;
 use agentd_protocol::limits::{CLUSTER_FRAME_BYTES_MAX, RAFT_BATCH_CALLS_MAX};
 use agentd_protocol::{ApiError, PROTOCOL_VERSION};
 
 use super::stream::{answer, read_request};
 use crate::service::Service;
 
-pub(super) async fn serve(service: Service, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+/// Who dialled a cluster connection: the node its certificate names, and
+/// the process (incarnation) its hello named.
+pub(super) struct Dialer {
+    node_id: NodeId,
+    incarnation: OnceLock<u64>,
+}
+
+impl Dialer {
+    pub(super) fn new(node_id: NodeId) -> Self {
+        Self { node_id, incarnation: OnceLock::new() }
+    }
+}
+
+pub(super) async fn serve(
+    service: Service,
+    dialer: Arc<Dialer>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let Some(envelope) =
         read_request::<ClusterEnvelope, _>(&mut send, &mut recv, CLUSTER_FRAME_BYTES_MAX, ClusterResponse::Error).await
     else {
@@ -20,9 +41,37 @@ pub(super) async fn serve(service: Service, mut send: quinn::SendStream, mut rec
             supported: PROTOCOL_VERSION,
         })
     } else {
-        respond(&service, envelope.body).await
+        match identify(&service, &dialer, &envelope.body) {
+            Ok(Some(hello)) => hello,
+            Ok(None) => respond(&service, envelope.body).await,
+            Err(refusal) => ClusterResponse::Error(refusal),
+        }
     };
     answer(&mut send, &response, CLUSTER_FRAME_BYTES_MAX).await;
+}
+
+/// One process per node id (see `agentd_raft::identity`): answers a hello,
+/// or lets a request through only from the dialer's live process.
+fn identify(service: &Service, dialer: &Dialer, body: &ClusterRequest) -> Result<Option<ClusterResponse>, ApiError> {
+    let identities = service.host().peers().identities();
+    if let ClusterRequest::Hello { incarnation, addr } = body {
+        let registered =
+            service.metadata().ok().and_then(|metadata| metadata.state.nodes().ok()).and_then(|nodes| {
+                nodes.into_iter().find(|(node_id, _)| *node_id == dialer.node_id).map(|(_, addr)| addr)
+            });
+        identities.check_hello(dialer.node_id, *incarnation, addr, registered.as_deref())?;
+        let _ = dialer.incarnation.set(*incarnation);
+        let hello = ClusterResponse::Hello { node_id: identities.node_id(), incarnation: identities.incarnation() };
+        return Ok(Some(hello));
+    }
+    let Some(incarnation) = dialer.incarnation.get() else {
+        return Err(ApiError::IdentityInUse {
+            node: dialer.node_id,
+            message: "a node-to-node connection must open with a hello".into(),
+        });
+    };
+    identities.check_request(dialer.node_id, *incarnation)?;
+    Ok(None)
 }
 
 async fn respond(service: &Service, request: ClusterRequest) -> ClusterResponse {
@@ -47,5 +96,9 @@ async fn respond(service: &Service, request: ClusterRequest) -> ClusterResponse 
             Ok(()) => ClusterResponse::NodeAdded,
             Err(error) => ClusterResponse::Error(error),
         },
+        // `identify` answers hellos before requests get here.
+        ClusterRequest::Hello { .. } => {
+            ClusterResponse::Error(ApiError::InvalidRequest { message: "a hello is answered by `identify`".into() })
+        }
     }
 }

@@ -88,11 +88,13 @@ async fn serve_connection(
             accept_streams(connection, Some(client_idle), handler).await
         }
         Some(CLUSTER_ALPN) => {
-            if peer_node_id(&connection).is_none() {
+            let Some(peer) = peer_node_id(&connection) else {
                 connection.close(1u32.into(), b"cluster traffic requires a node certificate");
                 return;
-            }
-            accept_streams(connection, None, move |send, recv| cluster::serve(service.clone(), send, recv)).await
+            };
+            let dialer = Arc::new(cluster::Dialer::new(peer));
+            let handler = move |send, recv| cluster::serve(service.clone(), dialer.clone(), send, recv);
+            accept_streams(connection, None, handler).await
         }
         Some(JOIN_ALPN) => {
             let handler = move |send, recv| join::serve(service.clone(), admission.clone(), send, recv);

@@ -259,7 +259,7 @@ impl Service {
         Some((leader, node.addr))
     }
 
-    fn metadata(&self) -> Result<GroupHandle, ApiError> {
+    pub(crate) fn metadata(&self) -> Result<GroupHandle, ApiError> {
         self.host()
             .group(GroupId::Metadata)
             .ok_or_else(|| ApiError::Unavailable { message: "metadata group is not open on this node".into() })
