@@ -125,7 +125,7 @@ impl RaftHost {
         let changed = space.record(free);
         match changed {
             Some(true) => {
-                tracing::error!(
+                tracing::warn!(
                     free_bytes = free,
                     floor_bytes = space.floor_bytes(),
                     "the data disk is under its free-space floor: this node takes no new writes and hands off \

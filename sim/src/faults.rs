@@ -49,10 +49,13 @@ pub enum FaultKind {
     /// A shard loses one replica (a voter removed by a placement change)
     /// and gets it back later.
     Membership,
+    /// A node's data disk falls under its free-space floor, then has room
+    /// again: it must stop taking writes and leading, then resume.
+    DiskFull,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 16] = [
+    pub const ALL: [FaultKind; 17] = [
         FaultKind::Crash,
         FaultKind::Wipe,
         FaultKind::PowerLoss,
@@ -69,6 +72,7 @@ impl FaultKind {
         FaultKind::SandboxCrash,
         FaultKind::Duplicate,
         FaultKind::Membership,
+        FaultKind::DiskFull,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +93,7 @@ impl FaultKind {
             FaultKind::SandboxCrash => "sandbox-crash",
             FaultKind::Duplicate => "duplicate",
             FaultKind::Membership => "membership",
+            FaultKind::DiskFull => "disk-full",
         }
     }
 
@@ -208,6 +213,12 @@ pub enum Fault {
     RestoreShard {
         shard: u32,
     },
+    DiskFull {
+        node: u64,
+    },
+    DiskRoom {
+        node: u64,
+    },
 }
 
 impl fmt::Display for Fault {
@@ -247,6 +258,8 @@ impl fmt::Display for Fault {
                 write!(formatter, "remove n{without} from shard-{shard}'s replicas")
             }
             Fault::RestoreShard { shard } => write!(formatter, "restore shard-{shard}'s replicas"),
+            Fault::DiskFull { node } => write!(formatter, "disk of n{node} under its free-space floor"),
+            Fault::DiskRoom { node } => write!(formatter, "disk of n{node} has room again"),
         }
     }
 }
@@ -375,6 +388,11 @@ fn faults_of(
             let shard = rng.random_range(0..shape.shards.max(1));
             faults.push((now, Fault::ShrinkShard { shard, without: pick_node(rng, shape.nodes) }));
             faults.push((later, Fault::RestoreShard { shard }));
+        }
+        FaultKind::DiskFull => {
+            let victim = pick_node(rng, shape.nodes);
+            faults.push((now, Fault::DiskFull { node: victim }));
+            faults.push((later, Fault::DiskRoom { node: victim }));
         }
         // Sandbox crashes are a rate for the whole safety phase, not events.
         FaultKind::SandboxCrash | FaultKind::Partition | FaultKind::OneWay | FaultKind::Membership => {}

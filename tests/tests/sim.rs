@@ -33,6 +33,18 @@ fn a_range_of_failover_seeds_runs_clean() {
     assert!(stdout(&output).contains("sweep: 3 seeds, 0 failed"), "{}", stdout(&output));
 }
 
+/// A node whose disk falls under its floor stops taking writes and leading,
+/// then resumes; with crashes, partitions and leader transfers around it,
+/// no invariant breaks.
+#[test]
+fn full_disks_keep_every_invariant() {
+    let mut args = vec!["sweep", "--seeds", "1..4", "--faults", "disk-full,crash,partition,leader-transfer"];
+    args.extend(SMALL);
+    let output = sim(&args);
+    assert_eq!(output.status.code(), Some(0), "a disk-full seed failed:\n{}", stdout(&output));
+    assert!(stdout(&output).contains("sweep: 3 seeds, 0 failed"), "{}", stdout(&output));
+}
+
 /// Seeds that once failed, kept as regression tests. Seed 11 lost an agent
 /// session after a power cut: its new shard leader woke it before the
 /// leadership was confirmed and the orchestrator gave up on "not leader".

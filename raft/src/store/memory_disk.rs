@@ -93,6 +93,9 @@ pub struct DiskStats {
 
 pub struct MemoryDisk {
     state: Mutex<State>,
+    /// What `free_bytes` reports: unbounded, unless the simulator fills the
+    /// disk (`set_free_bytes`).
+    free_bytes: std::sync::atomic::AtomicU64,
 }
 
 struct State {
@@ -126,6 +129,7 @@ impl MemoryDisk {
                 stats: DiskStats::default(),
                 fsync_failed: false,
             }),
+            free_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
         })
     }
 
@@ -209,6 +213,13 @@ impl MemoryDisk {
     /// Changes the faults (the liveness phase turns them off).
     pub fn set_faults(&self, faults: DiskFaults) {
         self.lock().faults = faults;
+    }
+
+    /// Sets the free space the disk reports (`u64::MAX`: unbounded). The
+    /// simulator's disk-full fault: writes still succeed, as they do on a
+    /// real disk above zero; it is the node's floor that must stop them.
+    pub fn set_free_bytes(&self, free_bytes: u64) {
+        self.free_bytes.store(free_bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How many written batches are not yet durable.
@@ -343,7 +354,6 @@ impl Disk for Mounted {
     }
 
     fn free_bytes(&self) -> std::io::Result<u64> {
-        // The simulated disk has no device bound.
-        Ok(u64::MAX)
+        Ok(self.disk.free_bytes.load(std::sync::atomic::Ordering::Relaxed))
     }
 }

@@ -111,6 +111,8 @@ impl<'a> Runner<'a> {
                 })
             }
             Fault::DiskFaultsEnd { node } => self.world.disks[node].set_faults(DiskFaults::default()),
+            Fault::DiskFull { node } => self.world.disks[node].set_free_bytes(0),
+            Fault::DiskRoom { node } => self.world.disks[node].set_free_bytes(u64::MAX),
             Fault::ClockJump { node, delta_ms } => {
                 self.world.clocks[node].fetch_add(*delta_ms, Ordering::Relaxed);
             }
