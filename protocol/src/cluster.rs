@@ -82,6 +82,14 @@ pub enum ClusterResponse {
         node_id: NodeId,
         incarnation: u64,
     },
+    /// A refused `Hello`, still saying which process answers: after nodes
+    /// restart together each learns the others' new processes this way,
+    /// rather than waiting out the lease of their old ones.
+    HelloRefused {
+        node_id: NodeId,
+        incarnation: u64,
+        reason: ApiError,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

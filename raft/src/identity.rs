@@ -157,7 +157,10 @@ impl Identities {
                 streak.reason = reason.to_string();
             }
             _ => {
-                tracing::error!(%reason, "a peer refused this process as a duplicate of node {}", self.node_id);
+                // A restart is refused for a moment too (until a peer hears
+                // from it, or its previous process's lease runs out); only a
+                // refusal that lasts is an error (`refused_for_good`).
+                tracing::warn!(%reason, "a peer refused this process's hello as node {}; retrying", self.node_id);
                 *refused = Some(Refusals { first: now, last: now, reason: reason.to_string() });
             }
         }

@@ -165,10 +165,16 @@ impl Peers {
                 lock(&self.inner.greeted).insert(connection.stable_id(), (node_id, incarnation));
                 Ok((node_id, incarnation))
             }
-            ClusterResponse::Error(error) => {
-                if let ApiError::IdentityInUse { message, .. } = &error {
+            ClusterResponse::HelloRefused { node_id, incarnation, reason } => {
+                // The process at the node's address is the node, refusal or not.
+                identities.heard(node_id, incarnation);
+                if let ApiError::IdentityInUse { message, .. } = &reason {
                     identities.hello_refused(message);
                 }
+                connection.close(0u32.into(), b"hello refused");
+                Err(Error::Refused(reason))
+            }
+            ClusterResponse::Error(error) => {
                 connection.close(0u32.into(), b"hello refused");
                 Err(Error::Refused(error))
             }

@@ -364,13 +364,7 @@ fn faults_of(
             faults.push((now, Fault::Loss { per_mille: rng.random_range(20..200) }));
             faults.push((later, Fault::LossEnd));
         }
-        FaultKind::Disk => {
-            let victim = pick_node(rng, shape.nodes);
-            let fsync_per_million = rng.random_range(0..20_000);
-            let read_per_million = rng.random_range(0..2_000);
-            faults.push((now, Fault::DiskFaults { node: victim, fsync_per_million, read_per_million }));
-            faults.push((later, Fault::DiskFaultsEnd { node: victim }));
-        }
+        FaultKind::Disk | FaultKind::DiskFull => faults.extend(disk_faults(kind, rng, shape, now, later)),
         FaultKind::Clock => {
             let delta_ms = rng.random_range(-120_000..120_000);
             faults.push((now, Fault::ClockJump { node: pick_node(rng, shape.nodes), delta_ms }));
@@ -389,13 +383,28 @@ fn faults_of(
             faults.push((now, Fault::ShrinkShard { shard, without: pick_node(rng, shape.nodes) }));
             faults.push((later, Fault::RestoreShard { shard }));
         }
-        FaultKind::DiskFull => {
-            let victim = pick_node(rng, shape.nodes);
-            faults.push((now, Fault::DiskFull { node: victim }));
-            faults.push((later, Fault::DiskRoom { node: victim }));
-        }
         // Sandbox crashes are a rate for the whole safety phase, not events.
         FaultKind::SandboxCrash | FaultKind::Partition | FaultKind::OneWay | FaultKind::Membership => {}
     }
     faults
+}
+
+/// The disk faults of `kind` (see [`faults_of`]), with the same draws.
+fn disk_faults(
+    kind: FaultKind,
+    rng: &mut StdRng,
+    shape: &PlanShape,
+    now: Duration,
+    later: Duration,
+) -> [(Duration, Fault); 2] {
+    let victim = pick_node(rng, shape.nodes);
+    if kind == FaultKind::DiskFull {
+        return [(now, Fault::DiskFull { node: victim }), (later, Fault::DiskRoom { node: victim })];
+    }
+    let fsync_per_million = rng.random_range(0..20_000);
+    let read_per_million = rng.random_range(0..2_000);
+    [
+        (now, Fault::DiskFaults { node: victim, fsync_per_million, read_per_million }),
+        (later, Fault::DiskFaultsEnd { node: victim }),
+    ]
 }

@@ -44,6 +44,14 @@ pub(super) async fn serve(
         match identify(&service, &dialer, &envelope.body) {
             Ok(Some(hello)) => hello,
             Ok(None) => respond(&service, envelope.body).await,
+            Err(reason) if matches!(envelope.body, ClusterRequest::Hello { .. }) => {
+                let identities = service.host().peers().identities();
+                ClusterResponse::HelloRefused {
+                    node_id: identities.node_id(),
+                    incarnation: identities.incarnation(),
+                    reason,
+                }
+            }
             Err(refusal) => ClusterResponse::Error(refusal),
         }
     };
