@@ -169,7 +169,7 @@ impl Node {
         let host =
             RaftHost::new(options.node_id, db, peers, options.raft.openraft_config()?, seed, options.min_free_disk);
         // A node restarted on a full disk opens its groups taking no writes.
-        host.check_disk_space(&mut Default::default()).await;
+        host.check_disk_space(&mut Default::default());
         // Every node replicates the metadata group (as voter or learner).
         host.open_group(GroupId::Metadata).await?;
         let admin_key = stored.admin_key.clone();

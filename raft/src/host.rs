@@ -106,6 +106,7 @@ impl RaftHost {
             Runtime::scope(seed, start).await.map_err(|fatal| Error::Raft(format!("cannot start {group}: {fatal}")))?;
         if self.space().is_full() {
             raft.runtime_config().elect(false);
+            raft.runtime_config().heartbeat(false);
         }
         let handle = GroupHandle { group, raft, state };
         write(&self.inner.groups).insert(group, handle.clone());

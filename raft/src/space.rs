@@ -7,8 +7,10 @@
 //! floor it takes no new writes:
 //! - it refuses log entries and snapshots from leaders (they back off and
 //!   retry, and the group commits on its other replicas);
-//! - it stops standing for election, and hands the leadership of each group
-//!   it leads to the most caught-up other voter;
+//! - it stops standing for election, and stops the heartbeats of each group
+//!   it leads, so that the other voters elect a leader among themselves once
+//!   their leader lease runs out (openraft's leader transfer is not used: see
+//!   `network.rs`);
 //! - its front doors answer writes with [`ApiError::StorageFull`]; reads and
 //!   follow streams keep working.
 //!
@@ -20,20 +22,14 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::host::RaftHost;
 use agentd_protocol::ids::NodeId;
 use agentd_protocol::limits::{DISK_CHECK_INTERVAL_MS, DISK_FREE_RESUME_DIVISOR};
 use agentd_protocol::ApiError;
-use openraft::async_runtime::watch::WatchReceiver;
-
-use crate::host::{GroupHandle, RaftHost};
-
-/// How many measurements apart a full node retries handing off leaderships.
-const HAND_OFF_EVERY_ROUNDS: u64 = 5;
 
 /// What the disk watcher remembers between measurements.
 #[derive(Debug, Default)]
 pub struct DiskWatch {
-    rounds: u64,
     /// The last measurement failed (warned once, not every round).
     unmeasurable: bool,
 }
@@ -99,15 +95,14 @@ impl RaftHost {
         let mut watch = DiskWatch::default();
         loop {
             tokio::time::sleep(Duration::from_millis(DISK_CHECK_INTERVAL_MS)).await;
-            self.check_disk_space(&mut watch).await;
+            self.check_disk_space(&mut watch);
         }
     }
 
     /// Measures the data disk once and acts on it. The node calls it before
     /// it opens any group too, so that a node restarted on a full disk comes
     /// up taking no writes rather than failing on its first one.
-    pub async fn check_disk_space(&self, watch: &mut DiskWatch) {
-        watch.rounds += 1;
+    pub fn check_disk_space(&self, watch: &mut DiskWatch) {
         let free = match self.db().free_bytes() {
             Ok(free) => free,
             Err(error) => {
@@ -122,63 +117,34 @@ impl RaftHost {
         let node = self.node_id().to_string();
         let space = self.space();
         metrics::gauge!("agentd_storage_free_bytes", "node" => node.clone()).set(free as f64);
-        let changed = space.record(free);
-        match changed {
+        match space.record(free) {
             Some(true) => {
                 tracing::warn!(
                     free_bytes = free,
                     floor_bytes = space.floor_bytes(),
-                    "the data disk is under its free-space floor: this node takes no new writes and hands off \
+                    "the data disk is under its free-space floor: this node takes no new writes and gives up \
                      its leaderships until space is freed"
                 );
-                self.set_elect(false);
+                self.set_writable(false);
             }
             Some(false) => {
                 tracing::info!(free_bytes = free, "the data disk has room again: this node takes writes again");
-                self.set_elect(true);
+                self.set_writable(true);
             }
             None => {}
         }
         metrics::gauge!("agentd_storage_full", "node" => node).set(if space.is_full() { 1.0 } else { 0.0 });
-        // At once, then every few rounds: for a transfer that did not take,
-        // and for a group that elected this node before it stopped standing.
-        if space.is_full() && (changed.is_some() || watch.rounds.is_multiple_of(HAND_OFF_EVERY_ROUNDS)) {
-            self.hand_off_leaderships().await;
-        }
     }
 
-    /// Whether this node stands for election in its groups.
-    pub(crate) fn set_elect(&self, enabled: bool) {
+    /// Whether this node stands for election and, where it leads, sends
+    /// heartbeats. A leader without heartbeats loses its followers once
+    /// their lease runs out, and they elect one of themselves.
+    pub(crate) fn set_writable(&self, writable: bool) {
         for handle in self.groups() {
-            handle.raft.runtime_config().elect(enabled);
+            handle.raft.runtime_config().elect(writable);
+            handle.raft.runtime_config().heartbeat(writable);
         }
     }
-
-    /// Asks each group this node leads to move its leadership to the most
-    /// caught-up other voter.
-    async fn hand_off_leaderships(&self) {
-        for handle in self.groups() {
-            if !handle.raft.is_leader() {
-                continue;
-            }
-            let Some(target) = successor(&handle, self.node_id()) else {
-                tracing::debug!(group = %handle.group, "no other voter to hand the leadership to");
-                continue;
-            };
-            tracing::info!(group = %handle.group, to = target, "handing off leadership: the data disk is full");
-            if let Err(error) = handle.raft.trigger().transfer_leader(target).await {
-                tracing::warn!(group = %handle.group, %error, "the leadership hand-off failed");
-            }
-        }
-    }
-}
-
-/// The voter other than `me` whose replicated log reaches furthest.
-fn successor(handle: &GroupHandle, me: NodeId) -> Option<NodeId> {
-    let metrics = handle.raft.metrics().borrow_watched().clone();
-    let replication = metrics.replication.as_ref()?;
-    let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().filter(|id| *id != me).collect();
-    voters.into_iter().max_by_key(|id| replication.get(id).cloned().flatten().map(|log_id| log_id.index))
 }
 
 #[cfg(test)]
