@@ -32,12 +32,22 @@ struct PeersInner {
     local_node: NodeId,
     connections: Connections,
     identities: Arc<Identities>,
-    /// Connections that said hello (by `stable_id`), with the node and
-    /// process that answered it.
-    greeted: std::sync::Mutex<HashMap<usize, (NodeId, u64)>>,
+    /// By peer address: the connection that said hello there (its
+    /// `stable_id`, which quinn may give a later connection again), and the
+    /// node and process that answered. One entry per address, so closed
+    /// connections leave nothing behind.
+    greeted: std::sync::Mutex<HashMap<String, Greeted>>,
     health: PeerHealth,
     // One queue of Raft RPCs per peer address, drained by a batching task.
     raft_queues: std::sync::Mutex<HashMap<String, mpsc::Sender<PendingCall>>>,
+}
+
+/// A connection's answered hello.
+#[derive(Debug, Clone, Copy)]
+struct Greeted {
+    connection: usize,
+    node_id: NodeId,
+    incarnation: u64,
 }
 
 /// A Raft RPC waiting to join a batch.
@@ -127,7 +137,7 @@ impl Peers {
     async fn exchange(&self, addr: &str, envelope: &ClusterEnvelope) -> Result<ClusterResponse, Error> {
         let connection = self.inner.connections.get(addr).await?;
         let result = async {
-            let peer = match self.greeted(&connection) {
+            let peer = match self.greeted(addr, &connection) {
                 Some(peer) => peer,
                 None => self.greet(addr, &connection).await?,
             };
@@ -143,14 +153,15 @@ impl Peers {
         }
         .await;
         if connection.close_reason().is_some() {
-            lock(&self.inner.greeted).remove(&connection.stable_id());
+            lock(&self.inner.greeted).remove(addr);
             self.inner.connections.forget(addr, &connection).await;
         }
         result
     }
 
-    fn greeted(&self, connection: &quinn::Connection) -> Option<(NodeId, u64)> {
-        lock(&self.inner.greeted).get(&connection.stable_id()).copied()
+    fn greeted(&self, addr: &str, connection: &quinn::Connection) -> Option<(NodeId, u64)> {
+        let greeted = lock(&self.inner.greeted).get(addr).copied()?;
+        (greeted.connection == connection.stable_id()).then_some((greeted.node_id, greeted.incarnation))
     }
 
     /// Says hello on a new connection: which process of this node calls
@@ -162,7 +173,8 @@ impl Peers {
         match one_exchange(addr, connection, &hello).await? {
             ClusterResponse::Hello { node_id, incarnation } => {
                 identities.heard(node_id, incarnation);
-                lock(&self.inner.greeted).insert(connection.stable_id(), (node_id, incarnation));
+                let greeted = Greeted { connection: connection.stable_id(), node_id, incarnation };
+                lock(&self.inner.greeted).insert(addr.to_string(), greeted);
                 Ok((node_id, incarnation))
             }
             ClusterResponse::HelloRefused { node_id, incarnation, reason } => {
