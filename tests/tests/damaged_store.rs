@@ -34,18 +34,23 @@ fn largest_wal(data_dir: &Path) -> anyhow::Result<(PathBuf, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_wal_is_refused_with_the_repair_and_nothing_acknowledged_is_lost() -> anyhow::Result<()> {
-    damaged_file_is_refused(largest_wal).await
+    // A WAL of more than a block, so that its middle is a record, not the tail.
+    damaged_file_is_refused(largest_wal, 4096).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_manifest_is_refused_with_the_repair_and_nothing_acknowledged_is_lost() -> anyhow::Result<()> {
-    damaged_file_is_refused(|data_dir| largest_file(data_dir, |name| name.starts_with("MANIFEST-"))).await
+    damaged_file_is_refused(|data_dir| largest_file(data_dir, |name| name.starts_with("MANIFEST-")), 64).await
 }
 
-/// Damages the file `pick` chooses in node 3's store while it is down, and
+/// Damages the file `pick` chooses in node 3's store (longer than `min_len`
+/// bytes) while it is down, and
 /// checks that node 3 refuses to start, naming the repair, while the other
 /// replicas serve every acknowledged event.
-async fn damaged_file_is_refused(pick: impl Fn(&Path) -> anyhow::Result<(PathBuf, u64)>) -> anyhow::Result<()> {
+async fn damaged_file_is_refused(
+    pick: impl Fn(&Path) -> anyhow::Result<(PathBuf, u64)>,
+    min_len: u64,
+) -> anyhow::Result<()> {
     let mut cluster = Cluster::start(agentd_tests::agentd_binary!(), 3, &["--shards", "1"]).await?;
     let client = cluster.client()?;
     let session = client.create_session().await?.session_id;
@@ -58,7 +63,7 @@ async fn damaged_file_is_refused(pick: impl Fn(&Path) -> anyhow::Result<(PathBuf
 
     // A few bytes changed in the middle of the file.
     let (damaged, len) = pick(&cluster.nodes[2].data_dir)?;
-    assert!(len > 64, "{} is only {len} bytes", damaged.display());
+    assert!(len > min_len, "{} is only {len} bytes", damaged.display());
     let mut file = std::fs::OpenOptions::new().write(true).open(&damaged)?;
     file.seek(SeekFrom::Start(len / 2))?;
     file.write_all(&[0xa5; 16])?;
