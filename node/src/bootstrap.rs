@@ -10,7 +10,7 @@ use agentd_protocol::command::Command;
 use agentd_protocol::ids::{GroupId, NodeId, ShardId};
 use agentd_protocol::limits::JOIN_FRAME_BYTES_MAX;
 use agentd_protocol::tenancy::{parse_api_key, secret_sha256, ApiKeyRecord, Role, DEFAULT_WORKSPACE};
-use agentd_protocol::{ApiError, PROTOCOL_VERSION};
+use agentd_protocol::{ApiError, CLUSTER_PROTOCOL_VERSION};
 use agentd_raft::host::RaftHost;
 use agentd_raft::types::NodeInfo;
 use agentd_raft::{placement, propose};
@@ -68,8 +68,12 @@ async fn join(seed: &str, token: &JoinToken, node_id: NodeId, advertise: &str) -
             .map_err(|_| anyhow!("timed out connecting to {seed}"))?
             .with_context(|| format!("cannot join through {seed}"))?;
     let (mut send, mut recv) = connection.open_bi().await?;
-    let request =
-        JoinRequest { version: PROTOCOL_VERSION, secret: token.secret.clone(), node_id, addr: advertise.to_string() };
+    let request = JoinRequest {
+        version: CLUSTER_PROTOCOL_VERSION,
+        secret: token.secret.clone(),
+        node_id,
+        addr: advertise.to_string(),
+    };
     write_frame(&mut send, &request, JOIN_FRAME_BYTES_MAX).await?;
     send.finish()?;
     let response: JoinResponse = read_frame(&mut recv, JOIN_FRAME_BYTES_MAX)

@@ -23,12 +23,17 @@ pub mod tenancy;
 
 pub use error::{ApiError, Error};
 
-/// The version of the client and cluster protocols spoken by this build. A
-/// request carrying another version is answered with
-/// [`ApiError::UnsupportedVersion`]. Version 2 added API keys to client
-/// requests and callers to forwarded ones. (The hands protocol has its own:
-/// `hands::HANDS_PROTOCOL_VERSION`.)
+/// The version of the client protocol spoken by this build. A request
+/// carrying another version is answered with [`ApiError::UnsupportedVersion`].
+/// Version 2 added API keys to client requests and callers to forwarded
+/// ones. (The hands protocol has its own: `hands::HANDS_PROTOCOL_VERSION`.)
 pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The version of the cluster protocol (node to node: Raft, forwarding,
+/// hellos, joins), answered the same way. Version 3: Raft votes and log ids
+/// carry standard Raft leader ids (one leader per term), which version 2
+/// nodes cannot decode.
+pub const CLUSTER_PROTOCOL_VERSION: u16 = 3;
 
 /// ALPN for client calls (sessions, events, status).
 pub const CLIENT_ALPN: &[u8] = b"agentd/1";

@@ -11,6 +11,13 @@ pub enum Error {
     Transport(#[from] agentd_transport::Error),
     #[error(transparent)]
     Protocol(#[from] agentd_protocol::Error),
+    /// The store was written in a format this build does not read.
+    #[error(
+        "the store was written in format {found} and this build of agentd reads format {supported}: {reason}; \
+         start this node's data directory with the agentd version that wrote it, or remove the node from the \
+         cluster and bring the machine back with an empty data directory under a new node id"
+    )]
+    UnsupportedFormat { found: u32, supported: u32, reason: &'static str },
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("network: {0}")]

@@ -13,7 +13,7 @@ use agentd_protocol::limits::{
     CLUSTER_FRAME_BYTES_MAX, RAFT_BATCHES_IN_FLIGHT_MAX, RAFT_BATCH_CALLS_MAX, RAFT_QUEUE_DEPTH_MAX,
 };
 use agentd_protocol::sync::lock;
-use agentd_protocol::{ApiError, PROTOCOL_VERSION};
+use agentd_protocol::{ApiError, CLUSTER_PROTOCOL_VERSION};
 use agentd_transport::dial::Connections;
 use agentd_transport::wire::{read_frame, write_frame};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -84,7 +84,7 @@ impl Peers {
     /// Sends one request to the node at `addr` and waits for its answer,
     /// for at most `timeout` (dialling included).
     pub async fn call(&self, addr: &str, body: ClusterRequest, timeout: Duration) -> Result<ClusterResponse, Error> {
-        let envelope = ClusterEnvelope { version: PROTOCOL_VERSION, from: self.inner.local_node, body };
+        let envelope = ClusterEnvelope { version: CLUSTER_PROTOCOL_VERSION, from: self.inner.local_node, body };
         match tokio::time::timeout(timeout, self.call_inner(addr, &envelope)).await {
             Ok(result) => result,
             Err(_) => Err(Error::Network(format!("call to {addr} timed out after {timeout:?}"))),
@@ -169,7 +169,7 @@ impl Peers {
     async fn greet(&self, addr: &str, connection: &quinn::Connection) -> Result<(NodeId, u64), Error> {
         let identities = &self.inner.identities;
         let body = ClusterRequest::Hello { incarnation: identities.incarnation(), addr: identities.addr().to_string() };
-        let hello = ClusterEnvelope { version: PROTOCOL_VERSION, from: self.inner.local_node, body };
+        let hello = ClusterEnvelope { version: CLUSTER_PROTOCOL_VERSION, from: self.inner.local_node, body };
         match one_exchange(addr, connection, &hello).await? {
             ClusterResponse::Hello { node_id, incarnation } => {
                 identities.heard(node_id, incarnation);

@@ -15,8 +15,16 @@ openraft::declare_raft_types!(
         R = CommandResponse,
         NodeId = NodeId,
         Node = NodeInfo,
+        LeaderId = LeaderId,
         AsyncRuntime = Runtime,
 );
+
+/// Standard Raft leader ids: at most one leader per term (the design's
+/// invariant 3). openraft's default, `leader_id_adv`, orders leader ids by
+/// (term, node) and lets a quorum elect a second leader in a term whose
+/// node id is higher; that is safe for the log, but it breaks the invariant
+/// that operators and the simulator's checker reason with.
+pub type LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>;
 
 /// openraft's runtime: tokio, with openraft's own randomness (election
 /// timeouts) drawn from a seeded generator per group instead of the OS, so

@@ -12,7 +12,7 @@ use agentd_protocol::event::{Event, EventPayload};
 use agentd_protocol::ids::{EventId, GroupId, SessionId, ShardId};
 use agentd_protocol::ApiError;
 use agentd_raft::state::{StateMachine, StateReader};
-use agentd_raft::store::{Db, LogStore};
+use agentd_raft::store::{Batch, Cf, Db, Disk, LogStore, RocksDisk, STORE_FORMAT};
 use agentd_raft::types::{Entry, LogId, TypeConfig, Vote};
 use futures_util::stream;
 use openraft::entry::RaftEntry;
@@ -552,4 +552,41 @@ fn new_session_info(session_id: SessionId, created_at_ms: u64, last_seq: u64) ->
         pending_actions: Vec::new(),
         stop_reason: None,
     }
+}
+
+/// A store written by an earlier format (data but no format record) or a
+/// later one is refused with the formats named, never read as if it were
+/// this build's.
+#[tokio::test]
+async fn a_store_of_another_format_is_refused() {
+    let dir = tempdir();
+    {
+        let db = Db::open(dir.path()).expect("open the database");
+        append_durably(&mut db.log_store(GROUP), vec![blank(1)]).await;
+    }
+    let format_key = [0u8];
+    let rewrite_format = |value: Option<u32>| {
+        let disk = RocksDisk::open(dir.path()).expect("open the disk");
+        let mut batch = Batch::default();
+        match value {
+            Some(format) => batch.put(Cf::Raft, format_key, agentd_protocol::frame::encode_body(&format).unwrap()),
+            None => batch.delete(Cf::Raft, format_key),
+        }
+        disk.write(batch).expect("rewrite the format record");
+    };
+    Db::open(dir.path()).expect("this build's own format opens again");
+
+    rewrite_format(None);
+    match Db::open(dir.path()) {
+        Err(error @ agentd_raft::Error::UnsupportedFormat { found: 1, supported: STORE_FORMAT, .. }) => {
+            assert!(error.to_string().contains("under a new node id"), "{error}");
+        }
+        other => panic!("a format 1 store must be refused, got {:?}", other.map(|_| ())),
+    }
+
+    rewrite_format(Some(STORE_FORMAT + 1));
+    assert!(matches!(
+        Db::open(dir.path()),
+        Err(agentd_raft::Error::UnsupportedFormat { found, .. }) if found == STORE_FORMAT + 1
+    ));
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use agentd_protocol::cluster::{ClusterEnvelope, ClusterRequest, ClusterResponse};
 use agentd_protocol::ids::NodeId;
 use agentd_protocol::limits::{CLUSTER_FRAME_BYTES_MAX, RAFT_BATCH_CALLS_MAX};
-use agentd_protocol::{ApiError, PROTOCOL_VERSION};
+use agentd_protocol::{ApiError, CLUSTER_PROTOCOL_VERSION};
 
 use super::stream::{answer, read_request};
 use crate::service::Service;
@@ -35,10 +35,10 @@ pub(super) async fn serve(
     else {
         return;
     };
-    let response = if envelope.version != PROTOCOL_VERSION {
+    let response = if envelope.version != CLUSTER_PROTOCOL_VERSION {
         ClusterResponse::Error(ApiError::UnsupportedVersion {
             requested: envelope.version,
-            supported: PROTOCOL_VERSION,
+            supported: CLUSTER_PROTOCOL_VERSION,
         })
     } else {
         match identify(&service, &dialer, &envelope.body) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use agentd_protocol::cluster::{JoinRequest, JoinResponse};
 use agentd_protocol::ids::GroupId;
 use agentd_protocol::limits::JOIN_FRAME_BYTES_MAX;
-use agentd_protocol::{ApiError, PROTOCOL_VERSION};
+use agentd_protocol::{ApiError, CLUSTER_PROTOCOL_VERSION};
 use agentd_transport::dial::host_of;
 
 use super::stream::{answer, read_request};
@@ -36,8 +36,8 @@ pub(super) async fn serve(
 }
 
 fn admit_join(service: &Service, admission: &Admission, request: &JoinRequest) -> Result<JoinResponse, ApiError> {
-    if request.version != PROTOCOL_VERSION {
-        return Err(ApiError::UnsupportedVersion { requested: request.version, supported: PROTOCOL_VERSION });
+    if request.version != CLUSTER_PROTOCOL_VERSION {
+        return Err(ApiError::UnsupportedVersion { requested: request.version, supported: CLUSTER_PROTOCOL_VERSION });
     }
     if !constant_time_eq(request.secret.as_bytes(), admission.secret.as_bytes()) {
         return Err(ApiError::PermissionDenied { message: "join token does not match this cluster".into() });

@@ -13,9 +13,13 @@ use crate::state::{StateMachine, StateReader};
 use crate::store::disk::SyncWaiter;
 use crate::store::disk::{Batch, Cf, Disk, KeyValue};
 use crate::store::rocks_disk::RocksDisk;
-use crate::store::LogStore;
+use crate::store::{codec, keys, LogStore};
 use crate::types::TypeConfig;
 use crate::Error;
+
+/// The format of what the store holds. 2: Raft leader ids are standard
+/// Raft's (one leader per term). Bump it whenever stored bytes change meaning.
+pub const STORE_FORMAT: u32 = 2;
 
 /// A handle on the node's disk. Cheap to clone; the disk closes, after its
 /// last pending sync, when the last handle is dropped (log stores, state
@@ -43,8 +47,47 @@ pub struct PlantedBugs {
 
 impl Db {
     /// Opens (or creates) the RocksDB database in `path`.
+    /// Refuses a store written in another format (see [`STORE_FORMAT`]).
     pub fn open(path: &Path) -> Result<Db, Error> {
-        Ok(Db::with_disk(Arc::new(RocksDisk::open(path)?)))
+        let db = Db::with_disk(Arc::new(RocksDisk::open(path)?));
+        db.check_format()?;
+        Ok(db)
+    }
+
+    /// Checks the store's format record, writing it into a new store. A
+    /// store with data but no record was written in format 1. The record
+    /// needs no sync of its own: batches become durable in order, so it is
+    /// durable as soon as anything written after it is.
+    fn check_format(&self) -> Result<(), Error> {
+        let key = keys::format_key();
+        let found = match self.get(keys::RAFT_CF, &key)? {
+            Some(bytes) => codec::decode::<u32>(|| "store format record".to_string(), &bytes)?,
+            None if self.is_empty()? => {
+                let mut batch = Batch::default();
+                batch.put(keys::RAFT_CF, key, codec::encode(&STORE_FORMAT)?);
+                return self.write(batch);
+            }
+            None => 1,
+        };
+        if found == STORE_FORMAT {
+            return Ok(());
+        }
+        let reason = match found {
+            1 => "format 1 recorded Raft leader ids with openraft's multi-leader-per-term encoding",
+            _ => "the format is newer than this build",
+        };
+        Err(Error::UnsupportedFormat { found, supported: STORE_FORMAT, reason })
+    }
+
+    /// Whether no column family holds a key.
+    fn is_empty(&self) -> Result<bool, Error> {
+        let end = [0xff; keys::GROUP_BYTES + keys::SUFFIX_BYTES_MAX + 1];
+        for cf in Cf::ALL {
+            if !self.scan(cf, &[], &end, 1)?.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// A store over any disk (the simulator passes its in-memory disk).

@@ -12,6 +12,9 @@
 //! | `state`       | group, tag, rest                     | state machine records         |
 //! | `snapshot`    | group                                | the group's current snapshot  |
 //!
+//! One key belongs to no group: the store's format record ([`format_key`],
+//! a single zero byte in `raft`), which sorts before every group's keys.
+//!
 //! **Invariant:** after the group prefix, no key has more than
 //! [`SUFFIX_BYTES_MAX`] bytes. That is what lets [`group_end`] name a key that
 //! sorts after every key of a group, including the metadata group whose
@@ -72,6 +75,12 @@ fn key(group: GroupId, parts: &[&[u8]]) -> Vec<u8> {
     }
     assert!(key.len() <= GROUP_BYTES + SUFFIX_BYTES_MAX, "key layout exceeds SUFFIX_BYTES_MAX");
     key
+}
+
+/// The key of the store's format record: one byte, shorter than any group
+/// prefix, so no group's range holds it.
+pub(crate) fn format_key() -> Vec<u8> {
+    vec![0]
 }
 
 /// The prefix shared by all keys of a group, in every column family.

@@ -27,7 +27,7 @@ mod rocks_disk;
 )]
 mod syncer;
 
-pub use db::{Db, PlantedBugs};
+pub use db::{Db, PlantedBugs, STORE_FORMAT};
 pub use disk::{Batch, Cf, Disk, SyncWaiter};
 pub use log_store::LogStore;
 pub use memory_disk::{CrashMode, MemoryDisk};
