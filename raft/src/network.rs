@@ -11,7 +11,10 @@ use agentd_protocol::ids::{GroupId, NodeId};
 use agentd_protocol::ApiError;
 use openraft::errors::{Fatal, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::storage::RaftStateMachine;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -108,6 +111,16 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
         self.unary(RaftRpcKind::PreVote, &rpc, &option).await
     }
 
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let reply: Result<TransferLeaderResponse<TypeConfig>, Fatal<TypeConfig>> =
+            self.rpc(RaftRpcKind::TransferLeader, &rpc, option.soft_ttl()).await.map_err(Unreachable::from_string)?;
+        reply.map_err(|fatal| RPCError::Unreachable(Unreachable::from_string(format!("node {}: {fatal}", self.target))))
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,
@@ -132,8 +145,9 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
 }
 
 /// Hands an incoming Raft RPC to the local group and encodes its reply.
-/// With `refuse_writes` (the disk is full), log entries and snapshots are
-/// refused with it; heartbeats, votes and leader transfers still run.
+/// With `refuse_writes` (the disk is full), log entries, snapshots and
+/// leadership hand-offs to this node are refused with it; heartbeats and
+/// votes still run.
 pub async fn serve_rpc<SM>(
     raft: &openraft::Raft<TypeConfig, SM>,
     kind: RaftRpcKind,
@@ -168,13 +182,12 @@ where
             let snapshot = Snapshot { meta, snapshot: data };
             encode_body(&raft.install_full_snapshot(vote, snapshot).await)?
         }
-        // Not served: with openraft 0.10.0-alpha.37's leader transfer
-        // carried between nodes, the simulator saw two leaders in one term
-        // (seeds 4 and 40 of `--faults power-loss,membership,duplicate`,
-        // where a leader removed from its group hands off on its own).
-        // Refused, a transfer is a no-op and leadership moves by election.
         RaftRpcKind::TransferLeader => {
-            return Err(Error::Raft("leader transfer between nodes is not supported".into()));
+            if let Some(refusal) = refuse_writes {
+                return Err(Error::Refused(refusal));
+            }
+            let request: TransferLeaderRequest<TypeConfig> = decode_body(payload)?;
+            encode_body(&raft.handle_transfer_leader(request).await)?
         }
     };
     Ok(ClusterResponse::Raft(reply))

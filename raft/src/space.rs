@@ -3,14 +3,14 @@
 //! A full disk must not take a node down: RocksDB fails the write that does
 //! not fit, and a Raft group whose log store fails stops for good. So a node
 //! keeps a free-space floor (`--min-free-disk`, as etcd's space quota and
-//! CockroachDB's ballast do) and measures its disk every second. Under the
+//! CockroachDB's ballast do) and measures its disk every 200 ms. Under the
 //! floor it takes no new writes:
 //! - it refuses log entries and snapshots from leaders (they back off and
 //!   retry, and the group commits on its other replicas);
-//! - it stops standing for election, and stops the heartbeats of each group
-//!   it leads, so that the other voters elect a leader among themselves once
-//!   their leader lease runs out (openraft's leader transfer is not used: see
-//!   `network.rs`);
+//! - it stops standing for election and hands the leadership of each group
+//!   it leads to the most caught-up other voter; it also stops those groups'
+//!   heartbeats, so that a hand-off that does not take still ends with the
+//!   other voters electing one of themselves once their lease runs out;
 //! - its front doors answer writes with [`ApiError::StorageFull`]; reads and
 //!   follow streams keep working.
 //!
@@ -22,8 +22,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::host::RaftHost;
 use agentd_protocol::ids::NodeId;
+use openraft::async_runtime::watch::WatchReceiver;
+
+use crate::host::{GroupHandle, RaftHost};
 use agentd_protocol::limits::{DISK_CHECK_INTERVAL_MS, DISK_FREE_RESUME_DIVISOR};
 use agentd_protocol::ApiError;
 
@@ -126,6 +128,7 @@ impl RaftHost {
                      its leaderships until space is freed"
                 );
                 self.set_writable(false);
+                self.hand_off_leaderships();
             }
             Some(false) => {
                 tracing::info!(free_bytes = free, "the data disk has room again: this node takes writes again");
@@ -145,6 +148,35 @@ impl RaftHost {
             handle.raft.runtime_config().heartbeat(writable);
         }
     }
+
+    /// Asks each group this node leads to move its leadership to the most
+    /// caught-up other voter, without waiting for the hand-offs.
+    fn hand_off_leaderships(&self) {
+        for handle in self.groups() {
+            if !handle.raft.is_leader() {
+                continue;
+            }
+            let Some(target) = successor(&handle, self.node_id()) else {
+                tracing::debug!(group = %handle.group, "no other voter to hand the leadership to");
+                continue;
+            };
+            tracing::info!(group = %handle.group, to = target, "handing off leadership: the data disk is full");
+            tokio::spawn(async move {
+                if let Err(error) = handle.raft.trigger().transfer_leader(target).await {
+                    tracing::warn!(group = %handle.group, %error, "the leadership hand-off failed");
+                }
+            });
+        }
+    }
+}
+
+/// The voter other than `me` whose replicated log reaches furthest, as this
+/// node (its leader) last saw it.
+pub(crate) fn successor(handle: &GroupHandle, me: NodeId) -> Option<NodeId> {
+    let metrics = handle.raft.metrics().borrow_watched().clone();
+    let replication = metrics.replication.as_ref()?;
+    let voters = metrics.membership_config.membership().voter_ids().filter(|id| *id != me);
+    voters.max_by_key(|id| replication.get(id).cloned().flatten().map(|log_id| log_id.index))
 }
 
 #[cfg(test)]

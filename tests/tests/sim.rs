@@ -61,6 +61,20 @@ fn seeds_that_found_bugs_pass() {
     }
 }
 
+/// Seeds on which the simulator saw two leaders in one term while Raft
+/// groups used openraft's default leader ids (several leaders per term by
+/// design); they pass with standard Raft's. Full default shape, the fault
+/// kinds of the day.
+#[test]
+fn two_leaders_in_a_term_seeds_pass() {
+    let faults = "crash,power-loss,partition,one-way,isolate,delay,loss,disk,clock,leader-transfer,snapshot,\
+                  duplicate-wake,sandbox-crash,duplicate,membership,disk-full";
+    for seed in ["3003", "3030"] {
+        let output = sim(&["run", "--seed", seed, "--faults", faults, "--quiet"]);
+        assert_eq!(output.status.code(), Some(0), "seed {seed}:\n{}", stdout(&output));
+    }
+}
+
 #[test]
 fn the_same_seed_gives_the_same_trace_in_two_processes() {
     let mut args = vec!["check-determinism", "--seed", "11"];
