@@ -10,6 +10,7 @@ use agentd_actors::brain::{Brain, Orchestrators};
 use agentd_actors::model::{ModelProvider, Models, RetryPolicy};
 use agentd_protocol::ids::{GroupId, NodeId};
 use agentd_protocol::sync::lock;
+use agentd_raft::balance::BalanceState;
 use agentd_raft::host::RaftHost;
 use agentd_raft::identity::Identities;
 use agentd_raft::peers::Peers;
@@ -196,7 +197,7 @@ impl Node {
                 Bootstrap::Restart => bail!("a restart needs an initialised store"),
             }
         }
-        tasks.push(tokio::spawn(reconcile_loop(host.clone())));
+        tasks.push(tokio::spawn(reconcile_loop(host.clone(), options.raft.balance_leaders)));
         let parts = BrainParts { sandbox_dir, provisioner, models, log_observer };
         let orchestrators = start_brain(&options, &service, parts, &mut tasks);
         tasks.push(tokio::spawn(observe_terms(host.clone())));
@@ -326,10 +327,16 @@ impl NodeHandle {
     }
 }
 
-async fn reconcile_loop(host: RaftHost) {
+/// Moves replicas towards their placement and, with `balance_leaders`,
+/// leaderships towards an even spread, every [`RECONCILE_INTERVAL`].
+async fn reconcile_loop(host: RaftHost, balance_leaders: bool) {
+    let mut balance = BalanceState::default();
     loop {
         if let Err(error) = placement::reconcile(&host).await {
             tracing::warn!(%error, "placement pass failed");
+        }
+        if balance_leaders {
+            host.balance_leaders(&mut balance);
         }
         tokio::time::sleep(RECONCILE_INTERVAL).await;
     }

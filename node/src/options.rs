@@ -42,6 +42,10 @@ pub struct RaftTuning {
     /// Entries kept in the log behind a snapshot (so lagging replicas can
     /// catch up without a snapshot).
     pub logs_to_keep: u64,
+    /// Hand leaderships from nodes that lead more groups than their share
+    /// to their other voters (`agentd_raft::balance`), so that the leader
+    /// work is spread across nodes.
+    pub balance_leaders: bool,
 }
 
 impl Default for RaftTuning {
@@ -54,6 +58,7 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 2000,
             snapshot_logs: 5000,
             logs_to_keep: 1000,
+            balance_leaders: true,
         }
     }
 }

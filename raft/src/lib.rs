@@ -4,6 +4,7 @@
 //! seam and log store (`store/`), the free-space floor of the data disk
 //! (`space.rs`), and the state machine (`state/`).
 
+pub mod balance;
 mod error;
 pub mod host;
 pub mod identity;

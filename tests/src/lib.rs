@@ -664,3 +664,14 @@ pub fn run_sdk_script_with(
     }
     Ok(printed + &stderr)
 }
+
+/// How many groups each reachable node leads, by its own report (a group
+/// that two nodes both claim is counted for both).
+pub fn leaders_per_node(status: &ClusterStatus) -> std::collections::BTreeMap<u64, usize> {
+    status
+        .nodes
+        .iter()
+        .filter(|node| node.reachable)
+        .map(|node| (node.node_id, node.groups.iter().filter(|group| group.leader == Some(node.node_id)).count()))
+        .collect()
+}

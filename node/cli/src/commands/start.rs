@@ -94,6 +94,11 @@ pub struct TuningArgs {
     /// Entries kept behind a snapshot before they are purged.
     #[arg(long, default_value_t = RaftTuning::default().logs_to_keep)]
     pub logs_to_keep: u64,
+    /// Spread group leaderships evenly across nodes by handing off the
+    /// leaderships a node holds beyond its share (`false`: leave them where
+    /// elections put them).
+    #[arg(long, default_value_t = RaftTuning::default().balance_leaders, action = clap::ArgAction::Set)]
+    pub balance_leaders: bool,
 }
 
 pub async fn run(args: StartArgs) -> Result<()> {
@@ -121,6 +126,7 @@ pub async fn run(args: StartArgs) -> Result<()> {
             election_timeout_max_ms: args.tuning.election_timeout_max_ms,
             snapshot_logs: args.tuning.snapshot_logs,
             logs_to_keep: args.tuning.logs_to_keep,
+            balance_leaders: args.tuning.balance_leaders,
         },
         sandbox_dir: args.sandbox_dir,
         sandbox_idle: std::time::Duration::from_secs(args.sandbox_idle_secs),
