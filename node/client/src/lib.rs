@@ -250,19 +250,16 @@ impl Client {
                 }
                 Err(error) => error,
             };
+            tracing::debug!(%error, attempts, kind = request.kind(), "retrying a call");
             self.note_failure(&error).await;
-            if tokio::time::Instant::now() + backoff > deadline {
+            let (pause, escalate) = retry_pause(&error, backoff);
+            if tokio::time::Instant::now() + pause > deadline {
                 return Err(ClientError::Exhausted { attempts, last: Box::new(error) });
             }
-            // An overloaded node says how long to wait; wait at least that.
-            let pause = match &error {
-                ClientError::Api(ApiError::Overloaded { retry_after_ms }) => {
-                    backoff.max(Duration::from_millis(*retry_after_ms))
-                }
-                _ => backoff,
-            };
             tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(self.retry.backoff_max);
+            if escalate {
+                backoff = (backoff * 2).min(self.retry.backoff_max);
+            }
         }
     }
 
@@ -513,5 +510,38 @@ impl EventStream {
     /// Where to resume after this stream fails.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+}
+
+/// How long to wait before retrying after `error`, and whether the backoff
+/// grows for the next attempt. An overloaded node says how long to wait:
+/// at least that. A rate limit says when the key's next request is
+/// admitted: exactly that, with no further backoff (backing off past the
+/// hint left the key's allowance unused and some callers waiting seconds).
+pub(crate) fn retry_pause(error: &ClientError, backoff: Duration) -> (Duration, bool) {
+    match error {
+        ClientError::Api(ApiError::Overloaded { retry_after_ms }) => {
+            (backoff.max(Duration::from_millis(*retry_after_ms)), true)
+        }
+        ClientError::Api(ApiError::RateLimited { retry_after_ms }) => (Duration::from_millis(*retry_after_ms), false),
+        _ => (backoff, true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_limit_is_waited_out_exactly_and_does_not_grow_the_backoff() {
+        let backoff = Duration::from_millis(320);
+        let limited = ClientError::Api(ApiError::RateLimited { retry_after_ms: 2 });
+        assert_eq!(retry_pause(&limited, backoff), (Duration::from_millis(2), false));
+        let overloaded = ClientError::Api(ApiError::Overloaded { retry_after_ms: 50 });
+        assert_eq!(retry_pause(&overloaded, backoff), (backoff, true));
+        let overloaded = ClientError::Api(ApiError::Overloaded { retry_after_ms: 900 });
+        assert_eq!(retry_pause(&overloaded, backoff), (Duration::from_millis(900), true));
+        let unavailable = ClientError::Api(ApiError::Unavailable { message: "no leader".into() });
+        assert_eq!(retry_pause(&unavailable, backoff), (backoff, true));
     }
 }
