@@ -204,6 +204,12 @@ pub enum ClientRequest {
     GetApiKeyRecord {
         key_id: ApiKeyId,
     },
+    /// Hands the leadership of a group to one of its other voters; answers
+    /// once that voter leads. Admin keys only.
+    TransferLeader {
+        group: GroupId,
+        to: NodeId,
+    },
 }
 
 /// What a credential write changes. Absent fields keep their value.
@@ -269,7 +275,8 @@ impl ClientRequest {
             | ClientRequest::PutApiKey { .. }
             | ClientRequest::ListApiKeys { .. }
             | ClientRequest::RevokeApiKey { .. }
-            | ClientRequest::GetApiKeyRecord { .. } => None,
+            | ClientRequest::GetApiKeyRecord { .. }
+            | ClientRequest::TransferLeader { .. } => None,
         }
     }
 
@@ -308,6 +315,7 @@ impl ClientRequest {
             ClientRequest::ListApiKeys { .. } => "list_api_keys",
             ClientRequest::RevokeApiKey { .. } => "revoke_api_key",
             ClientRequest::GetApiKeyRecord { .. } => "get_api_key",
+            ClientRequest::TransferLeader { .. } => "transfer_leader",
         }
     }
 
@@ -328,7 +336,9 @@ impl ClientRequest {
             | ClientRequest::GetResource { .. }
             | ClientRequest::ListResources { .. }
             | ClientRequest::ListApiKeys { .. }
-            | ClientRequest::GetApiKeyRecord { .. } => false,
+            | ClientRequest::GetApiKeyRecord { .. }
+            // Moves no data: a node whose disk is full may hand off.
+            | ClientRequest::TransferLeader { .. } => false,
             ClientRequest::CreateSession { .. }
             | ClientRequest::Append { .. }
             | ClientRequest::PutAgent { .. }
@@ -356,6 +366,7 @@ impl ClientRequest {
             (ClientRequest::ClusterStatus, None) => Route::Status,
             (ClientRequest::ListSessions { .. }, None) => Route::AllShards,
             (ClientRequest::ListShardSessions { shard, .. }, None) => Route::Shard(*shard),
+            (ClientRequest::TransferLeader { group: GroupId::Shard(shard), .. }, None) => Route::Shard(*shard),
             (_, None) => Route::Metadata,
         }
     }
@@ -395,6 +406,12 @@ pub enum ClientResponse {
     ApiKeys(Vec<ApiKeyInfo>),
     ApiKeyRecord(ApiKeyRecord),
     Done,
+    /// Who leads the group now, in which term.
+    LeaderTransferred {
+        group: GroupId,
+        leader: NodeId,
+        term: u64,
+    },
 }
 
 impl ClientResponse {
@@ -516,6 +533,14 @@ impl ClientResponse {
         match self {
             ClientResponse::ApiKeyRecord(record) => Ok(record),
             other => Err(other.unexpected("an API key record")),
+        }
+    }
+
+    /// The group's leader and term after a transfer.
+    pub fn into_leader_transferred(self) -> Result<(NodeId, u64), ApiError> {
+        match self {
+            ClientResponse::LeaderTransferred { leader, term, .. } => Ok((leader, term)),
+            other => Err(other.unexpected("a leader transfer")),
         }
     }
 

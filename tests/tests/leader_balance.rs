@@ -3,7 +3,8 @@
 //! every group, settles with every node within one of even; so does the
 //! cluster after its busiest node is SIGKILLed and restarted. Appends run
 //! throughout the second half and every acknowledged one is on every
-//! replica afterwards.
+//! replica afterwards. And an operator moves a leadership with
+//! `agentd shard transfer-leader`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -55,5 +56,54 @@ async fn leaders_spread_evenly_after_start_and_after_a_restart() -> anyhow::Resu
     tokio::time::sleep(Duration::from_secs(1)).await;
     let acknowledged = appender.stop().await?;
     anyhow::ensure!(!acknowledged.is_empty(), "no append was acknowledged");
+    assert_every_replica_holds(&cluster, session, &acknowledged).await
+}
+
+/// Who leads `group` by the leader's own report.
+fn leader_of(status: &ClusterStatus, group: &str) -> Option<u64> {
+    status.nodes.iter().filter(|node| node.reachable).find_map(|node| {
+        node.groups
+            .iter()
+            .find(|view| view.group.to_string() == group && view.leader == Some(node.node_id))
+            .map(|_| node.node_id)
+    })
+}
+
+/// `agentd shard transfer-leader` as an operator runs it, against a node
+/// that does not lead the group (the request is forwarded), on a cluster
+/// whose balancer is off so that nothing moves the leadership back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_moves_a_leadership_with_the_cli() -> anyhow::Result<()> {
+    let cluster =
+        Cluster::start(agentd_tests::agentd_binary!(), 3, &["--shards", "4", "--balance-leaders", "false"]).await?;
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+    let session = cluster.client()?.create_session().await?.session_id;
+    let appender = Appender::start(cluster.client()?, session);
+    let addr3 = cluster.nodes[2].addr.clone();
+    let cli = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(cluster.command()?.args(["shard", "transfer-leader"]).args(args).args(["--addr", &addr3]).output()?)
+    };
+
+    for (group, to) in [("shard-2", 3u64), ("metadata", 2), ("shard-2", 1)] {
+        let before = leader_of(&cluster.status().await?, group);
+        let started = Instant::now();
+        let output = cli(&[group, "--to", &to.to_string(), "--json"])?;
+        let took = started.elapsed();
+        anyhow::ensure!(output.status.success(), "transfer failed: {}", String::from_utf8_lossy(&output.stderr));
+        let answer: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        anyhow::ensure!(answer["leader"] == to && answer["group"] == group, "{answer}");
+        let now = leader_of(&cluster.status().await?, group);
+        anyhow::ensure!(now == Some(to), "{group} is led by {now:?} after the transfer to {to}");
+        eprintln!("{group}: node {before:?} -> node {to} in {took:?}");
+    }
+
+    // A node that is not a voter is refused with the reason.
+    let output = cli(&["shard-1", "--to", "9"])?;
+    anyhow::ensure!(!output.status.success(), "a transfer to node 9 succeeded");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    anyhow::ensure!(stderr.contains("node 9 is not a voter of shard-1"), "{stderr}");
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acknowledged = appender.stop().await?;
     assert_every_replica_holds(&cluster, session, &acknowledged).await
 }

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use commands::{agent, apikey, bench as bench_command, cluster, dev, environment, hands, session, start, vault};
+use commands::{agent, apikey, bench as bench_command, cluster, dev, environment, hands, session, shard, start, vault};
 
 #[derive(Debug, Parser)]
 #[command(name = "agentd", version, about = "A self-hostable cluster runtime for managed AI agents")]
@@ -57,6 +57,9 @@ pub enum Command {
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Operate on one group: hand its leadership to another voter.
+    #[command(subcommand)]
+    Shard(shard::ShardCommand),
     /// Create sessions, send events, read them.
     #[command(subcommand)]
     Session(session::SessionCommand),
@@ -129,6 +132,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             dev::run(dev::DevOptions { data_dir, nodes, base_port, http_base_port, shards, keep_running }).await
         }
         Command::Cluster(command) => cluster::run(command).await,
+        Command::Shard(command) => shard::run(command).await,
         Command::Hands(args) => hands::run(args).await,
         Command::Session(command) => session::run(command).await,
         Command::Agent(command) => agent::run(command).await,

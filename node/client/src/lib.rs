@@ -16,7 +16,7 @@ use agentd_protocol::agent::{Agent, AgentSpec, Environment, EnvironmentSpec, Vau
 use agentd_protocol::api::{ClientRequest, ClientResponse, ClusterStatus, Consistency, Request, SessionInfo};
 use agentd_protocol::event::{Event, EventPayload};
 use agentd_protocol::frame::encode_frame;
-use agentd_protocol::ids::{AgentId, ApiKeyId, EnvironmentId, EventId, SessionId, VaultId};
+use agentd_protocol::ids::{AgentId, ApiKeyId, EnvironmentId, EventId, GroupId, NodeId, SessionId, VaultId};
 use agentd_protocol::limits::CLIENT_FRAME_BYTES_MAX;
 use agentd_protocol::resource::{SessionPage, SessionQuery};
 use agentd_protocol::tenancy::{new_api_key, ApiKeyInfo, Role};
@@ -427,6 +427,12 @@ impl Client {
 
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
         Ok(self.call(ClientRequest::ClusterStatus).await?.into_cluster_status()?)
+    }
+
+    /// Hands the leadership of `group` to its voter `to`; answers the
+    /// leader and term once `to` leads. Safe to retry.
+    pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(NodeId, u64), ClientError> {
+        Ok(self.call(ClientRequest::TransferLeader { group, to }).await?.into_leader_transferred()?)
     }
 }
 

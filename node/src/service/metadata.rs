@@ -40,6 +40,7 @@ impl Service {
             ClientRequest::PutSecret { vault_id, vault_name, secret_name, value } => {
                 self.put_secret_here(caller, metadata, vault_id, vault_name, secret_name, value).await
             }
+            ClientRequest::TransferLeader { to, .. } => self.transfer_leader_here(caller, metadata, to).await,
             other => self.execute_resource_request(caller, metadata, other).await,
         }
     }

@@ -18,6 +18,7 @@
 mod admission;
 mod auth;
 mod follow;
+mod leadership;
 mod lists;
 mod metadata;
 mod resources;

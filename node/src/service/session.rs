@@ -123,6 +123,7 @@ impl Service {
                 let workspace = caller.owning_workspace();
                 Ok(ClientResponse::Sessions(group.state.sessions_page(workspace, &query)?))
             }
+            ClientRequest::TransferLeader { to, .. } => self.transfer_leader_here(caller, group, to).await,
             other => Err(ApiError::InvalidRequest {
                 message: format!("{} is not a request about one session that a single call answers", other.kind()),
             }),

@@ -9,6 +9,7 @@ pub mod dev;
 pub mod environment;
 pub mod hands;
 pub mod session;
+pub mod shard;
 pub mod start;
 pub mod vault;
 
