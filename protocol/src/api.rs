@@ -210,6 +210,10 @@ pub enum ClientRequest {
         group: GroupId,
         to: NodeId,
     },
+    /// What a group holds, read on its leader. Admin keys only.
+    GroupStats {
+        group: GroupId,
+    },
 }
 
 /// What a credential write changes. Absent fields keep their value.
@@ -276,7 +280,8 @@ impl ClientRequest {
             | ClientRequest::ListApiKeys { .. }
             | ClientRequest::RevokeApiKey { .. }
             | ClientRequest::GetApiKeyRecord { .. }
-            | ClientRequest::TransferLeader { .. } => None,
+            | ClientRequest::TransferLeader { .. }
+            | ClientRequest::GroupStats { .. } => None,
         }
     }
 
@@ -316,6 +321,7 @@ impl ClientRequest {
             ClientRequest::RevokeApiKey { .. } => "revoke_api_key",
             ClientRequest::GetApiKeyRecord { .. } => "get_api_key",
             ClientRequest::TransferLeader { .. } => "transfer_leader",
+            ClientRequest::GroupStats { .. } => "group_stats",
         }
     }
 
@@ -337,6 +343,7 @@ impl ClientRequest {
             | ClientRequest::ListResources { .. }
             | ClientRequest::ListApiKeys { .. }
             | ClientRequest::GetApiKeyRecord { .. }
+            | ClientRequest::GroupStats { .. }
             // Moves no data: a node whose disk is full may hand off.
             | ClientRequest::TransferLeader { .. } => false,
             ClientRequest::CreateSession { .. }
@@ -367,6 +374,7 @@ impl ClientRequest {
             (ClientRequest::ListSessions { .. }, None) => Route::AllShards,
             (ClientRequest::ListShardSessions { shard, .. }, None) => Route::Shard(*shard),
             (ClientRequest::TransferLeader { group: GroupId::Shard(shard), .. }, None) => Route::Shard(*shard),
+            (ClientRequest::GroupStats { group: GroupId::Shard(shard) }, None) => Route::Shard(*shard),
             (_, None) => Route::Metadata,
         }
     }
@@ -412,6 +420,19 @@ pub enum ClientResponse {
         leader: NodeId,
         term: u64,
     },
+    GroupStats(GroupStats),
+}
+
+/// What one group holds, as its leader counts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStats {
+    pub group: GroupId,
+    pub sessions: u64,
+    /// Events of all its sessions (the sum of their last sequence numbers).
+    pub events: u64,
+    /// Bytes of keys and values of its replicated state as stored, before
+    /// RocksDB's compression.
+    pub bytes: u64,
 }
 
 impl ClientResponse {
@@ -541,6 +562,13 @@ impl ClientResponse {
         match self {
             ClientResponse::LeaderTransferred { leader, term, .. } => Ok((leader, term)),
             other => Err(other.unexpected("a leader transfer")),
+        }
+    }
+
+    pub fn into_group_stats(self) -> Result<GroupStats, ApiError> {
+        match self {
+            ClientResponse::GroupStats(stats) => Ok(stats),
+            other => Err(other.unexpected("a group's stats")),
         }
     }
 

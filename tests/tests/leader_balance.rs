@@ -4,7 +4,8 @@
 //! cluster after its busiest node is SIGKILLed and restarted. Appends run
 //! throughout the second half and every acknowledged one is on every
 //! replica afterwards. And an operator moves a leadership with
-//! `agentd shard transfer-leader`.
+//! `agentd shard transfer-leader` and sees what each group holds with
+//! `agentd shard list`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -105,5 +106,27 @@ async fn an_operator_moves_a_leadership_with_the_cli() -> anyhow::Result<()> {
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let acknowledged = appender.stop().await?;
-    assert_every_replica_holds(&cluster, session, &acknowledged).await
+    assert_every_replica_holds(&cluster, session, &acknowledged).await?;
+
+    // `shard list` counts what each group holds, on its leader.
+    let output = cluster.command()?.args(["shard", "list", "--json", "--addr", &addr3]).output()?;
+    anyhow::ensure!(output.status.success(), "shard list failed: {}", String::from_utf8_lossy(&output.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let groups = listed["groups"].as_array().context("no groups")?;
+    anyhow::ensure!(groups.len() == 5, "{listed}");
+    let shard = cluster.client()?.get_session(session).await?.shard;
+    let row = groups.iter().find(|row| row["group"] == shard.to_string()).context("the session's shard")?;
+    anyhow::ensure!(row["sessions"] == 1 && row["voters"].as_array().is_some_and(|voters| voters.len() == 3), "{row}");
+    anyhow::ensure!(row["events"].as_u64() >= acknowledged.last().copied(), "{row}");
+    anyhow::ensure!(row["bytes"].as_u64().is_some_and(|bytes| bytes > 100 * acknowledged.len() as u64), "{row}");
+    anyhow::ensure!(groups.iter().all(|row| row["leader"].is_u64()), "{listed}");
+
+    // Only admin keys operate on groups.
+    let (_, key) = cluster.create_api_key("team-a")?;
+    for args in [&["shard", "list"][..], &["shard", "transfer-leader", "shard-1", "--to", "2"][..]] {
+        let output = cluster.command()?.env("AGENTD_API_KEY", &key).args(args).args(["--addr", &addr3]).output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        anyhow::ensure!(!output.status.success() && stderr.contains("admin key"), "{args:?}: {stderr}");
+    }
+    Ok(())
 }

@@ -13,7 +13,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use agentd_protocol::agent::{Agent, AgentSpec, Environment, EnvironmentSpec, VaultInfo};
-use agentd_protocol::api::{ClientRequest, ClientResponse, ClusterStatus, Consistency, Request, SessionInfo};
+use agentd_protocol::api::{
+    ClientRequest, ClientResponse, ClusterStatus, Consistency, GroupStats, Request, SessionInfo,
+};
 use agentd_protocol::event::{Event, EventPayload};
 use agentd_protocol::frame::encode_frame;
 use agentd_protocol::ids::{AgentId, ApiKeyId, EnvironmentId, EventId, GroupId, NodeId, SessionId, VaultId};
@@ -433,6 +435,11 @@ impl Client {
     /// leader and term once `to` leads. Safe to retry.
     pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(NodeId, u64), ClientError> {
         Ok(self.call(ClientRequest::TransferLeader { group, to }).await?.into_leader_transferred()?)
+    }
+
+    /// What `group` holds, as its leader counts it (admin keys only).
+    pub async fn group_stats(&self, group: GroupId) -> Result<GroupStats, ClientError> {
+        Ok(self.call(ClientRequest::GroupStats { group }).await?.into_group_stats()?)
     }
 }
 

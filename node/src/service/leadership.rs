@@ -1,9 +1,9 @@
-//! Operator requests about who leads a group: `TransferLeader`, run on the
-//! group's current leader.
+//! Operator requests about one group, run on its current leader: who leads
+//! it (`TransferLeader`) and what it holds (`GroupStats`).
 
 use std::time::Duration;
 
-use agentd_protocol::api::ClientResponse;
+use agentd_protocol::api::{ClientResponse, GroupStats};
 use agentd_protocol::ids::NodeId;
 use agentd_protocol::tenancy::Caller;
 use agentd_protocol::ApiError;
@@ -66,5 +66,20 @@ impl Service {
                 })
             }
         }
+    }
+
+    /// Counts what `group`, which this node leads, holds.
+    pub(super) async fn group_stats_here(
+        &self,
+        caller: &Caller,
+        group: &GroupHandle,
+    ) -> Result<ClientResponse, ApiError> {
+        if !caller.is_admin() {
+            return Err(ApiError::PermissionDenied { message: "reading a group's totals needs an admin key".into() });
+        }
+        // Synchronous reads, as every state query here is; an operator's
+        // command, rare enough to run on the runtime.
+        let (sessions, events, bytes) = group.state.stats()?;
+        Ok(ClientResponse::GroupStats(GroupStats { group: group.group, sessions, events, bytes }))
     }
 }

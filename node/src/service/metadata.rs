@@ -41,6 +41,7 @@ impl Service {
                 self.put_secret_here(caller, metadata, vault_id, vault_name, secret_name, value).await
             }
             ClientRequest::TransferLeader { to, .. } => self.transfer_leader_here(caller, metadata, to).await,
+            ClientRequest::GroupStats { .. } => self.group_stats_here(caller, metadata).await,
             other => self.execute_resource_request(caller, metadata, other).await,
         }
     }

@@ -124,6 +124,7 @@ impl Service {
                 Ok(ClientResponse::Sessions(group.state.sessions_page(workspace, &query)?))
             }
             ClientRequest::TransferLeader { to, .. } => self.transfer_leader_here(caller, group, to).await,
+            ClientRequest::GroupStats { .. } => self.group_stats_here(caller, group).await,
             other => Err(ApiError::InvalidRequest {
                 message: format!("{} is not a request about one session that a single call answers", other.kind()),
             }),

@@ -285,6 +285,28 @@ impl GroupState {
         Ok(events)
     }
 
+    /// Bytes of keys and values the group's state holds (its replicated
+    /// data as stored, before RocksDB's compression), read in pages.
+    pub(crate) fn state_bytes(&self) -> Result<u64, Error> {
+        const PAGE: usize = 4096;
+        let end = keys::group_end(self.group);
+        let mut start = keys::group_prefix(self.group);
+        let mut bytes = 0u64;
+        loop {
+            let pairs = self.db.scan(STATE_CF, &start, &end, PAGE)?;
+            for (key, value) in &pairs {
+                bytes += (key.len() + value.len()) as u64;
+            }
+            match pairs.last() {
+                Some((key, _)) if pairs.len() == PAGE => {
+                    start = key.to_vec();
+                    start.push(0);
+                }
+                _ => return Ok(bytes),
+            }
+        }
+    }
+
     pub(crate) fn session_ids(&self) -> Result<Vec<SessionId>, Error> {
         let (start, end) = keys::session_range(self.group);
         let pairs = self.db.scan(STATE_CF, &start, &end, usize::MAX)?;

@@ -149,4 +149,15 @@ impl StateReader {
     pub fn session_ids(&self) -> Result<Vec<SessionId>, Error> {
         self.state.session_ids()
     }
+
+    /// Sessions, events and state bytes the group holds (scans it: for
+    /// operators' commands, not for hot paths).
+    pub fn stats(&self) -> Result<(u64, u64, u64), Error> {
+        let mut events = 0;
+        let sessions = self.state.session_ids()?;
+        for session_id in &sessions {
+            events += self.state.session(*session_id)?.map_or(0, |info| info.last_seq);
+        }
+        Ok((sessions.len() as u64, events, self.state.state_bytes()?))
+    }
 }

@@ -111,7 +111,7 @@ fn skewed_clocks(status: &ClusterStatus) -> Vec<(u64, i64)> {
 }
 
 /// Bytes in the largest binary unit that keeps a number of at least 1.
-fn human_bytes(bytes: u64) -> String {
+pub(super) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
@@ -127,7 +127,7 @@ fn human_bytes(bytes: u64) -> String {
 }
 
 /// For every group, the report of the node that leads it (or of any node if none does).
-fn leader_reports(status: &ClusterStatus) -> Vec<(u64, &GroupStatus)> {
+pub(super) fn leader_reports(status: &ClusterStatus) -> Vec<(u64, &GroupStatus)> {
     let mut by_group: BTreeMap<GroupId, (u64, &GroupStatus)> = Default::default();
     for node in &status.nodes {
         for group in &node.groups {

@@ -5,10 +5,14 @@ use anyhow::{bail, Result};
 use clap::Subcommand;
 use serde_json::json;
 
+use super::cluster::{human_bytes, leader_reports};
 use super::Target;
 
 #[derive(Debug, Subcommand)]
 pub enum ShardCommand {
+    /// Every group: its leader, term, voters, learners, and the sessions,
+    /// events and bytes it holds (counted by each group's leader).
+    List(Target),
     /// Hand a group's leadership to another of its voters; returns once
     /// that node leads (or fails after 10 s, naming the leader).
     TransferLeader {
@@ -25,6 +29,7 @@ pub enum ShardCommand {
 
 pub async fn run(command: ShardCommand) -> Result<()> {
     match command {
+        ShardCommand::List(target) => list(target).await,
         ShardCommand::TransferLeader { shard, to, target } => {
             let (leader, term) = target.client()?.transfer_leader(shard, to).await?;
             if target.json {
@@ -35,6 +40,75 @@ pub async fn run(command: ShardCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn list(target: Target) -> Result<()> {
+    let client = target.client()?;
+    let status = client.cluster_status().await?;
+    let mut rows = Vec::new();
+    let mut unreadable = Vec::new();
+    for (reporter, group) in leader_reports(&status) {
+        // One at a time: each count scans its group on the leader.
+        let stats = match client.group_stats(group.group).await {
+            Ok(stats) => Some(stats),
+            Err(error) => {
+                unreadable.push(format!("{}: {error}", group.group));
+                None
+            }
+        };
+        rows.push((reporter, group.clone(), stats));
+    }
+    if target.json {
+        let groups: Vec<_> = rows
+            .iter()
+            .map(|(_, group, stats)| {
+                json!({
+                    "group": group.group.to_string(),
+                    "leader": group.leader,
+                    "term": group.term,
+                    "voters": group.voters,
+                    "learners": group.learners,
+                    "sessions": stats.as_ref().map(|stats| stats.sessions),
+                    "events": stats.as_ref().map(|stats| stats.events),
+                    "bytes": stats.as_ref().map(|stats| stats.bytes),
+                })
+            })
+            .collect();
+        outln!("{}", serde_json::to_string_pretty(&json!({ "groups": groups, "unreadable": unreadable }))?);
+    } else {
+        outln!(
+            "{:<10} {:>6} {:>6}  {:<12} {:<10} {:>9} {:>10} {:>10}",
+            "GROUP",
+            "LEADER",
+            "TERM",
+            "VOTERS",
+            "LEARNERS",
+            "SESSIONS",
+            "EVENTS",
+            "BYTES"
+        );
+        let or_unknown = |value: Option<String>| value.unwrap_or_else(|| "?".into());
+        for (_, group, stats) in &rows {
+            outln!(
+                "{:<10} {:>6} {:>6}  {:<12} {:<10} {:>9} {:>10} {:>10}",
+                group.group.to_string(),
+                or_unknown(group.leader.map(|leader| leader.to_string())),
+                group.term,
+                format!("{:?}", group.voters),
+                format!("{:?}", group.learners),
+                or_unknown(stats.as_ref().map(|stats| stats.sessions.to_string())),
+                or_unknown(stats.as_ref().map(|stats| stats.events.to_string())),
+                or_unknown(stats.as_ref().map(|stats| human_bytes(stats.bytes))),
+            );
+        }
+        for line in &unreadable {
+            eprintln!("agentd: could not count {line}");
+        }
+    }
+    if !unreadable.is_empty() {
+        bail!("{} of {} groups could not be counted", unreadable.len(), rows.len());
+    }
+    Ok(())
 }
 
 /// A group as operators name it: `metadata`, `shard-N` or `N`.
