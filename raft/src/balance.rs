@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use agentd_protocol::ids::{GroupId, NodeId};
 use openraft::async_runtime::watch::WatchReceiver;
+use openraft::Instant as _;
 use tokio::time::Instant;
 
 use crate::host::RaftHost;
@@ -26,6 +27,10 @@ pub const BALANCE_MOVES_PER_PASS: usize = 4;
 /// A voter is a target only if its log is within this many entries of the
 /// leader's (openraft's transfer waits for the target to flush the rest).
 const BALANCE_LAG_MAX: u64 = 64;
+/// A voter is a target only if it acknowledged the leader's heartbeats or
+/// entries this recently: a hand-off to a node that is down leaves the
+/// group without a leader until an election.
+const BALANCE_ALIVE_WITHIN: Duration = Duration::from_secs(1);
 /// How long a hand-off has to take effect before it counts as refused.
 const BALANCE_TAKE_WITHIN: Duration = Duration::from_secs(5);
 /// How long a voter that refused a hand-off gets none.
@@ -37,7 +42,8 @@ pub struct GroupView {
     pub group: GroupId,
     pub leader: Option<NodeId>,
     pub voters: BTreeSet<NodeId>,
-    /// On a group this node leads: the voters caught up enough to take over.
+    /// On a group this node leads: the voters caught up enough to take over,
+    /// and heard from lately.
     pub caught_up: BTreeSet<NodeId>,
 }
 
@@ -105,11 +111,15 @@ impl RaftHost {
             let metrics = handle.raft.metrics().borrow_watched().clone();
             let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
             let last = metrics.last_log_index.unwrap_or_default();
-            let caught_up = match (&metrics.replication, metrics.current_leader == Some(self.node_id())) {
-                (Some(replication), true) => replication
+            let caught_up = match (&metrics.replication, &metrics.heartbeat) {
+                (Some(replication), Some(heartbeat)) if metrics.current_leader == Some(self.node_id()) => replication
                     .iter()
-                    .filter(|(_, matched)| {
-                        matched.as_ref().is_some_and(|log_id| log_id.index + BALANCE_LAG_MAX >= last)
+                    .filter(|(node, matched)| {
+                        let alive = heartbeat
+                            .get(node)
+                            .and_then(|acked| acked.as_ref())
+                            .is_some_and(|acked| acked.elapsed() <= BALANCE_ALIVE_WITHIN);
+                        alive && matched.as_ref().is_some_and(|log_id| log_id.index + BALANCE_LAG_MAX >= last)
                     })
                     .map(|(node, _)| *node)
                     .collect(),

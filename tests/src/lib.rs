@@ -360,6 +360,22 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Waits until every group has one leader and the running nodes lead
+    /// within one of even (the leader balancer has settled).
+    pub async fn wait_balanced(&self, timeout: Duration) -> Result<ClusterStatus> {
+        let running = self.nodes.iter().filter(|node| node.is_running()).count();
+        self.wait_for(timeout, "leaders to spread evenly", |status| {
+            let leads = leaders_per_node(status);
+            let (max, min) = (leads.values().max().copied(), leads.values().min().copied());
+            leads.len() == running
+                && leads.values().sum::<usize>() == status.shards as usize + 1
+                && max.zip(min).is_some_and(|(max, min)| max - min <= 1)
+        })
+        .await
+    }
+}
+
 /// Each group's status as reported by its leader (groups without a leader are absent).
 pub fn leader_views(status: &ClusterStatus) -> Vec<agentd_protocol::api::GroupStatus> {
     let mut views = std::collections::BTreeMap::new();

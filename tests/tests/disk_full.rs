@@ -61,7 +61,7 @@ fn node_status(status: &ClusterStatus, id: u64) -> Option<&agentd_protocol::api:
 }
 
 fn leads(status: &ClusterStatus, id: u64) -> usize {
-    node_status(status, id).map_or(0, |node| node.groups.iter().filter(|group| group.leader == Some(id)).count())
+    agentd_tests::leaders_per_node(status).get(&id).copied().unwrap_or_default()
 }
 
 /// Stops node `id`, moves its data directory onto a tmpfs of `size_mib`

@@ -14,18 +14,9 @@ use agentd_protocol::api::ClusterStatus;
 use agentd_tests::{assert_every_replica_holds, leaders_per_node, Appender, Cluster};
 use anyhow::Context;
 
-/// Every group has exactly one leader and the nodes lead within one of even.
-fn balanced(status: &ClusterStatus, nodes: usize) -> bool {
-    let leads = leaders_per_node(status);
-    let groups = status.shards as usize + 1;
-    leads.len() == nodes
-        && leads.values().sum::<usize>() == groups
-        && leads.values().max().zip(leads.values().min()).is_some_and(|(max, min)| max - min <= 1)
-}
-
-async fn wait_balanced(cluster: &Cluster, what: &str) -> anyhow::Result<(BTreeMap<u64, usize>, Duration)> {
+async fn wait_balanced(cluster: &Cluster) -> anyhow::Result<(BTreeMap<u64, usize>, Duration)> {
     let started = Instant::now();
-    let status = cluster.wait_for(Duration::from_secs(90), what, |status| balanced(status, 3)).await?;
+    let status = cluster.wait_balanced(Duration::from_secs(90)).await?;
     Ok((leaders_per_node(&status), started.elapsed()))
 }
 
@@ -35,7 +26,7 @@ async fn leaders_spread_evenly_after_start_and_after_a_restart() -> anyhow::Resu
     let mut cluster = Cluster::start(agentd_tests::agentd_binary!(), 3, &cluster_args).await?;
     let status = cluster.wait_converged(Duration::from_secs(60)).await?;
     let at_start = leaders_per_node(&status);
-    let (settled, took) = wait_balanced(&cluster, "leaders to spread after the start").await?;
+    let (settled, took) = wait_balanced(&cluster).await?;
     eprintln!("leaders per node once replicated: {at_start:?}; balanced {settled:?} {took:?} later");
 
     let session = cluster.client()?.create_session().await?.session_id;
@@ -50,7 +41,7 @@ async fn leaders_spread_evenly_after_start_and_after_a_restart() -> anyhow::Resu
         .await?;
     let without = leaders_per_node(&cluster.status().await?);
     cluster.restart(busiest)?;
-    let (after, took) = wait_balanced(&cluster, "leaders to spread after the restart").await?;
+    let (after, took) = wait_balanced(&cluster).await?;
     eprintln!("node {busiest} killed: leaders per node {without:?}; restarted: {after:?} {took:?} later");
     anyhow::ensure!(after.get(&busiest).is_some_and(|leads| *leads > 0), "node {busiest} leads nothing: {after:?}");
 

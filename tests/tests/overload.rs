@@ -29,6 +29,8 @@ struct Counts {
     admitted: AtomicU64,
     refused: AtomicU64,
     other: AtomicU64,
+    /// The first answer that was neither, for the failure message.
+    first_other: std::sync::Mutex<Option<String>>,
 }
 
 /// Keeps `tasks` appends in flight against node 1 (once each, no retries)
@@ -57,7 +59,10 @@ fn flood(cluster: &Cluster, connections: usize, tasks: usize, stop: Arc<AtomicBo
                         // would: the node must hold anyway.
                         counts.refused.fetch_add(1, Ordering::Relaxed)
                     }
-                    _ => counts.other.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        agentd_protocol::sync::lock(&counts.first_other).get_or_insert_with(|| format!("{other:?}"));
+                        counts.other.fetch_add(1, Ordering::Relaxed)
+                    }
                 };
             }
         });
@@ -85,6 +90,8 @@ fn http_overloaded(url: &str, api_key: &str) -> anyhow::Result<Option<String>> {
 async fn past_its_limit_a_node_refuses_at_once_and_keeps_serving() -> anyhow::Result<()> {
     let args = ["--shards", "4", "--max-requests-in-flight", "8"];
     let (cluster, urls) = Cluster::start_with_http(agentd_tests::agentd_binary!(), 3, &args).await?;
+    // Leaders move while the balancer spreads them; the flood starts after.
+    cluster.wait_balanced(Duration::from_secs(60)).await?;
     let session = cluster.client()?.create_session().await?.session_id;
     // A well-behaved client, through node 1 only: it retries a refusal
     // after the hinted pause, and must never give up.
@@ -106,7 +113,8 @@ async fn past_its_limit_a_node_refuses_at_once_and_keeps_serving() -> anyhow::Re
     eprintln!("flood: {admitted} admitted, {refused} refused as overloaded, {other} other answers");
     ensure!(admitted > 0, "the node admitted nothing under the flood");
     ensure!(refused > 0, "the node refused nothing past its limit");
-    ensure!(other == 0, "{other} answers were neither an append nor an Overloaded refusal");
+    let first_other = agentd_protocol::sync::lock(&counts.first_other).clone().unwrap_or_default();
+    ensure!(other == 0, "{other} answers were neither an append nor an Overloaded refusal, the first: {first_other}");
     let headers = headers.ok_or_else(|| anyhow::anyhow!("no HTTP request was refused with a 529"))?;
     let lower = headers.to_lowercase();
     ensure!(lower.contains("retry-after:") && lower.contains("retry-after-ms:"), "{headers}");

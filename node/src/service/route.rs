@@ -60,7 +60,12 @@ impl Service {
             return read_replica(&group, session_id, *from_seq, *limit);
         }
         if let Some(group) = local.as_ref().filter(|group| group.raft.is_leader()) {
-            return self.execute_session(caller, group, shard, request).await;
+            match self.execute_session(caller, group, shard, request.clone()).await {
+                // The leadership moved (or is being handed off) before the
+                // request was accepted: the new leader runs it.
+                Err(ApiError::NotLeader { .. }) if origin == Origin::FrontDoor => {}
+                answer => return answer,
+            }
         }
         if origin == Origin::Forwarded {
             return Err(ApiError::NotLeader { leader: local.as_ref().and_then(|group| self.leader_of(group)) });
@@ -77,7 +82,15 @@ impl Service {
     ) -> Result<ClientResponse, ApiError> {
         let metadata = self.metadata()?;
         if metadata.raft.is_leader() {
-            return self.execute_metadata(caller, &metadata, request).await;
+            match self.execute_metadata(caller, &metadata, request.clone()).await {
+                // Handed off before it was accepted: the new leader runs it.
+                Err(ApiError::NotLeader { leader: Some((node, addr)) })
+                    if origin == Origin::FrontDoor && node != self.host().node_id() =>
+                {
+                    return self.forward_to(caller, node, &addr, request).await?;
+                }
+                answer => return answer,
+            }
         }
         let leader = self.leader_of(&metadata);
         if origin == Origin::Forwarded {
