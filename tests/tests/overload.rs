@@ -90,8 +90,6 @@ fn http_overloaded(url: &str, api_key: &str) -> anyhow::Result<Option<String>> {
 async fn past_its_limit_a_node_refuses_at_once_and_keeps_serving() -> anyhow::Result<()> {
     let args = ["--shards", "4", "--max-requests-in-flight", "8"];
     let (cluster, urls) = Cluster::start_with_http(agentd_tests::agentd_binary!(), 3, &args).await?;
-    // Leaders move while the balancer spreads them; the flood starts after.
-    cluster.wait_balanced(Duration::from_secs(60)).await?;
     let session = cluster.client()?.create_session().await?.session_id;
     // A well-behaved client, through node 1 only: it retries a refusal
     // after the hinted pause, and must never give up.

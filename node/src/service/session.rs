@@ -15,7 +15,6 @@ use agentd_protocol::tenancy::Caller;
 use agentd_protocol::ApiError;
 use agentd_raft::host::GroupHandle;
 use agentd_raft::propose;
-use openraft::errors::{LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
 
 use super::{Origin, Service};
@@ -257,14 +256,12 @@ fn stored(group: &GroupHandle, session_id: SessionId, seq: u64) -> Result<Append
 /// Makes sure this node is still the leader, so a read sees every
 /// acknowledged append.
 pub(super) async fn ensure_linearizable(group: &GroupHandle) -> Result<(), ApiError> {
-    group.raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map(|_| ()).map_err(|error| match error {
-        // The leadership moved (or is being handed off): the caller
-        // follows the hint, as for a write.
-        RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)) => {
-            ApiError::NotLeader { leader: forward.leader_id.zip(forward.leader_node.map(|node| node.addr)) }
-        }
-        other => ApiError::Unavailable { message: format!("cannot confirm leadership: {other}") },
-    })
+    group
+        .raft
+        .ensure_linearizable(ReadPolicy::ReadIndex)
+        .await
+        .map(|_| ())
+        .map_err(|error| ApiError::Unavailable { message: format!("cannot confirm leadership: {error}") })
 }
 
 pub(super) fn not_found(session_id: SessionId) -> ApiError {
