@@ -214,6 +214,19 @@ pub enum ClientRequest {
     GroupStats {
         group: GroupId,
     },
+    /// Moves one replica of a shard to node `to`, from `from` (or from the
+    /// replica whose node holds the most). Answers once the new placement
+    /// is recorded; the shard's leader carries it out. Admin keys only.
+    MoveShard {
+        shard: ShardId,
+        to: NodeId,
+        from: Option<NodeId>,
+    },
+    /// Moves every replica off `node` to the nodes holding the fewest.
+    /// Answers the moves once they are recorded. Admin keys only.
+    DrainNode {
+        node: NodeId,
+    },
 }
 
 /// What a credential write changes. Absent fields keep their value.
@@ -281,7 +294,9 @@ impl ClientRequest {
             | ClientRequest::RevokeApiKey { .. }
             | ClientRequest::GetApiKeyRecord { .. }
             | ClientRequest::TransferLeader { .. }
-            | ClientRequest::GroupStats { .. } => None,
+            | ClientRequest::GroupStats { .. }
+            | ClientRequest::MoveShard { .. }
+            | ClientRequest::DrainNode { .. } => None,
         }
     }
 
@@ -322,6 +337,8 @@ impl ClientRequest {
             ClientRequest::GetApiKeyRecord { .. } => "get_api_key",
             ClientRequest::TransferLeader { .. } => "transfer_leader",
             ClientRequest::GroupStats { .. } => "group_stats",
+            ClientRequest::MoveShard { .. } => "move_shard",
+            ClientRequest::DrainNode { .. } => "drain_node",
         }
     }
 
@@ -363,7 +380,9 @@ impl ClientRequest {
             | ClientRequest::PutCredential { .. }
             | ClientRequest::DeleteCredential { .. }
             | ClientRequest::PutApiKey { .. }
-            | ClientRequest::RevokeApiKey { .. } => true,
+            | ClientRequest::RevokeApiKey { .. }
+            | ClientRequest::MoveShard { .. }
+            | ClientRequest::DrainNode { .. } => true,
         }
     }
 
@@ -421,6 +440,18 @@ pub enum ClientResponse {
         term: u64,
     },
     GroupStats(GroupStats),
+    /// The replica moves a `MoveShard` or `DrainNode` recorded.
+    ShardMoves(Vec<ShardMove>),
+}
+
+/// One replica of a shard moving from one node to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMove {
+    pub shard: ShardId,
+    pub from: NodeId,
+    pub to: NodeId,
+    /// The shard's replicas once the move is done.
+    pub replicas: Vec<NodeId>,
 }
 
 /// What one group holds, as its leader counts it.
@@ -569,6 +600,13 @@ impl ClientResponse {
         match self {
             ClientResponse::GroupStats(stats) => Ok(stats),
             other => Err(other.unexpected("a group's stats")),
+        }
+    }
+
+    pub fn into_shard_moves(self) -> Result<Vec<ShardMove>, ApiError> {
+        match self {
+            ClientResponse::ShardMoves(moves) => Ok(moves),
+            other => Err(other.unexpected("replica moves")),
         }
     }
 

@@ -65,6 +65,11 @@ pub enum ClusterRequest {
         incarnation: u64,
         addr: String,
     },
+    /// The committed membership of a group, as this node knows it: a
+    /// replica removed from a group asks before it deletes its copy.
+    GroupMembers {
+        group: GroupId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +95,16 @@ pub enum ClusterResponse {
         incarnation: u64,
         reason: ApiError,
     },
+    /// The voters and learners of the group's latest membership that this
+    /// node has applied (so a quorum committed it); `None` when the node
+    /// does not host the group or has applied none.
+    GroupMembers(Option<GroupMembers>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMembers {
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use agentd_protocol::cluster::{ClusterResponse, RaftCall, RaftRpcKind};
+use agentd_protocol::cluster::{ClusterResponse, GroupMembers, RaftCall, RaftRpcKind};
 use agentd_protocol::ids::{GroupId, NodeId};
 use agentd_protocol::sync::{read, write};
 use agentd_protocol::ApiError;
+use openraft::async_runtime::watch::WatchReceiver;
 
 use crate::network::{serve_rpc, GroupNetwork};
 use crate::peers::Peers;
@@ -112,6 +113,41 @@ impl RaftHost {
         write(&self.inner.groups).insert(group, handle.clone());
         tracing::debug!(%group, "group opened");
         Ok(handle)
+    }
+
+    /// Stops `group` on this node and deletes its data, durably. Only for a
+    /// replica that a committed membership of the group no longer holds
+    /// (see `placement::retire_replicas`).
+    pub async fn remove_group(&self, group: GroupId) -> Result<(), Error> {
+        let _opening = self.inner.opening.lock().await;
+        let Some(handle) = write(&self.inner.groups).remove(&group) else {
+            return Ok(());
+        };
+        if let Err(error) = handle.raft.shutdown().await {
+            tracing::warn!(%group, %error, "removed group did not shut down cleanly");
+        }
+        self.inner.db.delete_group(group).await?;
+        tracing::info!(%group, "replica removed: the group's data on this node is deleted");
+        Ok(())
+    }
+
+    /// Whether this node's disk holds `group` (it has voted or followed in it).
+    pub fn holds_group(&self, group: GroupId) -> Result<bool, Error> {
+        self.inner.db.holds_group(group)
+    }
+
+    /// The voters and learners of `group`'s latest membership if this node
+    /// has applied it (a quorum committed it), else `None`.
+    pub fn committed_members(&self, group: GroupId) -> Option<GroupMembers> {
+        let handle = self.group(group)?;
+        let metrics = handle.raft.metrics().borrow_watched().clone();
+        let stored = &metrics.membership_config;
+        let at = stored.log_id().as_ref()?.index;
+        let applied = metrics.last_applied.as_ref()?.index;
+        (at <= applied).then(|| GroupMembers {
+            voters: stored.membership().voter_ids().collect(),
+            learners: stored.membership().learner_ids().collect(),
+        })
     }
 
     pub fn group(&self, group: GroupId) -> Option<GroupHandle> {

@@ -8,6 +8,8 @@ use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use agentd_protocol::api::ShardMove;
+use agentd_protocol::cluster::{ClusterRequest, ClusterResponse};
 use agentd_protocol::ids::{GroupId, NodeId, ShardId};
 use agentd_protocol::limits::METADATA_VOTERS_MAX;
 use agentd_protocol::ApiError;
@@ -25,6 +27,8 @@ use crate::Error;
 const RECONCILE_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many groups are reconciled at once.
 const RECONCILE_CONCURRENCY: usize = 8;
+/// How long a replica that was moved away waits for a peer to confirm it.
+const MEMBERS_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One step towards a desired voter set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +71,88 @@ pub fn place_new_node(
             (*shard, replicas)
         })
         .collect()
+}
+
+/// How many replicas each node holds (nodes holding none included).
+fn replica_counts(placements: &[(ShardId, Vec<NodeId>)], nodes: &[NodeId]) -> BTreeMap<NodeId, usize> {
+    let mut counts: BTreeMap<NodeId, usize> = nodes.iter().map(|node| (*node, 0)).collect();
+    for (_, replicas) in placements {
+        for node in replicas {
+            *counts.entry(*node).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Moves one replica of `shard` to `to`: from `from`, or else from the
+/// replica whose node holds the most replicas (the highest id on a tie).
+/// The error says, for an operator, why the move makes no sense.
+pub fn plan_move(
+    placements: &[(ShardId, Vec<NodeId>)],
+    nodes: &[NodeId],
+    shard: ShardId,
+    to: NodeId,
+    from: Option<NodeId>,
+) -> Result<ShardMove, String> {
+    let Some((_, replicas)) = placements.iter().find(|(placed, _)| *placed == shard) else {
+        return Err(format!("there is no {shard} (this cluster has shards 0..{})", placements.len()));
+    };
+    if !nodes.contains(&to) {
+        return Err(format!("node {to} is not a member of the cluster (its nodes: {nodes:?})"));
+    }
+    if replicas.contains(&to) {
+        if let Some(from) = from.filter(|from| !replicas.contains(from)) {
+            // Already placed so (a retried request): the same answer again.
+            return Ok(ShardMove { shard, from, to, replicas: replicas.clone() });
+        }
+        return Err(format!("node {to} already holds a replica of {shard} (its replicas: {replicas:?})"));
+    }
+    let counts = replica_counts(placements, nodes);
+    let from = match from {
+        Some(from) if replicas.contains(&from) => from,
+        Some(from) => return Err(format!("node {from} holds no replica of {shard} (its replicas: {replicas:?})")),
+        None => *replicas
+            .iter()
+            .max_by_key(|node| (counts.get(node).copied().unwrap_or(0), **node))
+            .ok_or_else(|| format!("{shard} has no replica to move"))?,
+    };
+    let replicas = replicas.iter().map(|node| if *node == from { to } else { *node }).collect();
+    Ok(ShardMove { shard, from, to, replicas })
+}
+
+/// Moves every replica on `node` to the other nodes, each to the node
+/// holding the fewest replicas (the lowest id on a tie) that holds none of
+/// that shard yet. Fails, moving nothing, if some shard has nowhere to go.
+pub fn plan_drain(
+    placements: &[(ShardId, Vec<NodeId>)],
+    nodes: &[NodeId],
+    node: NodeId,
+) -> Result<Vec<ShardMove>, String> {
+    if !nodes.contains(&node) {
+        return Err(format!("node {node} is not a member of the cluster (its nodes: {nodes:?})"));
+    }
+    let mut counts = replica_counts(placements, nodes);
+    counts.remove(&node);
+    let mut moves = Vec::new();
+    for (shard, replicas) in placements.iter().filter(|(_, replicas)| replicas.contains(&node)) {
+        let Some(to) = counts
+            .iter()
+            .filter(|(candidate, _)| !replicas.contains(candidate))
+            .min_by_key(|(candidate, count)| (**count, **candidate))
+            .map(|(candidate, _)| *candidate)
+        else {
+            return Err(format!(
+                "node {node} cannot be drained: every other node already holds a replica of {shard} \
+                 ({} nodes, {} replicas per shard); add a node first",
+                nodes.len(),
+                replicas.len()
+            ));
+        };
+        *counts.entry(to).or_default() += 1;
+        let replicas = replicas.iter().map(|held| if *held == node { to } else { *held }).collect();
+        moves.push(ShardMove { shard: *shard, from: node, to, replicas });
+    }
+    Ok(moves)
 }
 
 /// The voters the metadata group should have: the lowest node ids, at most
@@ -116,6 +202,8 @@ pub async fn reconcile(host: &RaftHost) -> Result<(), Error> {
         }
     }
 
+    retire_replicas(host, &placements, &addresses).await?;
+
     let mut work: Vec<(GroupHandle, BTreeSet<NodeId>)> = Vec::new();
     work.push((metadata.clone(), metadata_voters(&nodes)));
     for (shard, replicas) in placements {
@@ -152,6 +240,49 @@ pub async fn reconcile(host: &RaftHost) -> Result<(), Error> {
     Ok(())
 }
 
+/// Deletes this node's copy of every shard that was moved off it, once a
+/// replica that stays reports a committed membership without this node.
+/// Until then the copy stays a full replica: a move never lowers a shard's
+/// replica count while it is in flight, and a node never forgets a log it
+/// may have voted on while it could still count towards a quorum. A copy
+/// left on disk by a restart mid-move is opened so that it can be retired.
+async fn retire_replicas(
+    host: &RaftHost,
+    placements: &[(ShardId, Vec<NodeId>)],
+    addresses: &BTreeMap<NodeId, String>,
+) -> Result<(), Error> {
+    let me = host.node_id();
+    for (shard, replicas) in placements.iter().filter(|(_, replicas)| !replicas.contains(&me)) {
+        let group = GroupId::Shard(*shard);
+        let handle = match host.group(group) {
+            Some(handle) => handle,
+            None if host.holds_group(group)? => host.open_group(group).await?,
+            None => continue,
+        };
+        // A leader first hands the group to a replica that stays (see
+        // `reconcile_group`); the new leader finishes the move.
+        if handle.raft.is_leader() {
+            continue;
+        }
+        for node in replicas {
+            let Some(addr) = addresses.get(node) else { continue };
+            let request = ClusterRequest::GroupMembers { group };
+            let Ok(ClusterResponse::GroupMembers(Some(members))) =
+                host.peers().call(addr, request, MEMBERS_QUERY_TIMEOUT).await
+            else {
+                continue;
+            };
+            if !members.voters.contains(&me) && !members.learners.contains(&me) {
+                tracing::info!(%group, peer = node, voters = ?members.voters, "moved off this node: removing the replica");
+                host.remove_group(group).await?;
+                metrics::counter!("agentd_placement_replicas_removed_total").increment(1);
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn reconcile_group(
     handle: &GroupHandle,
     desired: &BTreeSet<NodeId>,
@@ -173,11 +304,47 @@ async fn reconcile_group(
                 .map_err(|error| Error::Raft(error.to_string()))?;
         }
     }
+    // Learners of an abandoned move (placed, then placed elsewhere).
+    let stale: BTreeSet<NodeId> =
+        learners.iter().filter(|node| !desired.contains(node) && !extra_learners.contains(node)).copied().collect();
+    if !stale.is_empty() && next_step(desired, &voters, &learners).is_none() {
+        tracing::info!(group = %handle.group, ?stale, "removing learners no longer placed here");
+        let change = openraft::ChangeMembers::RemoveNodes(stale);
+        handle.raft.change_membership(change, false).await.map_err(|error| Error::Raft(error.to_string()))?;
+        return Ok(());
+    }
     // One step per pass: the next pass sees the membership this step made.
     match next_step(desired, &voters, &learners) {
         Some(MembershipStep::AddLearner(node)) => {
             tracing::info!(group = %handle.group, node, "adding learner");
             handle.raft.add_learner(node, address(node), true).await.map_err(|error| Error::Raft(error.to_string()))?;
+        }
+        Some(MembershipStep::SetVoters(new_voters)) if !new_voters.contains(handle.raft.node_id()) => {
+            // A leader that is moved off does not remove itself: it hands
+            // the group to the most caught-up voter that stays.
+            let me = *handle.raft.node_id();
+            let staying: BTreeSet<NodeId> = voters.intersection(&new_voters).copied().collect();
+            match successor_among(handle, &staying) {
+                Some(target) => {
+                    tracing::info!(group = %handle.group, to = target, "moved off this node: handing off the leadership");
+                    handle
+                        .raft
+                        .trigger()
+                        .transfer_leader(target)
+                        .await
+                        .map_err(|error| Error::Raft(error.to_string()))?;
+                }
+                None => {
+                    // No voter stays (one replica moving): the change itself ends this leadership.
+                    tracing::info!(group = %handle.group, ?new_voters, me, "changing voters, leaving this node");
+                    handle
+                        .raft
+                        .change_membership(new_voters, false)
+                        .await
+                        .map_err(|error| Error::Raft(error.to_string()))?;
+                    metrics::counter!("agentd_placement_membership_changes_total").increment(1);
+                }
+            }
         }
         Some(MembershipStep::SetVoters(voters)) => {
             tracing::info!(group = %handle.group, ?voters, "changing voters");
@@ -187,6 +354,14 @@ async fn reconcile_group(
         None => {}
     }
     Ok(())
+}
+
+/// Of `candidates`, the one whose replicated log reaches furthest as this
+/// node (the leader) last saw it.
+pub(crate) fn successor_among(handle: &GroupHandle, candidates: &BTreeSet<NodeId>) -> Option<NodeId> {
+    let metrics = handle.raft.metrics().borrow_watched().clone();
+    let replication = metrics.replication.as_ref()?;
+    candidates.iter().copied().max_by_key(|id| replication.get(id).cloned().flatten().map(|log_id| log_id.index))
 }
 
 fn internal(error: Error) -> ApiError {
@@ -233,6 +408,39 @@ mod tests {
         // Admitting the same node twice changes nothing the second time.
         let placements = vec![(ShardId(0), vec![1, 4])];
         assert_eq!(place_new_node(&placements, 4, 3), vec![]);
+    }
+
+    #[test]
+    fn a_move_replaces_one_replica_and_says_why_it_cannot() {
+        let placements = vec![(ShardId(0), vec![1, 2, 3]), (ShardId(1), vec![1, 2, 4]), (ShardId(2), vec![1, 3, 4])];
+        let nodes = [1, 2, 3, 4, 5];
+        let moved = plan_move(&placements, &nodes, ShardId(0), 5, Some(2)).unwrap();
+        assert_eq!(moved, ShardMove { shard: ShardId(0), from: 2, to: 5, replicas: vec![1, 5, 3] });
+        // Without --from: the replica on the busiest node (node 1 holds 3).
+        assert_eq!(plan_move(&placements, &nodes, ShardId(0), 5, None).unwrap().from, 1);
+        // A retry of a move that took effect answers the same move.
+        let placed = vec![(ShardId(0), vec![1, 5, 3])];
+        assert_eq!(plan_move(&placed, &nodes, ShardId(0), 5, Some(2)).unwrap(), moved);
+        let refused = |shard, to, from| plan_move(&placements, &nodes, ShardId(shard), to, from).unwrap_err();
+        assert!(refused(9, 5, None).contains("there is no shard-9"));
+        assert!(refused(0, 6, None).contains("node 6 is not a member"));
+        assert!(refused(0, 3, None).contains("already holds a replica"));
+        assert!(refused(0, 5, Some(4)).contains("node 4 holds no replica of shard-0"));
+    }
+
+    #[test]
+    fn a_drain_spreads_the_replicas_over_the_least_loaded_nodes() {
+        let placements = vec![(ShardId(0), vec![1, 2, 3]), (ShardId(1), vec![1, 2, 3]), (ShardId(2), vec![2, 3, 4])];
+        let moves = plan_drain(&placements, &[1, 2, 3, 4, 5], 1).unwrap();
+        // Node 5 holds none and takes the first; then 4 and 5 hold one each.
+        let targets: Vec<(ShardId, NodeId)> = moves.iter().map(|one| (one.shard, one.to)).collect();
+        assert_eq!(targets, vec![(ShardId(0), 5), (ShardId(1), 4)]);
+        assert_eq!(moves[0].replicas, vec![5, 2, 3]);
+        assert_eq!(plan_drain(&placements, &[1, 2, 3, 4, 5], 5).unwrap(), vec![], "node 5 holds nothing");
+        // Three nodes, three replicas: nowhere to go, and nothing moves.
+        let error = plan_drain(&placements[..2], &[1, 2, 3], 1).unwrap_err();
+        assert!(error.contains("every other node already holds a replica of shard-0"), "{error}");
+        assert!(plan_drain(&placements, &[1, 2, 3], 9).unwrap_err().contains("not a member"));
     }
 
     #[test]

@@ -153,30 +153,35 @@ impl RaftHost {
     /// caught-up other voter, without waiting for the hand-offs.
     fn hand_off_leaderships(&self) {
         for handle in self.groups() {
-            if !handle.raft.is_leader() {
-                continue;
+            if handle.raft.is_leader() {
+                tracing::info!(group = %handle.group, "handing off leadership: the data disk is full");
+                self.hand_off_leadership(&handle);
             }
-            let Some(target) = successor(&handle, self.node_id()) else {
-                tracing::debug!(group = %handle.group, "no other voter to hand the leadership to");
-                continue;
-            };
-            tracing::info!(group = %handle.group, to = target, "handing off leadership: the data disk is full");
-            tokio::spawn(async move {
-                if let Err(error) = handle.raft.trigger().transfer_leader(target).await {
-                    tracing::warn!(group = %handle.group, %error, "the leadership hand-off failed");
-                }
-            });
         }
+    }
+
+    /// Asks `handle`'s group, which this node leads, to move its leadership
+    /// to the most caught-up other voter, without waiting for the hand-off.
+    pub fn hand_off_leadership(&self, handle: &GroupHandle) {
+        let Some(target) = successor(handle, self.node_id()) else {
+            tracing::debug!(group = %handle.group, "no other voter to hand the leadership to");
+            return;
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            if let Err(error) = handle.raft.trigger().transfer_leader(target).await {
+                tracing::warn!(group = %handle.group, %error, "the leadership hand-off failed");
+            }
+        });
     }
 }
 
 /// The voter other than `me` whose replicated log reaches furthest, as this
 /// node (its leader) last saw it.
 pub(crate) fn successor(handle: &GroupHandle, me: NodeId) -> Option<NodeId> {
-    let metrics = handle.raft.metrics().borrow_watched().clone();
-    let replication = metrics.replication.as_ref()?;
-    let voters = metrics.membership_config.membership().voter_ids().filter(|id| *id != me);
-    voters.max_by_key(|id| replication.get(id).cloned().flatten().map(|log_id| log_id.index))
+    let membership = handle.raft.metrics().borrow_watched().membership_config.clone();
+    let voters = membership.membership().voter_ids().filter(|id| *id != me).collect();
+    crate::placement::successor_among(handle, &voters)
 }
 
 #[cfg(test)]

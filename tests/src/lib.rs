@@ -324,15 +324,18 @@ impl Cluster {
         }
     }
 
-    /// Waits until every shard has `voters` voters and a leader, and every
-    /// running node reports in.
+    /// Waits until every shard has `voters` voters and a leader, the
+    /// metadata group has a leader, and every running node reports in.
     pub async fn wait_replicated(&self, voters: usize, timeout: Duration) -> Result<ClusterStatus> {
         let running = self.nodes.iter().filter(|node| node.is_running()).count();
         self.wait_for(timeout, &format!("every group to have {voters} voters"), |status| {
             status.shards > 0
                 && status.nodes.iter().filter(|node| node.reachable).count() >= running
                 && leader_views(status).len() == status.shards as usize + 1
-                && leader_views(status).iter().all(|group| group.voters.len() == voters)
+                && leader_views(status)
+                    .iter()
+                    .filter(|group| group.group != agentd_protocol::ids::GroupId::Metadata)
+                    .all(|group| group.voters.len() == voters)
         })
         .await
     }

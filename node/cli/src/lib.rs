@@ -22,7 +22,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use commands::{agent, apikey, bench as bench_command, cluster, dev, environment, hands, session, shard, start, vault};
+use commands::{
+    agent, apikey, bench as bench_command, cluster, dev, environment, hands, node, session, shard, start, vault,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "agentd", version, about = "A self-hostable cluster runtime for managed AI agents")]
@@ -57,9 +59,12 @@ pub enum Command {
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
-    /// Operate on one group: hand its leadership to another voter.
+    /// Operate on one group: list groups, move a replica, hand over a leadership.
     #[command(subcommand)]
     Shard(shard::ShardCommand),
+    /// Operate on one node: drain it of its replicas.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Create sessions, send events, read them.
     #[command(subcommand)]
     Session(session::SessionCommand),
@@ -133,6 +138,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Cluster(command) => cluster::run(command).await,
         Command::Shard(command) => shard::run(command).await,
+        Command::Node(command) => node::run(command).await,
         Command::Hands(args) => hands::run(args).await,
         Command::Session(command) => session::run(command).await,
         Command::Agent(command) => agent::run(command).await,

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use agentd_protocol::agent::{Agent, AgentSpec, Environment, EnvironmentSpec, VaultInfo};
 use agentd_protocol::api::{
-    ClientRequest, ClientResponse, ClusterStatus, Consistency, GroupStats, Request, SessionInfo,
+    ClientRequest, ClientResponse, ClusterStatus, Consistency, GroupStats, Request, SessionInfo, ShardMove,
 };
 use agentd_protocol::event::{Event, EventPayload};
 use agentd_protocol::frame::encode_frame;
-use agentd_protocol::ids::{AgentId, ApiKeyId, EnvironmentId, EventId, GroupId, NodeId, SessionId, VaultId};
+use agentd_protocol::ids::{AgentId, ApiKeyId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId};
 use agentd_protocol::limits::CLIENT_FRAME_BYTES_MAX;
 use agentd_protocol::resource::{SessionPage, SessionQuery};
 use agentd_protocol::tenancy::{new_api_key, ApiKeyInfo, Role};
@@ -435,6 +435,24 @@ impl Client {
     /// leader and term once `to` leads. Safe to retry.
     pub async fn transfer_leader(&self, group: GroupId, to: NodeId) -> Result<(NodeId, u64), ClientError> {
         Ok(self.call(ClientRequest::TransferLeader { group, to }).await?.into_leader_transferred()?)
+    }
+
+    /// Moves a replica of `shard` to node `to` (from `from`, or from the
+    /// replica on the busiest node); answers once the move is recorded.
+    /// Admin keys only. Safe to retry with `from` given; without it, a retry
+    /// after the first attempt took effect is refused (`to` holds a replica).
+    pub async fn move_shard(&self, shard: ShardId, to: NodeId, from: Option<NodeId>) -> Result<ShardMove, ClientError> {
+        let moves = self.call(ClientRequest::MoveShard { shard, to, from }).await?.into_shard_moves()?;
+        moves
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Api(ApiError::Internal { message: "the node recorded no move".into() }))
+    }
+
+    /// Moves every replica off `node`; answers the moves once recorded
+    /// (none when the node holds no replica). Admin keys only. Safe to retry.
+    pub async fn drain_node(&self, node: NodeId) -> Result<Vec<ShardMove>, ClientError> {
+        Ok(self.call(ClientRequest::DrainNode { node }).await?.into_shard_moves()?)
     }
 
     /// What `group` holds, as its leader counts it (admin keys only).

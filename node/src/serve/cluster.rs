@@ -100,6 +100,9 @@ async fn respond(service: &Service, request: ClusterRequest) -> ClusterResponse 
             message: "a forwarded request must name its caller".into(),
         })),
         ClusterRequest::NodeStatus => ClusterResponse::NodeStatus(service.local_status()),
+        ClusterRequest::GroupMembers { group } => {
+            ClusterResponse::GroupMembers(service.host().committed_members(group))
+        }
         ClusterRequest::AddNode { node_id, addr } => match service.admit(node_id, addr).await {
             Ok(()) => ClusterResponse::NodeAdded,
             Err(error) => ClusterResponse::Error(error),

@@ -4,15 +4,18 @@
 //! on the caller's workspace as the API's resources.
 
 use agentd_protocol::agent::{AgentSpec, EnvironmentSpec, PermissionPolicy};
-use agentd_protocol::api::{ClientRequest, ClientResponse, CredentialChange};
-use agentd_protocol::ids::{AgentId, EnvironmentId, NodeId, VaultId};
+use agentd_protocol::api::{ClientRequest, ClientResponse, CredentialChange, ShardMove};
+use agentd_protocol::command::Command;
+use agentd_protocol::ids::{AgentId, EnvironmentId, NodeId, ShardId, VaultId};
 use agentd_protocol::resource::{AgentBody, ResourceBody, ResourceId, ResourceVersion, VaultBody};
 use agentd_protocol::tenancy::Caller;
 use agentd_protocol::ApiError;
 use agentd_raft::host::GroupHandle;
 use agentd_raft::placement;
+use agentd_raft::propose;
 use agentd_raft::state::legacy_credential_id;
 
+use super::session::ensure_linearizable;
 use super::Service;
 
 impl Service {
@@ -42,6 +45,25 @@ impl Service {
             }
             ClientRequest::TransferLeader { to, .. } => self.transfer_leader_here(caller, metadata, to).await,
             ClientRequest::GroupStats { .. } => self.group_stats_here(caller, metadata).await,
+            ClientRequest::MoveShard { shard, to, from } => {
+                self.move_replicas_here(caller, metadata, |placements, nodes| {
+                    placement::plan_move(placements, nodes, shard, to, from).map(|one| vec![one])
+                })
+                .await
+            }
+            ClientRequest::DrainNode { node } => {
+                let moves = self
+                    .move_replicas_here(caller, metadata, |placements, nodes| {
+                        placement::plan_drain(placements, nodes, node)
+                    })
+                    .await?;
+                if node == self.host().node_id() {
+                    // A drained node leads nothing: its shards leave with
+                    // their replicas; the metadata group is handed off here.
+                    self.host().hand_off_leadership(metadata);
+                }
+                Ok(moves)
+            }
             other => self.execute_resource_request(caller, metadata, other).await,
         }
     }
@@ -113,6 +135,31 @@ impl Service {
         let credential_id = legacy_credential_id(vault_id, &secret_name);
         let resource = self.put_credential_here(caller, metadata, vault_id, credential_id, change).await?;
         resource.to_vault_info().map(ClientResponse::Vault).ok_or_else(|| not_found(id))
+    }
+
+    /// Records the replica moves `plan` makes of the current placement; each
+    /// shard's leader then carries its move out (see `placement::reconcile`).
+    async fn move_replicas_here(
+        &self,
+        caller: &Caller,
+        metadata: &GroupHandle,
+        plan: impl FnOnce(&[(ShardId, Vec<NodeId>)], &[NodeId]) -> Result<Vec<ShardMove>, String>,
+    ) -> Result<ClientResponse, ApiError> {
+        if !caller.is_admin() {
+            return Err(ApiError::PermissionDenied { message: "moving replicas needs an admin key".into() });
+        }
+        // Placements change one writer at a time, on state that includes
+        // every committed change (joins write them too).
+        let _one_at_a_time = self.inner.admissions.lock().await;
+        ensure_linearizable(metadata).await?;
+        let placements = metadata.state.placements()?;
+        let nodes: Vec<NodeId> = metadata.state.nodes()?.into_iter().map(|(node, _)| node).collect();
+        let moves = plan(&placements, &nodes).map_err(|message| ApiError::InvalidRequest { message })?;
+        for one in &moves {
+            tracing::info!(shard = %one.shard, from = one.from, to = one.to, "moving a replica on an operator's request");
+            propose(metadata, Command::SetPlacement { shard: one.shard, replicas: one.replicas.clone() }).await?;
+        }
+        Ok(ClientResponse::ShardMoves(moves))
     }
 
     /// Admits a node into the cluster: records it and gives it replicas. Runs

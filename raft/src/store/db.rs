@@ -147,6 +147,22 @@ impl Db {
         self.inner.disk.sync(SyncWaiter::Flushed(callback)).await;
     }
 
+    /// Deletes everything `group` stored (log, vote, state, snapshot) and
+    /// returns once the deletion is durable.
+    pub(crate) async fn delete_group(&self, group: GroupId) -> Result<(), Error> {
+        let mut batch = Batch::default();
+        for cf in Cf::ALL {
+            batch.delete_range(cf, keys::group_prefix(group), keys::group_end(group));
+        }
+        self.write(batch)?;
+        Ok(self.synced().await?)
+    }
+
+    /// Whether `group` has a vote on this disk: it was hosted here once.
+    pub(crate) fn holds_group(&self, group: GroupId) -> Result<bool, Error> {
+        Ok(self.get(Cf::Raft, &keys::vote_key(group))?.is_some())
+    }
+
     /// Bytes free on the disk's device.
     pub(crate) fn free_bytes(&self) -> io::Result<u64> {
         self.inner.disk.free_bytes()

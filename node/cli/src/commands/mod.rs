@@ -8,6 +8,8 @@ pub mod cluster;
 pub mod dev;
 pub mod environment;
 pub mod hands;
+pub mod moves;
+pub mod node;
 pub mod session;
 pub mod shard;
 pub mod start;

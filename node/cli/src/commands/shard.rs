@@ -1,12 +1,14 @@
 //! `agentd shard`: operator commands on one group's replicas and leader.
 
+use std::time::Duration;
+
 use agentd_protocol::ids::{GroupId, NodeId, ShardId};
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use serde_json::json;
 
 use super::cluster::{human_bytes, leader_reports};
-use super::Target;
+use super::{moves, Target};
 
 #[derive(Debug, Subcommand)]
 pub enum ShardCommand {
@@ -25,11 +27,55 @@ pub enum ShardCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Move one replica of a shard to another node: the shard's leader adds
+    /// it as a learner, catches it up, swaps the voters, and the old node
+    /// deletes its copy. Prints each step; the shard stays available.
+    Move {
+        /// `3` or `shard-3`.
+        #[arg(value_parser = parse_shard)]
+        shard: ShardId,
+        /// The node that is to hold the replica.
+        #[arg(long)]
+        to: NodeId,
+        /// The replica to move (default: the one on the node holding the most).
+        #[arg(long)]
+        from: Option<NodeId>,
+        /// Return once the move is recorded, without following it.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to follow the move before failing (it goes on regardless).
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 pub async fn run(command: ShardCommand) -> Result<()> {
     match command {
         ShardCommand::List(target) => list(target).await,
+        ShardCommand::Move { shard, to, from, no_wait, timeout_secs, target } => {
+            let client = target.client()?;
+            let one = client.move_shard(shard, to, from).await?;
+            if !target.json {
+                outln!(
+                    "{shard}: moving the replica on node {} to node {} (replicas then {:?})",
+                    one.from,
+                    one.to,
+                    one.replicas
+                );
+            }
+            let moved = [one];
+            let phases = if no_wait {
+                None
+            } else {
+                Some(moves::follow(&client, &moved, Duration::from_secs(timeout_secs), target.json).await?)
+            };
+            if target.json {
+                outln!("{}", moves::moves_json(&moved, phases.as_deref()));
+            }
+            Ok(())
+        }
         ShardCommand::TransferLeader { shard, to, target } => {
             let (leader, term) = target.client()?.transfer_leader(shard, to).await?;
             if target.json {
@@ -123,6 +169,14 @@ fn parse_group(text: &str) -> Result<GroupId> {
     }
 }
 
+/// A shard as operators name it: `shard-N` or `N`.
+fn parse_shard(text: &str) -> Result<ShardId> {
+    match parse_group(text)? {
+        GroupId::Shard(shard) => Ok(shard),
+        GroupId::Metadata => bail!("the metadata group is on every node and does not move; name a shard"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +188,7 @@ mod tests {
         assert_eq!(parse_group("7").unwrap(), GroupId::Shard(ShardId(7)));
         assert!(parse_group("shard-x").is_err());
         assert!(parse_group("-1").is_err());
+        assert_eq!(parse_shard("shard-2").unwrap(), ShardId(2));
+        assert!(parse_shard("metadata").is_err());
     }
 }

@@ -1,0 +1,129 @@
+//! Operators move replicas online (issue 14): `agentd shard move` moves
+//! the replica on a shard's leader to a node that held none, printing each
+//! step; `agentd node drain --wait` empties a node. Appends run throughout;
+//! every acknowledged one is on every replica afterwards, the old nodes no
+//! longer host the shards (not even after a restart: their copies are
+//! deleted), and a move that makes no sense is refused with the reason.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use agentd_protocol::api::{ClusterStatus, Consistency};
+use agentd_protocol::ids::{GroupId, SessionId, ShardId};
+use agentd_tests::{leader_views, Appender, Cluster};
+use anyhow::{bail, ensure, Context};
+
+/// The nodes that report hosting `group`, and its voters by its leader.
+fn holders(status: &ClusterStatus, group: GroupId) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let hosting = status
+        .nodes
+        .iter()
+        .filter(|node| node.reachable && node.groups.iter().any(|view| view.group == group))
+        .map(|node| node.node_id)
+        .collect();
+    let voters = leader_views(status)
+        .iter()
+        .find(|view| view.group == group)
+        .map(|view| view.voters.iter().copied().collect())
+        .unwrap_or_default();
+    (hosting, voters)
+}
+
+/// Every node in `nodes` holds `session` as the leader does, with every
+/// acknowledged event.
+async fn replicas_hold(
+    cluster: &Cluster,
+    session: SessionId,
+    acknowledged: &[u64],
+    nodes: &BTreeSet<u64>,
+) -> anyhow::Result<()> {
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+    let leader_view = cluster.client()?.read_all(session, Consistency::Leader).await?;
+    for node in nodes {
+        let events = cluster.client_for(*node)?.read_all(session, Consistency::Local).await?;
+        ensure!(events == leader_view, "node {node}'s replica of {session} differs from the leader's");
+        let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
+        if let Some(missing) = acknowledged.iter().find(|seq| seqs.binary_search(seq).is_err()) {
+            bail!("node {node} lacks acknowledged event {missing} of {session}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_moves_a_shard_and_drains_a_node_while_appends_run() -> anyhow::Result<()> {
+    // Four nodes, three replicas per shard: one node holds none of each.
+    let mut cluster = Cluster::start(agentd_tests::agentd_binary!(), 4, &["--shards", "4"]).await?;
+    let status = cluster.wait_converged(Duration::from_secs(60)).await?;
+    let info = cluster.client()?.create_session().await?;
+    let (session, shard) = (info.session_id, info.shard);
+    let group = GroupId::Shard(shard);
+    let appender = Appender::start(cluster.client()?, session);
+    let (hosting, voters) = holders(&status, group);
+    let to = (1..=4).find(|node| !hosting.contains(node)).context("every node holds the shard")?;
+    // Move the leader's own replica: it must hand off before it leaves.
+    let leader = leader_views(&status).iter().find(|view| view.group == group).and_then(|view| view.leader);
+    let from = leader.context("the session's shard has no leader")?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let cli = |cluster: &Cluster, args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(cluster.command()?.args(args).args(["--addr", &cluster.nodes[1].addr]).output()?)
+    };
+    let moved =
+        cli(&cluster, &["shard", "move", &shard.0.to_string(), "--to", &to.to_string(), "--from", &from.to_string()])?;
+    let printed = String::from_utf8_lossy(&moved.stdout).to_string();
+    eprintln!("shard move printed:\n{printed}{}", String::from_utf8_lossy(&moved.stderr));
+    ensure!(moved.status.success(), "shard move failed:\n{printed}\n{}", cluster.log_tails());
+    ensure!(printed.contains(&format!("moved to node {to}")), "no final step printed: {printed}");
+    let status = cluster.status().await?;
+    let (hosting, now_voters) = holders(&status, group);
+    let expected: BTreeSet<u64> = voters.iter().copied().filter(|node| *node != from).chain([to]).collect();
+    ensure!(now_voters == expected, "voters after the move: {now_voters:?}, expected {expected:?}");
+    ensure!(hosting == expected, "node {from} still hosts {group}: {hosting:?}");
+    ensure!(appender.count() > 0, "no append was acknowledged during the move");
+
+    // The old replica is gone from disk: after a restart the node does not
+    // host the shard again.
+    cluster.kill(from)?;
+    cluster.restart(from)?;
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+    let (hosting, _) = holders(&cluster.status().await?, group);
+    ensure!(!hosting.contains(&from), "node {from} hosts {group} again after a restart: {hosting:?}");
+
+    // Nonsense is refused with the reason, and changes nothing.
+    let refused = cli(&cluster, &["shard", "move", &shard.0.to_string(), "--to", &to.to_string()])?;
+    let said = String::from_utf8_lossy(&refused.stderr).to_string();
+    ensure!(!refused.status.success() && said.contains("already holds a replica"), "not refused: {said}");
+    let refused = cli(&cluster, &["shard", "move", "99", "--to", "1"])?;
+    let said = String::from_utf8_lossy(&refused.stderr).to_string();
+    ensure!(!refused.status.success() && said.contains("there is no shard-99"), "not refused: {said}");
+
+    // Drain node 1 (it ran --init): every replica it held goes elsewhere.
+    let before = cluster.status().await?;
+    let held: Vec<ShardId> = (0..before.shards)
+        .map(ShardId)
+        .filter(|shard| holders(&before, GroupId::Shard(*shard)).0.contains(&1))
+        .collect();
+    let drained = cli(&cluster, &["node", "drain", "1", "--wait", "--json"])?;
+    let printed = String::from_utf8_lossy(&drained.stdout).to_string();
+    ensure!(drained.status.success(), "node drain failed:\n{printed}\n{}", String::from_utf8_lossy(&drained.stderr));
+    let answer: serde_json::Value = serde_json::from_str(printed.trim()).context("drain --json is not JSON")?;
+    let moves = answer["moves"].as_array().context("no moves")?;
+    ensure!(moves.len() == held.len(), "drain moved {} replicas, node 1 held {held:?}", moves.len());
+    ensure!(moves.iter().all(|one| one["phase"] == "done"), "a move is not done: {answer}");
+    let status = cluster.status().await?;
+    for shard in 0..status.shards {
+        let (hosting, voters) = holders(&status, GroupId::Shard(ShardId(shard)));
+        ensure!(!hosting.contains(&1), "node 1 still hosts shard-{shard}: {hosting:?}");
+        ensure!(voters.len() == 3, "shard-{shard} has voters {voters:?}");
+    }
+    let again = cli(&cluster, &["node", "drain", "1"])?;
+    ensure!(String::from_utf8_lossy(&again.stdout).contains("holds no replica"), "a second drain moved something");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acknowledged = appender.stop().await?;
+    let (_, voters) = holders(&cluster.status().await?, group);
+    replicas_hold(&cluster, session, &acknowledged, &voters).await?;
+    eprintln!("{} appends acknowledged while replicas moved; voters of {group} now {voters:?}", acknowledged.len());
+    Ok(())
+}
