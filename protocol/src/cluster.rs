@@ -105,6 +105,8 @@ pub enum ClusterResponse {
 pub struct GroupMembers {
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
+    /// The log id of that membership, encoded by the `raft` crate.
+    pub log_id: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use agentd_protocol::cluster::{ClusterResponse, GroupMembers, RaftCall, RaftRpcKind};
+use agentd_protocol::frame::encode_body;
 use agentd_protocol::ids::{GroupId, NodeId};
 use agentd_protocol::sync::{read, write};
 use agentd_protocol::ApiError;
@@ -16,7 +17,7 @@ use crate::peers::Peers;
 use crate::space::DiskSpace;
 use crate::state::StateReader;
 use crate::store::Db;
-use crate::types::{Raft, Runtime};
+use crate::types::{LogId, Raft, Runtime};
 use crate::Error;
 
 /// One hosted group: its Raft handle and a reader of its applied state.
@@ -109,26 +110,66 @@ impl RaftHost {
             raft.runtime_config().elect(false);
             raft.runtime_config().heartbeat(false);
         }
+        if self.inner.db.rejoin_floor(group)?.is_some() {
+            raft.runtime_config().elect(false);
+        }
         let handle = GroupHandle { group, raft, state };
         write(&self.inner.groups).insert(group, handle.clone());
         tracing::debug!(%group, "group opened");
         Ok(handle)
     }
 
-    /// Stops `group` on this node and deletes its data, durably. Only for a
-    /// replica that a committed membership of the group no longer holds
-    /// (see `placement::retire_replicas`).
-    pub async fn remove_group(&self, group: GroupId) -> Result<(), Error> {
-        let _opening = self.inner.opening.lock().await;
+    /// Deletes this node's replica of `group`, given `removed_at`: the log
+    /// id of a committed membership of the group without this node. The
+    /// group is stopped first. If its copy's newest membership leaves this
+    /// node out, or is older than `removed_at`, the copy has taken no part in
+    /// the group since it was removed (a leader sends entries only to the
+    /// members of its newest membership, so any entry it got later would
+    /// follow a newer membership counting it in), and its data is deleted
+    /// durably, all but its vote. Otherwise it was added back and is opened
+    /// again. Answers whether the replica was deleted.
+    pub async fn retire_group(&self, group: GroupId, removed_at: &LogId) -> Result<bool, Error> {
+        let opening = self.inner.opening.lock().await;
         let Some(handle) = write(&self.inner.groups).remove(&group) else {
-            return Ok(());
+            return Ok(false);
         };
         if let Err(error) = handle.raft.shutdown().await {
-            tracing::warn!(%group, %error, "removed group did not shut down cleanly");
+            tracing::warn!(%group, %error, "retired group did not shut down cleanly");
         }
-        self.inner.db.delete_group(group).await?;
-        tracing::info!(%group, "replica removed: the group's data on this node is deleted");
+        // The copy's newest membership: if it counts this node in and is
+        // as new as the removal, this node was added back since.
+        let known = self.inner.db.latest_membership(group)?;
+        let counted = known.membership().get_node(&self.node_id()).is_some();
+        if counted && known.log_id().as_ref().is_some_and(|known| known >= removed_at) {
+            drop(opening);
+            tracing::info!(%group, "this node was added back to the group: keeping its replica");
+            self.open_group(group).await?;
+            return Ok(false);
+        }
+        self.inner.db.delete_group(group, removed_at).await?;
+        tracing::info!(%group, %removed_at, "replica removed: the group's data on this node is deleted");
+        Ok(true)
+    }
+
+    /// Lets each replica made after a deletion stand for election once its
+    /// log has reached its rejoin floor (see `Db::delete_group`).
+    pub fn release_rejoined(&self) -> Result<(), Error> {
+        for handle in self.groups() {
+            let Some(floor) = self.inner.db.rejoin_floor(handle.group)? else { continue };
+            let applied = handle.raft.metrics().borrow_watched().last_applied;
+            if applied.as_ref().is_some_and(|applied| *applied >= floor) {
+                tracing::info!(group = %handle.group, %floor, "the new replica caught up: it may stand for election");
+                self.inner.db.clear_rejoin_floor(handle.group)?;
+                handle.raft.runtime_config().elect(!self.space().is_full());
+            }
+        }
         Ok(())
+    }
+
+    /// Whether `group`'s replica here may stand for election as far as its
+    /// history goes (a disk that is full is another matter).
+    pub(crate) fn may_elect(&self, group: GroupId) -> bool {
+        !matches!(self.inner.db.rejoin_floor(group), Ok(Some(_)))
     }
 
     /// Whether this node's disk holds `group` (it has voted or followed in it).
@@ -142,11 +183,15 @@ impl RaftHost {
         let handle = self.group(group)?;
         let metrics = handle.raft.metrics().borrow_watched().clone();
         let stored = &metrics.membership_config;
-        let at = stored.log_id().as_ref()?.index;
+        let log_id = stored.log_id().as_ref()?;
         let applied = metrics.last_applied.as_ref()?.index;
-        (at <= applied).then(|| GroupMembers {
+        if log_id.index > applied {
+            return None;
+        }
+        Some(GroupMembers {
             voters: stored.membership().voter_ids().collect(),
             learners: stored.membership().learner_ids().collect(),
+            log_id: encode_body(log_id).ok()?,
         })
     }
 

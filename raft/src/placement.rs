@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use agentd_protocol::api::ShardMove;
 use agentd_protocol::cluster::{ClusterRequest, ClusterResponse};
+use agentd_protocol::frame::decode_body;
 use agentd_protocol::ids::{GroupId, NodeId, ShardId};
 use agentd_protocol::limits::METADATA_VOTERS_MAX;
 use agentd_protocol::ApiError;
@@ -19,7 +20,7 @@ use crate::host::{GroupHandle, RaftHost};
 use crate::propose::propose;
 use agentd_protocol::command::Command;
 
-use crate::types::NodeInfo;
+use crate::types::{LogId, NodeInfo};
 use crate::Error;
 
 /// How long one group's reconciliation step may take before it is retried
@@ -203,6 +204,7 @@ pub async fn reconcile(host: &RaftHost) -> Result<(), Error> {
     }
 
     retire_replicas(host, &placements, &addresses).await?;
+    host.release_rejoined()?;
 
     let mut work: Vec<(GroupHandle, BTreeSet<NodeId>)> = Vec::new();
     work.push((metadata.clone(), metadata_voters(&nodes)));
@@ -241,11 +243,12 @@ pub async fn reconcile(host: &RaftHost) -> Result<(), Error> {
 }
 
 /// Deletes this node's copy of every shard that was moved off it, once a
-/// replica that stays reports a committed membership without this node.
-/// Until then the copy stays a full replica: a move never lowers a shard's
-/// replica count while it is in flight, and a node never forgets a log it
-/// may have voted on while it could still count towards a quorum. A copy
-/// left on disk by a restart mid-move is opened so that it can be retired.
+/// replica that stays reports a committed membership without this node
+/// that is newer than any membership the copy holds (see
+/// [`RaftHost::retire_group`]). Until then the copy stays a full replica: a
+/// move never lowers a shard's replica count while it is in flight, and a
+/// node never forgets entries it may have acknowledged. A copy left on disk
+/// by a restart mid-move is opened so that it can be retired.
 async fn retire_replicas(
     host: &RaftHost,
     placements: &[(ShardId, Vec<NodeId>)],
@@ -272,12 +275,15 @@ async fn retire_replicas(
             else {
                 continue;
             };
-            if !members.voters.contains(&me) && !members.learners.contains(&me) {
-                tracing::info!(%group, peer = node, voters = ?members.voters, "moved off this node: removing the replica");
-                host.remove_group(group).await?;
-                metrics::counter!("agentd_placement_replicas_removed_total").increment(1);
-                break;
+            if members.voters.contains(&me) || members.learners.contains(&me) {
+                continue;
             }
+            let Ok(removed_at) = decode_body::<LogId>(&members.log_id) else { continue };
+            tracing::info!(%group, peer = node, voters = ?members.voters, "moved off this node: retiring the replica");
+            if host.retire_group(group, &removed_at).await? {
+                metrics::counter!("agentd_placement_replicas_removed_total").increment(1);
+            }
+            break;
         }
     }
     Ok(())

@@ -144,7 +144,7 @@ impl RaftHost {
     /// their lease runs out, and they elect one of themselves.
     pub(crate) fn set_writable(&self, writable: bool) {
         for handle in self.groups() {
-            handle.raft.runtime_config().elect(writable);
+            handle.raft.runtime_config().elect(writable && self.may_elect(handle.group));
             handle.raft.runtime_config().heartbeat(writable);
         }
     }

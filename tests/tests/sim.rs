@@ -75,6 +75,17 @@ fn two_leaders_in_a_term_seeds_pass() {
     }
 }
 
+/// A seed on which a replica that was moved off a node, deleted there and
+/// then placed back replayed its log from the start, met the shard's first
+/// membership (itself the only voter) and elected itself with a short log,
+/// losing acknowledged events. A deleted replica now keeps its vote and a
+/// rejoin floor it must catch up to before it stands for election.
+#[test]
+fn a_replica_placed_back_after_deletion_does_not_elect_itself() {
+    let output = sim(&["run", "--seed", "34", "--faults", "power-loss,membership,duplicate", "--quiet"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+}
+
 #[test]
 fn the_same_seed_gives_the_same_trace_in_two_processes() {
     let mut args = vec!["check-determinism", "--seed", "11"];

@@ -9,12 +9,13 @@ use agentd_protocol::ids::GroupId;
 use openraft::storage::IOFlushed;
 use tokio::sync::oneshot;
 
+use crate::state::group_state::AppliedState;
 use crate::state::{StateMachine, StateReader};
 use crate::store::disk::SyncWaiter;
 use crate::store::disk::{Batch, Cf, Disk, KeyValue};
 use crate::store::rocks_disk::RocksDisk;
 use crate::store::{codec, keys, LogStore};
-use crate::types::TypeConfig;
+use crate::types::{LogId, StoredMembership, TypeConfig};
 use crate::Error;
 
 /// The format of what the store holds. 2: Raft leader ids are standard
@@ -147,20 +148,59 @@ impl Db {
         self.inner.disk.sync(SyncWaiter::Flushed(callback)).await;
     }
 
-    /// Deletes everything `group` stored (log, vote, state, snapshot) and
-    /// returns once the deletion is durable.
-    pub(crate) async fn delete_group(&self, group: GroupId) -> Result<(), Error> {
+    /// Deletes what `group` stored (log, state, snapshot) but its vote, and
+    /// records `rejoin_floor`; returns once both are durable. The vote stays
+    /// so that a replica made here later never votes twice in a term; the
+    /// floor keeps that replica from standing for election before its log
+    /// reaches the floor (replaying the log from the start, it would meet
+    /// memberships in which it once was the only voter).
+    pub(crate) async fn delete_group(&self, group: GroupId, rejoin_floor: &LogId) -> Result<(), Error> {
+        let vote = self.get(Cf::Raft, &keys::vote_key(group))?;
         let mut batch = Batch::default();
         for cf in Cf::ALL {
             batch.delete_range(cf, keys::group_prefix(group), keys::group_end(group));
         }
+        if let Some(vote) = vote {
+            batch.put(Cf::Raft, keys::vote_key(group), vote);
+        }
+        batch.put(Cf::Raft, keys::rejoin_key(group), codec::encode(rejoin_floor)?);
         self.write(batch)?;
         Ok(self.synced().await?)
     }
 
-    /// Whether `group` has a vote on this disk: it was hosted here once.
+    /// The log id `group`'s replica must reach before it stands for
+    /// election, if it was deleted here once and has not reached it yet.
+    pub(crate) fn rejoin_floor(&self, group: GroupId) -> Result<Option<LogId>, Error> {
+        match self.get(Cf::Raft, &keys::rejoin_key(group))? {
+            Some(bytes) => Ok(Some(codec::decode(|| format!("rejoin floor of {group}"), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Forgets `group`'s rejoin floor (unsynced: if a crash loses this, the
+    /// replica is held back again until it is seen past the floor again).
+    pub(crate) fn clear_rejoin_floor(&self, group: GroupId) -> Result<(), Error> {
+        let mut batch = Batch::default();
+        batch.delete(Cf::Raft, keys::rejoin_key(group));
+        self.write(batch)
+    }
+
+    /// Whether this disk holds a replica of `group`: applied state or log
+    /// entries (a deleted replica leaves only its vote).
     pub(crate) fn holds_group(&self, group: GroupId) -> Result<bool, Error> {
-        Ok(self.get(Cf::Raft, &keys::vote_key(group))?.is_some())
+        let (start, end) = (keys::group_prefix(group), keys::group_end(group));
+        Ok(self.last(Cf::State, &start, &end)?.is_some() || self.last(Cf::Log, &start, &end)?.is_some())
+    }
+
+    /// The newest membership of `group` on this disk, applied or only logged.
+    pub(crate) fn latest_membership(&self, group: GroupId) -> Result<StoredMembership, Error> {
+        let applied: AppliedState = match self.get(Cf::State, &keys::applied_key(group))? {
+            Some(bytes) => codec::decode(|| format!("applied state of {group}"), &bytes)?,
+            None => AppliedState::default(),
+        };
+        let after = applied.last_applied.as_ref().map_or(0, |log_id| log_id.index + 1);
+        let logged = self.log_store(group).last_membership_from(after)?;
+        Ok(logged.unwrap_or(applied.membership))
     }
 
     /// Bytes free on the disk's device.

@@ -41,6 +41,7 @@ pub(crate) const SUFFIX_BYTES_MAX: usize = 1 + SESSION_BYTES + EVENT_ID_BYTES;
 const VOTE_TAG: u8 = 1;
 const COMMITTED_TAG: u8 = 2;
 const PURGED_TAG: u8 = 3;
+const REJOIN_TAG: u8 = 4;
 
 /// Tags of the `state` column family. The applied-state record sorts first.
 const APPLIED_TAG: u8 = 0;
@@ -133,6 +134,12 @@ pub(crate) fn committed_key(group: GroupId) -> Vec<u8> {
 
 pub(crate) fn purged_key(group: GroupId) -> Vec<u8> {
     key(group, &[&[PURGED_TAG]])
+}
+
+/// The log id a deleted replica must catch up to before it stands for
+/// election (see `RaftHost::retire_group`).
+pub(crate) fn rejoin_key(group: GroupId) -> Vec<u8> {
+    key(group, &[&[REJOIN_TAG]])
 }
 
 pub(crate) fn snapshot_key(group: GroupId) -> Vec<u8> {

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use crate::store::codec::{decode, encode, io_error};
 use crate::store::keys::{self, LOG_CF, RAFT_CF};
 use crate::store::Db;
-use crate::types::{Entry, LogId, TypeConfig, Vote};
+use crate::types::{Entry, LogId, StoredMembership, TypeConfig, Vote};
 use crate::Error;
 
 /// The log store of one Raft group. Cloning it is cheap; clones share the
@@ -87,6 +87,17 @@ impl LogStore {
             entries.push(entry);
         }
         Ok(entries)
+    }
+
+    /// The last membership entry at index `from` or after.
+    pub(crate) fn last_membership_from(&self, from: u64) -> Result<Option<StoredMembership>, Error> {
+        let entries = self.read_entries(from, None)?;
+        Ok(entries.into_iter().rev().find_map(|entry| match entry.payload {
+            openraft::EntryPayload::Membership(membership) => {
+                Some(StoredMembership::new(Some(entry.log_id), membership))
+            }
+            _ => None,
+        }))
     }
 
     fn read_log_state(&self) -> Result<LogState<TypeConfig>, Error> {
