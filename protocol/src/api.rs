@@ -227,6 +227,12 @@ pub enum ClientRequest {
     DrainNode {
         node: NodeId,
     },
+    /// Forgets a node that holds no replica, for good: it leaves the
+    /// metadata group, its id is refused on every connection and can never
+    /// join again. Answers `Done` once recorded. Admin keys only.
+    RemoveNode {
+        node: NodeId,
+    },
 }
 
 /// What a credential write changes. Absent fields keep their value.
@@ -296,7 +302,8 @@ impl ClientRequest {
             | ClientRequest::TransferLeader { .. }
             | ClientRequest::GroupStats { .. }
             | ClientRequest::MoveShard { .. }
-            | ClientRequest::DrainNode { .. } => None,
+            | ClientRequest::DrainNode { .. }
+            | ClientRequest::RemoveNode { .. } => None,
         }
     }
 
@@ -339,6 +346,7 @@ impl ClientRequest {
             ClientRequest::GroupStats { .. } => "group_stats",
             ClientRequest::MoveShard { .. } => "move_shard",
             ClientRequest::DrainNode { .. } => "drain_node",
+            ClientRequest::RemoveNode { .. } => "remove_node",
         }
     }
 
@@ -382,7 +390,8 @@ impl ClientRequest {
             | ClientRequest::PutApiKey { .. }
             | ClientRequest::RevokeApiKey { .. }
             | ClientRequest::MoveShard { .. }
-            | ClientRequest::DrainNode { .. } => true,
+            | ClientRequest::DrainNode { .. }
+            | ClientRequest::RemoveNode { .. } => true,
         }
     }
 

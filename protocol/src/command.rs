@@ -63,6 +63,11 @@ pub enum Command {
         node_id: NodeId,
         addr: String,
     },
+    /// Forgets a node for good: its record goes and its id can never be
+    /// added again. Rejected while a placement names it.
+    RemoveNode {
+        node_id: NodeId,
+    },
     /// The desired replica set of a shard; shard leaders reconcile towards it.
     SetPlacement {
         shard: ShardId,
@@ -172,6 +177,7 @@ impl fmt::Display for Command {
                 write!(f, "init cluster shards={shards} replication={replication_factor}")
             }
             Command::AddNode { node_id, addr } => write!(f, "add node {node_id} at {addr}"),
+            Command::RemoveNode { node_id } => write!(f, "remove node {node_id}"),
             Command::SetPlacement { shard, replicas } => write!(f, "place {shard} on {replicas:?}"),
             Command::ClaimEpoch { session_id } => write!(f, "claim epoch of {session_id}"),
             Command::Reschedule { session_id, .. } => write!(f, "reschedule {session_id}"),

@@ -74,6 +74,13 @@ pub enum ApiError {
     /// say): the cluster takes one process per node id.
     #[error("node {node}'s identity is in use: {message}")]
     IdentityInUse { node: NodeId, message: String },
+    /// The node was removed from the cluster (`agentd node remove`): its id
+    /// never serves, votes or joins again.
+    #[error(
+        "node {node} was removed from the cluster: its id never serves again; bring the machine back with an \
+         empty --data-dir, a new --node-id and --join"
+    )]
+    NodeRemoved { node: NodeId },
 }
 
 impl ApiError {

@@ -41,6 +41,8 @@ pub struct Identities {
     peers: Mutex<BTreeMap<NodeId, Seen>>,
     /// The current streak of refusals of this process's hellos as a duplicate.
     refused: Mutex<Option<Refusals>>,
+    /// Why this node must stop at once: the cluster removed it.
+    removed: Mutex<Option<String>>,
 }
 
 /// Refusals of this process's hellos, none more than a lease apart.
@@ -60,7 +62,14 @@ struct Seen {
 
 impl Identities {
     pub fn new(node_id: NodeId, incarnation: u64, addr: String) -> Self {
-        Self { node_id, incarnation, addr, peers: Mutex::default(), refused: Mutex::default() }
+        Self {
+            node_id,
+            incarnation,
+            addr,
+            peers: Mutex::default(),
+            refused: Mutex::default(),
+            removed: Mutex::default(),
+        }
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -166,10 +175,24 @@ impl Identities {
         }
     }
 
-    /// Why this process must stop: its hellos have been refused as a
-    /// duplicate, never more than a lease apart, for
-    /// [`IDENTITY_REFUSED_EXIT_MS`].
+    /// Notes that a peer refused this node as removed from the cluster.
+    /// One peer is enough, at once: a removal is never undone, so no peer
+    /// says it by mistake.
+    pub fn removed(&self, reason: &str) {
+        let mut removed = lock(&self.removed);
+        if removed.is_none() {
+            tracing::error!(%reason, "the cluster refused this node as removed");
+            *removed = Some(reason.to_string());
+        }
+    }
+
+    /// Why this process must stop: the cluster removed its node, or its
+    /// hellos have been refused as a duplicate, never more than a lease
+    /// apart, for [`IDENTITY_REFUSED_EXIT_MS`].
     pub fn refused_for_good(&self) -> Option<String> {
+        if let Some(reason) = lock(&self.removed).clone() {
+            return Some(reason);
+        }
         let refused = lock(&self.refused);
         let streak = refused.as_ref()?;
         let lasting = streak.first.elapsed() >= Duration::from_millis(IDENTITY_REFUSED_EXIT_MS);
@@ -235,5 +258,14 @@ mod tests {
             "{:?}",
             identities.refused_for_good()
         );
+    }
+
+    #[test]
+    fn a_removed_node_must_stop_at_once() {
+        let identities = Identities::new(1, 100, "a1".into());
+        assert_eq!(identities.refused_for_good(), None);
+        identities.removed("node 1 was removed from the cluster");
+        identities.removed("a second refusal keeps the first reason");
+        assert_eq!(identities.refused_for_good().as_deref(), Some("node 1 was removed from the cluster"));
     }
 }

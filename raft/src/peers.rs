@@ -142,7 +142,10 @@ impl Peers {
                 None => self.greet(addr, &connection).await?,
             };
             let response = one_exchange(addr, &connection, envelope).await?;
-            if let ClusterResponse::Error(ApiError::IdentityInUse { .. }) = &response {
+            if let ClusterResponse::Error(removed @ ApiError::NodeRemoved { .. }) = &response {
+                self.inner.identities.removed(&removed.to_string());
+                connection.close(0u32.into(), b"node removed");
+            } else if let ClusterResponse::Error(ApiError::IdentityInUse { .. }) = &response {
                 // The peer took another process as this node: say hello
                 // again on a new connection.
                 connection.close(0u32.into(), b"identity refused");
@@ -180,8 +183,10 @@ impl Peers {
             ClusterResponse::HelloRefused { node_id, incarnation, reason } => {
                 // The process at the node's address is the node, refusal or not.
                 identities.heard(node_id, incarnation);
-                if let ApiError::IdentityInUse { message, .. } = &reason {
-                    identities.hello_refused(message);
+                match &reason {
+                    ApiError::IdentityInUse { message, .. } => identities.hello_refused(message),
+                    ApiError::NodeRemoved { .. } => identities.removed(&reason.to_string()),
+                    _ => {}
                 }
                 connection.close(0u32.into(), b"hello refused");
                 Err(Error::Refused(reason))

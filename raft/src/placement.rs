@@ -184,6 +184,13 @@ pub async fn reconcile(host: &RaftHost) -> Result<(), Error> {
     let Some(metadata) = host.group(GroupId::Metadata) else {
         return Ok(());
     };
+    if metadata.state.is_removed(host.node_id())? {
+        // The metadata group says so itself (a learner hears it before it
+        // is dropped); peers refuse this node too (see `identity.rs`).
+        let reason = ApiError::NodeRemoved { node: host.node_id() }.to_string();
+        host.peers().identities().removed(&reason);
+        return Ok(());
+    }
     let nodes = metadata.state.nodes()?;
     let addresses: BTreeMap<NodeId, String> = nodes.iter().cloned().collect();
     let placements = metadata.state.placements()?;
@@ -287,6 +294,55 @@ async fn retire_replicas(
         }
     }
     Ok(())
+}
+
+/// Why `node` may not be forgotten yet, shard by shard: a committed
+/// membership still counts it (a move off it is in flight), or no replica
+/// of the shard answered. Asks the shard's placed replicas, other than
+/// `node`, in turn; empty when every shard is free of it.
+pub async fn shards_counting(
+    host: &RaftHost,
+    placements: &[(ShardId, Vec<NodeId>)],
+    addresses: &BTreeMap<NodeId, String>,
+    node: NodeId,
+) -> Vec<String> {
+    // Collected first: a lazy map over borrowed placements would make the
+    // caller's future not `Send` for every lifetime.
+    let asks: Vec<_> = placements
+        .iter()
+        .map(|(shard, replicas)| shard_counting(host, *shard, replicas.clone(), addresses, node))
+        .collect();
+    let reasons: Vec<Option<String>> = stream::iter(asks).buffered(RECONCILE_CONCURRENCY).collect().await;
+    reasons.into_iter().flatten().collect()
+}
+
+/// Why `shard` still counts `node`, as the first of its other replicas to
+/// answer says; `None` if it does not.
+async fn shard_counting(
+    host: &RaftHost,
+    shard: ShardId,
+    replicas: Vec<NodeId>,
+    addresses: &BTreeMap<NodeId, String>,
+    node: NodeId,
+) -> Option<String> {
+    let group = GroupId::Shard(shard);
+    for replica in replicas.into_iter().filter(|replica| *replica != node) {
+        let Some(addr) = addresses.get(&replica) else { continue };
+        let request = ClusterRequest::GroupMembers { group };
+        let Ok(ClusterResponse::GroupMembers(Some(members))) =
+            host.peers().call(addr, request, MEMBERS_QUERY_TIMEOUT).await
+        else {
+            continue;
+        };
+        return if members.voters.contains(&node) {
+            Some(format!("{shard} still has node {node} as a voter"))
+        } else if members.learners.contains(&node) {
+            Some(format!("{shard} still has node {node} as a learner"))
+        } else {
+            None
+        };
+    }
+    Some(format!("no replica of {shard} answered"))
 }
 
 async fn reconcile_group(

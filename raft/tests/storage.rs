@@ -358,6 +358,51 @@ async fn metadata_commands_build_the_cluster_map() {
 }
 
 #[tokio::test]
+async fn a_removed_node_is_forgotten_for_good() {
+    let dir = tempdir();
+    let db = Db::open(dir.path()).expect("open the database");
+    let (mut state_machine, reader) = db.state_machine(GroupId::Metadata).expect("state machine");
+    let node = |node_id: u64| Command::AddNode { node_id, addr: format!("10.0.0.{node_id}:7000") };
+    let place = |shard: u32, replicas: Vec<u64>| Command::SetPlacement { shard: ShardId(shard), replicas };
+    // One batch: each command sees the batch's earlier writes.
+    let responses = state_machine
+        .apply_entries([
+            normal(1, Command::InitCluster { shards: 2, replication_factor: 2 }),
+            normal(2, node(1)),
+            normal(3, node(2)),
+            normal(4, node(3)),
+            normal(5, place(0, vec![1, 2])),
+            normal(6, Command::RemoveNode { node_id: 2 }),
+            normal(7, place(0, vec![1, 3])),
+            normal(8, Command::RemoveNode { node_id: 2 }),
+            normal(9, node(2)),
+            normal(10, place(1, vec![2, 3])),
+            normal(11, Command::RemoveNode { node_id: 2 }),
+            normal(12, Command::RemoveNode { node_id: 9 }),
+        ])
+        .expect("apply");
+    assert!(responses[..5].iter().all(|response| *response == CommandResponse::Done), "{responses:?}");
+    assert!(
+        matches!(&responses[5], CommandResponse::Rejected(ApiError::InvalidRequest { message })
+            if message.contains("shard-0") && message.contains("drain it first")),
+        "a placed node was removed: {:?}",
+        responses[5]
+    );
+    assert_eq!(responses[6], CommandResponse::Done);
+    assert_eq!(responses[7], CommandResponse::Done);
+    assert_eq!(responses[8], CommandResponse::Rejected(ApiError::NodeRemoved { node: 2 }));
+    assert_eq!(responses[9], CommandResponse::Rejected(ApiError::NodeRemoved { node: 2 }));
+    assert_eq!(responses[10], CommandResponse::Done, "removing again is a retry");
+    assert!(matches!(responses[11], CommandResponse::Rejected(ApiError::NotFound { .. })));
+    assert_eq!(reader.nodes().expect("nodes").into_iter().map(|(node, _)| node).collect::<Vec<_>>(), vec![1, 3]);
+    assert!(reader.is_removed(2).expect("removed"));
+    assert!(!reader.is_removed(3).expect("removed"));
+    // A later batch reads the removal from the database.
+    let responses = state_machine.apply_entries([normal(13, node(2))]).expect("apply");
+    assert_eq!(responses[0], CommandResponse::Rejected(ApiError::NodeRemoved { node: 2 }));
+}
+
+#[tokio::test]
 async fn appended_entries_vote_and_state_survive_reopening() {
     let dir = tempdir();
     let entries: Vec<Entry> =

@@ -4,6 +4,9 @@
 //! every acknowledged one is on every replica afterwards, the old nodes no
 //! longer host the shards (not even after a restart: their copies are
 //! deleted), and a move that makes no sense is refused with the reason.
+//! `agentd node remove` then forgets the drained node: its process is
+//! refused and stops, it is refused again when restarted on its old data,
+//! and the machine comes back under a new id that takes a replica.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -50,6 +53,25 @@ async fn replicas_hold(
     Ok(())
 }
 
+/// Runs the CLI with `args` against node 2 (node 1 is drained and removed).
+fn cli(cluster: &Cluster, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(cluster.command()?.args(args).args(["--addr", &cluster.nodes[1].addr]).output()?)
+}
+
+/// Waits until node `id`'s process has exited, and answers how.
+async fn exits_within(cluster: &mut Cluster, id: u64, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = cluster.try_exit_status(id)? {
+            return Ok(status);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("node {id} still runs after {timeout:?}:\n{}", cluster.log_tails());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_moves_a_shard_and_drains_a_node_while_appends_run() -> anyhow::Result<()> {
     // Four nodes, three replicas per shard: one node holds none of each.
@@ -66,9 +88,6 @@ async fn an_operator_moves_a_shard_and_drains_a_node_while_appends_run() -> anyh
     let from = leader.context("the session's shard has no leader")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let cli = |cluster: &Cluster, args: &[&str]| -> anyhow::Result<std::process::Output> {
-        Ok(cluster.command()?.args(args).args(["--addr", &cluster.nodes[1].addr]).output()?)
-    };
     let moved =
         cli(&cluster, &["shard", "move", &shard.0.to_string(), "--to", &to.to_string(), "--from", &from.to_string()])?;
     let printed = String::from_utf8_lossy(&moved.stdout).to_string();
@@ -98,13 +117,27 @@ async fn an_operator_moves_a_shard_and_drains_a_node_while_appends_run() -> anyh
     let said = String::from_utf8_lossy(&refused.stderr).to_string();
     ensure!(!refused.status.success() && said.contains("there is no shard-99"), "not refused: {said}");
 
+    drain_node_one(&cluster).await?;
+    remove_node_one(&mut cluster, shard).await?;
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acknowledged = appender.stop().await?;
+    let (_, voters) = holders(&cluster.status().await?, group);
+    replicas_hold(&cluster, session, &acknowledged, &voters).await?;
+    eprintln!("{} appends acknowledged while replicas moved; voters of {group} now {voters:?}", acknowledged.len());
+    Ok(())
+}
+
+/// `agentd node drain 1 --wait`: every replica node 1 (it ran --init) held
+/// goes elsewhere.
+async fn drain_node_one(cluster: &Cluster) -> anyhow::Result<()> {
     // Drain node 1 (it ran --init): every replica it held goes elsewhere.
     let before = cluster.status().await?;
     let held: Vec<ShardId> = (0..before.shards)
         .map(ShardId)
         .filter(|shard| holders(&before, GroupId::Shard(*shard)).0.contains(&1))
         .collect();
-    let drained = cli(&cluster, &["node", "drain", "1", "--wait", "--json"])?;
+    let drained = cli(cluster, &["node", "drain", "1", "--wait", "--json"])?;
     let printed = String::from_utf8_lossy(&drained.stdout).to_string();
     ensure!(drained.status.success(), "node drain failed:\n{printed}\n{}", String::from_utf8_lossy(&drained.stderr));
     let answer: serde_json::Value = serde_json::from_str(printed.trim()).context("drain --json is not JSON")?;
@@ -117,13 +150,53 @@ async fn an_operator_moves_a_shard_and_drains_a_node_while_appends_run() -> anyh
         ensure!(!hosting.contains(&1), "node 1 still hosts shard-{shard}: {hosting:?}");
         ensure!(voters.len() == 3, "shard-{shard} has voters {voters:?}");
     }
-    let again = cli(&cluster, &["node", "drain", "1"])?;
+    let again = cli(cluster, &["node", "drain", "1"])?;
     ensure!(String::from_utf8_lossy(&again.stdout).contains("holds no replica"), "a second drain moved something");
+    Ok(())
+}
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let acknowledged = appender.stop().await?;
-    let (_, voters) = holders(&cluster.status().await?, group);
-    replicas_hold(&cluster, session, &acknowledged, &voters).await?;
-    eprintln!("{} appends acknowledged while replicas moved; voters of {group} now {voters:?}", acknowledged.len());
+/// `agentd node remove 1` once node 1 is drained; a new node id on the same
+/// machine then takes a replica of `shard`.
+async fn remove_node_one(cluster: &mut Cluster, shard: ShardId) -> anyhow::Result<()> {
+    let group = GroupId::Shard(shard);
+    // A node that holds replicas cannot be removed; the drained one can.
+    let refused = cli(cluster, &["node", "remove", "2"])?;
+    let said = String::from_utf8_lossy(&refused.stderr).to_string();
+    ensure!(!refused.status.success() && said.contains("drain it first"), "removing node 2 was not refused: {said}");
+    let removed = cli(cluster, &["node", "remove", "1"])?;
+    let printed = String::from_utf8_lossy(&removed.stdout).to_string();
+    ensure!(removed.status.success(), "node remove failed: {printed}{}", String::from_utf8_lossy(&removed.stderr));
+    ensure!(printed.contains("node 1 is removed"), "node remove printed: {printed}");
+    // Node 1's process is refused by its peers and stops by itself, saying why.
+    let stopped = exits_within(cluster, 1, Duration::from_secs(60)).await?;
+    ensure!(!stopped.success(), "removed node 1 exited with {stopped}");
+    let text = cluster.nodes[0].log_text();
+    ensure!(text.contains("node 1 was removed from the cluster"), "node 1 did not say why it stopped:\n{text}");
+    cluster
+        .wait_for(Duration::from_secs(60), "node 1 to leave the cluster", |status| {
+            let metadata = leader_views(status).into_iter().find(|view| view.group == GroupId::Metadata);
+            !status.nodes.iter().any(|node| node.node_id == 1)
+                && metadata.is_some_and(|view| !view.voters.contains(&1) && !view.learners.contains(&1))
+        })
+        .await?;
+    // Restarted with its old data directory, it is refused again.
+    cluster.restart(1)?;
+    let stopped = exits_within(cluster, 1, Duration::from_secs(60)).await?;
+    ensure!(!stopped.success(), "restarted removed node 1 exited with {stopped}");
+    // The machine comes back under a new id, and receives a replica.
+    let new_id = cluster.join_new_node()?;
+    cluster
+        .wait_for(Duration::from_secs(60), "the new node to join", |status| {
+            status.nodes.iter().any(|node| node.node_id == new_id && node.reachable)
+        })
+        .await?;
+    let status = cluster.status().await?;
+    let (hosting, _) = holders(&status, group);
+    let to = *hosting.iter().next().context("nobody hosts the shard")?;
+    let moved =
+        cli(cluster, &["shard", "move", &shard.0.to_string(), "--to", &new_id.to_string(), "--from", &to.to_string()])?;
+    ensure!(moved.status.success(), "moving to the new node failed: {}", String::from_utf8_lossy(&moved.stderr));
+    let (hosting, voters) = holders(&cluster.status().await?, group);
+    ensure!(voters.contains(&new_id) && hosting.contains(&new_id), "node {new_id} holds no replica: {voters:?}");
     Ok(())
 }

@@ -455,6 +455,13 @@ impl Client {
         Ok(self.call(ClientRequest::DrainNode { node }).await?.into_shard_moves()?)
     }
 
+    /// Forgets `node`, which must hold no replica, for good: its id is
+    /// refused from then on and never joins again. Admin keys only. Safe to
+    /// retry.
+    pub async fn remove_node(&self, node: NodeId) -> Result<(), ClientError> {
+        Ok(self.call(ClientRequest::RemoveNode { node }).await?.into_done()?)
+    }
+
     /// What `group` holds, as its leader counts it (admin keys only).
     pub async fn group_stats(&self, group: GroupId) -> Result<GroupStats, ClientError> {
         Ok(self.call(ClientRequest::GroupStats { group }).await?.into_group_stats()?)

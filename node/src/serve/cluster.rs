@@ -62,6 +62,11 @@ pub(super) async fn serve(
 /// or lets a request through only from the dialer's live process.
 fn identify(service: &Service, dialer: &Dialer, body: &ClusterRequest) -> Result<Option<ClusterResponse>, ApiError> {
     let identities = service.host().peers().identities();
+    // A removed node's certificate is still signed by the cluster CA; its
+    // id is what is refused, on every connection and every request.
+    if service.metadata().is_ok_and(|metadata| metadata.state.is_removed(dialer.node_id).unwrap_or(false)) {
+        return Err(ApiError::NodeRemoved { node: dialer.node_id });
+    }
     if let ClusterRequest::Hello { incarnation, addr } = body {
         let registered =
             service.metadata().ok().and_then(|metadata| metadata.state.nodes().ok()).and_then(|nodes| {

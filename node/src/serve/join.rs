@@ -46,6 +46,9 @@ fn admit_join(service: &Service, admission: &Admission, request: &JoinRequest) -
         return Err(ApiError::InvalidRequest { message: "node id must be at least 1".into() });
     }
     if let Some(metadata) = service.host().group(GroupId::Metadata) {
+        if metadata.state.is_removed(request.node_id)? {
+            return Err(ApiError::NodeRemoved { node: request.node_id });
+        }
         let nodes = metadata.state.nodes()?;
         if let Some((_, addr)) = nodes.iter().find(|(node, addr)| *node == request.node_id && *addr != request.addr) {
             return Err(ApiError::InvalidRequest {

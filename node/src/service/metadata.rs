@@ -64,6 +64,7 @@ impl Service {
                 }
                 Ok(moves)
             }
+            ClientRequest::RemoveNode { node } => self.remove_node_here(caller, metadata, node).await,
             other => self.execute_resource_request(caller, metadata, other).await,
         }
     }
@@ -160,6 +161,63 @@ impl Service {
             propose(metadata, Command::SetPlacement { shard: one.shard, replicas: one.replicas.clone() }).await?;
         }
         Ok(ClientResponse::ShardMoves(moves))
+    }
+
+    /// Forgets `node` for good, once it holds no replica: no placement names
+    /// it and no shard's committed membership counts it.
+    async fn remove_node_here(
+        &self,
+        caller: &Caller,
+        metadata: &GroupHandle,
+        node: NodeId,
+    ) -> Result<ClientResponse, ApiError> {
+        if !caller.is_admin() {
+            return Err(ApiError::PermissionDenied { message: "removing a node needs an admin key".into() });
+        }
+        let _one_at_a_time = self.inner.admissions.lock().await;
+        ensure_linearizable(metadata).await?;
+        if metadata.state.is_removed(node)? {
+            return Ok(ClientResponse::Done);
+        }
+        let nodes = metadata.state.nodes()?;
+        if !nodes.iter().any(|(registered, _)| *registered == node) {
+            return Err(ApiError::NotFound { what: format!("node {node}") });
+        }
+        if nodes.len() == 1 {
+            return Err(ApiError::InvalidRequest { message: format!("node {node} is the cluster's only node") });
+        }
+        let placements = metadata.state.placements()?;
+        let holding: Vec<String> = placements
+            .iter()
+            .filter(|(_, replicas)| replicas.contains(&node))
+            .map(|(shard, _)| shard.to_string())
+            .collect();
+        if !holding.is_empty() {
+            return Err(ApiError::InvalidRequest {
+                message: format!(
+                    "node {node} still holds replicas of {}: drain it first (agentd node drain {node} --wait)",
+                    holding.join(", ")
+                ),
+            });
+        }
+        let addresses = nodes.into_iter().collect();
+        let counting = placement::shards_counting(self.host(), &placements, &addresses, node).await;
+        if !counting.is_empty() {
+            return Err(ApiError::InvalidRequest {
+                message: format!(
+                    "node {node} is placed nowhere, but {}: wait for its moves to finish \
+                     (agentd node drain {node} --wait) and remove it again",
+                    counting.join("; ")
+                ),
+            });
+        }
+        tracing::info!(node, "removing a node from the cluster on an operator's request");
+        propose(metadata, Command::RemoveNode { node_id: node }).await?;
+        if node == self.host().node_id() {
+            // The metadata group leaves the removed node with its leadership.
+            self.host().hand_off_leadership(metadata);
+        }
+        Ok(ClientResponse::Done)
     }
 
     /// Admits a node into the cluster: records it and gives it replicas. Runs

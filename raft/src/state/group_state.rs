@@ -334,6 +334,11 @@ impl GroupState {
             .collect()
     }
 
+    /// Whether `node_id` was removed from the cluster.
+    pub(crate) fn is_removed(&self, node_id: NodeId) -> Result<bool, Error> {
+        Ok(self.db.get(STATE_CF, &keys::removed_node_key(self.group, node_id))?.is_some())
+    }
+
     /// Every placement record, by shard.
     pub(crate) fn placements(&self) -> Result<Vec<(ShardId, Vec<NodeId>)>, Error> {
         let (start, end) = keys::placement_range(self.group);

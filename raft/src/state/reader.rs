@@ -140,6 +140,11 @@ impl StateReader {
         self.state.nodes()
     }
 
+    /// Whether `node_id` was removed from the cluster (its id never serves again).
+    pub fn is_removed(&self, node_id: NodeId) -> Result<bool, Error> {
+        self.state.is_removed(node_id)
+    }
+
     /// The replica set of every placed shard, by shard.
     pub fn placements(&self) -> Result<Vec<(ShardId, Vec<NodeId>)>, Error> {
         self.state.placements()

@@ -67,6 +67,8 @@ const API_KEY_TAG: u8 = 16;
 const SESSION_DETAILS_TAG: u8 = 17;
 const SESSION_USAGE_TAG: u8 = 18;
 const SESSION_INDEX_TAG: u8 = 19;
+/// Node ids removed from the cluster for good (`agentd node remove`).
+const REMOVED_NODE_TAG: u8 = 20;
 
 fn key(group: GroupId, parts: &[&[u8]]) -> Vec<u8> {
     let mut key = Vec::with_capacity(GROUP_BYTES + SUFFIX_BYTES_MAX);
@@ -199,6 +201,11 @@ pub(crate) fn node_id_of(group: GroupId, key: &[u8]) -> Option<NodeId> {
     let rest = key.strip_prefix(group_prefix(group).as_slice())?;
     let id = rest.strip_prefix(&[NODE_TAG])?;
     Some(NodeId::from_be_bytes(id.try_into().ok()?))
+}
+
+/// The record that `node_id` was removed from the cluster: its id never serves again.
+pub(crate) fn removed_node_key(group: GroupId, node_id: NodeId) -> Vec<u8> {
+    key(group, &[&[REMOVED_NODE_TAG], &node_id.to_be_bytes()])
 }
 
 pub(crate) fn placement_key(group: GroupId, shard: ShardId) -> Vec<u8> {

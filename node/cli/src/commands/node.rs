@@ -24,6 +24,16 @@ pub enum NodeCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Forget a node for good. Only for a node that holds no replica (drain
+    /// it first): it leaves the metadata group, its id is refused on every
+    /// connection from then on and can never join again. A wiped or
+    /// replaced machine comes back with an empty data directory, a new
+    /// --node-id and --join.
+    Remove {
+        node: NodeId,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 pub async fn run(command: NodeCommand) -> Result<()> {
@@ -52,6 +62,19 @@ pub async fn run(command: NodeCommand) -> Result<()> {
                 outln!(
                     "{} moves recorded; follow them with `agentd shard list` or drain again with --wait",
                     planned.len()
+                );
+            }
+            Ok(())
+        }
+        NodeCommand::Remove { node, target } => {
+            let client = target.client()?;
+            client.remove_node(node).await?;
+            if target.json {
+                outln!("{}", serde_json::json!({ "removed": node }));
+            } else {
+                outln!(
+                    "node {node} is removed: the cluster refuses its id from now on. To bring the machine back, \
+                     start it with an empty --data-dir, a new --node-id and --join HOST:PORT --token TOKEN"
                 );
             }
             Ok(())

@@ -5,6 +5,8 @@
 //! workspace, or it is refused as "not found": one workspace can neither
 //! read nor change another's objects, on any replica.
 
+use std::collections::BTreeMap;
+
 use agentd_protocol::agent::{AgentSpec, EnvironmentSpec, PermissionPolicy};
 use agentd_protocol::command::CommandResponse;
 use agentd_protocol::ids::{ApiKeyId, CredentialId, NodeId, ShardId, VaultId};
@@ -17,8 +19,13 @@ use agentd_protocol::ApiError;
 
 use super::ApplyBatch;
 use crate::state::group_state::{legacy_credential_id, ClusterConfig};
-use crate::store::keys::{self, Index};
+use crate::store::keys::{self, Index, STATE_CF};
 use crate::Error;
+
+/// The answer to a command naming a node that was removed.
+fn removed_error(node_id: NodeId) -> ApiError {
+    ApiError::NodeRemoved { node: node_id }
+}
 
 fn rejected(error: ApiError) -> Result<CommandResponse, Error> {
     Ok(CommandResponse::Rejected(error))
@@ -320,12 +327,61 @@ impl ApplyBatch<'_> {
     }
 
     pub(super) fn add_node(&mut self, node_id: NodeId, addr: String) -> Result<CommandResponse, Error> {
+        if self.is_removed(node_id)? {
+            return rejected(removed_error(node_id));
+        }
         self.put(keys::node_key(self.state.group(), node_id), &addr)?;
+        self.nodes.insert(node_id, Some(addr));
         Ok(CommandResponse::Done)
     }
 
+    /// Forgets `node_id` for good, once no placement names it.
+    pub(super) fn remove_node(&mut self, node_id: NodeId) -> Result<CommandResponse, Error> {
+        if self.is_removed(node_id)? {
+            return Ok(CommandResponse::Done);
+        }
+        let registered = match self.nodes.get(&node_id) {
+            Some(addr) => addr.is_some(),
+            None => self.state.nodes()?.iter().any(|(node, _)| *node == node_id),
+        };
+        if !registered {
+            return rejected(ApiError::NotFound { what: format!("node {node_id}") });
+        }
+        let mut placements: BTreeMap<ShardId, Vec<NodeId>> = self.state.placements()?.into_iter().collect();
+        placements.extend(self.placements.iter().map(|(shard, replicas)| (*shard, replicas.clone())));
+        let holding: Vec<String> = placements
+            .iter()
+            .filter(|(_, replicas)| replicas.contains(&node_id))
+            .map(|(shard, _)| shard.to_string())
+            .collect();
+        if !holding.is_empty() {
+            return rejected(ApiError::InvalidRequest {
+                message: format!(
+                    "node {node_id} still holds replicas of {}: drain it first (agentd node drain {node_id} --wait)",
+                    holding.join(", ")
+                ),
+            });
+        }
+        let group = self.state.group();
+        self.batch.delete(STATE_CF, keys::node_key(group, node_id));
+        self.put(keys::removed_node_key(group, node_id), &true)?;
+        self.nodes.insert(node_id, None);
+        self.removed_nodes.insert(node_id);
+        Ok(CommandResponse::Done)
+    }
+
+    fn is_removed(&self, node_id: NodeId) -> Result<bool, Error> {
+        Ok(self.removed_nodes.contains(&node_id) || self.state.is_removed(node_id)?)
+    }
+
     pub(super) fn set_placement(&mut self, shard: ShardId, replicas: Vec<NodeId>) -> Result<CommandResponse, Error> {
+        for node in &replicas {
+            if self.is_removed(*node)? {
+                return rejected(removed_error(*node));
+            }
+        }
         self.put(keys::placement_key(self.state.group(), shard), &replicas)?;
+        self.placements.insert(shard, replicas);
         Ok(CommandResponse::Done)
     }
 }

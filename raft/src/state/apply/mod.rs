@@ -16,11 +16,11 @@ mod metadata;
 mod session;
 mod session_details;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use agentd_protocol::command::{Command, CommandResponse};
 use agentd_protocol::event::Event;
-use agentd_protocol::ids::{ApiKeyId, EventId, GroupId, SessionId};
+use agentd_protocol::ids::{ApiKeyId, EventId, GroupId, NodeId, SessionId, ShardId};
 use agentd_protocol::resource::{Resource, ResourceId, SessionDetails, SessionUsageTotals};
 use agentd_protocol::tenancy::ApiKeyRecord;
 use agentd_protocol::ApiError;
@@ -49,6 +49,11 @@ pub(crate) struct ApplyBatch<'a> {
     session_details: HashMap<SessionId, SessionDetails>,
     session_usage: HashMap<SessionId, SessionUsageTotals>,
     events: Vec<Event>,
+    /// Node records written (`Some`) or deleted (`None`), placements
+    /// written, and nodes removed by this batch.
+    nodes: HashMap<NodeId, Option<String>>,
+    placements: HashMap<ShardId, Vec<NodeId>>,
+    removed_nodes: HashSet<NodeId>,
 }
 
 /// What a written batch changed, for publishing to readers.
@@ -73,6 +78,9 @@ impl<'a> ApplyBatch<'a> {
             session_details: HashMap::new(),
             session_usage: HashMap::new(),
             events: Vec::new(),
+            nodes: HashMap::new(),
+            placements: HashMap::new(),
+            removed_nodes: HashSet::new(),
         }
     }
 
@@ -142,6 +150,7 @@ impl<'a> ApplyBatch<'a> {
                 self.init_cluster(ClusterConfig { shards, replication_factor })
             }
             (GroupId::Metadata, Command::AddNode { node_id, addr }) => self.add_node(node_id, addr),
+            (GroupId::Metadata, Command::RemoveNode { node_id }) => self.remove_node(node_id),
             (GroupId::Metadata, Command::SetPlacement { shard, replicas }) => self.set_placement(shard, replicas),
             (GroupId::Metadata, Command::PutResource { id, workspace, version, expected_revision, at_ms }) => {
                 self.put_resource(id, workspace, version, expected_revision, at_ms)
