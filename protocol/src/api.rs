@@ -233,6 +233,12 @@ pub enum ClientRequest {
     RemoveNode {
         node: NodeId,
     },
+    /// Moves replicas so that every node holds within one of an even share
+    /// (see `placement::plan_rebalance`); answers the moves once recorded,
+    /// or only plans them with `dry_run`. Admin keys only.
+    Rebalance {
+        dry_run: bool,
+    },
 }
 
 /// What a credential write changes. Absent fields keep their value.
@@ -303,7 +309,8 @@ impl ClientRequest {
             | ClientRequest::GroupStats { .. }
             | ClientRequest::MoveShard { .. }
             | ClientRequest::DrainNode { .. }
-            | ClientRequest::RemoveNode { .. } => None,
+            | ClientRequest::RemoveNode { .. }
+            | ClientRequest::Rebalance { .. } => None,
         }
     }
 
@@ -347,6 +354,7 @@ impl ClientRequest {
             ClientRequest::MoveShard { .. } => "move_shard",
             ClientRequest::DrainNode { .. } => "drain_node",
             ClientRequest::RemoveNode { .. } => "remove_node",
+            ClientRequest::Rebalance { .. } => "rebalance",
         }
     }
 
@@ -391,7 +399,9 @@ impl ClientRequest {
             | ClientRequest::RevokeApiKey { .. }
             | ClientRequest::MoveShard { .. }
             | ClientRequest::DrainNode { .. }
-            | ClientRequest::RemoveNode { .. } => true,
+            | ClientRequest::RemoveNode { .. }
+            | ClientRequest::Rebalance { dry_run: false } => true,
+            ClientRequest::Rebalance { dry_run: true } => false,
         }
     }
 

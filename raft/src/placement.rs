@@ -156,6 +156,49 @@ pub fn plan_drain(
     Ok(moves)
 }
 
+/// Replica moves that bring every node within one of an even share of the
+/// replicas: each from a node holding the most to one holding the fewest
+/// (the highest and lowest ids on ties), of the lowest-numbered shard the
+/// first holds and the second does not. A shard moves at most once per
+/// plan. Empty when the nodes are even already, or no move helps.
+pub fn plan_rebalance(placements: &[(ShardId, Vec<NodeId>)], nodes: &[NodeId]) -> Vec<ShardMove> {
+    let mut counts = replica_counts(placements, nodes);
+    let mut placements: BTreeMap<ShardId, Vec<NodeId>> = placements.iter().cloned().collect();
+    counts.retain(|node, _| nodes.contains(node));
+    let mut moves = Vec::new();
+    while let Some(one) = next_rebalance_move(&placements, &counts, &moves) {
+        *counts.entry(one.from).or_default() -= 1;
+        *counts.entry(one.to).or_default() += 1;
+        placements.insert(one.shard, one.replicas.clone());
+        moves.push(one);
+    }
+    moves
+}
+
+/// The next move of [`plan_rebalance`], if any.
+fn next_rebalance_move(
+    placements: &BTreeMap<ShardId, Vec<NodeId>>,
+    counts: &BTreeMap<NodeId, usize>,
+    planned: &[ShardMove],
+) -> Option<ShardMove> {
+    let mut busiest: Vec<(NodeId, usize)> = counts.iter().map(|(node, count)| (*node, *count)).collect();
+    busiest.sort_by_key(|(node, count)| (std::cmp::Reverse(*count), std::cmp::Reverse(*node)));
+    let mut idlest = busiest.clone();
+    idlest.sort_by_key(|(node, count)| (*count, *node));
+    for (from, most) in &busiest {
+        for (to, _) in idlest.iter().take_while(|(_, fewest)| most.saturating_sub(*fewest) >= 2) {
+            let shard = placements.iter().find(|(shard, replicas)| {
+                replicas.contains(from) && !replicas.contains(to) && !planned.iter().any(|one| one.shard == **shard)
+            });
+            if let Some((shard, replicas)) = shard {
+                let replicas = replicas.iter().map(|node| if node == from { *to } else { *node }).collect();
+                return Some(ShardMove { shard: *shard, from: *from, to: *to, replicas });
+            }
+        }
+    }
+    None
+}
+
 /// The voters the metadata group should have: the lowest node ids, at most
 /// [`METADATA_VOTERS_MAX`]; every other node follows it as a learner.
 pub fn metadata_voters(nodes: &[(NodeId, String)]) -> BTreeSet<NodeId> {
@@ -440,6 +483,45 @@ mod tests {
 
     fn set(nodes: &[NodeId]) -> BTreeSet<NodeId> {
         nodes.iter().copied().collect()
+    }
+
+    fn counts_after(placements: &[(ShardId, Vec<NodeId>)], moves: &[ShardMove]) -> Vec<usize> {
+        let mut after: BTreeMap<ShardId, Vec<NodeId>> = placements.iter().cloned().collect();
+        for one in moves {
+            assert!(after[&one.shard].contains(&one.from) && !after[&one.shard].contains(&one.to), "{one:?}");
+            after.insert(one.shard, one.replicas.clone());
+        }
+        let after: Vec<(ShardId, Vec<NodeId>)> = after.into_iter().collect();
+        let nodes: Vec<NodeId> = (1..=4).collect();
+        replica_counts(&after, &nodes).into_values().collect()
+    }
+
+    #[test]
+    fn a_rebalance_evens_replicas_out_moving_each_shard_at_most_once() {
+        // Four shards of three replicas on nodes 1-3, and a new node 4.
+        let placements: Vec<(ShardId, Vec<NodeId>)> = (0..4).map(|shard| (ShardId(shard), vec![1, 2, 3])).collect();
+        let nodes = [1, 2, 3, 4];
+        let moves = plan_rebalance(&placements, &nodes);
+        assert_eq!(counts_after(&placements, &moves), vec![3, 3, 3, 3]);
+        assert_eq!(moves.len(), 3);
+        let shards: BTreeSet<ShardId> = moves.iter().map(|one| one.shard).collect();
+        assert_eq!(shards.len(), moves.len(), "a shard moved twice: {moves:?}");
+        assert!(moves.iter().all(|one| one.to == 4 && one.replicas.len() == 3));
+        // Even already: nothing moves; within one of even is even enough.
+        let after: Vec<(ShardId, Vec<NodeId>)> = {
+            let mut map: BTreeMap<ShardId, Vec<NodeId>> = placements.iter().cloned().collect();
+            moves.iter().for_each(|one| drop(map.insert(one.shard, one.replicas.clone())));
+            map.into_iter().collect()
+        };
+        assert_eq!(plan_rebalance(&after, &nodes), vec![]);
+        let uneven_by_one = vec![(ShardId(0), vec![1, 2]), (ShardId(1), vec![3, 4]), (ShardId(2), vec![1, 3])];
+        assert_eq!(plan_rebalance(&uneven_by_one, &nodes), vec![]);
+        // Every replica on one node of many shards of one replica.
+        let lopsided: Vec<(ShardId, Vec<NodeId>)> = (0..9).map(|shard| (ShardId(shard), vec![1])).collect();
+        let moves = plan_rebalance(&lopsided, &nodes);
+        let mut counts = counts_after(&lopsided, &moves);
+        counts.sort_unstable();
+        assert_eq!(counts, vec![2, 2, 2, 3]);
     }
 
     #[test]

@@ -458,6 +458,9 @@ pub fn processes_mentioning(text: &str, name_prefix: Option<&str>) -> Vec<u32> {
 /// a test injects, recording the sequence number of every acknowledged append.
 pub struct Appender {
     acknowledged: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    /// The longest time between two acknowledgements (or from the start to
+    /// the first): the longest window in which this client could not append.
+    longest_gap: std::sync::Arc<std::sync::Mutex<Duration>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -469,22 +472,34 @@ impl Appender {
     pub fn start(client: Client, session: SessionId) -> Appender {
         let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let longest_gap = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
         let task = {
-            let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+            let (acknowledged, stop, longest_gap) = (acknowledged.clone(), stop.clone(), longest_gap.clone());
             tokio::spawn(async move {
                 let mut index = 0u64;
+                let mut last_ack = Instant::now();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let text = format!("appended {index}");
                     let seq =
                         client.append(session, EventPayload::user_text(text)).await.context("an append failed")?;
                     agentd_protocol::sync::lock(&acknowledged).push(seq);
+                    {
+                        let mut longest = agentd_protocol::sync::lock(&longest_gap);
+                        *longest = (*longest).max(last_ack.elapsed());
+                    }
+                    last_ack = Instant::now();
                     index += 1;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Ok(())
             })
         };
-        Appender { acknowledged, stop, task }
+        Appender { acknowledged, longest_gap, stop, task }
+    }
+
+    /// The longest window so far in which no append was acknowledged.
+    pub fn longest_gap(&self) -> Duration {
+        *agentd_protocol::sync::lock(&self.longest_gap)
     }
 
     /// How many appends were acknowledged so far.

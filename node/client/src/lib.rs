@@ -462,6 +462,13 @@ impl Client {
         Ok(self.call(ClientRequest::RemoveNode { node }).await?.into_done()?)
     }
 
+    /// Moves replicas so that every node holds within one of an even share;
+    /// answers the moves once recorded (with `dry_run`, only planned).
+    /// Admin keys only.
+    pub async fn rebalance(&self, dry_run: bool) -> Result<Vec<ShardMove>, ClientError> {
+        Ok(self.call(ClientRequest::Rebalance { dry_run }).await?.into_shard_moves()?)
+    }
+
     /// What `group` holds, as its leader counts it (admin keys only).
     pub async fn group_stats(&self, group: GroupId) -> Result<GroupStats, ClientError> {
         Ok(self.call(ClientRequest::GroupStats { group }).await?.into_group_stats()?)

@@ -46,14 +46,14 @@ impl Service {
             ClientRequest::TransferLeader { to, .. } => self.transfer_leader_here(caller, metadata, to).await,
             ClientRequest::GroupStats { .. } => self.group_stats_here(caller, metadata).await,
             ClientRequest::MoveShard { shard, to, from } => {
-                self.move_replicas_here(caller, metadata, |placements, nodes| {
+                self.move_replicas_here(caller, metadata, true, |placements, nodes| {
                     placement::plan_move(placements, nodes, shard, to, from).map(|one| vec![one])
                 })
                 .await
             }
             ClientRequest::DrainNode { node } => {
                 let moves = self
-                    .move_replicas_here(caller, metadata, |placements, nodes| {
+                    .move_replicas_here(caller, metadata, true, |placements, nodes| {
                         placement::plan_drain(placements, nodes, node)
                     })
                     .await?;
@@ -65,6 +65,12 @@ impl Service {
                 Ok(moves)
             }
             ClientRequest::RemoveNode { node } => self.remove_node_here(caller, metadata, node).await,
+            ClientRequest::Rebalance { dry_run } => {
+                self.move_replicas_here(caller, metadata, !dry_run, |placements, nodes| {
+                    Ok(placement::plan_rebalance(placements, nodes))
+                })
+                .await
+            }
             other => self.execute_resource_request(caller, metadata, other).await,
         }
     }
@@ -138,12 +144,14 @@ impl Service {
         resource.to_vault_info().map(ClientResponse::Vault).ok_or_else(|| not_found(id))
     }
 
-    /// Records the replica moves `plan` makes of the current placement; each
-    /// shard's leader then carries its move out (see `placement::reconcile`).
+    /// Records the replica moves `plan` makes of the current placement (if
+    /// `record`, else only answers them); each shard's leader then carries
+    /// its move out (see `placement::reconcile`).
     async fn move_replicas_here(
         &self,
         caller: &Caller,
         metadata: &GroupHandle,
+        record: bool,
         plan: impl FnOnce(&[(ShardId, Vec<NodeId>)], &[NodeId]) -> Result<Vec<ShardMove>, String>,
     ) -> Result<ClientResponse, ApiError> {
         if !caller.is_admin() {
@@ -156,9 +164,11 @@ impl Service {
         let placements = metadata.state.placements()?;
         let nodes: Vec<NodeId> = metadata.state.nodes()?.into_iter().map(|(node, _)| node).collect();
         let moves = plan(&placements, &nodes).map_err(|message| ApiError::InvalidRequest { message })?;
-        for one in &moves {
-            tracing::info!(shard = %one.shard, from = one.from, to = one.to, "moving a replica on an operator's request");
-            propose(metadata, Command::SetPlacement { shard: one.shard, replicas: one.replicas.clone() }).await?;
+        if record {
+            for one in &moves {
+                tracing::info!(shard = %one.shard, from = one.from, to = one.to, "moving a replica on an operator's request");
+                propose(metadata, Command::SetPlacement { shard: one.shard, replicas: one.replicas.clone() }).await?;
+            }
         }
         Ok(ClientResponse::ShardMoves(moves))
     }

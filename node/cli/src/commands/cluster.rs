@@ -15,11 +15,27 @@ use super::Target;
 pub enum ClusterCommand {
     /// Nodes, shards, leaders and replica lag.
     Status(Target),
+    /// Move replicas so that every node holds within one of an even share
+    /// (following each move to its end), then hand leaderships over so that
+    /// every node leads within one of an even share.
+    Rebalance {
+        /// Only print what would move.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long to follow the replica moves before failing (they go on).
+        #[arg(long, default_value_t = 1800)]
+        timeout_secs: u64,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 pub async fn run(command: ClusterCommand) -> Result<()> {
     match command {
         ClusterCommand::Status(target) => status(target).await,
+        ClusterCommand::Rebalance { dry_run, timeout_secs, target } => {
+            super::rebalance::run(dry_run, timeout_secs, target).await
+        }
     }
 }
 
