@@ -12,6 +12,7 @@ use agentd_protocol::api::SessionStatus;
 use agentd_protocol::event::EventPayload;
 use agentd_protocol::ids::{GroupId, ShardId};
 use agentd_raft::host::{GroupHandle, RaftHost};
+use openraft::async_runtime::watch::WatchReceiver;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
@@ -37,6 +38,7 @@ pub async fn drive_shards(host: RaftHost, orchestrators: Orchestrators, sessions
 
 async fn watch_shard(group: GroupHandle, orchestrators: Orchestrators, sessions: Sessions) {
     let mut live = group.state.subscribe();
+    let term = group.raft.metrics().borrow_watched().current_term;
     wake_all(&group, &orchestrators).await;
     let mut leadership = tokio::time::interval(LEADERSHIP_POLL);
     loop {
@@ -57,7 +59,7 @@ async fn watch_shard(group: GroupHandle, orchestrators: Orchestrators, sessions:
                 Err(RecvError::Closed) => return,
             },
             _ = leadership.tick() => {
-                if !group.raft.is_leader() {
+                if !group.raft.is_leader() || group.raft.metrics().borrow_watched().current_term != term {
                     return;
                 }
             }
