@@ -25,6 +25,12 @@ pub mod service;
 pub mod session;
 pub mod vault;
 
+/// What an embedding program implements to serve a model in process
+/// ([`Node::start_with_models`]): `model::ModelProvider` and its request
+/// and response types.
+pub use agentd_actors::model;
+/// The future a `model::ModelProvider` returns.
+pub use futures_util::future::BoxFuture;
 pub use node::{Node, NodeHandle, NodeIo};
 pub use options::{Bootstrap, NodeOptions, RaftTuning};
 pub use service::{Caller, Service};

@@ -87,6 +87,19 @@ impl Node {
     /// Starts a node on this host: identity and RocksDB store in the data
     /// directory, a UDP socket on `options.listen`.
     pub async fn start(options: NodeOptions) -> Result<NodeHandle> {
+        Node::start_with_models(options, Vec::new()).await
+    }
+
+    /// Like [`Node::start`], and serves each `(model, provider)` of `models`
+    /// in process: an agent whose model string is exactly `model` calls
+    /// `provider` (behind the node's retries and circuit breaker) instead of
+    /// a provider resolved from `options.models`. A session runs on its
+    /// shard's leader, so every node that may lead a shard needs the same
+    /// providers (see `docs/embedding.md`).
+    pub async fn start_with_models(
+        options: NodeOptions,
+        models: Vec<(String, Arc<dyn ModelProvider>)>,
+    ) -> Result<NodeHandle> {
         options.validate()?;
         let data = DataDir::new(&options.data_dir);
         std::fs::create_dir_all(data.root()).with_context(|| format!("cannot create {}", data.root().display()))?;
@@ -121,7 +134,7 @@ impl Node {
             identity: stored,
             fresh,
             provisioner: Arc::new(HostProvisioner::new(sandbox_dir.clone())),
-            models: Vec::new(),
+            models,
             clock: Clock::System,
             seed: os_seed(),
             sandbox_dir,

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use agentd_protocol::ids::NodeId;
-#[cfg(doc)]
-use agentd_protocol::limits::{DISK_FREE_FLOOR_DEFAULT, REQUESTS_IN_FLIGHT_MAX};
-use agentd_protocol::limits::{REPLICATION_FACTOR_DEFAULT, SHARDS_DEFAULT, SHARDS_MAX};
+use agentd_protocol::limits::{
+    DISK_FREE_FLOOR_DEFAULT, REPLICATION_FACTOR_DEFAULT, REQUESTS_IN_FLIGHT_MAX, SHARDS_DEFAULT, SHARDS_MAX,
+};
 use anyhow::{bail, Result};
 
 /// How a node comes up.
@@ -121,6 +121,26 @@ pub struct NodeOptions {
 }
 
 impl NodeOptions {
+    /// Options for node `node_id` listening on `listen` with its data in
+    /// `data_dir`, and every other field as `agentd start` defaults it
+    /// (models from `ProviderConfig::default()`: set `models` for API keys).
+    pub fn new(node_id: NodeId, listen: SocketAddr, data_dir: PathBuf, bootstrap: Bootstrap) -> Self {
+        Self {
+            node_id,
+            listen,
+            advertise: None,
+            data_dir,
+            bootstrap,
+            raft: RaftTuning::default(),
+            sandbox_dir: None,
+            sandbox_idle: SANDBOX_IDLE_DEFAULT,
+            models: agentd_actors::model::ProviderConfig::default(),
+            client_idle: std::time::Duration::from_secs(agentd_protocol::limits::CLIENT_IDLE_SECS_DEFAULT),
+            min_free_disk: DISK_FREE_FLOOR_DEFAULT,
+            requests_in_flight_max: REQUESTS_IN_FLIGHT_MAX,
+        }
+    }
+
     pub fn advertise_addr(&self) -> String {
         self.advertise.clone().unwrap_or_else(|| self.listen.to_string())
     }
