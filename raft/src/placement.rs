@@ -205,8 +205,11 @@ pub fn metadata_voters(nodes: &[(NodeId, String)]) -> BTreeSet<NodeId> {
     nodes.iter().map(|(node, _)| *node).take(METADATA_VOTERS_MAX).collect()
 }
 
-/// Admits a node: records it in the metadata group and gives it replicas.
-/// Must run on the metadata leader. Safe to repeat.
+/// Admits a node: records it in the metadata group and gives it replicas:
+/// of every shard short of the replication factor, then its share of the
+/// others (moves from the nodes holding the most, as `plan_rebalance`
+/// plans them; each shard's leader carries its move out). Must run on the
+/// metadata leader. Safe to repeat.
 pub async fn admit_node(metadata: &GroupHandle, node_id: NodeId, addr: String) -> Result<(), ApiError> {
     propose(metadata, Command::AddNode { node_id, addr }).await?;
     let (_, replication_factor) = metadata
@@ -217,6 +220,12 @@ pub async fn admit_node(metadata: &GroupHandle, node_id: NodeId, addr: String) -
     let placements = metadata.state.placements().map_err(internal)?;
     for (shard, replicas) in place_new_node(&placements, node_id, replication_factor) {
         propose(metadata, Command::SetPlacement { shard, replicas }).await?;
+    }
+    let placements = metadata.state.placements().map_err(internal)?;
+    let nodes: Vec<NodeId> = metadata.state.nodes().map_err(internal)?.into_iter().map(|(node, _)| node).collect();
+    for one in plan_rebalance(&placements, &nodes).into_iter().filter(|one| one.to == node_id) {
+        tracing::info!(shard = %one.shard, from = one.from, to = one.to, "moving a replica to the new node");
+        propose(metadata, Command::SetPlacement { shard: one.shard, replicas: one.replicas }).await?;
     }
     Ok(())
 }

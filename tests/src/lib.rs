@@ -139,6 +139,7 @@ impl Cluster {
         }
         let expected = size.min(3);
         cluster.wait_replicated(expected, Duration::from_secs(120)).await?;
+        cluster.wait_placed(Duration::from_secs(120)).await?;
         Ok(cluster)
     }
 
@@ -351,6 +352,24 @@ impl Cluster {
                     .iter()
                     .filter(|group| group.group != agentd_protocol::ids::GroupId::Metadata)
                     .all(|group| group.voters.len() == voters)
+        })
+        .await
+    }
+
+    /// Waits until the replica moves that joins start are done: no shard
+    /// has a learner, and the running nodes hold within one of an even
+    /// share of the shards' voters.
+    pub async fn wait_placed(&self, timeout: Duration) -> Result<ClusterStatus> {
+        let running: Vec<u64> = self.nodes.iter().filter(|node| node.is_running()).map(|node| node.id).collect();
+        self.wait_for(timeout, "replicas to be evenly placed", |status| {
+            let shards: Vec<_> = leader_views(status)
+                .into_iter()
+                .filter(|view| view.group != agentd_protocol::ids::GroupId::Metadata)
+                .collect();
+            let held = |node: &u64| shards.iter().filter(|view| view.voters.contains(node)).count();
+            let counts: Vec<usize> = running.iter().map(held).collect();
+            let spread = counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0);
+            shards.len() == status.shards as usize && shards.iter().all(|view| view.learners.is_empty()) && spread <= 1
         })
         .await
     }

@@ -1,7 +1,8 @@
-//! `agentd cluster rebalance` (issue 14): a fourth node joins a 3-node
-//! cluster and holds nothing, and node 1 (it ran --init) leads every group.
-//! The dry run plans the moves and changes nothing; the rebalance moves
-//! replicas to the new node and hands leaderships over while a client
+//! Replica balance (issue 14): a fourth node that joins a 3-node cluster
+//! receives its share of the replicas by itself. Drained, it holds none,
+//! and node 1 (it ran --init) leads every group: `agentd cluster rebalance
+//! --dry-run` plans the moves and changes nothing; `agentd cluster
+//! rebalance` moves replicas back and hands leaderships over while a client
 //! appends, until every node holds and leads within one of an even share.
 //! Every acknowledged append is on every replica afterwards, and the
 //! longest window in which the client could not append is reported.
@@ -53,11 +54,20 @@ async fn a_rebalance_evens_replicas_and_leaders_out_while_appends_run() -> anyho
     let info = cluster.client()?.create_session().await?;
     let (session, group) = (info.session_id, GroupId::Shard(info.shard));
     let new_node = cluster.join_new_node()?;
-    let status = cluster
+    cluster
         .wait_for(Duration::from_secs(60), "node 4 to join", |status| {
             status.nodes.iter().any(|node| node.node_id == new_node && node.reachable)
         })
         .await?;
+    let joined = replicas_per_node(&cluster.wait_placed(Duration::from_secs(120)).await?);
+    eprintln!("after the join: replicas per node {joined:?}");
+    ensure!(joined.values().all(|count| *count == 6), "the new node did not get its share: {joined:?}");
+
+    let mut drain = cluster.command()?;
+    drain.args(["node", "drain", &new_node.to_string(), "--wait", "--addr", &cluster.nodes[1].addr]);
+    let drained = drain.output()?;
+    ensure!(drained.status.success(), "drain failed: {}", String::from_utf8_lossy(&drained.stderr));
+    let status = cluster.wait_converged(Duration::from_secs(60)).await?;
     let before = (replicas_per_node(&status), leaders_per_node(&status));
     eprintln!("before: replicas per node {:?}, leaders per node {:?}", before.0, before.1);
     ensure!(before.0[&new_node] == 0, "the new node holds replicas already: {:?}", before.0);
