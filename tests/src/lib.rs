@@ -357,8 +357,8 @@ impl Cluster {
     }
 
     /// Waits until the replica moves that joins start are done: no shard
-    /// has a learner, and the running nodes hold within one of an even
-    /// share of the shards' voters.
+    /// has a learner, only its voters host it, and the running nodes hold
+    /// within one of an even share of the shards' voters.
     pub async fn wait_placed(&self, timeout: Duration) -> Result<ClusterStatus> {
         let running: Vec<u64> = self.nodes.iter().filter(|node| node.is_running()).map(|node| node.id).collect();
         self.wait_for(timeout, "replicas to be evenly placed", |status| {
@@ -369,7 +369,13 @@ impl Cluster {
             let held = |node: &u64| shards.iter().filter(|view| view.voters.contains(node)).count();
             let counts: Vec<usize> = running.iter().map(held).collect();
             let spread = counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0);
-            shards.len() == status.shards as usize && shards.iter().all(|view| view.learners.is_empty()) && spread <= 1
+            // Moved-off nodes have deleted their copies.
+            let hosts = |view: &&agentd_protocol::api::GroupStatus| {
+                status.nodes.iter().filter(|node| node.groups.iter().any(|group| group.group == view.group)).count()
+            };
+            shards.len() == status.shards as usize
+                && shards.iter().all(|view| view.learners.is_empty() && hosts(&view) == view.voters.len())
+                && spread <= 1
         })
         .await
     }

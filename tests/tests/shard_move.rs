@@ -11,7 +11,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use agentd_protocol::agent::AgentSpec;
 use agentd_protocol::api::{ClusterStatus, Consistency};
+use agentd_protocol::event::{ContentBlock, EventPayload};
 use agentd_protocol::ids::{GroupId, SessionId, ShardId};
 use agentd_tests::{leader_views, Appender, Cluster};
 use anyhow::{bail, ensure, Context};
@@ -51,6 +53,69 @@ async fn replicas_hold(
         }
     }
     Ok(())
+}
+
+/// An agent session (`scripted:echo`) sent a user message every 250 ms.
+struct Talker {
+    session: SessionId,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<usize>>,
+}
+
+impl Talker {
+    async fn start(cluster: &Cluster) -> anyhow::Result<Talker> {
+        let client = cluster.client()?;
+        let spec = AgentSpec {
+            name: "echo".into(),
+            model: "scripted:echo".into(),
+            system: None,
+            tools: Vec::new(),
+            custom_tools: Vec::new(),
+            max_model_calls_per_turn: 2,
+        };
+        let agent = client.put_agent(None, spec).await?.id;
+        let session = client.create_session_with(Some(agent), None).await?.session_id;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut sent = 0;
+            while stopped.try_recv().is_err() {
+                sent += 1;
+                client.append(session, EventPayload::user_text(format!("message {sent}"))).await?;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Ok(sent)
+        });
+        Ok(Talker { session, stop, task })
+    }
+
+    /// Stops talking; the session must end idle, having answered the last
+    /// message (echo answers the newest user message of a turn).
+    async fn finish(self, cluster: &Cluster) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        let sent = self.task.await??;
+        let client = cluster.client()?;
+        let last = format!("message {sent}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let events = client.read_all(self.session, Consistency::Leader).await?;
+            let answers =
+                events.iter().filter(|event| matches!(&event.payload, EventPayload::AgentMessage { .. })).count();
+            let answered_last = events.iter().any(|event| {
+                matches!(&event.payload, EventPayload::AgentMessage { content }
+                    if content.iter().any(|ContentBlock::Text { text }| *text == last))
+            });
+            let idle =
+                matches!(events.last().map(|event| &event.payload), Some(EventPayload::SessionStatusIdle { .. }));
+            if answered_last && idle {
+                eprintln!("the agent answered {answers} turns for {sent} messages");
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the agent session did not finish: {events:#?}\n{}", cluster.log_tails());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// Runs the CLI with `args` against node 2 (node 1 is drained and removed).
@@ -117,8 +182,11 @@ async fn an_operator_moves_a_shard_and_drains_a_node_while_appends_run() -> anyh
     let said = String::from_utf8_lossy(&refused.stderr).to_string();
     ensure!(!refused.status.success() && said.contains("there is no shard-99"), "not refused: {said}");
 
+    // An agent session talks through the drain and the removal.
+    let talker = Talker::start(&cluster).await?;
     drain_node_one(&cluster).await?;
     remove_node_one(&mut cluster).await?;
+    talker.finish(&cluster).await?;
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let acknowledged = appender.stop().await?;

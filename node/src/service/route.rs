@@ -168,6 +168,11 @@ impl Service {
         match self.host().peers().call(addr, forward, FORWARD_TIMEOUT).await {
             Ok(ClusterResponse::Forwarded(ClientResponse::Error(error))) => Ok(Err(error)),
             Ok(ClusterResponse::Forwarded(response)) => Ok(Ok(response)),
+            // This node was removed, or refused as a copy: it stops soon;
+            // the client asks another node.
+            Ok(ClusterResponse::Error(refused @ (ApiError::NodeRemoved { .. } | ApiError::IdentityInUse { .. }))) => {
+                Err(ApiError::Unavailable { message: format!("node {node} refused this node: {refused}") })
+            }
             Ok(other) => Err(ApiError::Internal { message: format!("node {node} answered a forward with {other:?}") }),
             Err(error) => Err(ApiError::Unavailable { message: format!("node {node}: {error}") }),
         }
