@@ -348,6 +348,28 @@ async fn retire_replicas(
     Ok(())
 }
 
+/// Refuses to forget `node` while a placement names it, naming the shards
+/// and the repair.
+pub fn check_unplaced<'a>(
+    placements: impl IntoIterator<Item = (&'a ShardId, &'a Vec<NodeId>)>,
+    node: NodeId,
+) -> Result<(), ApiError> {
+    let holding: Vec<String> = placements
+        .into_iter()
+        .filter(|(_, replicas)| replicas.contains(&node))
+        .map(|(shard, _)| shard.to_string())
+        .collect();
+    if holding.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::InvalidRequest {
+        message: format!(
+            "node {node} still holds replicas of {}: drain it first (agentd node drain {node} --wait)",
+            holding.join(", ")
+        ),
+    })
+}
+
 /// Why `node` may not be forgotten yet, shard by shard: a committed
 /// membership still counts it (a move off it is in flight), or no replica
 /// of the shard answered. Asks the shard's placed replicas, other than

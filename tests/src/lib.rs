@@ -587,6 +587,18 @@ pub async fn tool_results(client: &Client, session: SessionId, results: usize) -
     }
 }
 
+/// An agent of `model` with no tools and two model calls a turn.
+pub fn plain_agent(name: &str, model: &str) -> AgentSpec {
+    AgentSpec {
+        name: name.to_owned(),
+        model: model.to_owned(),
+        system: None,
+        tools: Vec::new(),
+        custom_tools: Vec::new(),
+        max_model_calls_per_turn: 2,
+    }
+}
+
 /// Writes `turns` (the `scripted:FILE` format: an array of turns, each an
 /// array of content blocks) to `scripts/NAME.json` and creates an agent that
 /// plays it, with `bash` always allowed. The cluster must run with

@@ -6,7 +6,6 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agentd_protocol::agent::AgentSpec;
 use agentd_protocol::api::Consistency;
 use agentd_protocol::event::{ContentBlock, EventPayload};
 use agentd_protocol::ids::{GroupId, ShardId};
@@ -46,14 +45,7 @@ async fn an_embedded_node_joins_a_cli_cluster_and_serves_its_own_model() -> anyh
     ensure!(moved.status.success(), "transfer-leader failed: {}", String::from_utf8_lossy(&moved.stderr));
 
     let client = cluster.client_of(vec![cluster.nodes[0].addr.clone(), addr.clone()])?;
-    let spec = AgentSpec {
-        name: "shouter".into(),
-        model: "shout:v1".into(),
-        system: None,
-        tools: Vec::new(),
-        custom_tools: Vec::new(),
-        max_model_calls_per_turn: 2,
-    };
+    let spec = agentd_tests::plain_agent("shouter", "shout:v1");
     let agent = client.put_agent(None, spec).await?.id;
     let session = client.create_session_with(Some(agent), None).await?.session_id;
     client.append(session, EventPayload::user_text("hello from the host")).await?;

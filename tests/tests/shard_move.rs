@@ -11,7 +11,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use agentd_protocol::agent::AgentSpec;
 use agentd_protocol::api::{ClusterStatus, Consistency};
 use agentd_protocol::event::{ContentBlock, EventPayload};
 use agentd_protocol::ids::{GroupId, SessionId, ShardId};
@@ -65,14 +64,7 @@ struct Talker {
 impl Talker {
     async fn start(cluster: &Cluster) -> anyhow::Result<Talker> {
         let client = cluster.client()?;
-        let spec = AgentSpec {
-            name: "echo".into(),
-            model: "scripted:echo".into(),
-            system: None,
-            tools: Vec::new(),
-            custom_tools: Vec::new(),
-            max_model_calls_per_turn: 2,
-        };
+        let spec = agentd_tests::plain_agent("echo", "scripted:echo");
         let agent = client.put_agent(None, spec).await?.id;
         let session = client.create_session_with(Some(agent), None).await?.session_id;
         let (stop, mut stopped) = tokio::sync::oneshot::channel();

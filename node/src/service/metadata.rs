@@ -197,19 +197,7 @@ impl Service {
             return Err(ApiError::InvalidRequest { message: format!("node {node} is the cluster's only node") });
         }
         let placements = metadata.state.placements()?;
-        let holding: Vec<String> = placements
-            .iter()
-            .filter(|(_, replicas)| replicas.contains(&node))
-            .map(|(shard, _)| shard.to_string())
-            .collect();
-        if !holding.is_empty() {
-            return Err(ApiError::InvalidRequest {
-                message: format!(
-                    "node {node} still holds replicas of {}: drain it first (agentd node drain {node} --wait)",
-                    holding.join(", ")
-                ),
-            });
-        }
+        placement::check_unplaced(placements.iter().map(|(shard, replicas)| (shard, replicas)), node)?;
         let addresses = nodes.into_iter().collect();
         let counting = placement::shards_counting(self.host(), &placements, &addresses, node).await;
         if !counting.is_empty() {

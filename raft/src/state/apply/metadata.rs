@@ -349,18 +349,8 @@ impl ApplyBatch<'_> {
         }
         let mut placements: BTreeMap<ShardId, Vec<NodeId>> = self.state.placements()?.into_iter().collect();
         placements.extend(self.placements.iter().map(|(shard, replicas)| (*shard, replicas.clone())));
-        let holding: Vec<String> = placements
-            .iter()
-            .filter(|(_, replicas)| replicas.contains(&node_id))
-            .map(|(shard, _)| shard.to_string())
-            .collect();
-        if !holding.is_empty() {
-            return rejected(ApiError::InvalidRequest {
-                message: format!(
-                    "node {node_id} still holds replicas of {}: drain it first (agentd node drain {node_id} --wait)",
-                    holding.join(", ")
-                ),
-            });
+        if let Err(placed) = crate::placement::check_unplaced(&placements, node_id) {
+            return rejected(placed);
         }
         let group = self.state.group();
         self.batch.delete(STATE_CF, keys::node_key(group, node_id));
