@@ -98,6 +98,16 @@ async fn a_rebalance_evens_replicas_and_leaders_out_while_appends_run() -> anyho
     ensure!(again["moves"].as_array().is_some_and(Vec::is_empty), "a second rebalance moved replicas: {again}");
     ensure!(again["leader_transfers"].as_array().is_some_and(Vec::is_empty), "a second rebalance moved leaders");
 
+    // `agentd bench move` measures moves under load on the same cluster.
+    let mut bench = cluster.command()?;
+    bench.args(["bench", "move", "--moves", "2", "--json", "--addr", &cluster.nodes[1].addr]);
+    let benched = bench.output()?;
+    let printed = String::from_utf8_lossy(&benched.stdout).to_string();
+    ensure!(benched.status.success(), "bench move failed: {printed}{}", String::from_utf8_lossy(&benched.stderr));
+    let report: serde_json::Value = serde_json::from_str(printed.trim()).context("bench move --json")?;
+    ensure!(report["moves"] == 2 && report["appends"].as_u64() > Some(0), "bench move reported {report}");
+    eprintln!("bench move: {report}");
+
     let longest_gap = appender.longest_gap();
     let acknowledged = appender.stop().await?;
     eprintln!("{} appends acknowledged; longest window without an acknowledgement {longest_gap:?}", acknowledged.len());

@@ -2,13 +2,15 @@
 //! (`append.rs`), the time from a message to the first model request
 //! (`first_model_request.rs`), a flood of silent connections (`flood.rs`),
 //! the HTTP API against QUIC (`http.rs`), admission past a node's capacity
-//! (`overload.rs`), and sandbox starts and calls on this host
+//! (`overload.rs`), shard moves under load (`moves.rs`), and sandbox
+//! starts and calls on this host
 //! (`sandbox.rs`). Each prints progress to stderr and returns a report.
 
 pub mod append;
 pub mod first_model_request;
 pub mod flood;
 pub mod http;
+pub mod moves;
 pub mod overload;
 pub mod sandbox;
 

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 
 use super::Target;
-use crate::bench::{append, first_model_request, flood, http, overload, sandbox};
+use crate::bench::{append, first_model_request, flood, http, moves, overload, sandbox};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -78,6 +78,14 @@ pub enum BenchCommand {
         #[arg(long)]
         node_pid: Option<u32>,
     },
+    /// Shard moves under appends, one after another: how long each takes and
+    /// how long the moved shard's client waits (needs more nodes than replicas).
+    Move {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 10)]
+        moves: u32,
+    },
     /// The Managed Agents HTTP API against native QUIC: appends, session reads, SSE fan-out.
     Http {
         #[command(subcommand)]
@@ -93,6 +101,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
             run_append(target, clients, events, payload_bytes).await
         }
         BenchCommand::Http { command } => run_http(command).await,
+        BenchCommand::Move { target, moves } => run_moves(target, moves).await,
         BenchCommand::Overload { target, steps, factor, seconds, connections, node_pid } => {
             let json = target.json;
             let bench = overload::OverloadBench { target, steps, factor, seconds, connections, node_pid };
@@ -152,6 +161,20 @@ async fn run_append(target: Target, clients: u32, events: u64, payload_bytes: us
         outln!(
             "{} appends by {} clients in {:.2}s: {:.0} events/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {} errors",
             report.events, report.clients, report.seconds, report.events_per_sec, report.p50_ms, report.p99_ms, report.p999_ms, report.max_ms, report.errors
+        );
+    }
+    Ok(())
+}
+
+async fn run_moves(target: Target, count: u32) -> Result<()> {
+    let json = target.json;
+    let report = moves::run(moves::MoveBench { target, moves: count }).await?;
+    if json {
+        outln!("{}", serde_json::to_string(&report)?);
+    } else {
+        outln!(
+            "{} moves: took p50 {:.0} ms, max {:.0} ms; the moved shard's client waited p50 {:.0} ms, max {:.0} ms; {} appends, {} errors",
+            report.moves, report.move_p50_ms, report.move_max_ms, report.unavailable_p50_ms, report.unavailable_max_ms, report.appends, report.errors
         );
     }
     Ok(())

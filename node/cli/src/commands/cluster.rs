@@ -143,7 +143,7 @@ pub(super) fn human_bytes(bytes: u64) -> String {
 }
 
 /// For every group, the report of the node that leads it (or of any node if none does).
-pub(super) fn leader_reports(status: &ClusterStatus) -> Vec<(u64, &GroupStatus)> {
+pub(crate) fn leader_reports(status: &ClusterStatus) -> Vec<(u64, &GroupStatus)> {
     let mut by_group: BTreeMap<GroupId, (u64, &GroupStatus)> = Default::default();
     for node in &status.nodes {
         for group in &node.groups {

@@ -19,7 +19,7 @@ const CATCH_UP_REPORT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Where one move stands, as the cluster reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Phase {
+pub(crate) enum Phase {
     /// The shard's leader has not added the new replica yet.
     Waiting,
     /// The new replica is a learner, `behind` entries behind the leader.
@@ -92,7 +92,7 @@ pub(super) fn phase(status: &ClusterStatus, one: &ShardMove) -> Phase {
 
 /// Waits until every move is done, printing each change of phase (unless
 /// `quiet`), and fails after `timeout` naming the moves still under way.
-pub(super) async fn follow(client: &Client, moves: &[ShardMove], timeout: Duration, quiet: bool) -> Result<Vec<Phase>> {
+pub(crate) async fn follow(client: &Client, moves: &[ShardMove], timeout: Duration, quiet: bool) -> Result<Vec<Phase>> {
     let started = Instant::now();
     let mut printed: BTreeMap<ShardId, (Phase, Instant)> = BTreeMap::new();
     let mut done_printed = 0;
