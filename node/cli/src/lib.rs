@@ -62,7 +62,7 @@ pub enum Command {
     /// Operate on one group: list groups, move a replica, hand over a leadership.
     #[command(subcommand)]
     Shard(shard::ShardCommand),
-    /// Operate on one node: drain it of its replicas.
+    /// Operate on one node: drain it of its replicas, or remove it for good.
     #[command(subcommand)]
     Node(node::NodeCommand),
     /// Create sessions, send events, read them.
