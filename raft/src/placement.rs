@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use agentd_protocol::api::ShardMove;
-use agentd_protocol::cluster::{ClusterRequest, ClusterResponse};
+use agentd_protocol::cluster::{ClusterRequest, ClusterResponse, GroupMembers};
 use agentd_protocol::frame::decode_body;
 use agentd_protocol::ids::{GroupId, NodeId, ShardId};
 use agentd_protocol::limits::METADATA_VOTERS_MAX;
@@ -327,13 +327,7 @@ async fn retire_replicas(
             continue;
         }
         for node in replicas {
-            let Some(addr) = addresses.get(node) else { continue };
-            let request = ClusterRequest::GroupMembers { group };
-            let Ok(ClusterResponse::GroupMembers(Some(members))) =
-                host.peers().call(addr, request, MEMBERS_QUERY_TIMEOUT).await
-            else {
-                continue;
-            };
+            let Some(members) = committed_members(host, group, addresses.get(node)).await else { continue };
             if members.voters.contains(&me) || members.learners.contains(&me) {
                 continue;
             }
@@ -401,13 +395,7 @@ async fn shard_counting(
 ) -> Option<String> {
     let group = GroupId::Shard(shard);
     for replica in replicas.into_iter().filter(|replica| *replica != node) {
-        let Some(addr) = addresses.get(&replica) else { continue };
-        let request = ClusterRequest::GroupMembers { group };
-        let Ok(ClusterResponse::GroupMembers(Some(members))) =
-            host.peers().call(addr, request, MEMBERS_QUERY_TIMEOUT).await
-        else {
-            continue;
-        };
+        let Some(members) = committed_members(host, group, addresses.get(&replica)).await else { continue };
         return if members.voters.contains(&node) {
             Some(format!("{shard} still has node {node} as a voter"))
         } else if members.learners.contains(&node) {
@@ -417,6 +405,16 @@ async fn shard_counting(
         };
     }
     Some(format!("no replica of {shard} answered"))
+}
+
+/// `group`'s committed membership as the node at `addr` has applied it,
+/// if it answers and has one.
+async fn committed_members(host: &RaftHost, group: GroupId, addr: Option<&String>) -> Option<GroupMembers> {
+    let request = ClusterRequest::GroupMembers { group };
+    match host.peers().call(addr?, request, MEMBERS_QUERY_TIMEOUT).await {
+        Ok(ClusterResponse::GroupMembers(members)) => members,
+        _ => None,
+    }
 }
 
 async fn reconcile_group(
