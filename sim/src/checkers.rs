@@ -98,12 +98,15 @@ pub struct Leadership {
     pub node: u64,
 }
 
-/// What the brain's session log saw, in the order it happened (one
-/// simulated thread, so the order is total).
+/// What the brain's session log saw. The order in which the observations
+/// arrive is not the log's: a proposal can return on its (former) leader
+/// after a later leader's claim has returned, so each observation carries
+/// its place in the session's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EpochObservation {
-    /// A claim of `epoch` was committed.
-    Claimed { session_id: SessionId, epoch: u64 },
+    /// A claim of `epoch` was committed, after at most `after_seq` events of
+    /// the session.
+    Claimed { session_id: SessionId, epoch: u64, after_seq: u64 },
     /// An append under `epoch` was committed.
     Appended { session_id: SessionId, epoch: u64, seq: u64 },
 }
@@ -284,27 +287,31 @@ pub fn one_leader_per_term(leaderships: &[Leadership]) -> Vec<Violation> {
 }
 
 /// Invariant 4: Once epoch `e` of a session was claimed, no append under an epoch
-/// below `e` commits.
+/// below `e` commits: no event under an older epoch comes after the claim
+/// in the session's log.
 pub fn stale_epochs_never_append(observations: &[EpochObservation]) -> Vec<Violation> {
-    let mut current: BTreeMap<SessionId, u64> = BTreeMap::new();
+    let mut claims: BTreeMap<SessionId, Vec<(u64, u64)>> = BTreeMap::new();
+    for observation in observations {
+        if let EpochObservation::Claimed { session_id, epoch, after_seq } = observation {
+            claims.entry(*session_id).or_default().push((*epoch, *after_seq));
+        }
+    }
     let mut violations = Vec::new();
     for observation in observations {
-        match observation {
-            EpochObservation::Claimed { session_id, epoch } => {
-                let highest = current.entry(*session_id).or_insert(0);
-                *highest = (*highest).max(*epoch);
-            }
-            EpochObservation::Appended { session_id, epoch, seq } => {
-                let highest = current.get(session_id).copied().unwrap_or(0);
-                if *epoch < highest {
-                    violations.push(violation(
-                        Invariant::StaleEpochsNeverAppend,
-                        format!(
-                            "{session_id}: seq {seq} appended under epoch {epoch} after epoch {highest} was claimed"
-                        ),
-                    ));
-                }
-            }
+        let EpochObservation::Appended { session_id, epoch, seq } = observation else { continue };
+        let newer_before = claims
+            .get(session_id)
+            .into_iter()
+            .flatten()
+            .filter(|(claimed, after_seq)| claimed > epoch && after_seq < seq)
+            .max();
+        if let Some((claimed, after_seq)) = newer_before {
+            violations.push(violation(
+                Invariant::StaleEpochsNeverAppend,
+                format!(
+                    "{session_id}: seq {seq} appended under epoch {epoch} after epoch {claimed} was claimed (at seq {after_seq} or before)"
+                ),
+            ));
         }
     }
     violations
@@ -419,13 +426,21 @@ mod tests {
         assert_eq!(one_leader_per_term(&leaderships).len(), 1);
         let session_id = SessionId::from_random(1);
         let observations = vec![
-            EpochObservation::Claimed { session_id, epoch: 1 },
+            EpochObservation::Claimed { session_id, epoch: 1, after_seq: 1 },
             EpochObservation::Appended { session_id, epoch: 1, seq: 2 },
-            EpochObservation::Claimed { session_id, epoch: 2 },
+            EpochObservation::Claimed { session_id, epoch: 2, after_seq: 2 },
             EpochObservation::Appended { session_id, epoch: 1, seq: 3 },
         ];
         assert_eq!(stale_epochs_never_append(&observations).len(), 1);
         assert!(stale_epochs_never_append(&observations[..3]).is_empty());
+        // An append that returned late, after a newer claim that came after
+        // it in the log, is not stale.
+        let late = vec![
+            EpochObservation::Claimed { session_id, epoch: 1, after_seq: 1 },
+            EpochObservation::Claimed { session_id, epoch: 2, after_seq: 3 },
+            EpochObservation::Appended { session_id, epoch: 1, seq: 3 },
+        ];
+        assert!(stale_epochs_never_append(&late).is_empty());
     }
 
     #[test]

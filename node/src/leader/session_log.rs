@@ -36,7 +36,10 @@ pub(crate) async fn bounded<T>(what: &str, call: impl Future<Output = Result<T, 
 /// Told of every epoch claim and runtime append that committed: the
 /// simulator's epoch checker listens here.
 pub trait LogObserver: Send + Sync + 'static {
-    fn claimed(&self, session_id: SessionId, epoch: u64);
+    /// `epoch` was claimed, after at most `after_seq` events of the session
+    /// (its last sequence number as this node had applied it once the claim
+    /// returned: the claim itself came at or before that point of the log).
+    fn claimed(&self, session_id: SessionId, epoch: u64, after_seq: u64);
     fn appended(&self, session_id: SessionId, epoch: u64, seq: u64);
 }
 
@@ -94,9 +97,11 @@ impl SessionLog for LocalSessionLog {
 
     fn claim_epoch(&self, session_id: SessionId) -> BoxFuture<'_, Result<u64, ApiError>> {
         Box::pin(bounded("claiming an epoch", async move {
-            let epoch = propose(&self.group(session_id)?, Command::ClaimEpoch { session_id }).await?.into_epoch()?;
+            let group = self.group(session_id)?;
+            let epoch = propose(&group, Command::ClaimEpoch { session_id }).await?.into_epoch()?;
             if let Some(observer) = &self.observer {
-                observer.claimed(session_id, epoch);
+                let after_seq = group.state.session(session_id)?.map(|info| info.last_seq).unwrap_or_default();
+                observer.claimed(session_id, epoch, after_seq);
             }
             Ok(epoch)
         }))

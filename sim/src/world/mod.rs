@@ -239,8 +239,8 @@ pub(crate) struct EpochRecorder {
 }
 
 impl LogObserver for EpochRecorder {
-    fn claimed(&self, session_id: SessionId, epoch: u64) {
-        self.world.record().epochs.push(EpochObservation::Claimed { session_id, epoch });
+    fn claimed(&self, session_id: SessionId, epoch: u64, after_seq: u64) {
+        self.world.record().epochs.push(EpochObservation::Claimed { session_id, epoch, after_seq });
         self.world.trace(format!("n{} claimed epoch {epoch} of {session_id}", self.node));
     }
 
