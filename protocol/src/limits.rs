@@ -19,6 +19,16 @@ pub const SHARDS_DEFAULT: u32 = 64;
 pub const REPLICATION_FACTOR_DEFAULT: u32 = 3;
 /// Most voters in the metadata group; further nodes join it as learners.
 pub const METADATA_VOTERS_MAX: usize = 5;
+/// Most new replicas a node catches up at once for the groups it leads
+/// (replica moves, joins, drains, rebalances). Further moves wait for one
+/// of these to finish, so that a drain of a node with many replicas does
+/// not saturate the leaders' disks and links (and with them the heartbeats
+/// that keep every group's leadership). With leaders spread evenly, a
+/// cluster of N nodes runs at most N times this many catch-ups at once.
+pub const REPLICA_CATCH_UPS_PER_NODE_MAX: usize = 4;
+/// A new replica counts as caught up, and joins the voters, once its log is
+/// within this many entries of the leader's.
+pub const REPLICA_CATCH_UP_LAG_MAX: u64 = 64;
 /// Longest text field (names, messages) in a request.
 pub const TEXT_BYTES_MAX: usize = 256 * 1024;
 /// Most entries the log store writes in one RocksDB batch (group commit).

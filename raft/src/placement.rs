@@ -12,7 +12,7 @@ use agentd_protocol::api::ShardMove;
 use agentd_protocol::cluster::{ClusterRequest, ClusterResponse, GroupMembers};
 use agentd_protocol::frame::decode_body;
 use agentd_protocol::ids::{GroupId, NodeId, ShardId};
-use agentd_protocol::limits::METADATA_VOTERS_MAX;
+use agentd_protocol::limits::{METADATA_VOTERS_MAX, REPLICA_CATCH_UPS_PER_NODE_MAX, REPLICA_CATCH_UP_LAG_MAX};
 use agentd_protocol::ApiError;
 use futures_util::stream::{self, StreamExt};
 
@@ -35,14 +35,20 @@ const MEMBERS_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MembershipStep {
     AddLearner(NodeId),
+    /// A new replica is a learner still catching up: nothing to do but wait.
+    AwaitCatchUp(NodeId),
     SetVoters(BTreeSet<NodeId>),
 }
 
 /// The next step for a group, or `None` when it already matches.
+/// `caught_up` holds the learners whose logs are close enough to the
+/// leader's to vote: the voters change only once every new replica is one
+/// of them, so that a move never counts on a replica that cannot yet serve.
 pub fn next_step(
     desired: &BTreeSet<NodeId>,
     voters: &BTreeSet<NodeId>,
     learners: &BTreeSet<NodeId>,
+    caught_up: &BTreeSet<NodeId>,
 ) -> Option<MembershipStep> {
     if desired.is_empty() {
         return None;
@@ -50,10 +56,26 @@ pub fn next_step(
     if let Some(missing) = desired.iter().find(|node| !voters.contains(node) && !learners.contains(node)) {
         return Some(MembershipStep::AddLearner(*missing));
     }
+    if let Some(behind) = desired.iter().find(|node| learners.contains(node) && !caught_up.contains(node)) {
+        return Some(MembershipStep::AwaitCatchUp(*behind));
+    }
     if desired != voters {
         return Some(MembershipStep::SetVoters(desired.clone()));
     }
     None
+}
+
+/// Which of the groups whose next step is `AddLearner` may start it now:
+/// at most `max` catch-ups run at once on a node (those awaiting included),
+/// first come (by group) first served; the rest wait for a later pass.
+pub fn catch_ups_to_start(steps: &[(GroupId, Option<MembershipStep>)], max: usize) -> BTreeSet<GroupId> {
+    let in_flight = steps.iter().filter(|(_, step)| matches!(step, Some(MembershipStep::AwaitCatchUp(_)))).count();
+    steps
+        .iter()
+        .filter(|(_, step)| matches!(step, Some(MembershipStep::AddLearner(_))))
+        .map(|(group, _)| *group)
+        .take(max.saturating_sub(in_flight))
+        .collect()
 }
 
 /// The shards whose replica sets change when `node` joins: every shard with
@@ -272,20 +294,22 @@ pub async fn reconcile(host: &RaftHost) -> Result<(), Error> {
             work.push((handle, replicas.into_iter().collect()));
         }
     }
+    work.retain(|(handle, _)| handle.raft.is_leader());
+    let steps: Vec<(GroupId, Option<MembershipStep>)> =
+        work.iter().map(|(handle, desired)| (handle.group, planned_step(handle, desired))).collect();
+    let may_start = catch_ups_to_start(&steps, REPLICA_CATCH_UPS_PER_NODE_MAX);
     let learners_for_metadata: BTreeSet<NodeId> = addresses.keys().copied().collect();
     stream::iter(work)
         .for_each_concurrent(RECONCILE_CONCURRENCY, |(handle, desired)| {
             let addresses = &addresses;
             let learners_for_metadata = &learners_for_metadata;
+            let start_catch_up = may_start.contains(&handle.group);
             async move {
-                if !handle.raft.is_leader() {
-                    return;
-                }
                 let extra_learners =
                     if handle.group == GroupId::Metadata { learners_for_metadata.clone() } else { BTreeSet::new() };
                 let step = tokio::time::timeout(
                     RECONCILE_STEP_TIMEOUT,
-                    reconcile_group(&handle, &desired, &extra_learners, addresses),
+                    reconcile_group(&handle, &desired, &extra_learners, addresses, start_catch_up),
                 )
                 .await;
                 match step {
@@ -417,15 +441,39 @@ async fn committed_members(host: &RaftHost, group: GroupId, addr: Option<&String
     }
 }
 
+/// The group's voters, learners, and the learners caught up enough to
+/// vote, as this node (its leader) sees them now.
+fn members_now(handle: &GroupHandle) -> (BTreeSet<NodeId>, BTreeSet<NodeId>, BTreeSet<NodeId>) {
+    let metrics = handle.raft.metrics().borrow_watched().clone();
+    let membership = metrics.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+    let last = metrics.last_log_index.unwrap_or_default();
+    let caught_up = learners
+        .iter()
+        .copied()
+        .filter(|node| {
+            let matched = metrics.replication.as_ref().and_then(|replication| replication.get(node).cloned().flatten());
+            matched.is_some_and(|log_id| log_id.index + REPLICA_CATCH_UP_LAG_MAX >= last)
+        })
+        .collect();
+    (voters, learners, caught_up)
+}
+
+/// The next step towards `desired`, as the group stands now.
+fn planned_step(handle: &GroupHandle, desired: &BTreeSet<NodeId>) -> Option<MembershipStep> {
+    let (voters, learners, caught_up) = members_now(handle);
+    next_step(desired, &voters, &learners, &caught_up)
+}
+
 async fn reconcile_group(
     handle: &GroupHandle,
     desired: &BTreeSet<NodeId>,
     extra_learners: &BTreeSet<NodeId>,
     addresses: &BTreeMap<NodeId, String>,
+    start_catch_up: bool,
 ) -> Result<(), Error> {
-    let membership = handle.raft.metrics().borrow_watched().membership_config.clone();
-    let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
-    let learners: BTreeSet<NodeId> = membership.membership().learner_ids().collect();
+    let (voters, learners, caught_up) = members_now(handle);
     let address = |node: NodeId| NodeInfo { addr: addresses.get(&node).cloned().unwrap_or_default() };
 
     // Nodes that only follow (metadata learners beyond the voter cap).
@@ -441,18 +489,28 @@ async fn reconcile_group(
     // Learners of an abandoned move (placed, then placed elsewhere).
     let stale: BTreeSet<NodeId> =
         learners.iter().filter(|node| !desired.contains(node) && !extra_learners.contains(node)).copied().collect();
-    if !stale.is_empty() && next_step(desired, &voters, &learners).is_none() {
+    if !stale.is_empty() && next_step(desired, &voters, &learners, &caught_up).is_none() {
         tracing::info!(group = %handle.group, ?stale, "removing learners no longer placed here");
         let change = openraft::ChangeMembers::RemoveNodes(stale);
         handle.raft.change_membership(change, false).await.map_err(|error| Error::Raft(error.to_string()))?;
         return Ok(());
     }
     // One step per pass: the next pass sees the membership this step made.
-    match next_step(desired, &voters, &learners) {
-        Some(MembershipStep::AddLearner(node)) => {
+    match next_step(desired, &voters, &learners, &caught_up) {
+        Some(MembershipStep::AddLearner(node)) if start_catch_up => {
+            // Not blocking: the pass goes on, and a later pass changes the
+            // voters once the learner has caught up.
             tracing::info!(group = %handle.group, node, "adding learner");
-            handle.raft.add_learner(node, address(node), true).await.map_err(|error| Error::Raft(error.to_string()))?;
+            handle
+                .raft
+                .add_learner(node, address(node), false)
+                .await
+                .map_err(|error| Error::Raft(error.to_string()))?;
         }
+        Some(MembershipStep::AddLearner(node)) => {
+            tracing::debug!(group = %handle.group, node, "a new replica waits: this node catches up enough at once");
+        }
+        Some(MembershipStep::AwaitCatchUp(_)) => {}
         Some(MembershipStep::SetVoters(new_voters)) if !new_voters.contains(handle.raft.node_id()) => {
             // A leader that is moved off does not remove itself: it hands
             // the group to the most caught-up voter that stays.
@@ -555,23 +613,45 @@ mod tests {
 
     #[test]
     fn a_missing_replica_is_added_as_learner_first() {
-        assert_eq!(next_step(&set(&[1, 2, 3]), &set(&[1]), &set(&[])), Some(MembershipStep::AddLearner(2)));
-        assert_eq!(next_step(&set(&[1, 2, 3]), &set(&[1]), &set(&[2])), Some(MembershipStep::AddLearner(3)));
+        let none = set(&[]);
+        assert_eq!(next_step(&set(&[1, 2, 3]), &set(&[1]), &none, &none), Some(MembershipStep::AddLearner(2)));
+        assert_eq!(next_step(&set(&[1, 2, 3]), &set(&[1]), &set(&[2]), &none), Some(MembershipStep::AddLearner(3)));
     }
 
     #[test]
-    fn voters_change_once_every_replica_is_a_learner() {
+    fn voters_change_once_every_new_replica_has_caught_up() {
         assert_eq!(
-            next_step(&set(&[1, 2, 3]), &set(&[1]), &set(&[2, 3])),
+            next_step(&set(&[1, 2, 3]), &set(&[1]), &set(&[2, 3]), &set(&[2, 3])),
             Some(MembershipStep::SetVoters(set(&[1, 2, 3])))
         );
-        // A move: 3 replaces 4.
+        // A move: 3 replaces 4, once 3 has caught up.
         assert_eq!(
-            next_step(&set(&[1, 2, 3]), &set(&[1, 2, 4]), &set(&[3])),
+            next_step(&set(&[1, 2, 3]), &set(&[1, 2, 4]), &set(&[3]), &set(&[])),
+            Some(MembershipStep::AwaitCatchUp(3))
+        );
+        assert_eq!(
+            next_step(&set(&[1, 2, 3]), &set(&[1, 2, 4]), &set(&[3]), &set(&[3])),
             Some(MembershipStep::SetVoters(set(&[1, 2, 3])))
         );
-        assert_eq!(next_step(&set(&[1, 2, 3]), &set(&[1, 2, 3]), &set(&[])), None);
-        assert_eq!(next_step(&set(&[]), &set(&[1]), &set(&[])), None);
+        assert_eq!(next_step(&set(&[1, 2, 3]), &set(&[1, 2, 3]), &set(&[]), &set(&[])), None);
+        assert_eq!(next_step(&set(&[]), &set(&[1]), &set(&[]), &set(&[])), None);
+    }
+
+    #[test]
+    fn catch_ups_are_paced_per_node() {
+        let shard = |n| GroupId::Shard(ShardId(n));
+        let steps: Vec<(GroupId, Option<MembershipStep>)> = vec![
+            (shard(0), Some(MembershipStep::AwaitCatchUp(4))),
+            (shard(1), Some(MembershipStep::AddLearner(4))),
+            (shard(2), Some(MembershipStep::SetVoters(set(&[1, 2, 4])))),
+            (shard(3), Some(MembershipStep::AddLearner(4))),
+            (shard(4), Some(MembershipStep::AddLearner(5))),
+            (shard(5), None),
+        ];
+        // One catch-up runs: two more may start, the third waits.
+        assert_eq!(catch_ups_to_start(&steps, 3), [shard(1), shard(3)].into_iter().collect());
+        assert!(catch_ups_to_start(&steps, 1).is_empty());
+        assert_eq!(catch_ups_to_start(&steps, 8).len(), 3);
     }
 
     #[test]
