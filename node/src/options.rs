@@ -44,9 +44,7 @@ pub struct RaftTuning {
     pub logs_to_keep: u64,
     /// Hand leaderships from nodes that lead more groups than their share
     /// to their other voters (`agentd_raft::balance`), so that the leader
-    /// work is spread across nodes. Off by default: with it on, the
-    /// simulator finds sessions left unfinished after hand-offs (see
-    /// ARCHITECTURE.md, "Leader balance").
+    /// work is spread across nodes. On by default.
     pub balance_leaders: bool,
 }
 
@@ -60,7 +58,7 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 2000,
             snapshot_logs: 5000,
             logs_to_keep: 1000,
-            balance_leaders: false,
+            balance_leaders: true,
         }
     }
 }

@@ -22,7 +22,7 @@ async fn wait_balanced(cluster: &Cluster) -> anyhow::Result<(BTreeMap<u64, usize
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaders_spread_evenly_after_start_and_after_a_restart() -> anyhow::Result<()> {
-    let cluster_args = ["--shards", "32", "--balance-leaders", "true"];
+    let cluster_args = ["--shards", "32"];
     let mut cluster = Cluster::start(agentd_tests::agentd_binary!(), 3, &cluster_args).await?;
     let status = cluster.wait_converged(Duration::from_secs(60)).await?;
     let at_start = leaders_per_node(&status);

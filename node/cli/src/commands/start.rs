@@ -95,8 +95,9 @@ pub struct TuningArgs {
     #[arg(long, default_value_t = RaftTuning::default().logs_to_keep)]
     pub logs_to_keep: u64,
     /// Spread group leaderships evenly across nodes by handing off the
-    /// leaderships a node holds beyond its share. Off by default until the
-    /// simulator passes with it (see ARCHITECTURE.md, "Leader balance").
+    /// leaderships a node holds beyond its share (`false` leaves every
+    /// leadership where elections put it; `agentd cluster rebalance` still
+    /// evens them out on demand).
     #[arg(long, default_value_t = RaftTuning::default().balance_leaders, action = clap::ArgAction::Set)]
     pub balance_leaders: bool,
 }
