@@ -86,6 +86,12 @@ async fn bad_joins_and_restarts_are_refused_clearly() -> anyhow::Result<()> {
     ]);
     assert_fails_with(&output, "malformed join token");
 
+    // A member's id with an empty data directory: a node that lost its
+    // data must not come back as the same voter.
+    let output =
+        start(&["--node-id", "1", "--listen", &listen, "--data-dir", &data("e"), "--join", &seed, "--token", &token]);
+    assert_fails_with(&output, "already belongs to the member");
+
     let output = start(&["--node-id", "2", "--listen", &listen, "--data-dir", &data("d")]);
     assert_fails_with(&output, "is not initialised");
 
