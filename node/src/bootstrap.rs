@@ -20,6 +20,7 @@ use agentd_transport::wire::{read_frame, write_frame};
 use anyhow::{anyhow, bail, Context, Result};
 use openraft::async_runtime::watch::WatchReceiver;
 
+use crate::credentials::ClusterCredentials;
 use crate::identity::{DataDir, JoinToken, Stored};
 use crate::options::{Bootstrap, NodeOptions};
 
@@ -39,34 +40,85 @@ pub(crate) async fn create_identity(options: &NodeOptions, data: &DataDir, adver
             "{} is not initialised: start the first node with --init, others with --join HOST:PORT --token TOKEN",
             data.root().display()
         ),
-        Bootstrap::Init { .. } => {
-            let ca = ClusterCa::generate()?;
+        Bootstrap::Init { credentials, .. } => {
+            let credentials = match credentials {
+                Some(credentials) => credentials.clone(),
+                None => ClusterCredentials::generate()?,
+            };
+            let ca = credentials.ca()?;
             let identity = ca.issue_node(options.node_id, host_part)?;
-            let token = JoinToken::generate(&ca);
             let secrets_key = crate::vault::SecretsKey::generate()?;
-            Stored { identity, ca, token, secrets_key, admin_key: Some(crate::identity::generate_admin_key()) }
+            let (token, admin_key) = (credentials.token().clone(), Some(credentials.admin_key().to_string()));
+            Stored { identity, ca, token, secrets_key, admin_key }
         }
         Bootstrap::Join { seed, token } => {
             let token = JoinToken::parse(token)?;
-            join(seed, &token, options.node_id, advertise).await?
+            join_when_reachable(seed, &token, options.node_id, advertise).await?
         }
     };
-    data.save(options.node_id, &stored)?;
+    // A joining node records its seed until it is admitted, so that a
+    // restart before then asks again instead of waiting as a non-member.
+    let joining = match &options.bootstrap {
+        Bootstrap::Join { seed, .. } => Some(seed.as_str()),
+        _ => None,
+    };
+    data.save(options.node_id, &stored, joining)?;
     Ok(stored)
+}
+
+/// [`join`], retried while the seed cannot be reached (it may be starting
+/// at the same time as this node, as the pods of a StatefulSet do) until
+/// [`ADMISSION_TIMEOUT`]. A seed that answers and refuses is not asked again.
+async fn join_when_reachable(seed: &str, token: &JoinToken, node_id: NodeId, advertise: &str) -> Result<Stored> {
+    let deadline = tokio::time::Instant::now() + ADMISSION_TIMEOUT;
+    loop {
+        match join(seed, token, node_id, advertise).await {
+            Err(JoinError::Unreachable(error)) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(%seed, %error, "the seed is not reachable yet; retrying");
+                tokio::time::sleep(ADMISSION_RETRY_INTERVAL).await;
+            }
+            Err(JoinError::Unreachable(error)) => {
+                return Err(error.context(format!("cannot join through {seed} within {ADMISSION_TIMEOUT:?}")))
+            }
+            Err(JoinError::Failed(error)) => return Err(error),
+            Ok(stored) => return Ok(stored),
+        }
+    }
+}
+
+/// Why a join did not succeed: worth retrying or not.
+enum JoinError {
+    /// The seed did not answer: no address yet, or no QUIC handshake in time.
+    Unreachable(anyhow::Error),
+    /// The seed answered and refused, or its answer was wrong.
+    Failed(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for JoinError {
+    fn from(error: E) -> Self {
+        JoinError::Failed(error.into())
+    }
 }
 
 /// Obtains this node's certificate from a cluster member. The server is
 /// trusted by the CA fingerprint inside the token, the node by the secret.
-async fn join(seed: &str, token: &JoinToken, node_id: NodeId, advertise: &str) -> Result<Stored> {
+async fn join(seed: &str, token: &JoinToken, node_id: NodeId, advertise: &str) -> Result<Stored, JoinError> {
     let config = client_config(ServerTrust::Fingerprint(token.ca_fingerprint.clone()), agentd_protocol::JOIN_ALPN)?;
     let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
     endpoint.set_default_client_config(config);
-    let addr = resolve(seed).await?;
-    let connection =
-        tokio::time::timeout(JOIN_CALL_TIMEOUT, endpoint.connect(addr, agentd_transport::tls::SERVER_NAME)?)
-            .await
-            .map_err(|_| anyhow!("timed out connecting to {seed}"))?
-            .with_context(|| format!("cannot join through {seed}"))?;
+    let addr = resolve(seed).await.map_err(|error| JoinError::Unreachable(error.into()))?;
+    let connection = match tokio::time::timeout(
+        JOIN_CALL_TIMEOUT,
+        endpoint.connect(addr, agentd_transport::tls::SERVER_NAME)?,
+    )
+    .await
+    {
+        Err(_) => return Err(JoinError::Unreachable(anyhow!("timed out connecting to {seed}"))),
+        Ok(Err(quinn::ConnectionError::TimedOut)) => {
+            return Err(JoinError::Unreachable(anyhow!("timed out connecting to {seed}")))
+        }
+        Ok(connected) => connected.with_context(|| format!("cannot join through {seed}"))?,
+    };
     let (mut send, mut recv) = connection.open_bi().await?;
     let request = JoinRequest {
         version: CLUSTER_PROTOCOL_VERSION,
@@ -84,13 +136,13 @@ async fn join(seed: &str, token: &JoinToken, node_id: NodeId, advertise: &str) -
         JoinResponse::Accepted { ca_cert_pem, ca_key_pem, node_cert_pem, node_key_pem, secrets_key_hex } => {
             let ca = ClusterCa::from_pem(&ca_cert_pem, &ca_key_pem)?;
             if ca.fingerprint() != token.ca_fingerprint {
-                bail!("{seed} sent a CA that does not match the join token");
+                return Err(anyhow!("{seed} sent a CA that does not match the join token").into());
             }
             let identity = NodeIdentity { ca_cert_pem, cert_pem: node_cert_pem, key_pem: node_key_pem };
             let secrets_key = crate::vault::SecretsKey::from_hex(&secrets_key_hex)?;
             Ok(Stored { identity, ca, token: token.clone(), secrets_key, admin_key: None })
         }
-        JoinResponse::Error(error) => bail!("{seed} refused to admit node {node_id}: {error}"),
+        JoinResponse::Error(error) => Err(anyhow!("{seed} refused to admit node {node_id}: {error}").into()),
     }
 }
 

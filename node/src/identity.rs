@@ -9,6 +9,7 @@
 //! DATA/tls/node.key     this node's key
 //! DATA/tls/secrets.key  the key that seals vault secrets (same on every node)
 //! DATA/join-token       token that admits new nodes: agentd-join.SECRET.CA_FINGERPRINT
+//! DATA/joining          a joining node's seed, until the cluster has admitted it
 //! DATA/db/              RocksDB
 //! ```
 
@@ -145,9 +146,37 @@ impl DataDir {
         self.root.join("admin-key")
     }
 
-    /// Writes a new member's files. `node.json` is written last, so a crash
-    /// part-way leaves a directory that is not yet considered initialised.
-    pub fn save(&self, node_id: NodeId, stored: &Stored) -> Result<()> {
+    /// Where a joining node keeps its seed's address from the moment it has
+    /// its certificate until the cluster has admitted it.
+    pub fn joining_path(&self) -> PathBuf {
+        self.root.join("joining")
+    }
+
+    /// The seed of a join that has not been admitted yet: a node stopped
+    /// between receiving its certificate and its admission asks again.
+    pub fn pending_admission(&self) -> Result<Option<String>> {
+        match fs::read_to_string(self.joining_path()) {
+            Ok(seed) if !seed.trim().is_empty() => Ok(Some(seed.trim().to_string())),
+            Ok(_) => bail!("{} is empty; it should name the seed of this node's join", self.joining_path().display()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error).with_context(|| format!("cannot read {}", self.joining_path().display())),
+        }
+    }
+
+    /// Records that the cluster has admitted this node.
+    pub fn mark_admitted(&self) -> Result<()> {
+        match fs::remove_file(self.joining_path()) {
+            Ok(()) => sync_dir(&self.root),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(error).with_context(|| format!("cannot remove {}", self.joining_path().display())),
+        }
+    }
+
+    /// Writes a new member's files, and for a joining node (`joining` is its
+    /// seed) the record that it still has to be admitted. `node.json` is
+    /// written last, so a crash part-way leaves a directory that is not yet
+    /// considered initialised.
+    pub fn save(&self, node_id: NodeId, stored: &Stored, joining: Option<&str>) -> Result<()> {
         let tls = self.root.join("tls");
         fs::create_dir_all(&tls).with_context(|| format!("cannot create {}", tls.display()))?;
         write_private(&tls.join("ca.pem"), &stored.ca.cert_pem())?;
@@ -158,6 +187,9 @@ impl DataDir {
         write_private(&self.token_path(), &format!("{}\n", stored.token))?;
         if let Some(admin_key) = &stored.admin_key {
             write_private(&self.admin_key_path(), &format!("{admin_key}\n"))?;
+        }
+        if let Some(seed) = joining {
+            write_private(&self.joining_path(), &format!("{seed}\n"))?;
         }
         write_private(&self.root.join("node.json"), &serde_json::to_string_pretty(&NodeFile { node_id })?)?;
         Ok(())
@@ -184,6 +216,11 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
     Ok(())
 }
 
+/// Makes a removal in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir).and_then(|dir| dir.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +233,28 @@ mod tests {
         {
             assert!(JoinToken::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_join_is_pending_until_admitted() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path());
+        assert_eq!(data.pending_admission().unwrap(), None);
+        let credentials = crate::credentials::ClusterCredentials::generate().unwrap();
+        let ca = credentials.ca().unwrap();
+        let stored = Stored {
+            identity: ca.issue_node(2, "127.0.0.1").unwrap(),
+            ca,
+            token: credentials.token().clone(),
+            secrets_key: crate::vault::SecretsKey::generate().unwrap(),
+            admin_key: None,
+        };
+        data.save(2, &stored, Some("seed.example:7100")).unwrap();
+        assert!(data.is_initialised());
+        assert_eq!(data.pending_admission().unwrap().as_deref(), Some("seed.example:7100"));
+        data.mark_admitted().unwrap();
+        assert_eq!(data.pending_admission().unwrap(), None);
+        data.mark_admitted().unwrap();
+        assert_eq!(data.load(2).unwrap().token, stored.token);
     }
 }

@@ -8,7 +8,9 @@
 
 mod bootstrap;
 pub mod clock;
+pub mod credentials;
 pub mod hands;
+pub mod health;
 // A front door for clients only: it never runs under the simulator, so its
 // request ids and new objects' ids may come from OS randomness.
 #[allow(

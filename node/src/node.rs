@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::bootstrap::{create_identity, init_cluster, request_admission};
 use crate::clock::Clock;
 use crate::hands::{reap_idle_sandboxes, HostProvisioner, LocalHands, Provisioner};
+use crate::health;
 use crate::identity::{DataDir, Stored};
 use crate::leader::{drive_shards, LocalSessionLog, LogObserver};
 use crate::options::{Bootstrap, NodeOptions};
@@ -67,8 +68,9 @@ pub struct NodeIo {
     /// The QUIC endpoint's configuration (its randomness seed, among others).
     pub endpoint_config: quinn::EndpointConfig,
     pub identity: Stored,
-    /// The store holds no cluster state yet: the node runs its bootstrap
-    /// (`Init` or `Join`) instead of restarting.
+    /// The node runs its bootstrap (`Init` or `Join`) instead of
+    /// restarting: its store holds no cluster state yet, or its join was
+    /// cut off before the cluster admitted it.
     pub fresh: bool,
     pub provisioner: Arc<dyn Provisioner>,
     /// Model providers served by name before the configuration is consulted.
@@ -113,6 +115,20 @@ impl Node {
             }
             data.load(options.node_id)?
         };
+        // A join is pending from its certificate to its admission. One cut
+        // off in between (the process stopped, or the seed was down for
+        // longer than admission waits) is asked again at this start, through
+        // the seed given now if any, else the one recorded.
+        let pending_admission = data.pending_admission()?;
+        let mut options = options;
+        if let (false, Some(recorded)) = (fresh, &pending_admission) {
+            let seed = match &options.bootstrap {
+                Bootstrap::Join { seed, .. } => seed.clone(),
+                _ => recorded.clone(),
+            };
+            tracing::info!(%seed, "this node's join was not admitted yet; asking again");
+            options.bootstrap = Bootstrap::Join { seed, token: String::new() };
+        }
         let db = Db::open(&data.db_path()).map_err(|error| match error {
             agentd_raft::Error::Corrupt { what, message } => {
                 anyhow::anyhow!(damaged_store(options.node_id, &what, &message))
@@ -132,7 +148,7 @@ impl Node {
             socket,
             endpoint_config: quinn::EndpointConfig::default(),
             identity: stored,
-            fresh,
+            fresh: fresh || pending_admission.is_some(),
             provisioner: Arc::new(HostProvisioner::new(sandbox_dir.clone())),
             models,
             clock: Clock::System,
@@ -142,6 +158,9 @@ impl Node {
         };
         let announce_init = fresh && matches!(options.bootstrap, Bootstrap::Init { .. });
         let handle = Node::start_with(options, io).await?;
+        if pending_admission.is_some() {
+            data.mark_admitted()?;
+        }
         if announce_init {
             eprintln!(
                 "agentd: cluster initialised; join token in {}, admin API key in {}",
@@ -197,7 +216,7 @@ impl Node {
         // a node admitted half-way through would have its shard placement
         // overwritten by the initial one (the simulator found this race).
         if fresh {
-            if let Bootstrap::Init { shards, replication_factor } = &options.bootstrap {
+            if let Bootstrap::Init { shards, replication_factor, .. } = &options.bootstrap {
                 init_cluster(&host, &advertise, *shards, *replication_factor, admin_key.as_deref(), now_ms).await?;
             }
         }
@@ -314,16 +333,44 @@ impl NodeHandle {
     /// `agentd_raft::identity`): it must stop.
     pub async fn failed(&self) -> String {
         loop {
-            if let Some(refused) = self.inner.host.peers().identities().refused_for_good() {
-                return refused;
-            }
-            for group in self.inner.host.groups() {
-                if let Err(fatal) = &group.raft.metrics().borrow_watched().running_state {
-                    return format!("{} stopped: {fatal}", group.group);
-                }
+            if let Some(failure) = self.failure() {
+                return failure;
             }
             tokio::time::sleep(FAILURE_POLL).await;
         }
+    }
+
+    /// Why this node has failed, if it has (see [`NodeHandle::failed`]).
+    fn failure(&self) -> Option<String> {
+        if let Some(refused) = self.inner.host.peers().identities().refused_for_good() {
+            return Some(refused);
+        }
+        self.inner.host.groups().iter().find_map(|group| match &group.raft.metrics().borrow_watched().running_state {
+            Err(fatal) => Some(format!("{} stopped: {fatal}", group.group)),
+            Ok(()) => None,
+        })
+    }
+
+    /// Whether this node is ready to take requests, and if not, why (see
+    /// [`crate::health`]). Reads only this node's own state.
+    pub fn readiness(&self) -> health::Readiness {
+        let node_id = self.inner.node_id;
+        let groups = self.inner.host.groups();
+        let membership = match groups.iter().find(|group| group.group == GroupId::Metadata) {
+            None => health::Membership::Unknown,
+            Some(metadata) => match (metadata.state.is_removed(node_id), metadata.state.nodes()) {
+                (Ok(true), _) => health::Membership::Removed,
+                (Ok(false), Ok(nodes)) if nodes.iter().any(|(node, _)| *node == node_id) => health::Membership::Member,
+                (Ok(false), Ok(_)) => health::Membership::NotListed,
+                (Err(_), _) | (_, Err(_)) => health::Membership::Unknown,
+            },
+        };
+        let leaderless = groups
+            .iter()
+            .filter(|group| group.raft.metrics().borrow_watched().current_leader.is_none())
+            .map(|group| group.group)
+            .collect();
+        health::readiness(&health::ReadinessFacts { node_id, failure: self.failure(), membership, leaderless })
     }
 
     /// Stops accepting calls, stops every group and closes connections.

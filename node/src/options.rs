@@ -11,20 +11,25 @@ use agentd_protocol::limits::{
 };
 use anyhow::{bail, Result};
 
+use crate::credentials::ClusterCredentials;
+
 /// How a node comes up.
 #[derive(Debug, Clone)]
 pub enum Bootstrap {
     /// Restart a node whose data directory already holds its identity.
     Restart,
-    /// Create a new cluster with this node as its first member.
-    Init { shards: u32, replication_factor: u32 },
+    /// Create a new cluster with this node as its first member: with
+    /// `credentials`, under that CA, join token and admin key (made ahead,
+    /// so that other nodes know the token before this one runs); without,
+    /// under new ones.
+    Init { shards: u32, replication_factor: u32, credentials: Option<ClusterCredentials> },
     /// Join the cluster that `seed` belongs to, admitted by `token`.
     Join { seed: String, token: String },
 }
 
 impl Bootstrap {
     pub fn init_default() -> Self {
-        Bootstrap::Init { shards: SHARDS_DEFAULT, replication_factor: REPLICATION_FACTOR_DEFAULT }
+        Bootstrap::Init { shards: SHARDS_DEFAULT, replication_factor: REPLICATION_FACTOR_DEFAULT, credentials: None }
     }
 }
 
@@ -147,7 +152,7 @@ impl NodeOptions {
         if self.node_id == 0 {
             bail!("--node-id must be at least 1");
         }
-        if let Bootstrap::Init { shards, replication_factor } = self.bootstrap {
+        if let Bootstrap::Init { shards, replication_factor, .. } = self.bootstrap {
             if shards == 0 || shards > SHARDS_MAX {
                 bail!("--shards must be between 1 and {SHARDS_MAX}");
             }

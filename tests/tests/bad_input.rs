@@ -72,7 +72,7 @@ async fn bad_input_gets_typed_errors_and_the_node_keeps_serving() -> anyhow::Res
         listen: format!("127.0.0.1:{port}").parse()?,
         advertise: None,
         data_dir: dir.path().join("n1"),
-        bootstrap: Bootstrap::Init { shards: 4, replication_factor: 1 },
+        bootstrap: Bootstrap::Init { shards: 4, replication_factor: 1, credentials: None },
         raft: RaftTuning::default(),
         sandbox_dir: None,
         sandbox_idle: agentd_node::options::SANDBOX_IDLE_DEFAULT,

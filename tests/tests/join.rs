@@ -86,6 +86,12 @@ async fn bad_joins_and_restarts_are_refused_clearly() -> anyhow::Result<()> {
     ]);
     assert_fails_with(&output, "malformed join token");
 
+    // A member's id with an empty data directory: a node that lost its
+    // data must not come back as the same voter.
+    let output =
+        start(&["--node-id", "1", "--listen", &listen, "--data-dir", &data("e"), "--join", &seed, "--token", &token]);
+    assert_fails_with(&output, "already belongs to the member");
+
     let output = start(&["--node-id", "2", "--listen", &listen, "--data-dir", &data("d")]);
     assert_fails_with(&output, "is not initialised");
 
@@ -97,5 +103,38 @@ async fn bad_joins_and_restarts_are_refused_clearly() -> anyhow::Result<()> {
     let client = cluster.client()?;
     let session = client.create_session().await?.session_id;
     assert_eq!(client.append(session, agentd_protocol::event::EventPayload::user_text("still fine")).await?, 1);
+    Ok(())
+}
+
+/// A node stopped after it got its certificate but before the cluster
+/// admitted it asks again at its next start, with no bootstrap flags,
+/// instead of waiting forever as a non-member. Here its admission waits
+/// because its seed, node 2, is a follower whose metadata leader (node 1)
+/// and third voter are down: nothing is proposed that could commit later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_cut_off_before_its_admission_resumes_at_restart() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(agentd_tests::agentd_binary!(), 3, &["--shards", "2"]).await?;
+    cluster.kill(1)?;
+    cluster.kill(3)?;
+    let id = cluster.join_new_node()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !cluster.nodes[3].log_text().contains("admission pending") {
+        assert!(std::time::Instant::now() < deadline, "node {id} never waited for admission:\n{}", cluster.log_tails());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.kill(id)?;
+    let joining = cluster.nodes[3].data_dir.join("joining");
+    assert!(joining.exists(), "{} records the pending join", joining.display());
+
+    cluster.restart(1)?;
+    cluster.restart(3)?;
+    cluster.restart(id)?;
+    cluster
+        .wait_for(Duration::from_secs(120), "the cut-off node to be admitted", |status| {
+            status.nodes.iter().any(|node| node.node_id == id && node.reachable)
+        })
+        .await?;
+    assert!(cluster.nodes[3].log_text().contains("asking again"));
+    assert!(!joining.exists(), "the admitted node forgot its pending join");
     Ok(())
 }

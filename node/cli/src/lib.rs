@@ -15,6 +15,7 @@ macro_rules! outln {
 
 pub mod bench;
 pub mod commands;
+pub mod monitor;
 pub mod output;
 
 use std::path::PathBuf;

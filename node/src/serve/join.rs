@@ -49,10 +49,19 @@ fn admit_join(service: &Service, admission: &Admission, request: &JoinRequest) -
         if metadata.state.is_removed(request.node_id)? {
             return Err(ApiError::NodeRemoved { node: request.node_id });
         }
+        // A member's id is never issued again: a node that joins under it has
+        // lost the data directory it was admitted with (its log and its
+        // votes), and must not come back as the same voter. A join cut off
+        // before its admission resumes the admission instead, with the
+        // certificate it saved, so it never asks here twice.
         let nodes = metadata.state.nodes()?;
-        if let Some((_, addr)) = nodes.iter().find(|(node, addr)| *node == request.node_id && *addr != request.addr) {
+        if let Some((_, addr)) = nodes.iter().find(|(node, _)| *node == request.node_id) {
             return Err(ApiError::InvalidRequest {
-                message: format!("node id {} already belongs to the node at {addr}", request.node_id),
+                message: format!(
+                    "node id {} already belongs to the member at {addr}; a node that lost its data directory \
+                     joins under a new id (and the old id is removed: agentd node drain, agentd node remove)",
+                    request.node_id
+                ),
             });
         }
     }

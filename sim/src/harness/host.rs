@@ -112,7 +112,11 @@ fn bootstrap(world: &World, node: u64, boot: u64) -> (bool, Bootstrap) {
     let bootstrap = if !fresh {
         Bootstrap::Restart
     } else if node == 1 && first_boot_of_cluster {
-        Bootstrap::Init { shards: world.options.shards, replication_factor: world.options.nodes.min(3) as u32 }
+        Bootstrap::Init {
+            shards: world.options.shards,
+            replication_factor: world.options.nodes.min(3) as u32,
+            credentials: None,
+        }
     } else {
         // A new node, or one whose disk was wiped: it joins through another.
         let seed = if node == 1 { 2 } else { 1 };

@@ -28,6 +28,17 @@ pub enum ClusterCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Make a new cluster's credentials ahead of its first node: the CA
+    /// (ca.pem, ca.key), the join token (join-token) and the admin key
+    /// (admin-key), written into a new directory, each file mode 0600. Start
+    /// the first node with `--init --credentials DIR` and the others with
+    /// `--join SEED --credentials DIR` (or `--token "$(cat DIR/join-token)"`),
+    /// so that every node knows the token before the cluster exists.
+    Credentials {
+        /// The directory to write (created; existing credentials are never overwritten).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 pub async fn run(command: ClusterCommand) -> Result<()> {
@@ -36,7 +47,19 @@ pub async fn run(command: ClusterCommand) -> Result<()> {
         ClusterCommand::Rebalance { dry_run, timeout_secs, target } => {
             super::rebalance::run(dry_run, timeout_secs, target).await
         }
+        ClusterCommand::Credentials { out } => credentials(&out),
     }
+}
+
+fn credentials(out: &std::path::Path) -> Result<()> {
+    let credentials = agentd_node::credentials::ClusterCredentials::generate()?;
+    credentials.write(out)?;
+    outln!(
+        "wrote {}",
+        agentd_node::credentials::CREDENTIAL_FILES.map(|name| out.join(name).display().to_string()).join(" ")
+    );
+    outln!("CA fingerprint {}", credentials.token().ca_fingerprint);
+    Ok(())
 }
 
 async fn status(target: Target) -> Result<()> {

@@ -123,7 +123,7 @@ async fn start_nodes(options: &DevOptions, models: &ProviderConfig) -> Result<Ve
         let node_id = u64::from(index) + 1;
         let listen = format!("127.0.0.1:{}", options.base_port + index).parse()?;
         let bootstrap = match nodes.first() {
-            None => Bootstrap::Init { shards: options.shards, replication_factor: 3 },
+            None => Bootstrap::Init { shards: options.shards, replication_factor: 3, credentials: None },
             Some(first) => {
                 let token = std::fs::read_to_string(options.data_dir.join("n1").join("join-token"))?;
                 Bootstrap::Join { seed: first.advertise_addr().to_string(), token: token.trim().to_string() }

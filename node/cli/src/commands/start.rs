@@ -6,9 +6,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use agentd_actors::model::ProviderConfig;
+use agentd_node::credentials::ClusterCredentials;
 use agentd_node::http::{HttpOptions, HttpServer, HttpTls};
+use agentd_node::identity::DataDir;
 use agentd_node::{Bootstrap, Node, NodeOptions, RaftTuning};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+
+use crate::monitor::Monitor;
 use clap::Args;
 
 #[derive(Debug, Args)]
@@ -26,12 +30,18 @@ pub struct StartArgs {
     /// Create a new cluster with this node as its first member.
     #[arg(long, conflicts_with = "join")]
     pub init: bool,
-    /// Join the cluster of the node at HOST:PORT (needs --token).
-    #[arg(long, requires = "token")]
+    /// Join the cluster of the node at HOST:PORT (needs --token or --credentials).
+    #[arg(long)]
     pub join: Option<String>,
     /// Join token, from DATA/join-token on any member.
-    #[arg(long, env = "AGENTD_JOIN_TOKEN")]
+    #[arg(long, env = "AGENTD_JOIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A directory of credentials made ahead by `agentd cluster
+    /// credentials` (a mounted Kubernetes Secret, say): with --init the new
+    /// cluster takes its CA, join token and admin key; with --join, its join
+    /// token. Not read once the data directory is initialised.
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
     /// Shards of a new cluster (fixed for its lifetime).
     #[arg(long, default_value_t = agentd_protocol::limits::SHARDS_DEFAULT)]
     pub shards: u32,
@@ -48,7 +58,9 @@ pub struct StartArgs {
     /// Private key (PEM) of --http-tls-cert.
     #[arg(long, requires_all = ["http", "http_tls_cert"])]
     pub http_tls_key: Option<PathBuf>,
-    /// Serve Prometheus metrics over HTTP at HOST:PORT.
+    /// Serve Prometheus metrics over HTTP at HOST:PORT (`/metrics`), with
+    /// the probes `/livez` (the process serves) and `/readyz` (the node is a
+    /// member, not failed, and every group it hosts knows a leader).
     #[arg(long)]
     pub metrics: Option<SocketAddr>,
     /// Where session sandboxes live (default DATA/sandboxes). Nodes on one
@@ -104,17 +116,11 @@ pub struct TuningArgs {
 
 pub async fn run(args: StartArgs) -> Result<()> {
     let http = http_options(&args)?;
-    if let Some(addr) = args.metrics {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .with_context(|| format!("cannot serve metrics on {addr}"))?;
-    }
-    let bootstrap = match (args.init, args.join) {
-        (true, _) => Bootstrap::Init { shards: args.shards, replication_factor: args.replication },
-        (false, Some(seed)) => Bootstrap::Join { seed, token: args.token.unwrap_or_default() },
-        (false, None) => Bootstrap::Restart,
+    let monitor = match args.metrics {
+        Some(addr) => Some(Monitor::start(addr).await?),
+        None => None,
     };
+    let bootstrap = bootstrap(&args)?;
     let options = NodeOptions {
         node_id: args.node_id,
         listen: args.listen,
@@ -138,6 +144,9 @@ pub async fn run(args: StartArgs) -> Result<()> {
     };
     let node = Node::start(options).await?;
     eprintln!("agentd: node {} serving on {}", node.node_id(), node.advertise_addr());
+    if let Some(monitor) = &monitor {
+        monitor.node_started(node.clone());
+    }
     let api = match http {
         Some(http) => {
             let scheme = if http.tls.is_some() { "https" } else { "http" };
@@ -148,6 +157,9 @@ pub async fn run(args: StartArgs) -> Result<()> {
         None => None,
     };
     let stop_api = || {
+        if let Some(monitor) = &monitor {
+            monitor.stopping();
+        }
         if let Some(api) = &api {
             api.shutdown();
         }
@@ -167,6 +179,36 @@ pub async fn run(args: StartArgs) -> Result<()> {
             anyhow::bail!("stopping: {failure}")
         }
     }
+}
+
+/// How the node comes up, from --init, --join, --token and --credentials.
+/// The credentials are read only for a data directory that is not
+/// initialised yet: a restart needs nothing but the data directory.
+fn bootstrap(args: &StartArgs) -> Result<Bootstrap> {
+    let initialised = DataDir::new(&args.data_dir).is_initialised();
+    let credentials = match &args.credentials {
+        Some(dir) if !initialised => Some(
+            ClusterCredentials::read(dir)
+                .with_context(|| format!("cannot use the credentials in {}", dir.display()))?,
+        ),
+        _ => None,
+    };
+    Ok(match (args.init, &args.join) {
+        (true, _) => Bootstrap::Init { shards: args.shards, replication_factor: args.replication, credentials },
+        (false, Some(seed)) => {
+            let token = match (&args.token, credentials) {
+                (Some(_), Some(_)) => bail!("give the join token once: --token or --credentials, not both"),
+                (Some(token), None) => token.clone(),
+                (None, Some(credentials)) => credentials.token().to_string(),
+                (None, None) if initialised => String::new(),
+                (None, None) => {
+                    bail!("--join needs --token TOKEN (DATA/join-token on any member) or --credentials DIR")
+                }
+            };
+            Bootstrap::Join { seed: seed.clone(), token }
+        }
+        (false, None) => Bootstrap::Restart,
+    })
 }
 
 /// The HTTP API's options, its certificate and key read from their files.
