@@ -31,6 +31,9 @@ pub struct RaftCall {
     pub group: GroupId,
     pub kind: RaftRpcKind,
     pub payload: Vec<u8>,
+    /// The node the RPC is for: the receiver refuses it if it is another
+    /// node (`ApiError::WrongNode`).
+    pub to: NodeId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +42,8 @@ pub enum ClusterRequest {
         group: GroupId,
         kind: RaftRpcKind,
         payload: Vec<u8>,
+        /// As [`RaftCall::to`].
+        to: NodeId,
     },
     /// Raft RPCs of many groups bound for the same node, sent as one
     /// message: with many shards per node this is what keeps the number of
@@ -49,27 +54,16 @@ pub enum ClusterRequest {
     /// This node's own status (the groups it hosts).
     NodeStatus,
     /// Asks the metadata leader to admit a node into the cluster.
-    AddNode {
-        node_id: NodeId,
-        addr: String,
-    },
+    AddNode { node_id: NodeId, addr: String },
     /// A client call relayed to the node that can run it, with who made it.
-    ForwardAs {
-        caller: Caller,
-        request: ClientRequest,
-    },
+    ForwardAs { caller: Caller, request: ClientRequest },
     /// The first request on every node-to-node connection: which process of
     /// its node the dialer is (`incarnation`, drawn at each start) and the
     /// address it serves at. Nothing else is served on a connection before.
-    Hello {
-        incarnation: u64,
-        addr: String,
-    },
+    Hello { incarnation: u64, addr: String },
     /// The committed membership of a group, as this node knows it: a
     /// replica removed from a group asks before it deletes its copy.
-    GroupMembers {
-        group: GroupId,
-    },
+    GroupMembers { group: GroupId },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -81,6 +81,11 @@ pub enum ApiError {
          empty --data-dir, a new --node-id and --join"
     )]
     NodeRemoved { node: NodeId },
+    /// A node-to-node call meant for node `expected` reached the process of
+    /// node `found`: the address now belongs to another node (a machine
+    /// brought back under a new id). It must not answer for the other.
+    #[error("this address now serves node {found}, not node {expected}")]
+    WrongNode { expected: NodeId, found: NodeId },
 }
 
 impl ApiError {

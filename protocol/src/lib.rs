@@ -32,8 +32,10 @@ pub const PROTOCOL_VERSION: u16 = 2;
 /// The version of the cluster protocol (node to node: Raft, forwarding,
 /// hellos, joins), answered the same way. Version 3: Raft votes and log ids
 /// carry standard Raft leader ids (one leader per term), which version 2
-/// nodes cannot decode.
-pub const CLUSTER_PROTOCOL_VERSION: u16 = 3;
+/// nodes cannot decode. Version 4: every Raft RPC names the node it is for,
+/// so that a machine brought back under a new id at the old address never
+/// answers for the old id.
+pub const CLUSTER_PROTOCOL_VERSION: u16 = 4;
 
 /// ALPN for client calls (sessions, events, status).
 pub const CLIENT_ALPN: &[u8] = b"agentd/1";

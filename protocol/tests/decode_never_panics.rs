@@ -104,7 +104,7 @@ proptest! {
         let raft = ClusterEnvelope {
             version: 1,
             from: 7,
-            body: ClusterRequest::Raft { group: GroupId::Shard(ShardId(3)), kind: RaftRpcKind::Vote, payload: text.into_bytes() },
+            body: ClusterRequest::Raft { group: GroupId::Shard(ShardId(3)), kind: RaftRpcKind::Vote, payload: text.into_bytes(), to: 2 },
         };
         let frame = encode_frame(&raft, CLIENT_FRAME_BYTES_MAX).unwrap();
         let _ = decode_frame::<ClusterEnvelope>(&frame[..cut % (frame.len() + 1)], CLIENT_FRAME_BYTES_MAX);

@@ -45,6 +45,9 @@ struct HostInner {
     groups: RwLock<BTreeMap<GroupId, GroupHandle>>,
     // Serialises group creation so a group is never opened twice.
     opening: tokio::sync::Mutex<()>,
+    /// Other node ids whose Raft calls reached this node (see `handle_rpc`),
+    /// each logged once.
+    mistaken_for: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
 }
 
 impl RaftHost {
@@ -70,6 +73,7 @@ impl RaftHost {
                 space: DiskSpace::new(disk_floor_bytes),
                 groups: RwLock::new(BTreeMap::new()),
                 opening: tokio::sync::Mutex::new(()),
+                mistaken_for: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             }),
         }
     }
@@ -207,7 +211,21 @@ impl RaftHost {
     /// refused; the sender backs off and retries, which is what a new replica
     /// needs while its placement is still replicating to it. While the disk
     /// is full, new entries and snapshots are refused the same way.
-    pub async fn handle_rpc(&self, group: GroupId, kind: RaftRpcKind, payload: &[u8]) -> ClusterResponse {
+    pub async fn handle_rpc(&self, to: NodeId, group: GroupId, kind: RaftRpcKind, payload: &[u8]) -> ClusterResponse {
+        if to != self.node_id() {
+            // The caller knows this address as another node's (this machine
+            // came back under a new id): answering would speak for that node.
+            if agentd_protocol::sync::lock(&self.inner.mistaken_for).insert(to) {
+                tracing::warn!(
+                    node = to,
+                    "refusing Raft calls meant for node {to}: this address is node {}'s now \
+                     (drain and remove node {to} to stop them)",
+                    self.node_id()
+                );
+            }
+            metrics::counter!("agentd_raft_wrong_node_calls_total").increment(1);
+            return ClusterResponse::Error(ApiError::WrongNode { expected: to, found: self.node_id() });
+        }
         let Some(handle) = self.group(group) else {
             return ClusterResponse::Error(ApiError::NotReplica { group: group.to_string() });
         };
@@ -223,7 +241,7 @@ impl RaftHost {
     /// Answers a batch of Raft RPCs from one peer. The calls are for
     /// different groups, so they run side by side.
     pub async fn handle_rpc_batch(&self, calls: &[RaftCall]) -> Vec<ClusterResponse> {
-        let answers = calls.iter().map(|call| self.handle_rpc(call.group, call.kind, &call.payload));
+        let answers = calls.iter().map(|call| self.handle_rpc(call.to, call.group, call.kind, &call.payload));
         futures_util::future::join_all(answers).await
     }
 

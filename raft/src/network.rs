@@ -55,9 +55,12 @@ impl GroupClient {
         let payload = encode_body(request)?;
         // Snapshots are large and slow: they travel alone, not in a batch.
         let response = if kind == RaftRpcKind::FullSnapshot {
-            self.peers.call(&self.addr, ClusterRequest::Raft { group: self.group, kind, payload }, timeout).await?
+            let request = ClusterRequest::Raft { group: self.group, kind, payload, to: self.target };
+            self.peers.call(&self.addr, request, timeout).await?
         } else {
-            self.peers.call_raft(&self.addr, RaftCall { group: self.group, kind, payload }, timeout).await?
+            self.peers
+                .call_raft(&self.addr, RaftCall { group: self.group, kind, payload, to: self.target }, timeout)
+                .await?
         };
         match response {
             ClusterResponse::Raft(bytes) => Ok(decode_body(&bytes)?),

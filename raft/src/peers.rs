@@ -224,8 +224,8 @@ async fn run_batcher(peers: Weak<PeersInner>, addr: String, mut queue: mpsc::Rec
                 batch.into_iter().map(|pending| (pending.call, pending.reply)).unzip();
             let expected = calls.len();
             let request = if expected == 1 {
-                let RaftCall { group, kind, payload } = calls.into_iter().next().expect("one call");
-                ClusterRequest::Raft { group, kind, payload }
+                let RaftCall { group, kind, payload, to } = calls.into_iter().next().expect("one call");
+                ClusterRequest::Raft { group, kind, payload, to }
             } else {
                 ClusterRequest::RaftBatch(calls)
             };

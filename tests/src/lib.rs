@@ -198,10 +198,15 @@ impl Cluster {
     /// Starts a new node, with the next node id and an empty data directory,
     /// that joins through the first running node. Answers its id.
     pub fn join_new_node(&mut self) -> Result<u64> {
+        self.join_new_node_at(format!("127.0.0.1:{}", free_port()))
+    }
+
+    /// As [`Cluster::join_new_node`], listening at `addr` (the address of a
+    /// machine that comes back under a new id, say).
+    pub fn join_new_node_at(&mut self, addr: String) -> Result<u64> {
         let id = self.nodes.len() as u64 + 1;
         let seed = self.nodes.iter().find(|node| node.is_running()).context("no node is running")?.addr.clone();
         let token = std::fs::read_to_string(self.nodes[0].data_dir.join("join-token"))?;
-        let addr = format!("127.0.0.1:{}", free_port());
         let data_dir = self.dir.path().join(format!("n{id}"));
         let log = self.dir.path().join(format!("n{id}.log"));
         let http = self.nodes[0].http.is_some().then(|| format!("127.0.0.1:{}", free_tcp_port()));

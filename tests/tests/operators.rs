@@ -391,3 +391,51 @@ async fn remove_node_one(cluster: &mut Cluster) -> anyhow::Result<()> {
     ensure!(held.count() == 3, "node {new_id} did not receive its share: {:?}", leader_views(&status));
     Ok(())
 }
+
+/// A machine dies with its disk, and comes back empty under a new id at
+/// its old address, as an operator replaces a failed server: the new node
+/// joins, `node drain` moves the dead id's replicas to it (the dead node
+/// cannot answer, and three nodes leave nowhere else to go) and `node
+/// remove` forgets the dead id. While both ids name the same address, the
+/// new process refuses every Raft call meant for the old id, so it never
+/// votes or acknowledges as that voter. Appends run throughout and every
+/// acknowledged one is on every voter afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_machine_comes_back_under_a_new_id_at_its_old_address() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(agentd_tests::agentd_binary!(), 3, &["--shards", &SHARDS.to_string()]).await?;
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+    let appenders = Appenders::start(&cluster).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    cluster.kill(3)?;
+    std::fs::remove_dir_all(&cluster.nodes[2].data_dir)?;
+    let new_id = cluster.join_new_node_at(cluster.nodes[2].addr.clone())?;
+    cluster
+        .wait_for(Duration::from_secs(60), "the new node to join", |status| {
+            status.nodes.iter().any(|node| node.node_id == new_id && node.reachable)
+        })
+        .await?;
+    // The join gives the new node its share by itself (from the nodes that
+    // hold the most); the drain moves whatever the dead id still holds.
+    let answer = cli_json(&cluster, &["node", "drain", "3", "--wait", "--json"])?;
+    let moves = answer["moves"].as_array().context("no moves")?;
+    ensure!(moves.iter().all(|one| one["from"] == 3 && one["to"] != 3 && one["phase"] == "done"), "{answer}");
+    let printed = cli_ok(&cluster, &["node", "remove", "3"])?;
+    ensure!(printed.contains("node 3 is removed"), "node remove printed: {printed}");
+    let log = cluster.nodes[(new_id - 1) as usize].log_text();
+    ensure!(log.contains("refusing Raft calls meant for node 3"), "node {new_id} answered for node 3:\n{log}");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acknowledged = appenders.stop().await?;
+    let status = cluster.status().await?;
+    for view in leader_views(&status) {
+        ensure!(!view.voters.contains(&3), "node 3 is still a voter of {}", view.group);
+    }
+    for (session, shard, seqs) in &acknowledged {
+        ensure!(!seqs.is_empty(), "no append to {session} was acknowledged");
+        voters_hold(&cluster, *session, *shard, seqs).await?;
+    }
+    let held = replicas_per_node(&status);
+    ensure!(held.get(&new_id).is_some_and(|count| *count > 0), "node {new_id} holds no replica: {held:?}");
+    Ok(())
+}

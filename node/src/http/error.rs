@@ -71,7 +71,7 @@ impl From<ApiError> for HttpError {
             }
             ApiError::Internal { .. } => HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", message),
             // Only between nodes; a client never sees it.
-            ApiError::IdentityInUse { .. } | ApiError::NodeRemoved { .. } => {
+            ApiError::IdentityInUse { .. } | ApiError::NodeRemoved { .. } | ApiError::WrongNode { .. } => {
                 HttpError::new(StatusCode::CONFLICT, "conflict_error", message)
             }
             // 507 is a 5xx, so the SDKs retry it (a load balancer in front

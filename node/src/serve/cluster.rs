@@ -89,7 +89,7 @@ fn identify(service: &Service, dialer: &Dialer, body: &ClusterRequest) -> Result
 
 async fn respond(service: &Service, request: ClusterRequest) -> ClusterResponse {
     match request {
-        ClusterRequest::Raft { group, kind, payload } => service.host().handle_rpc(group, kind, &payload).await,
+        ClusterRequest::Raft { group, kind, payload, to } => service.host().handle_rpc(to, group, kind, &payload).await,
         ClusterRequest::RaftBatch(calls) if calls.len() > RAFT_BATCH_CALLS_MAX => {
             ClusterResponse::Error(ApiError::InvalidRequest {
                 message: format!("{} Raft calls in one batch; the limit is {RAFT_BATCH_CALLS_MAX}", calls.len()),
