@@ -67,7 +67,7 @@ pub struct ShapeArgs {
     nodes: u64,
     #[arg(long, default_value_t = 4)]
     shards: u32,
-    /// Fault kinds: `default`, `all`, `none`, or a comma list (crash, wipe,
+    /// Fault kinds: `default` (all of them), `all`, `none`, or a comma list (crash, wipe,
     /// power-loss, partition, one-way, isolate, delay, loss, duplicate, disk,
     /// clock, leader-transfer, snapshot, membership, duplicate-wake,
     /// sandbox-crash).

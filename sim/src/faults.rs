@@ -18,7 +18,9 @@ pub enum FaultKind {
     /// Kill a node (its unsynced writes lost or partly kept, the last one
     /// torn) and restart it later.
     Crash,
-    /// Kill a node and restart it with an empty disk.
+    /// Kill a node and wipe its disk; the machine comes back empty under a
+    /// new node id, and the old id is drained and removed (as an operator
+    /// replaces a failed server).
     Wipe,
     /// Kill every node at once (a power cut), then restart them.
     PowerLoss,
@@ -101,12 +103,9 @@ impl FaultKind {
         FaultKind::ALL.into_iter().find(|kind| kind.name() == name)
     }
 
-    /// The kinds a run uses when `--faults` is not given. A wiped disk is
-    /// left out: a node that lost its Raft vote and log can break Raft's
-    /// safety (it may vote twice in one term), which agentd does not guard
-    /// against yet; `--faults ...,wipe` runs it anyway.
+    /// The kinds a run uses when `--faults` is not given: all of them.
     pub fn defaults() -> BTreeSet<FaultKind> {
-        FaultKind::ALL.into_iter().filter(|kind| *kind != FaultKind::Wipe).collect()
+        FaultKind::ALL.into_iter().collect()
     }
 }
 

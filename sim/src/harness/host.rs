@@ -15,9 +15,11 @@ use agentd_node::leader::LocalSessionLog;
 use agentd_node::options::SANDBOX_IDLE_DEFAULT;
 use agentd_node::{Bootstrap, Node, NodeHandle, NodeIo, NodeOptions, RaftTuning};
 use agentd_protocol::agent::SandboxDriver;
-use agentd_protocol::api::{SessionInfo, SessionStatus};
+use agentd_protocol::api::{ClientRequest, SessionInfo, SessionStatus};
 use agentd_protocol::command::Command;
 use agentd_protocol::ids::{GroupId, SessionId, ShardId};
+use agentd_protocol::sync::lock;
+use agentd_protocol::tenancy::Caller;
 use agentd_raft::store::{Db, PlantedBugs};
 use futures_util::future::BoxFuture;
 use openraft::async_runtime::watch::WatchReceiver;
@@ -81,13 +83,16 @@ fn bugs(options: &SimOptions) -> PlantedBugs {
 }
 
 /// One boot of a node host: starts the node over the simulated seams, then
-/// serves the harness's commands until the host is crashed.
+/// serves the harness's commands until the host is crashed. `node` names
+/// the machine (its host, address and disk); the node id it runs is the
+/// world's to say (a wiped machine comes back under a new one).
 pub(crate) async fn run_node(world: Arc<World>, node: u64) -> turmoil::Result {
     let boot = world.boot(node);
+    let node_id = world.node_id(node);
     let handle = match start_node(&world, node, boot).await {
         Ok(handle) => handle,
         Err(error) => {
-            world.trace(format!("n{node} failed to start: {error:#}"));
+            world.trace(format!("{} failed to start: {error:#}", world.describe(node, node_id)));
             return Ok(());
         }
     };
@@ -95,7 +100,7 @@ pub(crate) async fn run_node(world: Arc<World>, node: u64) -> turmoil::Result {
     world.handles().insert(node, handle.clone());
     let (commands, received) = mpsc::unbounded_channel();
     world.commands().insert(node, commands);
-    world.trace(format!("n{node} up (boot {boot})"));
+    world.trace(format!("{} up (boot {boot})", world.describe(node, node_id)));
     let observer = tokio::spawn(observe_leadership(world.clone(), handle.clone(), node));
     serve_commands(&world, &handle, node, received).await;
     observer.abort();
@@ -129,7 +134,7 @@ async fn start_node(world: &Arc<World>, node: u64, boot: u64) -> anyhow::Result<
     let addr = SocketAddr::new(node_ip(node), NODE_PORT);
     let (fresh, bootstrap) = bootstrap(world, node, boot);
     let options = NodeOptions {
-        node_id: node,
+        node_id: world.node_id(node),
         listen: addr,
         advertise: Some(addr.to_string()),
         data_dir: PathBuf::from(format!("{NOWHERE}/n{node}")),
@@ -163,12 +168,13 @@ async fn start_node(world: &Arc<World>, node: u64, boot: u64) -> anyhow::Result<
 }
 
 /// Records which node led which group in which term.
-async fn observe_leadership(world: Arc<World>, handle: NodeHandle, node: u64) {
+async fn observe_leadership(world: Arc<World>, handle: NodeHandle, machine: u64) {
+    let node = handle.node_id();
     loop {
         for group in handle.host().groups() {
             let metrics = group.raft.metrics().borrow_watched().clone();
             if metrics.current_leader == Some(node) && metrics.state.is_leader() {
-                world.leader_seen(group.group, metrics.current_term, node);
+                world.leader_seen(group.group, metrics.current_term, machine, node);
             }
         }
         tokio::time::sleep(LEADERSHIP_OBSERVE_INTERVAL).await;
@@ -204,6 +210,7 @@ async fn serve_commands(
                 let ghost = ghost.get_or_insert_with(|| ghost_orchestrators(world, handle, node));
                 duplicate_wake(world, handle, node, ghost).await;
             }
+            Some(HostCommand::Replace { old }) => replace(world, handle, node, old).await,
         }
     }
 }
@@ -211,10 +218,11 @@ async fn serve_commands(
 async fn transfer_leader(world: &World, handle: &NodeHandle, node: u64, shard: u32) {
     let Some(group) = handle.host().group(GroupId::Shard(ShardId(shard))) else { return };
     let metrics = group.raft.metrics().borrow_watched().clone();
-    if metrics.current_leader != Some(node) {
+    let me = handle.node_id();
+    if metrics.current_leader != Some(me) {
         return;
     }
-    let Some(to) = metrics.membership_config.membership().voter_ids().find(|voter| *voter != node) else { return };
+    let Some(to) = metrics.membership_config.membership().voter_ids().find(|voter| *voter != me) else { return };
     world.trace(format!("n{node} hands shard-{shard} to n{to}"));
     if let Err(error) = group.raft.trigger().transfer_leader(to).await {
         world.trace(format!("n{node}: leader transfer failed: {error}"));
@@ -230,6 +238,29 @@ async fn place(world: &World, handle: &NodeHandle, node: u64, shard: u32, replic
     match agentd_raft::propose(&metadata, command).await {
         Ok(_) => world.trace(format!("n{node} placed shard-{shard} on {replicas:?}")),
         Err(error) => world.trace(format!("n{node}: placing shard-{shard} failed: {error}")),
+    }
+}
+
+/// The operator's replacement of a dead machine's old id, from the metadata
+/// leader: `agentd node drain OLD`, then `agentd node remove OLD` (which
+/// refuses until the moves are done; the harness asks again).
+async fn replace(world: &World, handle: &NodeHandle, node: u64, old: u64) {
+    let Some(metadata) = handle.host().group(GroupId::Metadata) else { return };
+    if !metadata.raft.is_leader() {
+        return;
+    }
+    // Failures are not traced: the harness asks again every pass until the
+    // removal is done, as an operator would.
+    let service = handle.service();
+    let drained = service.call(&Caller::Node, ClientRequest::DrainNode { node: old }).await;
+    let Ok(moves) = drained.and_then(|response| response.into_shard_moves()) else { return };
+    for one in &moves {
+        world.trace(format!("n{node}: drains node {old}: {} to node {}", one.shard, one.to));
+    }
+    if service.call(&Caller::Node, ClientRequest::RemoveNode { node: old }).await.is_ok()
+        && lock(&world.removed).insert(old)
+    {
+        world.trace(format!("n{node}: node {old} is removed"));
     }
 }
 

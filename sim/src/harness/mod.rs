@@ -184,6 +184,7 @@ fn safety(runner: &mut Runner<'_>, options: &SimOptions) -> anyhow::Result<usize
             faults_applied += 1;
         }
         runner.supervise();
+        runner.replace();
         runner.step().map_err(anyhow::Error::msg)?;
     }
     Ok(faults_applied)
@@ -200,18 +201,19 @@ fn liveness(runner: &mut Runner<'_>, options: &SimOptions) -> anyhow::Result<Opt
     let mut next_placement_check = runner.sim.elapsed();
     loop {
         runner.supervise();
+        runner.replace();
         // Shards that lost a replica get their placement back; a request
         // made while no metadata leader was known is repeated.
         if runner.sim.elapsed() >= next_placement_check {
             runner.restore_placements();
             next_placement_check = runner.sim.elapsed() + PLACEMENT_CHECK_INTERVAL;
         }
-        let done = world.record().clients_done >= clients;
+        let done = world.record().clients_done >= clients && runner.replaced();
         if done && converged(&world, options.shards) {
             return Ok(None);
         }
         if runner.sim.elapsed() > liveness_end {
-            return Ok(Some(unfinished(&world, options, clients)));
+            return Ok(Some(unfinished(&world, options, clients, runner.replaced())));
         }
         runner.step().map_err(anyhow::Error::msg)?;
     }
@@ -231,7 +233,7 @@ fn undo_faults(runner: &mut Runner<'_>, options: &SimOptions) {
 }
 
 /// The liveness violation of a run whose cluster did not finish in time.
-fn unfinished(world: &World, options: &SimOptions, clients: usize) -> Violation {
+fn unfinished(world: &World, options: &SimOptions, clients: usize, replaced: bool) -> Violation {
     let is_converged = converged(world, options.shards);
     let record = world.record();
     let unfinished: Vec<String> = record
@@ -243,7 +245,7 @@ fn unfinished(world: &World, options: &SimOptions, clients: usize) -> Violation 
     Violation {
         invariant: Invariant::Convergence,
         detail: format!(
-            "{:?} after faults stopped: {} of {clients} clients finished, replicas converged: {is_converged}, unfinished agent sessions: [{}]; groups: {}",
+            "{:?} after faults stopped: {} of {clients} clients finished, replicas converged: {is_converged}, wiped machines' old ids removed: {replaced}, unfinished agent sessions: [{}]; groups: {}",
             options.liveness,
             record.clients_done,
             unfinished.join(", "),

@@ -18,10 +18,13 @@ pub enum Bug {
     ReexecuteRepeatedKey,
     /// The sandbox does not scrub secrets from tool output.
     SkipRedaction,
+    /// A wiped machine comes back under its old node id with an empty disk.
+    WipeSameId,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [Bug::AckBeforeSync, Bug::SkipEpochFence, Bug::ReexecuteRepeatedKey, Bug::SkipRedaction];
+    pub const ALL: [Bug; 5] =
+        [Bug::AckBeforeSync, Bug::SkipEpochFence, Bug::ReexecuteRepeatedKey, Bug::SkipRedaction, Bug::WipeSameId];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -29,6 +32,7 @@ impl Bug {
             Bug::SkipEpochFence => "skip-epoch-fence",
             Bug::ReexecuteRepeatedKey => "reexecute-repeated-key",
             Bug::SkipRedaction => "skip-redaction",
+            Bug::WipeSameId => "wipe-same-id",
         }
     }
 
@@ -38,6 +42,9 @@ impl Bug {
             Bug::SkipEpochFence => "the state machine lets a stale orchestrator epoch append",
             Bug::ReexecuteRepeatedKey => "the sandbox runs a repeated idempotency key again",
             Bug::SkipRedaction => "the sandbox returns tool output without scrubbing the call's secrets",
+            Bug::WipeSameId => {
+                "a wiped machine comes back under its old node id with an empty disk (a voter without its log and votes)"
+            }
         }
     }
 
@@ -54,6 +61,9 @@ impl Bug {
                 &[FaultKind::Crash, FaultKind::Isolate, FaultKind::LeaderTransfer, FaultKind::DuplicateWake]
             }
             Bug::SkipRedaction => &[],
+            // The wiped voter's missing votes and log matter once another
+            // replica is gone or behind.
+            Bug::WipeSameId => &[FaultKind::Wipe, FaultKind::Crash, FaultKind::Isolate, FaultKind::PowerLoss],
         };
         kinds.iter().copied().collect()
     }

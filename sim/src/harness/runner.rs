@@ -10,6 +10,8 @@ use agentd_protocol::ids::GroupId;
 use agentd_raft::store::memory_disk::DiskFaults;
 use agentd_raft::store::CrashMode;
 
+use agentd_protocol::sync::lock;
+
 use crate::faults::Fault;
 use crate::world::{HostCommand, World};
 
@@ -19,14 +21,27 @@ pub(super) struct Runner<'a> {
     down: BTreeSet<u64>,
     /// Nodes that stopped on their own, and when their supervisor restarts them.
     restarts: BTreeMap<u64, Duration>,
+    /// Node ids whose machine was wiped (it came back under a new id), still
+    /// to be drained and removed, and when the operator next asks.
+    replacing: BTreeSet<u64>,
+    next_replace: Duration,
 }
 
 /// How long a supervisor waits before restarting a node that stopped.
 const SUPERVISOR_DELAY: Duration = Duration::from_millis(200);
+/// How often the operator asks again to drain and remove a wiped machine's old id.
+const REPLACE_INTERVAL: Duration = Duration::from_millis(500);
 
 impl<'a> Runner<'a> {
     pub(super) fn new(sim: turmoil::Sim<'a>, world: Arc<World>) -> Runner<'a> {
-        Runner { sim, world, down: BTreeSet::new(), restarts: BTreeMap::new() }
+        Runner {
+            sim,
+            world,
+            down: BTreeSet::new(),
+            restarts: BTreeMap::new(),
+            replacing: BTreeSet::new(),
+            next_replace: Duration::ZERO,
+        }
     }
 
     pub(super) fn host_name(node: u64) -> String {
@@ -86,10 +101,7 @@ impl<'a> Runner<'a> {
             Fault::Crash { node, keep_unsynced } => {
                 self.crash(*node, if *keep_unsynced { CrashMode::KeepPrefix } else { CrashMode::LoseUnsynced })
             }
-            Fault::Wipe { node } => {
-                self.crash(*node, CrashMode::Wipe);
-                self.world.initialised().remove(node);
-            }
+            Fault::Wipe { node } => self.wipe(*node),
             Fault::Restart { node } => self.restart(*node),
             Fault::PowerLoss => nodes.for_each(|node| self.crash(node, CrashMode::LoseUnsynced)),
             Fault::RestartAll => nodes.for_each(|node| self.restart(node)),
@@ -131,14 +143,112 @@ impl<'a> Runner<'a> {
                 self.world.duplicate_per_million.store(per_mille * 1000, Ordering::Relaxed)
             }
             Fault::DuplicateEnd => self.world.duplicate_per_million.store(0, Ordering::Relaxed),
-            Fault::ShrinkShard { shard, without } => self.shrink_shard(*shard, *without),
-            Fault::RestoreShard { shard } => {
+            Fault::ShrinkShard { shard, without } if !self.names_replaced(*shard) => {
+                self.shrink_shard(*shard, self.world.node_id(*without))
+            }
+            Fault::RestoreShard { shard } if !self.names_replaced(*shard) => {
                 let original = self.world.placements().get(shard).cloned();
                 if let Some(original) = original {
                     self.place(*shard, original);
                 }
             }
+            Fault::ShrinkShard { .. } | Fault::RestoreShard { .. } => {
+                self.trace("placement fault skipped: the shard's replicas name a node being replaced")
+            }
         }
+    }
+
+    /// A machine loses its disk. It comes back empty under a new node id, as
+    /// an operator brings back a wiped server (`--join` with a new
+    /// `--node-id`), and the old id is drained and removed. With the planted
+    /// bug `wipe-same-id` it comes back under its old id instead: a voter
+    /// that lost its log and its votes.
+    fn wipe(&mut self, machine: u64) {
+        let same_id = self.world.options.bug == Some(super::Bug::WipeSameId);
+        if !same_id && !self.replacing.is_empty() {
+            // Two machines' disks lost at once can be two of a shard's three
+            // copies: beyond what replication promises.
+            self.trace(format!("n{machine} crashes but keeps its disk: another wiped machine is still being replaced"));
+            self.crash(machine, CrashMode::LoseUnsynced);
+            return;
+        }
+        self.crash(machine, CrashMode::Wipe);
+        self.world.initialised().remove(&machine);
+        if same_id {
+            return;
+        }
+        let (old, new) = self.world.renumber(machine);
+        self.replacing.insert(old);
+        self.trace(format!("n{machine} comes back as node {new}; node {old} is to be drained and removed"));
+    }
+
+    /// The operator's side of a replacement, every [`REPLACE_INTERVAL`]:
+    /// asks the cluster to drain and remove each old id, and once one is
+    /// removed, names the replica that took its place in the placements the
+    /// run restores.
+    pub(super) fn replace(&mut self) {
+        let now = self.sim.elapsed();
+        if self.replacing.is_empty() || now < self.next_replace {
+            return;
+        }
+        self.next_replace = now + REPLACE_INTERVAL;
+        let removed = lock(&self.world.removed).clone();
+        let done: Vec<u64> = self.replacing.intersection(&removed).copied().collect();
+        for old in done {
+            self.replacing.remove(&old);
+            self.forget_in_placements(old);
+        }
+        for old in self.replacing.clone() {
+            for machine in 1..=self.world.options.nodes {
+                self.world.send(machine, HostCommand::Replace { old });
+            }
+        }
+    }
+
+    /// Whether every wiped machine's old id is drained and removed.
+    pub(super) fn replaced(&self) -> bool {
+        self.replacing.is_empty()
+    }
+
+    /// Puts, in every recorded placement that names `old`, the replica that
+    /// took its place (the node the drain chose, as the cluster places the
+    /// shard now), or else a live node the placement does not name.
+    fn forget_in_placements(&mut self, old: u64) {
+        let current: BTreeMap<u32, Vec<u64>> = self
+            .world
+            .handles()
+            .values()
+            .find_map(|handle| handle.host().group(GroupId::Metadata)?.state.placements().ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(shard, replicas)| (shard.0, replicas))
+            .collect();
+        let live: Vec<u64> = (1..=self.world.options.nodes).map(|machine| self.world.node_id(machine)).collect();
+        let mut placements = self.world.placements();
+        for (shard, replicas) in placements.iter_mut() {
+            let Some(at) = replicas.iter().position(|node| *node == old) else { continue };
+            let now_placed = current.get(shard).cloned().unwrap_or_default();
+            let successor = now_placed
+                .iter()
+                .chain(&live)
+                .copied()
+                .find(|node| *node != old && !replicas.contains(node) && live.contains(node));
+            match successor {
+                Some(successor) => replicas[at] = successor,
+                None => {
+                    replicas.remove(at);
+                }
+            }
+        }
+    }
+
+    /// Whether the run's recorded placement of `shard` names an id that is
+    /// being replaced (drained and removed): it is not to be placed again.
+    fn names_replaced(&self, shard: u32) -> bool {
+        self.world
+            .placements()
+            .get(&shard)
+            .is_some_and(|replicas| replicas.iter().any(|node| self.replacing.contains(node)))
     }
 
     /// Cuts `node` off from every other node, both ways.
@@ -175,7 +285,7 @@ impl<'a> Runner<'a> {
             current.into_iter().map(|(shard, replicas)| (shard.0, replicas)).collect();
         let wanted = self.world.placements().clone();
         for (shard, replicas) in wanted {
-            if current.get(&shard) != Some(&replicas) {
+            if current.get(&shard) != Some(&replicas) && !self.names_replaced(shard) {
                 self.place(shard, replicas);
             }
         }

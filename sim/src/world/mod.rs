@@ -44,6 +44,13 @@ pub(crate) enum HostCommand {
     },
     Snapshot,
     DuplicateWake,
+    /// As an operator replacing a dead machine does: drain node `old` (its
+    /// replicas go to live nodes, the machine's new id among them), then
+    /// remove it. Only the metadata leader's host acts; it records the
+    /// removal in the world once it is done.
+    Replace {
+        old: u64,
+    },
 }
 
 /// Everything a run records, in the order it happened.
@@ -72,7 +79,14 @@ pub(crate) struct World {
     pub secret: String,
     ca_cert_pem: String,
     ca_key_pem: String,
-    identities: BTreeMap<u64, NodeIdentity>,
+    /// Certificates by node id (a machine gets a new id after a wipe).
+    identities: Mutex<BTreeMap<u64, NodeIdentity>>,
+    /// The node id each machine (`n1`..`nN`, the hosts the fault plan
+    /// names) runs now: its own number, until its disk is wiped and it
+    /// comes back under a new id.
+    node_ids: Mutex<BTreeMap<u64, u64>>,
+    /// Node ids drained and removed after their machine was wiped.
+    pub removed: Mutex<BTreeSet<u64>>,
     token: JoinToken,
     secrets_key_hex: String,
     /// The cluster's admin key (made when n1 creates it), which the workload's clients use.
@@ -132,7 +146,9 @@ impl World {
             clocks,
             duplicate_per_million: Arc::new(std::sync::atomic::AtomicU32::new(0)),
             placements: Mutex::new(BTreeMap::new()),
-            identities,
+            identities: Mutex::new(identities),
+            node_ids: Mutex::new(nodes.iter().map(|node| (*node, *node)).collect()),
+            removed: Mutex::new(BTreeSet::new()),
             token,
             secrets_key_hex,
             admin_key,
@@ -148,16 +164,44 @@ impl World {
         &self.ca_cert_pem
     }
 
-    /// The node's identity, as its data directory would hold it.
-    pub(crate) fn stored(&self, node: u64) -> Result<Stored> {
-        let identity = self.identities.get(&node).cloned().ok_or_else(|| anyhow::anyhow!("no identity for n{node}"))?;
+    /// The identity of the node `machine` runs now, as its data directory
+    /// would hold it (a new id's certificate is issued on first use).
+    pub(crate) fn stored(&self, machine: u64) -> Result<Stored> {
+        let node = self.node_id(machine);
+        let ca = ClusterCa::from_pem(&self.ca_cert_pem, &self.ca_key_pem)?;
+        let identity = {
+            let mut identities = lock(&self.identities);
+            match identities.get(&node) {
+                Some(identity) => identity.clone(),
+                None => {
+                    let identity = ca.issue_node(node, &net::node_ip(machine).to_string())?;
+                    identities.insert(node, identity.clone());
+                    identity
+                }
+            }
+        };
         Ok(Stored {
             identity,
-            ca: ClusterCa::from_pem(&self.ca_cert_pem, &self.ca_key_pem)?,
+            ca,
             token: self.token.clone(),
             secrets_key: SecretsKey::from_hex(&self.secrets_key_hex)?,
             admin_key: (node == 1).then(|| self.admin_key.clone()),
         })
+    }
+
+    /// The node id `machine` runs now.
+    pub(crate) fn node_id(&self, machine: u64) -> u64 {
+        lock(&self.node_ids).get(&machine).copied().unwrap_or(machine)
+    }
+
+    /// Gives `machine` a new node id (the next unused one), as a wiped
+    /// machine comes back; answers the old id and the new.
+    pub(crate) fn renumber(&self, machine: u64) -> (u64, u64) {
+        let mut node_ids = lock(&self.node_ids);
+        let next = node_ids.values().copied().max().unwrap_or(0).max(self.options.nodes) + 1;
+        let next = next.max(lock(&self.removed).iter().copied().max().unwrap_or(0) + 1);
+        let old = node_ids.insert(machine, next).unwrap_or(machine);
+        (old, next)
     }
 
     pub(crate) fn record(&self) -> MutexGuard<'_, Record> {
@@ -218,11 +262,21 @@ impl World {
         *count - 1
     }
 
-    pub(crate) fn leader_seen(&self, group: GroupId, term: u64, node: u64) {
+    pub(crate) fn leader_seen(&self, group: GroupId, term: u64, machine: u64, node: u64) {
         let leadership = Leadership { group: group.to_string(), term, node };
         let new = self.record().leaderships.insert(leadership);
         if new {
-            self.trace(format!("n{node} leads {group} in term {term}"));
+            self.trace(format!("{} leads {group} in term {term}", self.describe(machine, node)));
+        }
+    }
+
+    /// How the trace names `machine` running `node`: `n3`, or `n3 (node 4)`
+    /// once the machine came back under a new id.
+    pub(crate) fn describe(&self, machine: u64, node: u64) -> String {
+        if machine == node {
+            format!("n{machine}")
+        } else {
+            format!("n{machine} (node {node})")
         }
     }
 
