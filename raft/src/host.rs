@@ -172,7 +172,7 @@ impl RaftHost {
 
     /// Whether `group`'s replica here may stand for election as far as its
     /// history goes (a disk that is full is another matter).
-    pub(crate) fn may_elect(&self, group: GroupId) -> bool {
+    pub fn may_elect(&self, group: GroupId) -> bool {
         !matches!(self.inner.db.rejoin_floor(group), Ok(Some(_)))
     }
 

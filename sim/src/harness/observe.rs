@@ -82,12 +82,16 @@ pub(super) fn group_report(world: &World, shards: u32) -> String {
         for (node, handle) in handles.iter() {
             let Some(handle) = handle.host().group(group) else { continue };
             let metrics = handle.raft.metrics().borrow_watched().clone();
+            let host = handles[node].host();
             cells.push(format!(
-                "n{node} {:?} term {} applied {:?} voters {:?}",
+                "n{node} {:?} term {} vote {} last log {:?} applied {:?} voters {:?}{}",
                 metrics.state,
                 metrics.current_term,
-                metrics.last_applied.map(|log_id| log_id.index),
-                metrics.membership_config.membership().voter_ids().collect::<Vec<_>>()
+                metrics.vote,
+                metrics.last_log_index,
+                metrics.last_applied,
+                metrics.membership_config.membership().voter_ids().collect::<Vec<_>>(),
+                if host.may_elect(group) { "" } else { " (waits for its rejoin floor)" }
             ));
         }
         lines.push(format!("{group}: {}", cells.join("; ")));

@@ -63,7 +63,7 @@ impl Bug {
             Bug::SkipRedaction => &[],
             // The wiped voter's missing votes and log matter once another
             // replica is gone or behind.
-            Bug::WipeSameId => &[FaultKind::Wipe, FaultKind::Crash, FaultKind::Isolate, FaultKind::PowerLoss],
+            Bug::WipeSameId => &[FaultKind::Wipe, FaultKind::Crash],
         };
         kinds.iter().copied().collect()
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use agentd_protocol::ids::GroupId;
 use agentd_raft::store::memory_disk::DiskFaults;
 use agentd_raft::store::CrashMode;
+use openraft::async_runtime::watch::WatchReceiver;
 
 use agentd_protocol::sync::lock;
 
@@ -165,10 +166,14 @@ impl<'a> Runner<'a> {
     /// that lost its log and its votes.
     fn wipe(&mut self, machine: u64) {
         let same_id = self.world.options.bug == Some(super::Bug::WipeSameId);
-        if !same_id && !self.replacing.is_empty() {
-            // Two machines' disks lost at once can be two of a shard's three
-            // copies: beyond what replication promises.
-            self.trace(format!("n{machine} crashes but keeps its disk: another wiped machine is still being replaced"));
+        if !self.replacing.is_empty() || !self.disk_loss_survivable(machine) {
+            // Losing a disk while another wiped machine is still being
+            // replaced, or while a shard it votes in has fewer than three
+            // settled copies, can lose a majority of a shard's copies:
+            // beyond what replication promises.
+            self.trace(format!(
+                "n{machine} crashes but keeps its disk: a shard it holds has too few copies to lose one"
+            ));
             self.crash(machine, CrashMode::LoseUnsynced);
             return;
         }
@@ -180,6 +185,41 @@ impl<'a> Runner<'a> {
         let (old, new) = self.world.renumber(machine);
         self.replacing.insert(old);
         self.trace(format!("n{machine} comes back as node {new}; node {old} is to be drained and removed"));
+    }
+
+    /// Whether every group the node on `machine` votes in keeps a majority
+    /// of intact copies without it: the group's leader sees a settled
+    /// membership (not joint, no learner being added) of at least three
+    /// voters, and the shard's placement keeps at least three replicas.
+    fn disk_loss_survivable(&self, machine: u64) -> bool {
+        let node = self.world.node_id(machine);
+        let handles = self.world.handles();
+        let placements = handles.values().find_map(|handle| {
+            let metadata = handle.host().group(GroupId::Metadata)?;
+            metadata.raft.is_leader().then(|| metadata.state.placements().ok()).flatten()
+        });
+        let Some(placements) = placements else { return false };
+        if placements.iter().any(|(_, replicas)| replicas.contains(&node) && replicas.len() < 3) {
+            return false;
+        }
+        let mut groups = vec![GroupId::Metadata];
+        groups.extend(placements.iter().map(|(shard, _)| GroupId::Shard(*shard)));
+        groups.into_iter().all(|group| {
+            let views: Vec<_> = handles
+                .values()
+                .filter_map(|handle| handle.host().group(group))
+                .map(|handle| handle.raft.metrics().borrow_watched().clone())
+                .collect();
+            let counted =
+                views.iter().any(|metrics| metrics.membership_config.membership().voter_ids().any(|v| v == node));
+            let settled = views.iter().filter(|metrics| metrics.state.is_leader()).any(|metrics| {
+                let membership = metrics.membership_config.membership();
+                membership.get_joint_config().len() == 1
+                    && membership.voter_ids().count() >= 3
+                    && membership.learner_ids().count() == 0
+            });
+            !counted || settled
+        })
     }
 
     /// The operator's side of a replacement, every [`REPLACE_INTERVAL`]:
