@@ -18,6 +18,7 @@ pub mod hands;
 pub mod http;
 pub mod identity;
 pub mod leader;
+pub mod mcp;
 pub mod node;
 pub mod options;
 mod serve;

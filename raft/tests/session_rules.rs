@@ -147,6 +147,8 @@ fn agents_gain_versions_and_retries_add_none() {
         tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
         custom_tools: vec![],
         max_model_calls_per_turn: 5,
+        mcp_servers: vec![],
+        mcp_toolsets: vec![],
     };
     let put = |model: &str| Command::PutAgent { agent_id, spec: spec(model), at_ms: 7 };
     let responses = apply(&mut metadata, 1, vec![put("scripted:echo"), put("scripted:echo"), put("scripted:other")]);

@@ -596,6 +596,8 @@ pub fn plain_agent(name: &str, model: &str) -> AgentSpec {
         tools: Vec::new(),
         custom_tools: Vec::new(),
         max_model_calls_per_turn: 2,
+        mcp_servers: vec![],
+        mcp_toolsets: vec![],
     }
 }
 
@@ -617,6 +619,8 @@ pub async fn scripted_bash_agent(
         tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
         custom_tools: Vec::new(),
         max_model_calls_per_turn: 10,
+        mcp_servers: vec![],
+        mcp_toolsets: vec![],
     };
     Ok(client.put_agent(None, spec).await?.id)
 }
