@@ -13,6 +13,9 @@ use agentd_protocol::event::{ContentBlock, EventPayload};
 use agentd_protocol::ids::{AgentId, SessionId};
 use anyhow::{bail, Context, Result};
 
+mod mcp_server;
+pub use mcp_server::{McpTestServer, MCP_PYTHON_VENV, MCP_PYTHON_VERSION};
+
 /// The node binary the tests run: `agentd-e2e`, this package's copy of the
 /// `agentd` program, which cargo rebuilds before running this package's
 /// tests (so a test never runs a stale binary). `AGENTD_BIN` overrides it.
