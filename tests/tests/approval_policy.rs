@@ -65,6 +65,13 @@ async fn a_workspace_policy_makes_bash_wait_for_an_approver() -> anyhow::Result<
         )
     })
     .await;
+    the_tool_ran_once_and_the_log_names_the_approver(&events);
+    Ok(())
+}
+
+/// The tool ran once, and the one decision recorded is alice's, an approver,
+/// under version 1 of the policy.
+fn the_tool_ran_once_and_the_log_names_the_approver(events: &[Event]) {
     let output: Vec<String> = events
         .iter()
         .filter_map(|event| match &event.payload {
@@ -92,7 +99,6 @@ async fn a_workspace_policy_makes_bash_wait_for_an_approver() -> anyhow::Result<
         (decider.key_name.as_str(), decider.role, *version, *result),
         ("alice", Role::Approver, Some(1), Confirmation::Allow)
     );
-    Ok(())
 }
 
 /// Runs `agentd ARGS --json` as the admin; its output as JSON.
