@@ -9,7 +9,7 @@ so a test can count how often a call really reached the server, and so is
 the method of every JSON-RPC request that passed the token check
 (`rpc tools/list`).
 
-    python server.py --token T --calls /tmp/calls.txt [--port 0]
+    python server.py --token T --calls /tmp/calls.txt [--port 0] [--json-response]
 """
 
 import argparse
@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--token", required=True)
     parser.add_argument("--calls", required=True)
     parser.add_argument("--port", type=int, default=0)
+    # Answer each request with a JSON body instead of an event stream.
+    parser.add_argument("--json-response", action="store_true")
     args = parser.parse_args()
 
     server = MCPServer("agentd-test")
@@ -53,7 +55,7 @@ def main() -> None:
         await asyncio.sleep(seconds)
         return f"slow {label} done"
 
-    app = server.streamable_http_app()
+    app = server.streamable_http_app(json_response=args.json_response)
     expected = f"Bearer {args.token}"
 
     async def with_bearer(scope, receive, send):
