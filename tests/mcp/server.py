@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import socket
+import urllib.parse
 import sys
 
 import uvicorn
@@ -28,6 +29,9 @@ def main() -> None:
     parser.add_argument("--token", required=True)
     parser.add_argument("--calls", required=True)
     parser.add_argument("--port", type=int, default=0)
+    # An OAuth token endpoint at /token: a refresh with this refresh token
+    # gets --token as the new access token (recorded as `token refreshed`).
+    parser.add_argument("--refresh-token")
     # Answer each request with a JSON body instead of an event stream.
     parser.add_argument("--json-response", action="store_true")
     args = parser.parse_args()
@@ -58,9 +62,32 @@ def main() -> None:
     app = server.streamable_http_app(json_response=args.json_response)
     expected = f"Bearer {args.token}"
 
+    async def token_endpoint(scope, receive, send):
+        body = bytearray()
+        while True:
+            message = await receive()
+            body.extend(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        form = urllib.parse.parse_qs(body.decode())
+        good = (
+            args.refresh_token is not None
+            and form.get("grant_type") == ["refresh_token"]
+            and form.get("refresh_token") == [args.refresh_token]
+        )
+        if not good:
+            await JSONResponse({"error": "invalid_grant"}, status_code=400)(scope, receive, send)
+            return
+        record("token refreshed")
+        answer = {"access_token": args.token, "token_type": "Bearer", "expires_in": 3600}
+        await JSONResponse(answer)(scope, receive, send)
+
     async def with_bearer(scope, receive, send):
         if scope["type"] != "http":
             await app(scope, receive, send)
+            return
+        if scope.get("path") == "/token":
+            await token_endpoint(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
         if headers.get(b"authorization", b"").decode() != expected:

@@ -27,6 +27,12 @@ impl McpTestServer {
     /// Starts the server accepting `token` on a free port. Fails, saying to
     /// run scripts/setup.sh, when the SDK is not installed.
     pub fn start(token: &str) -> Result<McpTestServer> {
+        McpTestServer::start_with(token, &[])
+    }
+
+    /// `start` with more arguments for the server (`--refresh-token R`:
+    /// an OAuth token endpoint at `/token` that trades R for `token`).
+    pub fn start_with(token: &str, extra_args: &[&str]) -> Result<McpTestServer> {
         let python = PathBuf::from(MCP_PYTHON_VENV).join("bin/python");
         let probe =
             format!("import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '{MCP_PYTHON_VERSION}')");
@@ -41,6 +47,7 @@ impl McpTestServer {
             .arg(&script)
             .args(["--token", token, "--calls"])
             .arg(&calls)
+            .args(extra_args)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -65,6 +72,11 @@ impl McpTestServer {
     /// The server's endpoint.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/mcp", self.port)
+    }
+
+    /// The server's OAuth token endpoint (with `--refresh-token`).
+    pub fn token_url(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
     }
 
     /// The lines recorded so far.

@@ -11,10 +11,14 @@ use agentd_client::Client;
 use agentd_protocol::agent::{
     AgentSpec, EnvironmentSpec, McpServer, McpToolConfig, McpToolset, Network, PermissionPolicy, Resources,
 };
-use agentd_protocol::api::{ClientRequest, Consistency, CredentialChange, McpCredentialChange};
+use agentd_protocol::api::{
+    ClientRequest, Consistency, CredentialChange, McpCredentialChange, OAuthChange, OAuthRefreshChange,
+};
 use agentd_protocol::event::{Confirmation, ContentBlock, Event, EventPayload, StopReason};
 use agentd_protocol::ids::{AgentId, CredentialId, EnvironmentId, GroupId, SessionId, VaultId};
-use agentd_protocol::resource::{ResourceBody, ResourceId, ResourceVersion, SessionCreate, VaultBody};
+use agentd_protocol::resource::{
+    ResourceBody, ResourceId, ResourceVersion, SessionCreate, TokenEndpointAuth, VaultBody,
+};
 use agentd_tests::{leader_views, Cluster, McpTestServer};
 use serde_json::json;
 
@@ -76,6 +80,44 @@ async fn a_session_lists_and_calls_mcp_tools_with_its_vaults_token() -> anyhow::
     let events =
         wait_idle(&client, good, |events| ended(events) && events.iter().filter(|e| is_idle(e)).count() >= 3).await;
     assert!(mcp_errors(&events).iter().any(|(kind, server)| kind == "mcp_connection_failed_error" && server == "calc"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_mcp_oauth_token_is_refreshed_and_the_call_goes_through() -> anyhow::Result<()> {
+    let scripts = tempfile::tempdir()?;
+    let sandboxes = tempfile::tempdir()?;
+    let server = McpTestServer::start_with(TOKEN, &["--refresh-token", "refresh-me"])?;
+    let cluster = Cluster::one_node(agentd_tests::agentd_binary!(), scripts.path(), sandboxes.path(), &[]).await?;
+    let client = cluster.client()?;
+    write_script(
+        scripts.path(),
+        "oauth",
+        json!([[{"type": "tool_use", "name": "mcp__calc__add", "input": {"a": 20, "b": 22}}], [{"type": "text", "text": "ok"}]]),
+    )?;
+    let environment = environment_for(&client, &server).await?;
+    let agent = calc_agent(&client, &server, "oauth").await?;
+    // The stored access token is one the server no longer takes.
+    let oauth = OAuthChange {
+        expires_at_ms: None,
+        refresh: Some(OAuthRefreshChange {
+            client_id: "agentd-test".into(),
+            token_endpoint: server.token_url(),
+            endpoint_auth: TokenEndpointAuth::None,
+            client_secret: None,
+            refresh_token: "refresh-me".into(),
+            scope: None,
+            resource: None,
+        }),
+    };
+    let vault = vault_with(&client, &server, "stale-access-token", Some(oauth)).await?;
+    let session = session(&client, agent, environment, vault).await?;
+    client.append(session, EventPayload::user_text("add")).await?;
+    let events = wait_idle(&client, session, ended).await;
+    assert_eq!(mcp_results(&events), vec![("42".to_string(), false)]);
+    assert!(mcp_errors(&events).is_empty(), "{:?}", mcp_errors(&events));
+    assert_eq!(server.calls().iter().filter(|line| *line == "token refreshed").count(), 1, "{:?}", server.calls());
+    assert!(!format!("{events:?}").contains(TOKEN), "the refreshed token appears in no event");
     Ok(())
 }
 
@@ -168,6 +210,17 @@ async fn calc_agent(client: &Client, server: &McpTestServer, script: &str) -> an
 
 /// A vault holding a `static_bearer` credential for the server.
 async fn vault_with_token(client: &Client, server: &McpTestServer, token: &str) -> anyhow::Result<VaultId> {
+    vault_with(client, server, token, None).await
+}
+
+/// A vault holding an MCP credential for the server: `static_bearer`, or
+/// `mcp_oauth` with `oauth`.
+async fn vault_with(
+    client: &Client,
+    server: &McpTestServer,
+    token: &str,
+    oauth: Option<OAuthChange>,
+) -> anyhow::Result<VaultId> {
     let vault_id = VaultId::from_random(rand::random());
     let body = ResourceBody::Vault(VaultBody { display_name: "mcp".into(), credentials: vec![] });
     let version = ResourceVersion { body, description: None, metadata: vec![], created_at_ms: 0 };
@@ -180,7 +233,7 @@ async fn vault_with_token(client: &Client, server: &McpTestServer, token: &str) 
         secret_value: Some(token.into()),
         allowed_hosts: None,
         archive: false,
-        mcp: Some(McpCredentialChange { server_url: server.url(), oauth: None }),
+        mcp: Some(McpCredentialChange { server_url: server.url(), oauth }),
     };
     let credential_id = CredentialId::from_random(rand::random());
     client.call(ClientRequest::PutCredential { vault_id, credential_id, change }).await?.into_resource()?;
