@@ -207,18 +207,21 @@ impl NodeMcp {
         server: &McpServer,
         exchange: impl for<'a> Fn(&'a McpClient, Option<&'a str>) -> BoxFuture<'a, Result<T, McpError>>,
     ) -> Result<(T, Vec<Secret>), McpError> {
-        let (presented, secrets) = self.prepare(session, server).await?;
+        let (presented, mut secrets) = self.prepare(session, server).await?;
         let token = presented.as_ref().map(|presented| presented.token.clone());
+        // An error quotes what the server answered, which may echo a secret.
         match exchange(&self.client, token.as_deref()).await {
             Err(McpError::Authentication { .. }) if refreshable(presented.as_ref()) => {
                 let Some(presented) = presented else { unreachable!("refreshable checks it") };
-                let presented = self.fresh(server, presented, true).await?;
-                let mut secrets = secrets;
+                let presented = self.fresh(server, presented, true).await.map_err(|error| scrubbed(error, &secrets))?;
                 secrets.push(Secret { name: secret_label(&presented.credential), value: presented.token.clone() });
-                let value = exchange(&self.client, Some(&presented.token)).await?;
-                Ok((value, secrets))
+                match exchange(&self.client, Some(&presented.token)).await {
+                    Ok(value) => Ok((value, secrets)),
+                    Err(error) => Err(scrubbed(error, &secrets)),
+                }
             }
-            other => other.map(|value| (value, secrets)),
+            Ok(value) => Ok((value, secrets)),
+            Err(error) => Err(scrubbed(error, &secrets)),
         }
     }
 }
@@ -257,6 +260,16 @@ impl McpServers for NodeMcp {
                 .await?;
             Ok(McpCallResult { text: redact(&result.text, &secrets), is_error: result.is_error })
         })
+    }
+}
+
+/// `error` with every secret of the session replaced in its message.
+fn scrubbed(error: McpError, secrets: &[Secret]) -> McpError {
+    match error {
+        McpError::Connection { url, message } => McpError::Connection { url, message: redact(&message, secrets) },
+        McpError::Authentication { url, message } => {
+            McpError::Authentication { url, message: redact(&message, secrets) }
+        }
     }
 }
 

@@ -90,8 +90,11 @@ def main() -> None:
             await token_endpoint(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        if headers.get(b"authorization", b"").decode() != expected:
-            response = JSONResponse({"error": "invalid_token"}, status_code=401)
+        presented = headers.get(b"authorization", b"").decode()
+        if presented != expected:
+            # Echoes what it was given, as careless servers do: the runtime
+            # must scrub it from what it records.
+            response = JSONResponse({"error": "invalid_token", "presented": presented}, status_code=401)
             await response(scope, receive, send)
             return
         body = bytearray()

@@ -66,13 +66,15 @@ async fn a_session_lists_and_calls_mcp_tools_with_its_vaults_token() -> anyhow::
     assert!(!stored.contains(TOKEN), "the token appears in no event");
 
     // A wrong token: the server refuses it; the session reports it and goes on.
-    let refused = session(&client, agent, environment, vault_with_token(&client, &server, "wrong").await?).await?;
+    let wrong = "wrong-token-7c1e";
+    let refused = session(&client, agent, environment, vault_with_token(&client, &server, wrong).await?).await?;
     client.append(refused, EventPayload::user_text("add")).await?;
     let events = wait_idle(&client, refused, |events| events.last().is_some_and(is_idle)).await;
     assert!(mcp_errors(&events)
         .iter()
         .any(|(kind, server)| kind == "mcp_authentication_failed_error" && server == "calc"));
     assert!(mcp_results(&events).first().is_some_and(|(_, is_error)| *is_error), "{:?}", mcp_results(&events));
+    assert!(!format!("{events:?}").contains(wrong), "the server echoed the token; the log holds none of it");
 
     // A stopped server: the connection fails; the same session stays usable.
     server.stop();
