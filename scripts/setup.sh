@@ -58,6 +58,16 @@ if ! node -e "process.exit(require('$sdk_package').version === '$sdk_node' ? 0 :
   mkdir -p "$sdk_dir/node"
   npm install --prefix "$sdk_dir/node" --silent --no-audit --no-fund "@anthropic-ai/sdk@$sdk_node" >/dev/null
 fi
+# The official Python MCP SDK, which tests/mcp/server.py (the MCP server of
+# tests/tests/mcp.rs and `agentd bench mcp`) is built with, in a venv of its own.
+mcp_python=2.3.0
+mcp_venv="$sdk_dir/mcp-python"
+if ! "$mcp_venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$mcp_python')" 2>/dev/null; then
+  echo "setup: installing mcp==$mcp_python into $mcp_venv"
+  mkdir -p "$sdk_dir"
+  python3 -m venv --clear "$mcp_venv"
+  "$mcp_venv/bin/python" -m pip install -q --disable-pip-version-check "mcp==$mcp_python"
+fi
 echo "setup: SDKs present"
 
 # The checks of deploy/ (tests/tests/deploy.rs): kubernetes-validate, PyYAML and jsonschema in

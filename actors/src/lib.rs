@@ -2,6 +2,7 @@
 //! providers, and sandboxes with the built-in tools.
 
 pub mod brain;
+pub mod mcp;
 pub mod model;
 // The sandboxes run real processes and files on the host, timed by the
 // wall clock, with blocking IO on OS threads. None of it runs under the

@@ -20,6 +20,7 @@ pub mod health;
 pub mod http;
 pub mod identity;
 pub mod leader;
+pub mod mcp;
 pub mod node;
 pub mod options;
 mod serve;

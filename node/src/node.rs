@@ -287,7 +287,10 @@ fn start_brain(
     let hands = Arc::new(LocalHands::new(parts.sandbox_dir, service.clone(), parts.provisioner));
     tasks.push(tokio::spawn(reap_idle_sandboxes(hands.clone(), options.sandbox_idle)));
     let log = Arc::new(LocalSessionLog::new(service.clone()).with_observer(parts.log_observer));
-    let orchestrators = Orchestrators::new(Arc::new(Brain::new(log, hands, models)));
+    // MCP servers are called by the node itself, with the HTTP client the
+    // model providers use (its TLS set up without a process-wide provider).
+    let mcp = crate::mcp::NodeMcp::new(service.clone(), agentd_actors::model::HttpClient::new(None));
+    let orchestrators = Orchestrators::new(Arc::new(Brain::new(log, hands, models).with_mcp(mcp)));
     let host = service.host().clone();
     tasks.push(tokio::spawn(drive_shards(host, orchestrators.clone(), service.sessions().clone())));
     orchestrators

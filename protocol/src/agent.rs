@@ -64,6 +64,87 @@ pub struct AgentSpec {
     pub custom_tools: Vec<CustomTool>,
     /// Most model calls in one turn of the agent before it stops.
     pub max_model_calls_per_turn: u32,
+    /// MCP servers the node calls for this agent's `mcp__<server>__<tool>` tools.
+    pub mcp_servers: Vec<McpServer>,
+    /// One toolset per server: which of its tools are enabled, under which policy.
+    pub mcp_toolsets: Vec<McpToolset>,
+}
+
+/// The prefix of the name the model sees for an MCP tool:
+/// `mcp__<server name>__<tool name>`, as Claude's own clients write it.
+pub const MCP_TOOL_PREFIX: &str = "mcp__";
+
+/// An MCP server an agent uses (`{type: "url", name, url}`), spoken to by
+/// the node over the streamable HTTP transport.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpServer {
+    pub name: String,
+    pub url: String,
+}
+
+/// An `mcp_toolset`: the tools of one server the agent may call. Tools
+/// without a config of their own follow the default config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpToolset {
+    pub server_name: String,
+    pub default_enabled: bool,
+    pub default_policy: PermissionPolicy,
+    pub configs: Vec<McpToolConfig>,
+}
+
+/// The default policy of an MCP tool: ask, since the tool is code the agent's
+/// author does not control and that may act on the world with a credential.
+pub const MCP_DEFAULT_POLICY: PermissionPolicy = PermissionPolicy::AlwaysAsk;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpToolConfig {
+    pub name: String,
+    pub enabled: bool,
+    pub policy: PermissionPolicy,
+}
+
+/// The name the model sees for tool `tool` of server `server`.
+pub fn mcp_tool_name(server: &str, tool: &str) -> String {
+    format!("{MCP_TOOL_PREFIX}{server}__{tool}")
+}
+
+/// Splits a model-visible MCP tool name into server and tool. Server names
+/// never hold `__`, so the first `__` after the prefix is the split.
+pub fn split_mcp_tool_name(name: &str) -> Option<(&str, &str)> {
+    let rest = name.strip_prefix(MCP_TOOL_PREFIX)?;
+    let (server, tool) = rest.split_once("__")?;
+    (!server.is_empty() && !tool.is_empty()).then_some((server, tool))
+}
+
+impl McpServer {
+    fn validate(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= limits::NAME_BYTES_MAX
+            && !self.name.contains("__")
+            && self.name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+        if !name_ok {
+            return Err(format!(
+                "MCP server name {:?} must be 1 to {} letters, digits, '-' or '_', without \"__\"",
+                self.name,
+                limits::NAME_BYTES_MAX
+            ));
+        }
+        let scheme_ok = self.url.starts_with("http://") || self.url.starts_with("https://");
+        if !scheme_ok || self.url.len() > limits::NAME_BYTES_MAX * 8 {
+            return Err(format!("MCP server {:?}: url must be an http:// or https:// URL", self.name));
+        }
+        Ok(())
+    }
+}
+
+impl McpToolset {
+    /// The policy of `tool`, or `None` when the toolset does not enable it.
+    pub fn policy(&self, tool: &str) -> Option<PermissionPolicy> {
+        match self.configs.iter().find(|config| config.name == tool) {
+            Some(config) => config.enabled.then_some(config.policy),
+            None => self.default_enabled.then_some(self.default_policy),
+        }
+    }
 }
 
 impl AgentSpec {
@@ -91,7 +172,52 @@ impl AgentSpec {
         if self.max_model_calls_per_turn == 0 || self.max_model_calls_per_turn > limits::MODEL_CALLS_PER_TURN_MAX {
             return invalid(format!("max_model_calls_per_turn is 1 to {}", limits::MODEL_CALLS_PER_TURN_MAX));
         }
+        self.validate_mcp().or_else(invalid)
+    }
+
+    /// Every MCP server is named once and used by exactly one toolset, and
+    /// every toolset names a listed server.
+    fn validate_mcp(&self) -> Result<(), String> {
+        if self.mcp_servers.len() > limits::MCP_SERVERS_MAX {
+            return Err(format!("an agent has at most {} MCP servers", limits::MCP_SERVERS_MAX));
+        }
+        for (index, server) in self.mcp_servers.iter().enumerate() {
+            server.validate()?;
+            if self.mcp_servers[..index].iter().any(|earlier| earlier.name == server.name) {
+                return Err(format!("MCP server name {:?} is used twice", server.name));
+            }
+            let toolsets = self.mcp_toolsets.iter().filter(|toolset| toolset.server_name == server.name).count();
+            if toolsets != 1 {
+                return Err(format!(
+                    "MCP server {:?} must be referenced by exactly one mcp_toolset (found {toolsets})",
+                    server.name
+                ));
+            }
+        }
+        if let Some(toolset) = self.mcp_toolsets.iter().find(|toolset| self.mcp_server(&toolset.server_name).is_none())
+        {
+            return Err(format!("mcp_toolset names MCP server {:?}, which is not in mcp_servers", toolset.server_name));
+        }
         Ok(())
+    }
+
+    pub fn mcp_server(&self, name: &str) -> Option<&McpServer> {
+        self.mcp_servers.iter().find(|server| server.name == name)
+    }
+
+    pub fn mcp_toolset(&self, server_name: &str) -> Option<&McpToolset> {
+        self.mcp_toolsets.iter().find(|toolset| toolset.server_name == server_name)
+    }
+
+    /// The server, tool and policy a model-visible `mcp__<server>__<tool>`
+    /// name stands for; the policy is `None` when the toolset does not
+    /// enable the tool. `None` when the name is not one of this agent's
+    /// MCP servers' tools.
+    pub fn mcp_tool(&self, name: &str) -> Option<(&McpServer, String, Option<PermissionPolicy>)> {
+        let (server_name, tool) = split_mcp_tool_name(name)?;
+        let server = self.mcp_server(server_name)?;
+        let policy = self.mcp_toolset(server_name).and_then(|toolset| toolset.policy(tool));
+        Some((server, tool.to_string(), policy))
     }
 
     pub fn tool_policy(&self, name: &str) -> Option<PermissionPolicy> {
@@ -318,7 +444,44 @@ mod tests {
             tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAsk }],
             custom_tools: vec![],
             max_model_calls_per_turn: 10,
+            mcp_servers: vec![],
+            mcp_toolsets: vec![],
         }
+    }
+
+    #[test]
+    fn mcp_tools_are_named_and_resolved_through_their_toolset() {
+        let mut agent = spec();
+        agent.mcp_servers.push(McpServer { name: "docs".into(), url: "http://127.0.0.1:9/mcp".into() });
+        agent.mcp_toolsets.push(McpToolset {
+            server_name: "docs".into(),
+            default_enabled: true,
+            default_policy: MCP_DEFAULT_POLICY,
+            configs: vec![
+                McpToolConfig { name: "search".into(), enabled: true, policy: PermissionPolicy::AlwaysAllow },
+                McpToolConfig { name: "delete".into(), enabled: false, policy: PermissionPolicy::AlwaysAllow },
+            ],
+        });
+        assert!(agent.validate().is_ok());
+        assert_eq!(mcp_tool_name("docs", "search"), "mcp__docs__search");
+        assert_eq!(split_mcp_tool_name("mcp__docs__a__b"), Some(("docs", "a__b")));
+        assert_eq!(split_mcp_tool_name("mcp__docs"), None);
+        let policy = |name: &str| agent.mcp_tool(name).map(|(_, _, policy)| policy);
+        assert_eq!(policy("mcp__docs__search"), Some(Some(PermissionPolicy::AlwaysAllow)));
+        assert_eq!(policy("mcp__docs__fetch"), Some(Some(PermissionPolicy::AlwaysAsk)));
+        assert_eq!(policy("mcp__docs__delete"), Some(None));
+        assert_eq!(policy("mcp__other__search"), None);
+
+        let mut unreferenced = agent.clone();
+        unreferenced.mcp_toolsets.clear();
+        assert!(unreferenced.validate().is_err());
+        let mut bad_name = agent.clone();
+        bad_name.mcp_servers[0].name = "a__b".into();
+        bad_name.mcp_toolsets[0].server_name = "a__b".into();
+        assert!(bad_name.validate().is_err());
+        let mut bad_url = agent;
+        bad_url.mcp_servers[0].url = "ftp://x".into();
+        assert!(bad_url.validate().is_err());
     }
 
     #[test]

@@ -239,6 +239,19 @@ pub enum ClientRequest {
     Rebalance {
         dry_run: bool,
     },
+    /// Replaces the approval policy of `workspace` (the caller's own when
+    /// `None`); the version goes up by one. `expected_version` makes it
+    /// conditional. Admin keys only.
+    PutApprovalPolicy {
+        workspace: Option<String>,
+        rules: Vec<crate::approval::ApprovalRule>,
+        expected_version: Option<u64>,
+    },
+    /// The approval policy of `workspace` (the caller's own when `None`;
+    /// another workspace's only for admin keys and nodes).
+    GetApprovalPolicy {
+        workspace: Option<String>,
+    },
 }
 
 /// What a credential write changes. Absent fields keep their value.
@@ -252,6 +265,36 @@ pub struct CredentialChange {
     pub secret_value: Option<String>,
     pub allowed_hosts: Option<Option<Vec<String>>>,
     pub archive: bool,
+    /// Makes (or keeps) the credential an MCP one: `secret_value` is then its
+    /// token, and `secret_name` is not used.
+    pub mcp: Option<McpCredentialChange>,
+}
+
+/// The MCP side of a credential change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpCredentialChange {
+    pub server_url: String,
+    /// `None` for `static_bearer`.
+    pub oauth: Option<OAuthChange>,
+}
+
+/// An `mcp_oauth` credential's expiry and refresh settings, with the
+/// refresh token and client secret in the clear (sealed by the node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthChange {
+    pub expires_at_ms: Option<u64>,
+    pub refresh: Option<OAuthRefreshChange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthRefreshChange {
+    pub client_id: String,
+    pub token_endpoint: String,
+    pub endpoint_auth: crate::resource::TokenEndpointAuth,
+    pub client_secret: Option<String>,
+    pub refresh_token: String,
+    pub scope: Option<String>,
+    pub resource: Option<String>,
 }
 
 /// Where a request is executed.
@@ -310,7 +353,9 @@ impl ClientRequest {
             | ClientRequest::MoveShard { .. }
             | ClientRequest::DrainNode { .. }
             | ClientRequest::RemoveNode { .. }
-            | ClientRequest::Rebalance { .. } => None,
+            | ClientRequest::Rebalance { .. }
+            | ClientRequest::PutApprovalPolicy { .. }
+            | ClientRequest::GetApprovalPolicy { .. } => None,
         }
     }
 
@@ -355,6 +400,8 @@ impl ClientRequest {
             ClientRequest::DrainNode { .. } => "drain_node",
             ClientRequest::RemoveNode { .. } => "remove_node",
             ClientRequest::Rebalance { .. } => "rebalance",
+            ClientRequest::PutApprovalPolicy { .. } => "put_approval_policy",
+            ClientRequest::GetApprovalPolicy { .. } => "get_approval_policy",
         }
     }
 
@@ -377,6 +424,7 @@ impl ClientRequest {
             | ClientRequest::ListApiKeys { .. }
             | ClientRequest::GetApiKeyRecord { .. }
             | ClientRequest::GroupStats { .. }
+            | ClientRequest::GetApprovalPolicy { .. }
             // Moves no data: a node whose disk is full may hand off.
             | ClientRequest::TransferLeader { .. } => false,
             ClientRequest::CreateSession { .. }
@@ -400,6 +448,7 @@ impl ClientRequest {
             | ClientRequest::MoveShard { .. }
             | ClientRequest::DrainNode { .. }
             | ClientRequest::RemoveNode { .. }
+            | ClientRequest::PutApprovalPolicy { .. }
             | ClientRequest::Rebalance { dry_run: false } => true,
             ClientRequest::Rebalance { dry_run: true } => false,
         }
@@ -461,6 +510,7 @@ pub enum ClientResponse {
     GroupStats(GroupStats),
     /// The replica moves a `MoveShard` or `DrainNode` recorded.
     ShardMoves(Vec<ShardMove>),
+    ApprovalPolicy(crate::approval::ApprovalPolicy),
 }
 
 /// One replica of a shard moving from one node to another.
@@ -499,6 +549,13 @@ impl ClientResponse {
         match self {
             ClientResponse::Session(info) => Ok(info),
             other => Err(other.unexpected("a session")),
+        }
+    }
+
+    pub fn into_approval_policy(self) -> Result<crate::approval::ApprovalPolicy, ApiError> {
+        match self {
+            ClientResponse::ApprovalPolicy(policy) => Ok(policy),
+            other => Err(other.unexpected("an approval policy")),
         }
     }
 

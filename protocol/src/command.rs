@@ -164,6 +164,14 @@ pub enum Command {
         key_id: ApiKeyId,
         at_ms: u64,
     },
+    /// Replaces a workspace's approval policy; its version goes up by one.
+    /// Refused as a conflict when `expected_version` is not the current one.
+    PutApprovalPolicy {
+        workspace: String,
+        rules: Vec<crate::approval::ApprovalRule>,
+        expected_version: Option<u64>,
+        at_ms: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -199,6 +207,7 @@ impl fmt::Display for Command {
             Command::DeleteSession { session_id, .. } => write!(f, "delete {session_id}"),
             Command::PutApiKey(record) => write!(f, "put api key {} of workspace {}", record.id, record.workspace),
             Command::RevokeApiKey { key_id, .. } => write!(f, "revoke api key {key_id}"),
+            Command::PutApprovalPolicy { workspace, .. } => write!(f, "put approval policy of workspace {workspace}"),
         }
     }
 }
@@ -217,6 +226,7 @@ pub enum CommandResponse {
     Resource(Resource),
     SessionView(Box<SessionView>),
     ApiKey(ApiKeyInfo),
+    ApprovalPolicy(crate::approval::ApprovalPolicy),
 }
 
 impl CommandResponse {
@@ -287,6 +297,13 @@ impl CommandResponse {
         match self {
             CommandResponse::ApiKey(key) => Ok(key),
             other => Err(other.unexpected("an API key")),
+        }
+    }
+
+    pub fn into_approval_policy(self) -> Result<crate::approval::ApprovalPolicy, ApiError> {
+        match self {
+            CommandResponse::ApprovalPolicy(policy) => Ok(policy),
+            other => Err(other.unexpected("an approval policy")),
         }
     }
 

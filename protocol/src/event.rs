@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::approval::{ApprovalGate, Decider};
 use crate::ids::{EventId, SessionId};
 use crate::limits;
 use crate::ApiError;
@@ -132,6 +133,54 @@ pub enum EventPayload {
         is_error: bool,
         model_usage: ModelUsage,
     },
+    /// The model asked for tool `name` of MCP server `mcp_server_name`; `gate`
+    /// is what the workspace's approval policy decided about it.
+    AgentMcpToolUse {
+        mcp_server_name: String,
+        name: String,
+        input: JsonText,
+        gate: Option<ApprovalGate>,
+    },
+    AgentMcpToolResult {
+        mcp_tool_use_id: EventId,
+        content: Vec<ContentBlock>,
+        is_error: bool,
+    },
+    /// The node is about to send the MCP `tools/call` for this tool use:
+    /// recorded before it is sent, so a call cut off by a crash is reported
+    /// as interrupted and never sent again (an agentd extension,
+    /// `span.mcp_tool_call_start`).
+    SpanMcpToolCallStart {
+        mcp_tool_use_id: EventId,
+    },
+    /// A built-in (`custom: false`) or custom tool use that the workspace's
+    /// approval policy flagged: it waits for a confirmation whatever the
+    /// agent's own policy says. Shown as `agent.tool_use` or
+    /// `agent.custom_tool_use`.
+    AgentGatedToolUse {
+        name: String,
+        input: JsonText,
+        custom: bool,
+        gate: ApprovalGate,
+    },
+    /// A `user.tool_confirmation` as recorded: who decided (the key, `None`
+    /// for a node's own caller) and the version of the workspace policy that
+    /// gated the tool use (`None` when none did). Clients send
+    /// `UserToolConfirmation`; the node records this in its place.
+    UserToolDecision {
+        tool_use_id: EventId,
+        result: Confirmation,
+        deny_message: Option<String>,
+        decided_by: Option<Decider>,
+        policy_version: Option<u64>,
+    },
+    /// `session.error` about one MCP server (`mcp_connection_failed_error`,
+    /// `mcp_authentication_failed_error`), naming it.
+    SessionMcpError {
+        kind: String,
+        message: String,
+        mcp_server_name: String,
+    },
 }
 
 /// The tokens one model request used, as the provider reported them (zero
@@ -167,6 +216,24 @@ impl EventPayload {
             }
             EventPayload::SessionUsage { .. } => "session.usage",
             EventPayload::SessionDeleted => "session.deleted",
+            EventPayload::AgentMcpToolUse { .. } => "agent.mcp_tool_use",
+            EventPayload::AgentMcpToolResult { .. } => "agent.mcp_tool_result",
+            EventPayload::SpanMcpToolCallStart { .. } => "span.mcp_tool_call_start",
+            EventPayload::AgentGatedToolUse { custom: false, .. } => "agent.tool_use",
+            EventPayload::AgentGatedToolUse { custom: true, .. } => "agent.custom_tool_use",
+            EventPayload::UserToolDecision { .. } => "user.tool_confirmation",
+            EventPayload::SessionMcpError { .. } => "session.error",
+        }
+    }
+
+    /// The tool use a confirmation answers, for either form of it.
+    pub fn confirmation(&self) -> Option<(EventId, Confirmation, Option<&String>)> {
+        match self {
+            EventPayload::UserToolConfirmation { tool_use_id, result, deny_message }
+            | EventPayload::UserToolDecision { tool_use_id, result, deny_message, .. } => {
+                Some((*tool_use_id, *result, deny_message.as_ref()))
+            }
+            _ => None,
         }
     }
 
@@ -179,6 +246,7 @@ impl EventPayload {
                 | EventPayload::UserInterrupt
                 | EventPayload::UserToolConfirmation { .. }
                 | EventPayload::UserCustomToolResult { .. }
+                | EventPayload::UserToolDecision { .. }
         )
     }
 
@@ -199,7 +267,8 @@ impl EventPayload {
             EventPayload::UserCustomToolResult { content, .. } => {
                 ("the text of a user.custom_tool_result", text_len(content))
             }
-            EventPayload::UserToolConfirmation { deny_message, .. } => {
+            EventPayload::UserToolConfirmation { deny_message, .. }
+            | EventPayload::UserToolDecision { deny_message, .. } => {
                 ("deny_message", deny_message.as_ref().map_or(0, String::len))
             }
             _ => ("", 0),

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod approval;
 pub mod cluster;
 pub mod command;
 pub mod egress;

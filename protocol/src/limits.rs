@@ -181,3 +181,9 @@ pub const HANDSHAKES_PER_SECOND_BEFORE_RETRY: u32 = 200;
 /// A client connection with no open stream for this long is closed (QUIC
 /// keep-alives alone do not keep it), unless `--client-idle-secs` says otherwise.
 pub const CLIENT_IDLE_SECS_DEFAULT: u64 = 60;
+/// MCP servers one agent may list (the hosted API's bound).
+pub const MCP_SERVERS_MAX: usize = 20;
+/// Tools one MCP server's `tools/list` may give the model.
+pub const MCP_TOOLS_PER_SERVER_MAX: usize = 256;
+/// Rules in one workspace's approval policy.
+pub const APPROVAL_RULES_MAX: usize = 64;

@@ -122,6 +122,73 @@ pub struct Credential {
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     pub archived_at_ms: Option<u64>,
+    /// Set for an MCP credential (`static_bearer`, `mcp_oauth`): `sealed` is
+    /// then the token the node sends to the server, never a tool's variable.
+    pub mcp: Option<McpCredential>,
+}
+
+/// A credential the node presents to the MCP server at `server_url`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpCredential {
+    pub server_url: String,
+    pub auth: McpAuth,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum McpAuth {
+    /// A bearer token that does not expire.
+    StaticBearer,
+    /// An OAuth access token, refreshed at `refresh.token_endpoint` once
+    /// `expires_at_ms` has passed (or the server refuses it).
+    OAuth { expires_at_ms: Option<u64>, refresh: Option<OAuthRefresh> },
+}
+
+/// How an `mcp_oauth` credential's access token is refreshed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthRefresh {
+    pub client_id: String,
+    pub token_endpoint: String,
+    pub endpoint_auth: TokenEndpointAuth,
+    pub scope: Option<String>,
+    pub resource: Option<String>,
+    /// Nonce and ciphertext of the refresh token.
+    pub sealed_refresh_token: Vec<u8>,
+    /// Nonce and ciphertext of the client secret (`client_secret_*` only).
+    pub sealed_client_secret: Option<Vec<u8>>,
+}
+
+/// How the client authenticates to the token endpoint (RFC 6749 2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenEndpointAuth {
+    None,
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+impl TokenEndpointAuth {
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenEndpointAuth::None => "none",
+            TokenEndpointAuth::ClientSecretBasic => "client_secret_basic",
+            TokenEndpointAuth::ClientSecretPost => "client_secret_post",
+        }
+    }
+}
+
+/// Whether two MCP server URLs name the same endpoint: equal but for case in
+/// the scheme and host and a trailing slash.
+pub fn same_mcp_url(a: &str, b: &str) -> bool {
+    let normal = |url: &str| {
+        let url = url.trim().trim_end_matches('/');
+        match url.find("://") {
+            Some(scheme_end) => {
+                let host_end = url[scheme_end + 3..].find('/').map_or(url.len(), |end| scheme_end + 3 + end);
+                format!("{}{}", url[..host_end].to_ascii_lowercase(), &url[host_end..])
+            }
+            None => url.to_string(),
+        }
+    };
+    normal(a) == normal(b)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,10 +309,18 @@ impl Resource {
         let secrets = vault
             .credentials
             .iter()
-            .filter(|credential| credential.archived_at_ms.is_none())
+            .filter(|credential| credential.archived_at_ms.is_none() && credential.mcp.is_none())
             .map(|credential| (credential.secret_name.clone(), credential.sealed.clone()))
             .collect();
         Some(SealedVault { id, name: vault.display_name.clone(), secrets })
+    }
+
+    /// The vault's live MCP credential for the server at `url`, if any.
+    pub fn mcp_credential(&self, url: &str) -> Option<&Credential> {
+        self.vault_body()?.credentials.iter().find(|credential| {
+            credential.archived_at_ms.is_none()
+                && credential.mcp.as_ref().is_some_and(|mcp| same_mcp_url(&mcp.server_url, url))
+        })
     }
 
     /// What the native client sees of a vault.
@@ -458,6 +533,13 @@ pub fn patch_metadata(current: &[(String, String)], patch: &[(String, Option<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mcp_urls_compare_without_case_in_the_host_or_a_trailing_slash() {
+        assert!(same_mcp_url("http://Example.com:80/mcp/", "http://example.com:80/mcp"));
+        assert!(!same_mcp_url("http://example.com/MCP", "http://example.com/mcp"));
+        assert!(!same_mcp_url("http://example.com/mcp", "https://example.com/mcp"));
+    }
 
     #[test]
     fn metadata_patches_set_and_delete_keys() {

@@ -20,9 +20,9 @@ pub fn admit_user_event(
     if status == SessionStatus::Terminated {
         return Err(ApiError::InvalidRequest { message: "the session is terminated".into() });
     }
-    let answered = match payload {
-        EventPayload::UserToolConfirmation { tool_use_id, .. } => *tool_use_id,
-        EventPayload::UserCustomToolResult { custom_tool_use_id, .. } => *custom_tool_use_id,
+    let answered = match (payload, payload.confirmation()) {
+        (_, Some((tool_use_id, _, _))) => tool_use_id,
+        (EventPayload::UserCustomToolResult { custom_tool_use_id, .. }, None) => *custom_tool_use_id,
         _ => return Ok(None),
     };
     if !pending_actions.contains(&answered) {

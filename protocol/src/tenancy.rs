@@ -42,6 +42,9 @@ pub enum Role {
     Member,
     /// Also creates, lists and revokes the keys of every workspace.
     Admin,
+    /// A member that may also answer tool uses a workspace policy reserves
+    /// for approvers.
+    Approver,
 }
 
 impl Role {
@@ -49,7 +52,19 @@ impl Role {
         match self {
             Role::Member => "member",
             Role::Admin => "admin",
+            Role::Approver => "approver",
         }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Role, String> {
+        [Role::Member, Role::Admin, Role::Approver]
+            .into_iter()
+            .find(|role| role.name() == name)
+            .ok_or_else(|| format!("unknown role {name:?}; known: member, admin, approver"))
     }
 }
 

@@ -41,6 +41,8 @@ fn agent_version(name: &str) -> ResourceVersion {
         tools: vec![],
         custom_tools: vec![],
         max_model_calls_per_turn: 5,
+        mcp_servers: vec![],
+        mcp_toolsets: vec![],
     };
     ResourceVersion {
         body: ResourceBody::Agent(AgentBody {

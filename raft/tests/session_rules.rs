@@ -147,6 +147,8 @@ fn agents_gain_versions_and_retries_add_none() {
         tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
         custom_tools: vec![],
         max_model_calls_per_turn: 5,
+        mcp_servers: vec![],
+        mcp_toolsets: vec![],
     };
     let put = |model: &str| Command::PutAgent { agent_id, spec: spec(model), at_ms: 7 };
     let responses = apply(&mut metadata, 1, vec![put("scripted:echo"), put("scripted:echo"), put("scripted:other")]);
@@ -224,4 +226,126 @@ fn terminating_fences_the_running_orchestrator_and_ends_the_log() {
     assert!(matches!(responses[9], CommandResponse::Rejected(ApiError::NotFound { .. })), "{:?}", responses[9]);
     let info = reader.session(session).unwrap().unwrap();
     assert_eq!((info.status, info.last_seq), (SessionStatus::Terminated, 2));
+}
+
+/// A tool use whose recorded gate reserves it for approvers is answered only
+/// by an approver's decision, which is stored with the gate's policy version;
+/// a flagged custom tool's result waits for a confirmation that allowed it.
+#[test]
+#[allow(clippy::too_many_lines, reason = "one log of commands and the answer to each, read top to bottom")]
+fn gated_tool_uses_take_answers_as_their_gate_says() {
+    use agentd_protocol::approval::{ApprovalGate, Decider};
+    use agentd_protocol::ids::ApiKeyId;
+    use agentd_protocol::tenancy::Role;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let (mut shard, reader) = db.state_machine(GroupId::Shard(SHARD)).unwrap();
+    let session = SessionId::from_random(1);
+    let (bash, lookup) = (EventId::from_random(10), EventId::from_random(11));
+    let gate = ApprovalGate { policy_version: 4, rule: "*".into(), approver_only: true };
+    let gated = |name: &str, custom: bool| EventPayload::AgentGatedToolUse {
+        name: name.into(),
+        input: JsonText::parse("{}").unwrap(),
+        custom,
+        gate: gate.clone(),
+    };
+    let decider = |role: Role| Decider { key_id: ApiKeyId::from_random(7), key_name: "kim".into(), role };
+    let decision = |tool_use_id: EventId, role: Role| EventPayload::UserToolDecision {
+        tool_use_id,
+        result: Confirmation::Allow,
+        deny_message: None,
+        decided_by: Some(decider(role)),
+        policy_version: None,
+    };
+    let create =
+        Command::CreateSession { session_id: session, shard: SHARD, created_at_ms: 1, agent: None, environment: None };
+    let waiting = StopReason::RequiresAction { event_ids: vec![bash, lookup] };
+    let responses = apply(
+        &mut shard,
+        1,
+        vec![
+            create,
+            Command::ClaimEpoch { session_id: session },
+            Command::Append {
+                session_id: session,
+                event_id: bash,
+                payload: gated("bash", false),
+                processed_at_ms: 1,
+                epoch: Some(1),
+            },
+            Command::Append {
+                session_id: session,
+                event_id: lookup,
+                payload: gated("lookup", true),
+                processed_at_ms: 1,
+                epoch: Some(1),
+            },
+            append(session, 3, EventPayload::SessionStatusIdle { stop_reason: waiting }, Some(1)),
+            // A member's decision, a bare confirmation, a result before any allow: refused.
+            append(session, 4, decision(bash, Role::Member), None),
+            append(
+                session,
+                5,
+                EventPayload::UserToolConfirmation {
+                    tool_use_id: bash,
+                    result: Confirmation::Allow,
+                    deny_message: None,
+                },
+                None,
+            ),
+            append(
+                session,
+                6,
+                EventPayload::UserCustomToolResult { custom_tool_use_id: lookup, content: vec![], is_error: false },
+                None,
+            ),
+            // An approver's: taken.
+            append(session, 7, decision(bash, Role::Approver), None),
+        ],
+    );
+    for refused in &responses[5..7] {
+        assert!(
+            matches!(refused, CommandResponse::Rejected(ApiError::PermissionDenied { message }) if message.contains("reserved for approvers")),
+            "{refused:?}"
+        );
+    }
+    assert!(
+        matches!(&responses[7], CommandResponse::Rejected(ApiError::InvalidRequest { message }) if message.contains("waits for the confirmation")),
+        "{:?}",
+        responses[7]
+    );
+    let CommandResponse::Appended { seq, .. } = responses[8] else {
+        panic!("the approver's decision: {:?}", responses[8])
+    };
+    let stored = reader.event(session, seq).unwrap().expect("stored");
+    assert_eq!(
+        stored.payload,
+        EventPayload::UserToolDecision {
+            tool_use_id: bash,
+            result: Confirmation::Allow,
+            deny_message: None,
+            decided_by: Some(decider(Role::Approver)),
+            policy_version: Some(4),
+        }
+    );
+
+    // Once an approver allowed the custom tool, its result is taken.
+    let waiting = StopReason::RequiresAction { event_ids: vec![lookup] };
+    let responses = apply(
+        &mut shard,
+        10,
+        vec![
+            append(session, 8, EventPayload::SessionStatusIdle { stop_reason: waiting.clone() }, Some(1)),
+            append(session, 9, decision(lookup, Role::Approver), None),
+            append(session, 12, EventPayload::SessionStatusIdle { stop_reason: waiting }, Some(1)),
+            append(
+                session,
+                13,
+                EventPayload::UserCustomToolResult { custom_tool_use_id: lookup, content: vec![], is_error: false },
+                None,
+            ),
+        ],
+    );
+    assert!(responses.iter().all(|response| matches!(response, CommandResponse::Appended { .. })), "{responses:?}");
 }

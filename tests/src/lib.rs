@@ -13,6 +13,9 @@ use agentd_protocol::event::{ContentBlock, EventPayload};
 use agentd_protocol::ids::{AgentId, SessionId};
 use anyhow::{bail, Context, Result};
 
+mod mcp_server;
+pub use mcp_server::{McpTestServer, MCP_PYTHON_VENV, MCP_PYTHON_VERSION};
+
 /// The node binary the tests run: `agentd-e2e`, this package's copy of the
 /// `agentd` program, which cargo rebuilds before running this package's
 /// tests (so a test never runs a stale binary). `AGENTD_BIN` overrides it.
@@ -601,6 +604,8 @@ pub fn plain_agent(name: &str, model: &str) -> AgentSpec {
         tools: Vec::new(),
         custom_tools: Vec::new(),
         max_model_calls_per_turn: 2,
+        mcp_servers: vec![],
+        mcp_toolsets: vec![],
     }
 }
 
@@ -622,6 +627,8 @@ pub async fn scripted_bash_agent(
         tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
         custom_tools: Vec::new(),
         max_model_calls_per_turn: 10,
+        mcp_servers: vec![],
+        mcp_toolsets: vec![],
     };
     Ok(client.put_agent(None, spec).await?.id)
 }

@@ -54,6 +54,8 @@ async fn a_session_starts_its_effectful_tool_call(client: &Client) -> anyhow::Re
         tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
         custom_tools: vec![],
         max_model_calls_per_turn: 10,
+        mcp_servers: vec![],
+        mcp_toolsets: vec![],
     };
     let agent = client.put_agent(None, spec).await?;
     let info = client.create_session_with(Some(agent.id), None).await?;

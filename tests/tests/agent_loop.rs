@@ -33,6 +33,8 @@ fn agent(model: &str, tools: &[(&str, PermissionPolicy)], custom: &[&str], max_c
             })
             .collect(),
         max_model_calls_per_turn: max_calls,
+        mcp_servers: vec![],
+        mcp_toolsets: vec![],
     }
 }
 

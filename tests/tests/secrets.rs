@@ -99,6 +99,8 @@ async fn a_session_whose_environment_has_the_secret(client: &Client) -> anyhow::
                     .collect(),
                 custom_tools: vec![],
                 max_model_calls_per_turn: 10,
+                mcp_servers: vec![],
+                mcp_toolsets: vec![],
             },
         )
         .await?;

@@ -5,7 +5,7 @@ mod orchestrators;
 mod plan;
 mod tools;
 
-pub use orchestrator::{idempotency_key, Brain, BrainError, Hands, RunOutcome, SessionLog};
+pub use orchestrator::{idempotency_key, Brain, BrainError, Hands, McpServers, NoMcp, RunOutcome, SessionLog};
 pub use orchestrators::{OrchestratorMessage, Orchestrators};
-pub use plan::{conversation, plan, Step};
+pub use plan::{conversation, plan, Step, MCP_INTERRUPTED_MESSAGE};
 pub use tools::tool_specs;

@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
-use agentd_protocol::agent::AgentSpec;
+use agentd_protocol::agent::{mcp_tool_name, AgentSpec, McpServer};
 use agentd_protocol::api::{SessionInfo, SessionStatus};
+use agentd_protocol::approval::ApprovalPolicy;
 use agentd_protocol::event::{ContentBlock, Event, EventPayload, JsonText, ModelUsage, StopReason};
 use agentd_protocol::ids::{EventId, SessionId};
 use agentd_protocol::ApiError;
@@ -14,7 +15,8 @@ use sha2::{Digest, Sha256};
 
 use super::plan::{plan, Step};
 use super::tools::tool_specs;
-use crate::model::{Block, ModelRequest, Models};
+use crate::mcp::{McpCallResult, McpError, McpTool};
+use crate::model::{Block, ModelRequest, Models, ToolSpec};
 use crate::sandbox::{SandboxError, ToolCall, ToolOutput};
 
 /// Tokens a model may produce in one call.
@@ -49,6 +51,47 @@ pub trait SessionLog: Send + Sync + 'static {
         epoch: u64,
     ) -> BoxFuture<'_, Result<u64, ApiError>>;
     fn agent(&self, session: &SessionInfo) -> BoxFuture<'_, Result<AgentSpec, ApiError>>;
+    /// The approval policy of the session's workspace, read when the model
+    /// asks for tools (a log without one has the empty policy).
+    fn approval_policy(&self, session: &SessionInfo) -> BoxFuture<'_, Result<ApprovalPolicy, ApiError>> {
+        let _ = session;
+        Box::pin(async { Ok(ApprovalPolicy::empty(agentd_protocol::tenancy::DEFAULT_WORKSPACE)) })
+    }
+}
+
+/// The session's MCP servers, spoken to by the node (never by the sandbox)
+/// with the credential of the session's vaults whose `mcp_server_url` is the
+/// server's. Results come back with every secret of the session redacted.
+pub trait McpServers: Send + Sync + 'static {
+    fn list_tools(&self, session: &SessionInfo, server: &McpServer) -> BoxFuture<'_, Result<Vec<McpTool>, McpError>>;
+    fn call_tool(
+        &self,
+        session: &SessionInfo,
+        server: &McpServer,
+        tool: &str,
+        input_json: &str,
+    ) -> BoxFuture<'_, Result<McpCallResult, McpError>>;
+}
+
+/// A brain without MCP (the simulator's): every server is unreachable.
+pub struct NoMcp;
+
+impl McpServers for NoMcp {
+    fn list_tools(&self, _: &SessionInfo, server: &McpServer) -> BoxFuture<'_, Result<Vec<McpTool>, McpError>> {
+        let error = McpError::connection(&server.url, "this node has no MCP client");
+        Box::pin(async move { Err(error) })
+    }
+
+    fn call_tool(
+        &self,
+        _: &SessionInfo,
+        server: &McpServer,
+        _: &str,
+        _: &str,
+    ) -> BoxFuture<'_, Result<McpCallResult, McpError>> {
+        let error = McpError::connection(&server.url, "this node has no MCP client");
+        Box::pin(async move { Err(error) })
+    }
 }
 
 /// The session's sandbox, provisioned on first use.
@@ -66,6 +109,7 @@ pub struct Brain {
     log: Arc<dyn SessionLog>,
     hands: Arc<dyn Hands>,
     models: Models,
+    mcp: Arc<dyn McpServers>,
 }
 
 /// How a run ended.
@@ -79,7 +123,13 @@ pub enum RunOutcome {
 
 impl Brain {
     pub fn new(log: Arc<dyn SessionLog>, hands: Arc<dyn Hands>, models: Models) -> Self {
-        Self { log, hands, models }
+        Self { log, hands, models, mcp: Arc::new(NoMcp) }
+    }
+
+    /// The brain with `mcp` for its agents' MCP servers.
+    pub fn with_mcp(mut self, mcp: Arc<dyn McpServers>) -> Self {
+        self.mcp = mcp;
+        self
     }
 
     /// Releases a terminated session's sandbox (see [`Hands::release`]).
@@ -110,7 +160,7 @@ impl Brain {
             return Ok(RunOutcome::Idle);
         }
         let epoch = self.log.claim_epoch(session_id).await?;
-        let run = Run { brain: self, session, agent, epoch };
+        let run = Run { brain: self, session, agent, epoch, mcp_tools: std::sync::Mutex::new(None) };
         match run.loop_until_idle().await {
             Err(BrainError::Fenced(error)) => {
                 tracing::info!(%session_id, %error, "orchestrator fenced by a newer one");
@@ -126,6 +176,9 @@ struct Run<'a> {
     session: SessionInfo,
     agent: AgentSpec,
     epoch: u64,
+    /// The agent's MCP tools as listed once in this run (servers that could
+    /// not list them were reported then and are left out).
+    mcp_tools: std::sync::Mutex<Option<Vec<ToolSpec>>>,
 }
 
 impl Run<'_> {
@@ -157,6 +210,12 @@ impl Run<'_> {
                     appender.tool_result(tool_use_id, output.content, output.is_error).await?;
                 }
                 Step::RejectTool { tool_use_id, message } => appender.tool_result(tool_use_id, message, true).await?,
+                Step::CallMcpTool { tool_use_id, server, tool, input_json } => {
+                    self.call_mcp_tool(&mut appender, tool_use_id, &server, &tool, &input_json).await?
+                }
+                Step::RejectMcpTool { tool_use_id, message } => {
+                    appender.mcp_tool_result(tool_use_id, message, true).await?
+                }
                 Step::AwaitClient { event_ids } => {
                     let stop_reason = StopReason::RequiresAction { event_ids };
                     appender.append(EventPayload::SessionStatusIdle { stop_reason }).await?;
@@ -173,18 +232,87 @@ impl Run<'_> {
         Ok(RunOutcome::Idle)
     }
 
+    /// Records the call's start, then calls: a call cut off after the start
+    /// is recorded is reported as interrupted by the next run, never re-sent.
+    async fn call_mcp_tool(
+        &self,
+        appender: &mut Appender<'_, '_>,
+        tool_use_id: EventId,
+        server: &McpServer,
+        tool: &str,
+        input_json: &str,
+    ) -> Result<(), BrainError> {
+        appender.append(EventPayload::SpanMcpToolCallStart { mcp_tool_use_id: tool_use_id }).await?;
+        match self.brain.mcp.call_tool(&self.session, server, tool, input_json).await {
+            Ok(result) => appender.mcp_tool_result(tool_use_id, result.text, result.is_error).await,
+            Err(error) => {
+                tracing::warn!(session = %self.session.session_id, server = %server.name, %error, "MCP call failed");
+                appender.mcp_error(&server.name, &error).await?;
+                appender.mcp_tool_result(tool_use_id, error.to_string(), true).await
+            }
+        }
+    }
+
+    /// The MCP tools the model is offered: each server's listed tools that
+    /// its toolset enables, listed once per run. A server that cannot list
+    /// them is reported (`session.error`) and left out; the turn goes on.
+    async fn mcp_tool_specs(&self, appender: &mut Appender<'_, '_>) -> Result<Vec<ToolSpec>, BrainError> {
+        if let Some(specs) = agentd_protocol::sync::lock(&self.mcp_tools).clone() {
+            return Ok(specs);
+        }
+        let mut specs = Vec::new();
+        for server in &self.agent.mcp_servers {
+            let Some(toolset) = self.agent.mcp_toolset(&server.name) else { continue };
+            match self.brain.mcp.list_tools(&self.session, server).await {
+                Ok(tools) => {
+                    specs.extend(tools.into_iter().filter(|tool| toolset.policy(&tool.name).is_some()).map(|tool| {
+                        ToolSpec {
+                            name: mcp_tool_name(&server.name, &tool.name),
+                            description: tool.description,
+                            input_schema_json: tool.input_schema_json,
+                        }
+                    }))
+                }
+                Err(error) => {
+                    tracing::warn!(session = %self.session.session_id, server = %server.name, %error, "MCP tools/list failed");
+                    appender.mcp_error(&server.name, &error).await?;
+                }
+            }
+        }
+        *agentd_protocol::sync::lock(&self.mcp_tools) = Some(specs.clone());
+        Ok(specs)
+    }
+
+    /// The event recording the model's call of tool `name`: an MCP tool use,
+    /// a custom one or a built-in one, flagged when the workspace's approval
+    /// policy says so.
+    fn tool_use_event(&self, policy: &ApprovalPolicy, name: String, input: JsonText) -> EventPayload {
+        let gate = policy.gate(&name);
+        if let Some((server, tool, _)) = self.agent.mcp_tool(&name) {
+            return EventPayload::AgentMcpToolUse { mcp_server_name: server.name.clone(), name: tool, input, gate };
+        }
+        let custom = self.agent.is_custom_tool(&name);
+        match gate {
+            Some(gate) => EventPayload::AgentGatedToolUse { name, input, custom, gate },
+            None if custom => EventPayload::AgentCustomToolUse { name, input },
+            None => EventPayload::AgentToolUse { name, input },
+        }
+    }
+
     async fn call_model(
         &self,
         appender: &mut Appender<'_, '_>,
         messages: Vec<crate::model::Message>,
     ) -> Result<(), BrainError> {
+        let mut tools = tool_specs(&self.agent);
+        tools.extend(self.mcp_tool_specs(appender).await?);
         let model = self.agent.model.clone();
         let start = appender.append(EventPayload::SpanModelRequestStart { model: model.clone() }).await?;
         let request = ModelRequest {
             model: model.clone(),
             system: self.agent.system.clone(),
             messages,
-            tools: tool_specs(&self.agent),
+            tools,
             max_tokens: MODEL_OUTPUT_TOKENS_MAX,
         };
         let response = match self.brain.models.provider(&model) {
@@ -230,17 +358,18 @@ impl Run<'_> {
         if !texts.is_empty() || tool_uses.is_empty() {
             appender.append(EventPayload::AgentMessage { content: texts }).await?;
         }
+        // Read once the model asks for a tool; a policy that cannot be read
+        // fails the step (to be retried), never lets a use through unflagged.
+        let policy = match tool_uses.is_empty() {
+            true => ApprovalPolicy::empty(agentd_protocol::tenancy::DEFAULT_WORKSPACE),
+            false => self.brain.log.approval_policy(&self.session).await?,
+        };
         for (name, input_json) in tool_uses {
             // Input that is not JSON is kept (as a JSON string) so that the
             // tool answers it with an error and the model can correct itself.
             let input = JsonText::parse(input_json.clone())
                 .or_else(|_| JsonText::parse(serde_json::Value::String(input_json).to_string()))?;
-            let payload = if self.agent.is_custom_tool(&name) {
-                EventPayload::AgentCustomToolUse { name, input }
-            } else {
-                EventPayload::AgentToolUse { name, input }
-            };
-            appender.append(payload).await?;
+            appender.append(self.tool_use_event(&policy, name, input)).await?;
         }
         let model_usage = response.usage;
         appender
@@ -283,6 +412,26 @@ impl Appender<'_, '_> {
     async fn tool_result(&mut self, tool_use_id: EventId, content: String, is_error: bool) -> Result<(), BrainError> {
         let payload =
             EventPayload::AgentToolResult { tool_use_id, content: vec![ContentBlock::text(content)], is_error };
+        self.append(payload).await.map(|_| ())
+    }
+
+    async fn mcp_tool_result(
+        &mut self,
+        mcp_tool_use_id: EventId,
+        content: String,
+        is_error: bool,
+    ) -> Result<(), BrainError> {
+        let content = vec![ContentBlock::text(content)];
+        self.append(EventPayload::AgentMcpToolResult { mcp_tool_use_id, content, is_error }).await.map(|_| ())
+    }
+
+    /// `session.error` naming the MCP server that failed, and how.
+    async fn mcp_error(&mut self, server: &str, error: &McpError) -> Result<(), BrainError> {
+        let payload = EventPayload::SessionMcpError {
+            kind: error.error_type().into(),
+            message: error.to_string(),
+            mcp_server_name: server.to_string(),
+        };
         self.append(payload).await.map(|_| ())
     }
 }

@@ -6,7 +6,8 @@
 //! simply what the log says is still to do, so a new orchestrator on another
 //! node carries on where the old one stopped.
 
-use agentd_protocol::agent::{AgentSpec, PermissionPolicy};
+use agentd_protocol::agent::{mcp_tool_name, AgentSpec, McpServer, PermissionPolicy};
+use agentd_protocol::approval::ApprovalGate;
 use agentd_protocol::event::{Confirmation, ContentBlock, Event, EventPayload, StopReason};
 use agentd_protocol::ids::EventId;
 use agentd_protocol::limits::STUCK_REPEATS_MAX;
@@ -27,6 +28,12 @@ pub enum Step {
     RunTool { tool_use_id: EventId, seq: u64, name: String, input_json: String },
     /// Answer a tool use with an error without running it.
     RejectTool { tool_use_id: EventId, message: String },
+    /// Call an allowed MCP tool use: record the call's start, send
+    /// `tools/call`, record the result.
+    CallMcpTool { tool_use_id: EventId, server: McpServer, tool: String, input_json: String },
+    /// Answer an MCP tool use with an error without calling it (not
+    /// available, denied, or cut off by a crash after its start was recorded).
+    RejectMcpTool { tool_use_id: EventId, message: String },
     /// Go idle until the client answers these tool uses.
     AwaitClient { event_ids: Vec<EventId> },
     /// End the turn; `error` is recorded as `session.error` first.
@@ -36,11 +43,27 @@ pub enum Step {
 /// A tool use the log has not answered yet.
 struct OpenToolUse {
     seq: u64,
+    /// The tool's name (for an MCP tool, its name on the server).
     name: String,
     input_json: String,
-    custom: bool,
+    kind: UseKind,
+    /// What the workspace's approval policy decided about it.
+    gate: Option<ApprovalGate>,
+    /// For an MCP tool: its call's start is recorded, so it may have been sent.
+    started: bool,
     confirmation: Option<(Confirmation, Option<String>)>,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum UseKind {
+    BuiltIn,
+    Custom,
+    Mcp { server: String },
+}
+
+/// What the model was told when an MCP call was cut off.
+pub const MCP_INTERRUPTED_MESSAGE: &str = "the MCP call was interrupted (the node running it stopped) and was not \
+                                           sent again: whether it took effect is unknown";
 
 /// Decides the next step for a session running `agent`.
 pub fn plan(agent: &AgentSpec, events: &[Event]) -> Step {
@@ -80,39 +103,80 @@ fn current_turn(events: &[Event]) -> Result<&[Event], Step> {
 fn tool_step(agent: &AgentSpec, events: &[Event]) -> Option<Step> {
     let mut waiting = Vec::new();
     for (tool_use_id, tool_use) in &open_tool_uses(events) {
-        if tool_use.custom {
-            waiting.push(*tool_use_id);
+        let tool_use_id = *tool_use_id;
+        if tool_use.started {
+            return Some(Step::RejectMcpTool { tool_use_id, message: MCP_INTERRUPTED_MESSAGE.into() });
+        }
+        // A use the workspace flagged waits for its confirmation first,
+        // whatever the agent's own policy says.
+        let confirmed = match (&tool_use.gate, &tool_use.confirmation) {
+            (_, Some((Confirmation::Deny, message))) => {
+                let reason = message.clone().unwrap_or_else(|| "no reason given".into());
+                return Some(reject(tool_use_id, tool_use, format!("the user denied this tool call: {reason}")));
+            }
+            (Some(_), None) => {
+                waiting.push(tool_use_id);
+                continue;
+            }
+            (_, Some((Confirmation::Allow, _))) => true,
+            (None, None) => false,
+        };
+        if tool_use.kind == UseKind::Custom {
+            // The client runs it and answers with its result.
+            waiting.push(tool_use_id);
             continue;
         }
-        let policy = agent.tool_policy(&tool_use.name);
-        match (policy, &tool_use.confirmation) {
-            (None, _) => {
-                return Some(Step::RejectTool {
-                    tool_use_id: *tool_use_id,
-                    message: format!("tool {:?} is not available to this agent", tool_use.name),
-                })
-            }
-            (Some(_), Some((Confirmation::Deny, message))) => {
-                let reason = message.clone().unwrap_or_else(|| "no reason given".into());
-                return Some(Step::RejectTool {
-                    tool_use_id: *tool_use_id,
-                    message: format!("the user denied this tool call: {reason}"),
-                });
-            }
-            (Some(PermissionPolicy::AlwaysAllow), _)
-            | (Some(PermissionPolicy::AlwaysAsk | PermissionPolicy::Auto), Some((Confirmation::Allow, _))) => {
-                return Some(Step::RunTool {
-                    tool_use_id: *tool_use_id,
-                    seq: tool_use.seq,
-                    name: tool_use.name.clone(),
-                    input_json: tool_use.input_json.clone(),
-                });
-            }
-            // `auto` decides to ask, always: the safe choice.
-            (Some(PermissionPolicy::AlwaysAsk | PermissionPolicy::Auto), None) => waiting.push(*tool_use_id),
+        let Some(policy) = policy_of(agent, tool_use) else {
+            return Some(reject(
+                tool_use_id,
+                tool_use,
+                format!("tool {:?} is not available to this agent", tool_use.name),
+            ));
+        };
+        // `auto` decides to ask, always: the safe choice.
+        if confirmed || policy == PermissionPolicy::AlwaysAllow {
+            return Some(run(agent, tool_use_id, tool_use));
         }
+        waiting.push(tool_use_id);
     }
     (!waiting.is_empty()).then_some(Step::AwaitClient { event_ids: waiting })
+}
+
+/// The agent's policy for an open tool use; `None` when the tool is not
+/// available to it.
+fn policy_of(agent: &AgentSpec, tool_use: &OpenToolUse) -> Option<PermissionPolicy> {
+    match &tool_use.kind {
+        UseKind::BuiltIn => agent.tool_policy(&tool_use.name),
+        UseKind::Custom => Some(PermissionPolicy::AlwaysAsk),
+        UseKind::Mcp { server } => agent.mcp_toolset(server).and_then(|toolset| toolset.policy(&tool_use.name)),
+    }
+}
+
+fn run(agent: &AgentSpec, tool_use_id: EventId, tool_use: &OpenToolUse) -> Step {
+    match &tool_use.kind {
+        UseKind::Mcp { server } => match agent.mcp_server(server) {
+            Some(server) => Step::CallMcpTool {
+                tool_use_id,
+                server: server.clone(),
+                tool: tool_use.name.clone(),
+                input_json: tool_use.input_json.clone(),
+            },
+            None => Step::RejectMcpTool { tool_use_id, message: format!("MCP server {server:?} is not available") },
+        },
+        UseKind::BuiltIn | UseKind::Custom => Step::RunTool {
+            tool_use_id,
+            seq: tool_use.seq,
+            name: tool_use.name.clone(),
+            input_json: tool_use.input_json.clone(),
+        },
+    }
+}
+
+fn reject(tool_use_id: EventId, tool_use: &OpenToolUse, message: String) -> Step {
+    match tool_use.kind {
+        UseKind::Mcp { .. } => Step::RejectMcpTool { tool_use_id, message },
+        UseKind::BuiltIn | UseKind::Custom => Step::RejectTool { tool_use_id, message },
+    }
 }
 
 /// With no tool use open: call the model, unless the model spoke last (the
@@ -123,9 +187,12 @@ fn model_step(agent: &AgentSpec, events: &[Event], turn: &[Event]) -> Step {
     let last_said = events.iter().rev().find_map(|event| match &event.payload {
         EventPayload::UserMessage { .. }
         | EventPayload::AgentToolResult { .. }
+        | EventPayload::AgentMcpToolResult { .. }
         | EventPayload::UserCustomToolResult { .. } => Some(true),
         EventPayload::AgentMessage { .. }
         | EventPayload::AgentToolUse { .. }
+        | EventPayload::AgentMcpToolUse { .. }
+        | EventPayload::AgentGatedToolUse { .. }
         | EventPayload::AgentCustomToolUse { .. } => Some(false),
         _ => None,
     });
@@ -158,24 +225,24 @@ fn model_step(agent: &AgentSpec, events: &[Event], turn: &[Event]) -> Step {
 fn open_tool_uses(events: &[Event]) -> Vec<(EventId, OpenToolUse)> {
     let mut open: Vec<(EventId, OpenToolUse)> = Vec::new();
     for event in events {
-        match &event.payload {
-            EventPayload::AgentToolUse { name, input } | EventPayload::AgentCustomToolUse { name, input } => {
-                let custom = matches!(event.payload, EventPayload::AgentCustomToolUse { .. });
-                let tool_use = OpenToolUse {
-                    seq: event.seq,
-                    name: name.clone(),
-                    input_json: input.as_str().to_string(),
-                    custom,
-                    confirmation: None,
-                };
-                open.push((event.id, tool_use));
+        if let Some(tool_use) = opened(event) {
+            open.push((event.id, tool_use));
+            continue;
+        }
+        if let Some((tool_use_id, result, deny_message)) = event.payload.confirmation() {
+            if let Some((_, tool_use)) = open.iter_mut().find(|(id, _)| *id == tool_use_id) {
+                tool_use.confirmation = Some((result, deny_message.cloned()));
             }
-            EventPayload::UserToolConfirmation { tool_use_id, result, deny_message } => {
-                if let Some((_, tool_use)) = open.iter_mut().find(|(id, _)| id == tool_use_id) {
-                    tool_use.confirmation = Some((*result, deny_message.clone()));
+            continue;
+        }
+        match &event.payload {
+            EventPayload::SpanMcpToolCallStart { mcp_tool_use_id } => {
+                if let Some((_, tool_use)) = open.iter_mut().find(|(id, _)| id == mcp_tool_use_id) {
+                    tool_use.started = true;
                 }
             }
             EventPayload::AgentToolResult { tool_use_id: answered, .. }
+            | EventPayload::AgentMcpToolResult { mcp_tool_use_id: answered, .. }
             | EventPayload::UserCustomToolResult { custom_tool_use_id: answered, .. } => {
                 open.retain(|(id, _)| id != answered);
             }
@@ -183,6 +250,44 @@ fn open_tool_uses(events: &[Event]) -> Vec<(EventId, OpenToolUse)> {
         }
     }
     open
+}
+
+/// The tool use `event` opens, if it is one.
+fn opened(event: &Event) -> Option<OpenToolUse> {
+    let (name, input, kind, gate) = match &event.payload {
+        EventPayload::AgentToolUse { name, input } => (name, input, UseKind::BuiltIn, None),
+        EventPayload::AgentCustomToolUse { name, input } => (name, input, UseKind::Custom, None),
+        EventPayload::AgentGatedToolUse { name, input, custom, gate } => {
+            let kind = if *custom { UseKind::Custom } else { UseKind::BuiltIn };
+            (name, input, kind, Some(gate.clone()))
+        }
+        EventPayload::AgentMcpToolUse { mcp_server_name, name, input, gate } => {
+            (name, input, UseKind::Mcp { server: mcp_server_name.clone() }, gate.clone())
+        }
+        _ => return None,
+    };
+    Some(OpenToolUse {
+        seq: event.seq,
+        name: name.clone(),
+        input_json: input.as_str().to_string(),
+        kind,
+        gate,
+        started: false,
+        confirmation: None,
+    })
+}
+
+/// The name the model knows a tool use by, and its input, if `payload` is one.
+fn model_tool_use(payload: &EventPayload) -> Option<(String, &str)> {
+    match payload {
+        EventPayload::AgentToolUse { name, input }
+        | EventPayload::AgentCustomToolUse { name, input }
+        | EventPayload::AgentGatedToolUse { name, input, .. } => Some((name.clone(), input.as_str())),
+        EventPayload::AgentMcpToolUse { mcp_server_name, name, input, .. } => {
+            Some((mcp_tool_name(mcp_server_name, name), input.as_str()))
+        }
+        _ => None,
+    }
 }
 
 /// The tool name if the model's last [`STUCK_REPEATS_MAX`] responses in this
@@ -194,8 +299,10 @@ fn stuck_on(turn: &[Event]) -> Option<String> {
     for event in turn {
         match &event.payload {
             EventPayload::SpanModelRequestStart { .. } => current.clear(),
-            EventPayload::AgentToolUse { name, input } | EventPayload::AgentCustomToolUse { name, input } => {
-                current.push((name.clone(), input.as_str().to_string()));
+            payload if model_tool_use(payload).is_some() => {
+                if let Some((name, input)) = model_tool_use(payload) {
+                    current.push((name, input.to_string()));
+                }
             }
             EventPayload::SpanModelRequestEnd { is_error: false, .. }
             | EventPayload::SpanModelRequestEndWithoutUsage { is_error: false, .. } => {
@@ -228,11 +335,14 @@ pub fn conversation(events: &[Event]) -> Vec<Message> {
         match &event.payload {
             EventPayload::UserMessage { content } => push(Role::User, Block::Text { text: text_of(content) }),
             EventPayload::AgentMessage { content } => push(Role::Assistant, Block::Text { text: text_of(content) }),
-            EventPayload::AgentToolUse { name, input } | EventPayload::AgentCustomToolUse { name, input } => push(
-                Role::Assistant,
-                Block::ToolUse { id: event.id.to_string(), name: name.clone(), input_json: input.as_str().to_string() },
-            ),
-            EventPayload::AgentToolResult { tool_use_id, content, is_error } => push(
+            payload if model_tool_use(payload).is_some() => {
+                if let Some((name, input)) = model_tool_use(payload) {
+                    let id = event.id.to_string();
+                    push(Role::Assistant, Block::ToolUse { id, name, input_json: input.to_string() });
+                }
+            }
+            EventPayload::AgentToolResult { tool_use_id, content, is_error }
+            | EventPayload::AgentMcpToolResult { mcp_tool_use_id: tool_use_id, content, is_error } => push(
                 Role::User,
                 Block::ToolResult {
                     tool_use_id: tool_use_id.to_string(),
@@ -256,7 +366,7 @@ pub fn conversation(events: &[Event]) -> Vec<Message> {
 
 #[cfg(test)]
 mod tests {
-    use agentd_protocol::agent::{BuiltInTool, CustomTool};
+    use agentd_protocol::agent::{BuiltInTool, CustomTool, McpToolConfig, McpToolset};
     use agentd_protocol::event::{JsonText, ModelUsage};
     use agentd_protocol::ids::SessionId;
 
@@ -277,7 +387,101 @@ mod tests {
                 input_schema: JsonText::parse("{}").unwrap(),
             }],
             max_model_calls_per_turn: max_calls,
+            mcp_servers: vec![McpServer { name: "docs".into(), url: "http://127.0.0.1:9/mcp".into() }],
+            mcp_toolsets: vec![McpToolset {
+                server_name: "docs".into(),
+                default_enabled: true,
+                default_policy: PermissionPolicy::AlwaysAsk,
+                configs: vec![McpToolConfig {
+                    name: "search".into(),
+                    enabled: true,
+                    policy: PermissionPolicy::AlwaysAllow,
+                }],
+            }],
         }
+    }
+
+    fn mcp_use(name: &str, gate: Option<ApprovalGate>) -> EventPayload {
+        EventPayload::AgentMcpToolUse {
+            mcp_server_name: "docs".into(),
+            name: name.into(),
+            input: JsonText::parse(r#"{"q":"x"}"#).unwrap(),
+            gate,
+        }
+    }
+
+    fn gate(approver_only: bool) -> ApprovalGate {
+        ApprovalGate { policy_version: 2, rule: "bash".into(), approver_only }
+    }
+
+    #[test]
+    fn allowed_mcp_tools_are_called_and_asked_ones_wait() {
+        let mut log = Log::new();
+        log.user("search");
+        log.push(EventPayload::SessionStatusRunning);
+        let ids = log.model_turn(vec![mcp_use("search", None), mcp_use("fetch", None)]);
+        let Step::CallMcpTool { tool_use_id, server, tool, input_json } = plan(&agent(10), &log.0) else {
+            panic!("expected an MCP call")
+        };
+        assert_eq!((tool_use_id, server.name.as_str(), tool.as_str()), (ids[0], "docs", "search"));
+        assert_eq!(input_json, r#"{"q":"x"}"#);
+        log.push(EventPayload::AgentMcpToolResult {
+            mcp_tool_use_id: ids[0],
+            content: vec![ContentBlock::text("found")],
+            is_error: false,
+        });
+        // `fetch` follows the toolset's default: always ask.
+        assert_eq!(plan(&agent(10), &log.0), Step::AwaitClient { event_ids: vec![ids[1]] });
+        let messages = conversation(&log.0);
+        assert!(messages
+            .iter()
+            .flat_map(|message| &message.content)
+            .any(|block| matches!(block, Block::ToolUse { name, .. } if name == "mcp__docs__search")));
+    }
+
+    #[test]
+    fn an_mcp_call_whose_start_is_recorded_is_never_sent_again() {
+        let mut log = Log::new();
+        log.user("search");
+        log.push(EventPayload::SessionStatusRunning);
+        let ids = log.model_turn(vec![mcp_use("search", None)]);
+        log.push(EventPayload::SpanMcpToolCallStart { mcp_tool_use_id: ids[0] });
+        assert_eq!(
+            plan(&agent(10), &log.0),
+            Step::RejectMcpTool { tool_use_id: ids[0], message: MCP_INTERRUPTED_MESSAGE.into() }
+        );
+    }
+
+    #[test]
+    fn a_use_the_workspace_flags_waits_whatever_the_agents_policy() {
+        let mut log = Log::new();
+        log.user("go");
+        log.push(EventPayload::SessionStatusRunning);
+        let bash = EventPayload::AgentGatedToolUse {
+            name: "bash".into(),
+            input: JsonText::parse(r#"{"command":"ls"}"#).unwrap(),
+            custom: false,
+            gate: gate(true),
+        };
+        let ids = log.model_turn(vec![bash, mcp_use("search", Some(gate(false)))]);
+        // Both are always_allow for the agent; the workspace asks.
+        assert_eq!(plan(&agent(10), &log.0), Step::AwaitClient { event_ids: vec![ids[0], ids[1]] });
+        log.push(EventPayload::UserToolDecision {
+            tool_use_id: ids[0],
+            result: Confirmation::Allow,
+            deny_message: None,
+            decided_by: None,
+            policy_version: Some(2),
+        });
+        assert!(matches!(plan(&agent(10), &log.0), Step::RunTool { tool_use_id, .. } if tool_use_id == ids[0]));
+        log.result(ids[0]);
+        assert_eq!(plan(&agent(10), &log.0), Step::AwaitClient { event_ids: vec![ids[1]] });
+        log.push(EventPayload::UserToolConfirmation {
+            tool_use_id: ids[1],
+            result: Confirmation::Deny,
+            deny_message: None,
+        });
+        assert!(matches!(plan(&agent(10), &log.0), Step::RejectMcpTool { tool_use_id, .. } if tool_use_id == ids[1]));
     }
 
     /// A log built one payload at a time; ids are the sequence numbers.

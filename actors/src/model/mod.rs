@@ -33,8 +33,8 @@ use futures_util::future::BoxFuture;
 pub use agentd_protocol::event::ModelUsage;
 pub use error::ModelError;
 pub use http::{
-    HttpClient, HttpResponse, HttpStream, SseDecoder, TlsConnector, CONNECT_TIMEOUT_MS, REQUEST_TIMEOUT_MS_DEFAULT,
-    RESPONSE_BODY_BYTES_MAX, SSE_LINE_BYTES_MAX,
+    HttpClient, HttpResponse, HttpStream, RawResponse, SseDecoder, TlsConnector, CONNECT_TIMEOUT_MS,
+    REQUEST_TIMEOUT_MS_DEFAULT, RESPONSE_BODY_BYTES_MAX, SSE_LINE_BYTES_MAX,
 };
 pub use message::{Block, Message, Role};
 pub use provider_config::{

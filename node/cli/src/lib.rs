@@ -24,7 +24,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    agent, apikey, bench as bench_command, cluster, dev, environment, hands, node, session, shard, start, vault,
+    agent, apikey, bench as bench_command, cluster, dev, environment, hands, node, policy, session, shard, start, vault,
 };
 
 #[derive(Debug, Parser)]
@@ -81,6 +81,9 @@ pub enum Command {
     /// API keys: who may call the cluster, and in which workspace.
     #[command(subcommand)]
     Apikey(apikey::ApiKeyCommand),
+    /// A workspace's approval policy: tools every agent of it asks before using.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Measure a running cluster.
     #[command(subcommand)]
     Bench(bench_command::BenchCommand),
@@ -146,6 +149,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Environment(command) => environment::run(command).await,
         Command::Vault(command) => vault::run(command).await,
         Command::Apikey(command) => apikey::run(command).await,
+        Command::Policy(command) => policy::run(command).await,
         Command::Bench(command) => bench_command::run(command).await,
         Command::Sim(_) => anyhow::bail!("`agentd sim` runs outside a tokio runtime; call agentd_sim::cli::main"),
     }

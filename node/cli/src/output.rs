@@ -1,6 +1,7 @@
 //! JSON shapes of events for the CLI's `--json` output (the Managed Agents
 //! API field names).
 
+use agentd_protocol::approval::ApprovalGate;
 use agentd_protocol::event::{Confirmation, ContentBlock, Event, EventPayload, StopReason};
 use serde_json::{json, Value};
 
@@ -68,6 +69,43 @@ fn payload(payload: &EventPayload) -> Value {
         EventPayload::SessionUsage { input_tokens, output_tokens } => {
             json!({"input_tokens": input_tokens, "output_tokens": output_tokens})
         }
+        other => governed(other),
+    }
+}
+
+fn gate(gate: &ApprovalGate) -> Value {
+    json!({"policy_version": gate.policy_version, "rule": gate.rule, "approver_only": gate.approver_only})
+}
+
+/// The events of MCP tools and of workspace approval policies.
+fn governed(payload: &EventPayload) -> Value {
+    match payload {
+        EventPayload::AgentMcpToolUse { mcp_server_name, name, input: text, gate: flagged } => json!({
+            "name": name, "mcp_server_name": mcp_server_name, "input": input(text.as_str()),
+            "approval_policy": flagged.as_ref().map(gate),
+        }),
+        EventPayload::AgentMcpToolResult { mcp_tool_use_id, content: blocks, is_error } => json!({
+            "mcp_tool_use_id": mcp_tool_use_id.to_string(), "content": content(blocks), "is_error": is_error,
+        }),
+        EventPayload::SpanMcpToolCallStart { mcp_tool_use_id } => {
+            json!({"mcp_tool_use_id": mcp_tool_use_id.to_string()})
+        }
+        EventPayload::AgentGatedToolUse { name, input: text, gate: flagged, .. } => {
+            json!({"name": name, "input": input(text.as_str()), "approval_policy": gate(flagged)})
+        }
+        EventPayload::UserToolDecision { tool_use_id, result, deny_message, decided_by, policy_version } => json!({
+            "tool_use_id": tool_use_id.to_string(),
+            "result": match result { Confirmation::Allow => "allow", Confirmation::Deny => "deny" },
+            "deny_message": deny_message,
+            "decided_by": decided_by.as_ref().map(|decider| json!({
+                "key_id": decider.key_id.to_string(), "key_name": decider.key_name, "role": decider.role.name(),
+            })),
+            "policy_version": policy_version,
+        }),
+        EventPayload::SessionMcpError { kind, message, mcp_server_name } => {
+            json!({"error": {"type": kind, "message": message, "mcp_server_name": mcp_server_name}})
+        }
+        _ => json!({}),
     }
 }
 

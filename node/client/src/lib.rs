@@ -418,6 +418,25 @@ impl Client {
         Ok(self.call(ClientRequest::ListApiKeys { workspace }).await?.into_api_keys()?)
     }
 
+    /// Replaces the approval policy of `workspace` (the key's own: `None`);
+    /// admin keys only. `expected_version` makes it conditional.
+    pub async fn put_approval_policy(
+        &self,
+        workspace: Option<String>,
+        rules: Vec<agentd_protocol::approval::ApprovalRule>,
+        expected_version: Option<u64>,
+    ) -> Result<agentd_protocol::approval::ApprovalPolicy, ClientError> {
+        let request = ClientRequest::PutApprovalPolicy { workspace, rules, expected_version };
+        Ok(self.call(request).await?.into_approval_policy()?)
+    }
+
+    pub async fn approval_policy(
+        &self,
+        workspace: Option<String>,
+    ) -> Result<agentd_protocol::approval::ApprovalPolicy, ClientError> {
+        Ok(self.call(ClientRequest::GetApprovalPolicy { workspace }).await?.into_approval_policy()?)
+    }
+
     pub async fn revoke_api_key(&self, key_id: ApiKeyId) -> Result<ApiKeyInfo, ClientError> {
         Ok(self.call(ClientRequest::RevokeApiKey { key_id }).await?.into_api_key()?)
     }

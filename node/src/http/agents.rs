@@ -2,11 +2,12 @@
 //!
 //! An update adds a version; `version` in an update is optimistic
 //! concurrency (a stale one is a 409 the SDKs do not retry). Agents are
-//! archived, never deleted. Fields agentd does not have yet (`mcp_servers`,
-//! `skills`, `multiagent`, an `aws_role` identity, model `effort`) are
+//! archived, never deleted. `mcp_servers` (`{type: "url", name, url}`) go
+//! with one `mcp_toolset` each in `tools`. Fields agentd does not have yet
+//! (`skills`, `multiagent`, an `aws_role` identity, model `effort`) are
 //! refused with a 400 naming them.
 
-use agentd_protocol::agent::AgentSpec;
+use agentd_protocol::agent::{AgentSpec, McpServer};
 use agentd_protocol::api::ClientRequest;
 use agentd_protocol::ids::AgentId;
 use agentd_protocol::limits::{MODEL_CALLS_PER_TURN_DEFAULT, NAME_BYTES_MAX};
@@ -56,7 +57,9 @@ pub(super) fn spec_fields(body: &AgentBody, description: Option<&String>) -> Map
     fields.insert("system".into(), json!(spec.system));
     fields.insert("model".into(), json!({"id": spec.model, "speed": "standard"}));
     fields.insert("tools".into(), tools_json(body));
-    fields.insert("mcp_servers".into(), json!([]));
+    let servers: Vec<Value> =
+        spec.mcp_servers.iter().map(|server| json!({"type": "url", "name": server.name, "url": server.url})).collect();
+    fields.insert("mcp_servers".into(), Value::Array(servers));
     fields.insert("skills".into(), json!([]));
     fields.insert("execution_identity".into(), json!({"type": "service_account"}));
     fields.insert("multiagent".into(), Value::Null);
@@ -116,7 +119,6 @@ pub(super) fn parse_model(value: &Value) -> Result<String, HttpError> {
 pub(super) fn refuse_unsupported(map: &Map<String, Value>) -> Result<(), HttpError> {
     let empty = |value: &Value| value.is_null() || value.as_array().is_some_and(Vec::is_empty);
     for (field, why) in [
-        ("mcp_servers", "MCP servers come with a later release"),
         ("skills", "skills come with a later release"),
         ("multiagent", "multi-agent sessions come with a later release"),
     ] {
@@ -162,6 +164,32 @@ fn optional_text(map: &Map<String, Value>, field: &str) -> Result<Option<Option<
     }
 }
 
+/// An agent's `mcp_servers`: `[{type: "url", name, url}]`.
+pub(super) fn parse_mcp_servers(value: &Value) -> Result<Vec<McpServer>, HttpError> {
+    let Some(entries) = value.as_array() else { return Err(HttpError::invalid("mcp_servers must be an array")) };
+    entries
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            let field = format!("mcp_servers[{index}]");
+            let map = entry.as_object().ok_or_else(|| HttpError::invalid(format!("{field} must be an object")))?;
+            if let Some(key) = map.keys().find(|key| !["type", "name", "url"].contains(&key.as_str())) {
+                return Err(HttpError::invalid(format!("unknown field `{field}.{key}`")));
+            }
+            if map.get("type").and_then(Value::as_str).is_some_and(|kind| kind != "url") {
+                return Err(HttpError::invalid(format!("{field}.type must be \"url\"")));
+            }
+            let text = |name: &str| {
+                map.get(name)
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| HttpError::invalid(format!("{field}.{name} is required")))
+            };
+            Ok(McpServer { name: text("name")?, url: text("url")? })
+        })
+        .collect()
+}
+
 /// The version a create request describes.
 fn version_from_create(map: &Map<String, Value>) -> Result<ResourceVersion, HttpError> {
     check_fields(map, &[])?;
@@ -175,6 +203,11 @@ fn version_from_create(map: &Map<String, Value>) -> Result<ResourceVersion, Http
         tools: Vec::new(),
         custom_tools: Vec::new(),
         max_model_calls_per_turn: MODEL_CALLS_PER_TURN_DEFAULT,
+        mcp_servers: match map.get("mcp_servers").filter(|value| !value.is_null()) {
+            Some(servers) => parse_mcp_servers(servers)?,
+            None => Vec::new(),
+        },
+        mcp_toolsets: Vec::new(),
     };
     Ok(ResourceVersion {
         body: ResourceBody::Agent(with_tools(spec, tools)),
@@ -187,6 +220,7 @@ fn version_from_create(map: &Map<String, Value>) -> Result<ResourceVersion, Http
 fn with_tools(mut spec: AgentSpec, tools: ParsedTools) -> AgentBody {
     spec.tools = tools.built_in;
     spec.custom_tools = tools.custom;
+    spec.mcp_toolsets = tools.mcp_toolsets;
     AgentBody { spec, default_enabled: tools.default_enabled, default_policy: tools.default_policy }
 }
 
@@ -204,6 +238,9 @@ fn version_from_update(map: &Map<String, Value>, current: &ResourceVersion) -> R
     }
     if let Some(system) = optional_text(map, "system")? {
         body.spec.system = system;
+    }
+    if let Some(servers) = map.get("mcp_servers") {
+        body.spec.mcp_servers = if servers.is_null() { Vec::new() } else { parse_mcp_servers(servers)? };
     }
     if let Some(tools) = map.get("tools") {
         let tools = if tools.is_null() { ParsedTools::default() } else { parse_tools(tools)? };

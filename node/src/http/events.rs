@@ -7,6 +7,7 @@
 
 use agentd_protocol::agent::PermissionPolicy;
 use agentd_protocol::api::ClientRequest;
+use agentd_protocol::approval::ApprovalGate;
 use agentd_protocol::event::{Confirmation, ContentBlock, Event, EventPayload, JsonText};
 use agentd_protocol::ids::EventId;
 use agentd_protocol::limits::{EVENTS_PER_PAGE_MAX, EVENTS_PER_SEND_MAX};
@@ -25,7 +26,7 @@ use super::AppState;
 type Answer = Result<Json<Value>, HttpError>;
 
 /// Every event type the API knows that agentd writes.
-const EVENT_TYPES: [&str; 17] = [
+const EVENT_TYPES: [&str; 20] = [
     "user.message",
     "user.interrupt",
     "user.tool_confirmation",
@@ -43,6 +44,9 @@ const EVENT_TYPES: [&str; 17] = [
     "span.model_request_end",
     "session.usage",
     "session.deleted",
+    "agent.mcp_tool_use",
+    "agent.mcp_tool_result",
+    "span.mcp_tool_call_start",
 ];
 
 fn blocks_json(blocks: &[ContentBlock]) -> Value {
@@ -55,7 +59,11 @@ fn input_json(input: &JsonText) -> Value {
 
 /// How the agent's policy evaluated a built-in tool's use.
 fn evaluation(agent: Option<&AgentSnapshot>, name: &str) -> (Value, Value) {
-    match agent.and_then(|agent| agent.body.spec.tool_policy(name)) {
+    policy_evaluation(agent.and_then(|agent| agent.body.spec.tool_policy(name)))
+}
+
+fn policy_evaluation(policy: Option<PermissionPolicy>) -> (Value, Value) {
+    match policy {
         Some(PermissionPolicy::AlwaysAllow) => (json!("allow"), json!({"type": "always_allow"})),
         Some(PermissionPolicy::AlwaysAsk) => (json!("ask"), json!({"type": "always_ask"})),
         Some(PermissionPolicy::Auto) => (
@@ -66,17 +74,79 @@ fn evaluation(agent: Option<&AgentSnapshot>, name: &str) -> (Value, Value) {
     }
 }
 
+/// What a workspace's approval policy decided about a tool use (an agentd
+/// extension beside `evaluation`).
+fn gate_json(gate: &ApprovalGate) -> Value {
+    json!({"policy_version": gate.policy_version, "rule": gate.rule, "approver_only": gate.approver_only})
+}
+
+fn confirmation_json(tool_use_id: &EventId, result: &Confirmation, deny_message: &Option<String>) -> Value {
+    json!({
+        "tool_use_id": tool_use_id.to_string(),
+        "result": match result { Confirmation::Allow => "allow", Confirmation::Deny => "deny" },
+        "deny_message": deny_message,
+    })
+}
+
+/// The fields of the events MCP and approval policies added.
+fn governed_fields(payload: &EventPayload, agent: Option<&AgentSnapshot>) -> Option<Value> {
+    Some(match payload {
+        EventPayload::AgentMcpToolUse { mcp_server_name, name, input, gate } => {
+            let policy = agent
+                .and_then(|agent| agent.body.spec.mcp_toolset(mcp_server_name))
+                .and_then(|toolset| toolset.policy(name));
+            let (mut permission, evaluation) = policy_evaluation(policy);
+            if gate.is_some() {
+                permission = json!("ask");
+            }
+            json!({
+                "name": name, "mcp_server_name": mcp_server_name, "input": input_json(input),
+                "evaluated_permission": permission, "evaluation": evaluation,
+                "approval_policy": gate.as_ref().map(gate_json),
+            })
+        }
+        EventPayload::AgentMcpToolResult { mcp_tool_use_id, content, is_error } => json!({
+            "mcp_tool_use_id": mcp_tool_use_id.to_string(), "content": blocks_json(content), "is_error": is_error,
+        }),
+        EventPayload::SpanMcpToolCallStart { mcp_tool_use_id } => {
+            json!({"mcp_tool_use_id": mcp_tool_use_id.to_string()})
+        }
+        EventPayload::AgentGatedToolUse { name, input, custom: true, gate } => {
+            json!({"name": name, "input": input_json(input), "approval_policy": gate_json(gate)})
+        }
+        EventPayload::AgentGatedToolUse { name, input, custom: false, gate } => {
+            let (_, evaluation) = evaluation(agent, name);
+            json!({
+                "name": name, "input": input_json(input), "evaluated_permission": "ask", "evaluation": evaluation,
+                "approval_policy": gate_json(gate),
+            })
+        }
+        EventPayload::UserToolDecision { tool_use_id, result, deny_message, decided_by, policy_version } => {
+            let mut fields = confirmation_json(tool_use_id, result, deny_message);
+            fields["decided_by"] = decided_by.as_ref().map_or(Value::Null, |decider| {
+                json!({"key_id": decider.key_id.to_string(), "key_name": decider.key_name, "role": decider.role.name()})
+            });
+            fields["policy_version"] = json!(policy_version);
+            fields
+        }
+        EventPayload::SessionMcpError { kind, message, mcp_server_name } => json!({
+            "error": {"type": kind, "message": message, "mcp_server_name": mcp_server_name,
+                      "retry_status": {"type": "exhausted"}},
+        }),
+        _ => return None,
+    })
+}
+
 /// An event of a session's log as the API shows it.
 pub(super) fn event_json(event: &Event, agent: Option<&AgentSnapshot>) -> Value {
     let mut fields = match &event.payload {
+        payload if governed_fields(payload, agent).is_some() => governed_fields(payload, agent).unwrap_or_default(),
         EventPayload::UserMessage { content } | EventPayload::AgentMessage { content } => {
             json!({"content": blocks_json(content)})
         }
-        EventPayload::UserToolConfirmation { tool_use_id, result, deny_message } => json!({
-            "tool_use_id": tool_use_id.to_string(),
-            "result": match result { Confirmation::Allow => "allow", Confirmation::Deny => "deny" },
-            "deny_message": deny_message,
-        }),
+        EventPayload::UserToolConfirmation { tool_use_id, result, deny_message } => {
+            confirmation_json(tool_use_id, result, deny_message)
+        }
         EventPayload::UserCustomToolResult { custom_tool_use_id, content, is_error } => json!({
             "custom_tool_use_id": custom_tool_use_id.to_string(), "content": blocks_json(content), "is_error": is_error,
         }),
@@ -108,7 +178,13 @@ pub(super) fn event_json(event: &Event, agent: Option<&AgentSnapshot>) -> Value 
         | EventPayload::SessionStatusRunning
         | EventPayload::SessionStatusRescheduled
         | EventPayload::SessionStatusTerminated
-        | EventPayload::SessionDeleted => json!({}),
+        | EventPayload::SessionDeleted
+        | EventPayload::AgentMcpToolUse { .. }
+        | EventPayload::AgentMcpToolResult { .. }
+        | EventPayload::SpanMcpToolCallStart { .. }
+        | EventPayload::AgentGatedToolUse { .. }
+        | EventPayload::UserToolDecision { .. }
+        | EventPayload::SessionMcpError { .. } => json!({}),
     };
     fields["id"] = json!(event.id.to_string());
     fields["type"] = json!(event.payload.type_name());

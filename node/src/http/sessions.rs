@@ -19,7 +19,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::{Extension, Json};
 use serde_json::{json, Map, Value};
 
-use super::agents::{agent_body, parse_model, refuse_unsupported, spec_fields};
+use super::agents::{agent_body, parse_mcp_servers, parse_model, refuse_unsupported, spec_fields};
 use super::error::HttpError;
 use super::events::user_event;
 use super::tools::parse_tools;
@@ -206,8 +206,12 @@ async fn overridden(
         let tools = parse_tools(tools)?;
         body.spec.tools = tools.built_in;
         body.spec.custom_tools = tools.custom;
+        body.spec.mcp_toolsets = tools.mcp_toolsets;
         body.default_enabled = tools.default_enabled;
         body.default_policy = tools.default_policy;
+    }
+    if let Some(servers) = map.get("mcp_servers") {
+        body.spec.mcp_servers = if servers.is_null() { Vec::new() } else { parse_mcp_servers(servers)? };
     }
     body.spec.validate()?;
     Ok(body)

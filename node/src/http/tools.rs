@@ -2,7 +2,9 @@
 //! (`agent_toolset_20260401`) with per-tool configs and a default config,
 //! and custom tools; and back, resolved, as the API shows them.
 
-use agentd_protocol::agent::{BuiltInTool, CustomTool, PermissionPolicy, BUILT_IN_TOOLS};
+use agentd_protocol::agent::{
+    BuiltInTool, CustomTool, McpToolConfig, McpToolset, PermissionPolicy, BUILT_IN_TOOLS, MCP_DEFAULT_POLICY,
+};
 use agentd_protocol::event::JsonText;
 use agentd_protocol::resource::AgentBody;
 use serde_json::{json, Map, Value};
@@ -22,6 +24,7 @@ pub struct ParsedTools {
     pub default_enabled: bool,
     pub default_policy: PermissionPolicy,
     pub custom: Vec<CustomTool>,
+    pub mcp_toolsets: Vec<McpToolset>,
 }
 
 impl Default for ParsedTools {
@@ -32,6 +35,7 @@ impl Default for ParsedTools {
             default_enabled: false,
             default_policy: PermissionPolicy::AlwaysAllow,
             custom: Vec::new(),
+            mcp_toolsets: Vec::new(),
         }
     }
 }
@@ -83,10 +87,15 @@ pub fn parse_tools(value: &Value) -> Result<ParsedTools, HttpError> {
             }
             Some("custom") => parsed.custom.push(parse_custom(&field, map)?),
             Some("mcp_toolset") => {
-                return Err(HttpError::unsupported(
-                    &format!("{field} (mcp_toolset)"),
-                    "MCP servers come with a later release",
-                ))
+                let toolset = parse_mcp_toolset(&field, map)?;
+                if parsed.mcp_toolsets.iter().any(|other| other.server_name == toolset.server_name) {
+                    return Err(HttpError::invalid(format!(
+                        "{field}: MCP server {:?} has a toolset already",
+                        toolset.server_name
+                    ))
+                    .with_code("tool_name_conflict"));
+                }
+                parsed.mcp_toolsets.push(toolset);
             }
             other => return Err(HttpError::invalid(format!("{field}: unknown tool type {other:?}"))),
         }
@@ -150,6 +159,43 @@ fn parse_toolset(field: &str, map: &Map<String, Value>, parsed: &mut ParsedTools
     Ok(())
 }
 
+/// An `mcp_toolset`: tools of one MCP server, `always_ask` unless configured
+/// otherwise (see [`MCP_DEFAULT_POLICY`]).
+fn parse_mcp_toolset(field: &str, map: &Map<String, Value>) -> Result<McpToolset, HttpError> {
+    only(field, map, &["type", "mcp_server_name", "configs", "default_config"])?;
+    let server_name = map
+        .get("mcp_server_name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| HttpError::invalid(format!("{field}.mcp_server_name is required")))?;
+    let (mut default_enabled, mut default_policy) = (true, MCP_DEFAULT_POLICY);
+    if let Some(default) = map.get("default_config").filter(|value| !value.is_null()) {
+        let default = object(&format!("{field}.default_config"), default)?;
+        only(&format!("{field}.default_config"), default, &["enabled", "permission_policy"])?;
+        default_enabled = default.get("enabled").and_then(Value::as_bool).unwrap_or(true);
+        if let Some(policy) = default.get("permission_policy").filter(|value| !value.is_null()) {
+            default_policy = parse_policy(&format!("{field}.default_config.permission_policy"), policy)?;
+        }
+    }
+    let mut configs = Vec::new();
+    for (index, config) in map.get("configs").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let config_field = format!("{field}.configs[{index}]");
+        let config = object(&config_field, config)?;
+        only(&config_field, config, &["name", "enabled", "permission_policy"])?;
+        let name = config
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| HttpError::invalid(format!("{config_field}.name is required")))?;
+        let policy = match config.get("permission_policy").filter(|value| !value.is_null()) {
+            Some(policy) => parse_policy(&format!("{config_field}.permission_policy"), policy)?,
+            None => default_policy,
+        };
+        let enabled = config.get("enabled").and_then(Value::as_bool).unwrap_or(default_enabled);
+        configs.push(McpToolConfig { name: name.to_string(), enabled, policy });
+    }
+    Ok(McpToolset { server_name: server_name.to_string(), default_enabled, default_policy, configs })
+}
+
 fn parse_custom(field: &str, map: &Map<String, Value>) -> Result<CustomTool, HttpError> {
     only(field, map, &["type", "name", "description", "input_schema"])?;
     let name = map
@@ -189,6 +235,21 @@ pub fn tools_json(body: &AgentBody) -> Value {
             "default_config": {"enabled": body.default_enabled, "permission_policy": policy_json(body.default_policy)},
         }));
     }
+    for toolset in &body.spec.mcp_toolsets {
+        let configs: Vec<Value> = toolset
+            .configs
+            .iter()
+            .map(|config| {
+                json!({"name": config.name, "enabled": config.enabled, "permission_policy": policy_json(config.policy)})
+            })
+            .collect();
+        tools.push(json!({
+            "type": "mcp_toolset",
+            "mcp_server_name": toolset.server_name,
+            "configs": configs,
+            "default_config": {"enabled": toolset.default_enabled, "permission_policy": policy_json(toolset.default_policy)},
+        }));
+    }
     for tool in &body.spec.custom_tools {
         let schema: Value = serde_json::from_str(tool.input_schema.as_str()).unwrap_or_else(|_| json!({}));
         tools.push(
@@ -218,9 +279,35 @@ mod tests {
     }
 
     #[test]
+    fn an_mcp_toolset_asks_by_default_and_shows_back_resolved() {
+        let tools = json!([{"type": "mcp_toolset", "mcp_server_name": "docs",
+            "configs": [{"name": "search", "permission_policy": {"type": "always_allow"}}]}]);
+        let parsed = parse_tools(&tools).unwrap();
+        let toolset = &parsed.mcp_toolsets[0];
+        assert_eq!(toolset.policy("search"), Some(PermissionPolicy::AlwaysAllow));
+        assert_eq!(toolset.policy("anything"), Some(PermissionPolicy::AlwaysAsk));
+        let mut spec = agentd_protocol::agent::AgentSpec {
+            name: "a".into(),
+            model: "m".into(),
+            system: None,
+            tools: vec![],
+            custom_tools: vec![],
+            max_model_calls_per_turn: 1,
+            mcp_servers: vec![],
+            mcp_toolsets: vec![],
+        };
+        spec.mcp_toolsets = parsed.mcp_toolsets;
+        let body = AgentBody { spec, default_enabled: false, default_policy: PermissionPolicy::AlwaysAllow };
+        let shown = tools_json(&body);
+        assert_eq!(shown[0]["default_config"]["permission_policy"]["type"], "always_ask");
+        assert_eq!(shown[0]["configs"][0]["name"], "search");
+    }
+
+    #[test]
     fn unsupported_and_conflicting_tools_are_refused() {
         for bad in [
-            json!([{"type": "mcp_toolset", "mcp_server_name": "x"}]),
+            json!([{"type": "mcp_toolset"}]),
+            json!([{"type": "mcp_toolset", "mcp_server_name": "x"}, {"type": "mcp_toolset", "mcp_server_name": "x"}]),
             json!([{"type": TOOLSET_TYPE, "configs": [{"name": "web_fetch", "enabled": true}]}]),
             json!([{"type": TOOLSET_TYPE}, {"type": "custom", "name": "bash", "input_schema": {}}]),
             json!([{"type": TOOLSET_TYPE, "configs": [{"name": "bash", "colour": "red"}]}]),

@@ -7,12 +7,20 @@
 //! which is scrubbed from every result before it is recorded. Until secrets
 //! are injected at egress, such a credential reaches every host its tools
 //! reach: `networking` must be `unrestricted`, and `injection_location` (a
-//! placeholder substituted at egress) is refused unless it asks for nothing. MCP credentials (`static_bearer`, `mcp_oauth`) come with MCP.
+//! placeholder substituted at egress) is refused unless it asks for nothing.
+//!
+//! MCP credentials (`static_bearer`: `token`, `mcp_server_url`; `mcp_oauth`:
+//! `access_token`, `mcp_server_url`, `expires_at`, `refresh`) are presented by
+//! the node to the MCP server whose URL is `mcp_server_url`, for sessions
+//! that name the vault; tools never see them. An `mcp_oauth` token past its
+//! `expires_at` (or refused by the server) is refreshed at the refresh's
+//! `token_endpoint` and the new one stored, sealed.
 
-use agentd_protocol::api::{ClientRequest, CredentialChange};
+use agentd_protocol::api::{ClientRequest, CredentialChange, McpCredentialChange, OAuthChange, OAuthRefreshChange};
 use agentd_protocol::ids::{CredentialId, VaultId};
 use agentd_protocol::resource::{
-    Credential, Order, Resource, ResourceBody, ResourceId, ResourceKind, ResourceQuery, ResourceVersion, VaultBody,
+    Credential, McpAuth, Order, Resource, ResourceBody, ResourceId, ResourceKind, ResourceQuery, ResourceVersion,
+    TokenEndpointAuth, VaultBody,
 };
 use agentd_protocol::tenancy::Caller;
 use axum::body::Bytes;
@@ -22,8 +30,8 @@ use serde_json::{json, Map, Value};
 
 use super::error::HttpError;
 use super::util::{
-    encode_cursor, list_body, metadata_from, metadata_json, metadata_patch, page_cursor, parse_body, rfc3339,
-    rfc3339_or_null, Query,
+    encode_cursor, list_body, metadata_from, metadata_json, metadata_patch, page_cursor, parse_body, parse_time,
+    rfc3339, rfc3339_or_null, Query,
 };
 use super::AppState;
 
@@ -58,6 +66,34 @@ fn vault_json(resource: &Resource) -> Option<Value> {
     }))
 }
 
+/// What a credential's `auth` shows: never a secret.
+fn auth_json(credential: &Credential) -> Value {
+    let Some(mcp) = &credential.mcp else {
+        return json!({
+            "type": "environment_variable",
+            "secret_name": credential.secret_name,
+            "networking": {"type": "unrestricted"},
+            // The tools see the value itself; nothing substitutes a placeholder.
+            "injection_location": {"header": false, "body": false},
+        });
+    };
+    match &mcp.auth {
+        McpAuth::StaticBearer => json!({"type": "static_bearer", "mcp_server_url": mcp.server_url}),
+        McpAuth::OAuth { expires_at_ms, refresh } => json!({
+            "type": "mcp_oauth",
+            "mcp_server_url": mcp.server_url,
+            "expires_at": rfc3339_or_null(*expires_at_ms),
+            "refresh": refresh.as_ref().map(|refresh| json!({
+                "client_id": refresh.client_id,
+                "token_endpoint": refresh.token_endpoint,
+                "token_endpoint_auth": {"type": refresh.endpoint_auth.name()},
+                "scope": refresh.scope,
+                "resource": refresh.resource,
+            })),
+        }),
+    }
+}
+
 fn credential_json(vault_id: VaultId, credential: &Credential) -> Value {
     json!({
         "id": credential.id.to_string(),
@@ -65,13 +101,7 @@ fn credential_json(vault_id: VaultId, credential: &Credential) -> Value {
         "vault_id": vault_id.to_string(),
         "display_name": credential.display_name,
         "metadata": metadata_json(&credential.metadata),
-        "auth": {
-            "type": "environment_variable",
-            "secret_name": credential.secret_name,
-            "networking": {"type": "unrestricted"},
-            // The tools see the value itself; nothing substitutes a placeholder.
-            "injection_location": {"header": false, "body": false},
-        },
+        "auth": auth_json(credential),
         "created_at": rfc3339(credential.created_at_ms),
         "updated_at": rfc3339(credential.updated_at_ms),
         "archived_at": rfc3339_or_null(credential.archived_at_ms),
@@ -192,15 +222,27 @@ pub async fn list(
     Ok(Json(list_body(data, page.next.map(|next| encode_cursor(order, next)))))
 }
 
-/// The secret, name and hosts an `auth` object sets. `create` says whether
-/// the credential is new (its `secret_name` and `secret_value` are required).
-fn auth_change(auth: &Value, change: &mut CredentialChange, create: bool) -> Result<(), HttpError> {
+/// The secret, name and hosts an `auth` object sets. `current` is the
+/// credential an update changes (`None` when creating: then what a new
+/// credential needs is required).
+fn auth_change(auth: &Value, change: &mut CredentialChange, current: Option<&Credential>) -> Result<(), HttpError> {
+    let create = current.is_none();
     let map = auth.as_object().ok_or_else(|| HttpError::invalid("auth must be an object"))?;
-    match map.get("type").and_then(Value::as_str) {
-        Some("environment_variable") => {}
-        Some(kind @ ("static_bearer" | "mcp_oauth")) => {
-            return Err(HttpError::unsupported(&format!("auth.type ({kind})"), "MCP credentials come with MCP servers"))
+    let kind = map.get("type").and_then(Value::as_str);
+    let current_kind = current.map(|credential| match credential.mcp.as_ref().map(|mcp| &mcp.auth) {
+        None => "environment_variable",
+        Some(McpAuth::StaticBearer) => "static_bearer",
+        Some(McpAuth::OAuth { .. }) => "mcp_oauth",
+    });
+    if let (Some(kind), Some(current_kind)) = (kind, current_kind) {
+        if kind != current_kind {
+            return Err(HttpError::invalid(format!("auth.type is {current_kind}; it cannot become {kind}"))
+                .with_code("invalid_config_type_change"));
         }
+    }
+    match kind {
+        Some("environment_variable") => {}
+        Some("static_bearer" | "mcp_oauth") => return mcp_auth_change(map, change, current),
         other => return Err(HttpError::invalid(format!("auth.type: unknown credential type {other:?}"))),
     }
     only("auth.", map, &["type", "secret_name", "secret_value", "networking", "injection_location"])?;
@@ -229,6 +271,86 @@ fn auth_change(auth: &Value, change: &mut CredentialChange, create: bool) -> Res
     Ok(())
 }
 
+/// An MCP credential's `auth`: the token, the server, and for `mcp_oauth`
+/// the expiry and refresh settings.
+fn mcp_auth_change(
+    map: &Map<String, Value>,
+    change: &mut CredentialChange,
+    current: Option<&Credential>,
+) -> Result<(), HttpError> {
+    let oauth = map.get("type").and_then(Value::as_str) == Some("mcp_oauth");
+    let token_field = if oauth { "access_token" } else { "token" };
+    let known: &[&str] = if oauth {
+        &["type", "access_token", "mcp_server_url", "expires_at", "refresh"]
+    } else {
+        &["type", "token", "mcp_server_url"]
+    };
+    only("auth.", map, known)?;
+    let text = |field: &str| map.get(field).and_then(Value::as_str).map(str::to_string);
+    change.secret_value = text(token_field);
+    let current_url = current.and_then(|credential| credential.mcp.as_ref()).map(|mcp| mcp.server_url.clone());
+    let server_url = text("mcp_server_url").or(current_url);
+    let (Some(server_url), true) = (server_url, current.is_some() || change.secret_value.is_some()) else {
+        return Err(HttpError::invalid(format!("auth.{token_field} and auth.mcp_server_url are required")));
+    };
+    let oauth = match oauth {
+        false => None,
+        true => Some(OAuthChange {
+            expires_at_ms: match map.get("expires_at").and_then(Value::as_str) {
+                Some(at) => Some(parse_time("auth.expires_at", at)?),
+                None => None,
+            },
+            refresh: map.get("refresh").filter(|value| !value.is_null()).map(parse_refresh).transpose()?,
+        }),
+    };
+    change.mcp = Some(McpCredentialChange { server_url, oauth });
+    Ok(())
+}
+
+/// `auth.refresh` of an `mcp_oauth` credential.
+fn parse_refresh(value: &Value) -> Result<OAuthRefreshChange, HttpError> {
+    let map = value.as_object().ok_or_else(|| HttpError::invalid("auth.refresh must be an object"))?;
+    only(
+        "auth.refresh.",
+        map,
+        &["client_id", "refresh_token", "token_endpoint", "token_endpoint_auth", "scope", "resource"],
+    )?;
+    let required = |field: &str| {
+        map.get(field)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| HttpError::invalid(format!("auth.refresh.{field} is required")))
+    };
+    let endpoint_auth = map.get("token_endpoint_auth").and_then(Value::as_object);
+    let (endpoint_auth, client_secret) = match endpoint_auth.and_then(|auth| auth.get("type")).and_then(Value::as_str) {
+        None | Some("none") => (TokenEndpointAuth::None, None),
+        Some(kind @ ("client_secret_basic" | "client_secret_post")) => {
+            let secret = endpoint_auth.and_then(|auth| auth.get("client_secret")).and_then(Value::as_str);
+            let secret = secret
+                .ok_or_else(|| HttpError::invalid("auth.refresh.token_endpoint_auth.client_secret is required"))?;
+            let kind = if kind == "client_secret_basic" {
+                TokenEndpointAuth::ClientSecretBasic
+            } else {
+                TokenEndpointAuth::ClientSecretPost
+            };
+            (kind, Some(secret.to_string()))
+        }
+        Some(other) => {
+            return Err(HttpError::invalid(format!("auth.refresh.token_endpoint_auth.type {other:?} is unknown")))
+        }
+    };
+    let optional = |field: &str| map.get(field).and_then(Value::as_str).map(str::to_string);
+    Ok(OAuthRefreshChange {
+        client_id: required("client_id")?,
+        token_endpoint: required("token_endpoint")?,
+        endpoint_auth,
+        client_secret,
+        refresh_token: required("refresh_token")?,
+        scope: optional("scope"),
+        resource: optional("resource"),
+    })
+}
+
 fn empty_change() -> CredentialChange {
     CredentialChange {
         display_name: None,
@@ -237,6 +359,7 @@ fn empty_change() -> CredentialChange {
         secret_value: None,
         allowed_hosts: None,
         archive: false,
+        mcp: None,
     }
 }
 
@@ -261,7 +384,7 @@ pub async fn create_credential(
     let map: Map<String, Value> = parse_body(&body)?;
     only("", &map, &["auth", "display_name", "metadata"])?;
     let mut change = empty_change();
-    auth_change(map.get("auth").ok_or_else(|| HttpError::invalid("auth is required"))?, &mut change, true)?;
+    auth_change(map.get("auth").ok_or_else(|| HttpError::invalid("auth is required"))?, &mut change, None)?;
     change.display_name = Some(map.get("display_name").and_then(Value::as_str).map(str::to_string));
     let metadata = metadata_from("metadata", map.get("metadata").and_then(Value::as_object))?;
     change.metadata = metadata.into_iter().map(|(key, value)| (key, Some(value))).collect();
@@ -287,9 +410,14 @@ pub async fn update_credential(
 ) -> Answer {
     let map: Map<String, Value> = parse_body(&body)?;
     only("", &map, &["auth", "display_name", "metadata"])?;
+    let vault_id = parse_vault_id(&vault_id)?;
+    let credential_id = parse_credential_id(&credential_id)?;
+    // The credential must exist: an update never creates one.
+    let vault = get(&state, &caller, vault_id).await?;
+    let current = credential_of(&vault, credential_id)?;
     let mut change = empty_change();
     if let Some(auth) = map.get("auth").filter(|value| !value.is_null()) {
-        auth_change(auth, &mut change, false)?;
+        auth_change(auth, &mut change, Some(current))?;
     }
     if let Some(name) = map.get("display_name") {
         change.display_name = Some(name.as_str().map(str::to_string));
@@ -298,10 +426,6 @@ pub async fn update_credential(
         let patch = patch.as_object().ok_or_else(|| HttpError::invalid("metadata must be an object"))?;
         change.metadata = metadata_patch("metadata", patch)?;
     }
-    let vault_id = parse_vault_id(&vault_id)?;
-    let credential_id = parse_credential_id(&credential_id)?;
-    // The credential must exist: an update never creates one.
-    credential_of(&get(&state, &caller, vault_id).await?, credential_id)?;
     put_credential(&state, &caller, vault_id, credential_id, change).await
 }
 

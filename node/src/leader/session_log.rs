@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use agentd_actors::brain::SessionLog;
 use agentd_protocol::agent::{AgentRef, AgentSpec};
-use agentd_protocol::api::SessionInfo;
+use agentd_protocol::api::{ClientRequest, SessionInfo};
+use agentd_protocol::approval::ApprovalPolicy;
 use agentd_protocol::command::Command;
 use agentd_protocol::event::{Event, EventPayload};
 use agentd_protocol::ids::{EventId, GroupId, SessionId};
 use agentd_protocol::sync::lock;
+use agentd_protocol::tenancy::DEFAULT_WORKSPACE;
 use agentd_protocol::ApiError;
 use agentd_raft::host::GroupHandle;
 use agentd_raft::propose;
@@ -144,6 +146,17 @@ impl SessionLog for LocalSessionLog {
             })?;
             lock(&self.agents).insert(pinned, spec.clone());
             Ok(spec)
+        }))
+    }
+
+    /// Read on the metadata leader, so a policy set a moment ago applies.
+    fn approval_policy(&self, session: &SessionInfo) -> BoxFuture<'_, Result<ApprovalPolicy, ApiError>> {
+        let session_id = session.session_id;
+        Box::pin(bounded("reading the approval policy", async move {
+            let view = self.group(session_id)?.state.session_view(session_id)?;
+            let workspace = view.map_or(DEFAULT_WORKSPACE.to_string(), |view| view.details.workspace);
+            let request = ClientRequest::GetApprovalPolicy { workspace: Some(workspace) };
+            self.service.call(&Caller::Node, request).await?.into_approval_policy()
         }))
     }
 }

@@ -46,6 +46,15 @@ impl Service {
         Ok(Caller::Key { key_id, workspace: record.workspace, role: record.role })
     }
 
+    /// A key's record: from this node's metadata replica, else from the
+    /// metadata leader.
+    pub(super) async fn api_key_record(&self, key_id: ApiKeyId) -> Result<ApiKeyRecord, ApiError> {
+        match self.metadata()?.state.api_key(key_id)? {
+            Some(record) => Ok(record),
+            None => self.remote_api_key(key_id).await,
+        }
+    }
+
     async fn remote_api_key(&self, key_id: ApiKeyId) -> Result<ApiKeyRecord, ApiError> {
         let request = ClientRequest::GetApiKeyRecord { key_id };
         match self.route_metadata(&Caller::Node, request, Origin::FrontDoor).await {

@@ -138,6 +138,7 @@ impl Service {
             secret_value: Some(value),
             allowed_hosts: None,
             archive: false,
+            mcp: None,
         };
         let credential_id = legacy_credential_id(vault_id, &secret_name);
         let resource = self.put_credential_here(caller, metadata, vault_id, credential_id, change).await?;

@@ -3,12 +3,14 @@
 //! client sees of a resource never holds a sealed secret.
 
 use agentd_protocol::agent::is_secret_name;
-use agentd_protocol::api::{ClientRequest, ClientResponse, CredentialChange};
+use agentd_protocol::api::{ClientRequest, ClientResponse, CredentialChange, McpCredentialChange};
+use agentd_protocol::approval::ApprovalPolicy;
 use agentd_protocol::command::Command;
 use agentd_protocol::ids::{ApiKeyId, CredentialId, VaultId};
 use agentd_protocol::limits::{API_KEY_NAME_BYTES_MAX, DESCRIPTION_BYTES_MAX, TEXT_BYTES_MAX};
 use agentd_protocol::resource::{
-    patch_metadata, validate_metadata, Credential, Resource, ResourceBody, ResourceId, ResourceVersion,
+    patch_metadata, validate_metadata, Credential, McpAuth, McpCredential, OAuthRefresh, Resource, ResourceBody,
+    ResourceId, ResourceVersion,
 };
 use agentd_protocol::tenancy::{validate_workspace, ApiKeyRecord, Caller};
 use agentd_protocol::ApiError;
@@ -151,7 +153,17 @@ impl Service {
     ) -> Result<Credential, ApiError> {
         let invalid = |message: String| Err(ApiError::InvalidRequest { message });
         let now = self.now_ms();
+        let is_mcp = match (&current, &change.mcp) {
+            (Some(current), Some(_)) if current.mcp.is_none() => {
+                return invalid(format!("credential {id} is an environment_variable one; its type cannot change"))
+            }
+            (Some(current), None) => current.mcp.is_some(),
+            (_, Some(_)) => true,
+            (None, None) => false,
+        };
         let secret_name = match (&current, change.secret_name) {
+            // An MCP credential's token is sealed under the credential's own id.
+            _ if is_mcp => id.to_string(),
             (Some(current), Some(name)) if name != current.secret_name => {
                 return invalid(format!("secret_name of credential {id} cannot change"))
             }
@@ -159,21 +171,17 @@ impl Service {
             (None, Some(name)) => name,
             (None, None) => return invalid("a new credential needs a secret_name".into()),
         };
-        if !is_secret_name(&secret_name) {
+        if !is_mcp && !is_secret_name(&secret_name) {
             return invalid(format!("secret_name {secret_name:?} must be an environment variable name"));
         }
         let sealed = match (change.secret_value, &current) {
-            (Some(value), _) => {
-                if value.is_empty() || value.len() > TEXT_BYTES_MAX {
-                    return invalid(format!("a secret value is 1 to {TEXT_BYTES_MAX} bytes"));
-                }
-                let context = crate::vault::seal_context(&vault_id, &secret_name);
-                self.secrets_key()
-                    .seal(&context, &value)
-                    .map_err(|error| ApiError::Internal { message: error.to_string() })?
-            }
+            (Some(value), _) => self.seal_value(&vault_id, &secret_name, &value)?,
             (None, Some(current)) => current.sealed.clone(),
-            (None, None) => return invalid("a new credential needs a secret_value".into()),
+            (None, None) => return invalid("a new credential needs a secret value (or token)".into()),
+        };
+        let mcp = match change.mcp {
+            Some(mcp) => Some(self.mcp_credential(vault_id, id, current.as_ref().and_then(|c| c.mcp.clone()), mcp)?),
+            None => current.as_ref().and_then(|current| current.mcp.clone()),
         };
         let mut credential = current.unwrap_or(Credential {
             id,
@@ -185,8 +193,10 @@ impl Service {
             created_at_ms: now,
             updated_at_ms: now,
             archived_at_ms: None,
+            mcp: None,
         });
         credential.sealed = sealed;
+        credential.mcp = mcp;
         if let Some(display_name) = change.display_name {
             credential.display_name = display_name;
         }
@@ -200,6 +210,62 @@ impl Service {
         }
         credential.updated_at_ms = now;
         Ok(credential)
+    }
+
+    /// `value` sealed under the vault and `name`.
+    fn seal_value(&self, vault_id: &VaultId, name: &str, value: &str) -> Result<Vec<u8>, ApiError> {
+        if value.is_empty() || value.len() > TEXT_BYTES_MAX {
+            return Err(ApiError::InvalidRequest { message: format!("a secret value is 1 to {TEXT_BYTES_MAX} bytes") });
+        }
+        let context = crate::vault::seal_context(vault_id, name);
+        self.secrets_key().seal(&context, value).map_err(|error| ApiError::Internal { message: error.to_string() })
+    }
+
+    /// The MCP side of a credential: its server, and for `mcp_oauth` the
+    /// expiry and the refresh settings, secrets sealed. A refresh the change
+    /// leaves out keeps the current one.
+    fn mcp_credential(
+        &self,
+        vault_id: VaultId,
+        id: CredentialId,
+        current: Option<McpCredential>,
+        change: McpCredentialChange,
+    ) -> Result<McpCredential, ApiError> {
+        if !(change.server_url.starts_with("http://") || change.server_url.starts_with("https://")) {
+            return Err(ApiError::InvalidRequest {
+                message: format!("mcp_server_url {:?} must be an http:// or https:// URL", change.server_url),
+            });
+        }
+        let Some(oauth) = change.oauth else {
+            return Ok(McpCredential { server_url: change.server_url, auth: McpAuth::StaticBearer });
+        };
+        let current_refresh = match current.map(|current| current.auth) {
+            Some(McpAuth::OAuth { refresh, .. }) => refresh,
+            _ => None,
+        };
+        let refresh = match oauth.refresh {
+            Some(refresh) => Some(OAuthRefresh {
+                sealed_refresh_token: self.seal_value(
+                    &vault_id,
+                    &format!("{id}/refresh_token"),
+                    &refresh.refresh_token,
+                )?,
+                sealed_client_secret: refresh
+                    .client_secret
+                    .map(|secret| self.seal_value(&vault_id, &format!("{id}/client_secret"), &secret))
+                    .transpose()?,
+                client_id: refresh.client_id,
+                token_endpoint: refresh.token_endpoint,
+                endpoint_auth: refresh.endpoint_auth,
+                scope: refresh.scope,
+                resource: refresh.resource,
+            }),
+            None => current_refresh,
+        };
+        Ok(McpCredential {
+            server_url: change.server_url,
+            auth: McpAuth::OAuth { expires_at_ms: oauth.expires_at_ms, refresh },
+        })
     }
 
     async fn execute_api_key_request(
@@ -244,6 +310,22 @@ impl Service {
                 let command = Command::RevokeApiKey { key_id, at_ms: self.now_ms() };
                 Ok(ClientResponse::ApiKey(propose(metadata, command).await?.into_api_key()?))
             }
+            ClientRequest::PutApprovalPolicy { workspace, rules, expected_version } => {
+                require_admin(caller)?;
+                let workspace = workspace.unwrap_or_else(|| caller.owning_workspace().to_string());
+                validate_workspace(&workspace)?;
+                ApprovalPolicy::validate_rules(&rules)?;
+                let command = Command::PutApprovalPolicy { workspace, rules, expected_version, at_ms: self.now_ms() };
+                Ok(ClientResponse::ApprovalPolicy(propose(metadata, command).await?.into_approval_policy()?))
+            }
+            ClientRequest::GetApprovalPolicy { workspace } => {
+                let workspace = workspace.unwrap_or_else(|| caller.owning_workspace().to_string());
+                if !caller.is_admin() && !caller.sees(&workspace) {
+                    return Err(ApiError::NotFound { what: format!("workspace {workspace}") });
+                }
+                ensure_linearizable(metadata).await?;
+                Ok(ClientResponse::ApprovalPolicy(metadata.state.approval_policy(&workspace)?))
+            }
             other => Err(ApiError::InvalidRequest { message: format!("{} is not a metadata request", other.kind()) }),
         }
     }
@@ -259,6 +341,12 @@ fn for_client(caller: &Caller, mut resource: Resource) -> Resource {
         if let ResourceBody::Vault(vault) = &mut version.body {
             for credential in &mut vault.credentials {
                 credential.sealed.clear();
+                if let Some(McpCredential { auth: McpAuth::OAuth { refresh: Some(refresh), .. }, .. }) =
+                    &mut credential.mcp
+                {
+                    refresh.sealed_refresh_token.clear();
+                    refresh.sealed_client_secret = refresh.sealed_client_secret.as_ref().map(|_| Vec::new());
+                }
             }
         }
     }

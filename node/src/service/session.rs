@@ -6,7 +6,9 @@
 
 use agentd_protocol::agent::AgentRef;
 use agentd_protocol::api::{Appended, ClientRequest, ClientResponse};
+use agentd_protocol::approval::Decider;
 use agentd_protocol::command::Command;
+use agentd_protocol::event::EventPayload;
 use agentd_protocol::ids::{AgentId, EventId, SessionId, ShardId};
 use agentd_protocol::resource::{
     validate_metadata, ResourceId, SessionCreate, SessionDetails, SessionQuery, SessionUpdate, SessionView,
@@ -45,6 +47,7 @@ impl Service {
             }
             ClientRequest::Append { session_id, event_id, payload } => {
                 payload.validate_from_client()?;
+                let payload = self.attributed(caller, payload).await?;
                 let at_ms = self.now_ms();
                 let (seq, duplicate) = self.sessions().append(group, session_id, event_id, payload, at_ms).await?;
                 // The stored stamp: a retry's is the first attempt's, and the
@@ -185,6 +188,35 @@ impl Service {
             return Err(ApiError::NotFound { what: format!("version {version} of agent {id}") });
         }
         Ok(AgentRef { id, version })
+    }
+
+    /// A client's event as the log records it: a confirmation names the key
+    /// that gave it (the state machine checks it against the approval policy
+    /// that gated the tool use and adds that policy's version). Clients send
+    /// `user.tool_confirmation`; only the node writes who sent it.
+    async fn attributed(&self, caller: &Caller, payload: EventPayload) -> Result<EventPayload, ApiError> {
+        match payload {
+            EventPayload::UserToolDecision { .. } => Err(ApiError::InvalidRequest {
+                message: "send user.tool_confirmation; the node records who decided".into(),
+            }),
+            EventPayload::UserToolConfirmation { tool_use_id, result, deny_message } => {
+                let decided_by = match caller {
+                    Caller::Key { key_id, role, .. } => {
+                        let record = self.api_key_record(*key_id).await?;
+                        Some(Decider { key_id: *key_id, key_name: record.name, role: *role })
+                    }
+                    Caller::Node => None,
+                };
+                Ok(EventPayload::UserToolDecision {
+                    tool_use_id,
+                    result,
+                    deny_message,
+                    decided_by,
+                    policy_version: None,
+                })
+            }
+            other => Ok(other),
+        }
     }
 
     /// A resource the caller may see, read on the metadata leader (straight

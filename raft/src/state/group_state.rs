@@ -4,6 +4,7 @@
 
 use agentd_protocol::agent::{Agent, AgentRef, Environment, PermissionPolicy, SealedVault};
 use agentd_protocol::api::{SessionInfo, SessionStatus};
+use agentd_protocol::approval::ApprovalPolicy;
 use agentd_protocol::event::{Event, StopReason};
 use agentd_protocol::ids::{
     AgentId, ApiKeyId, CredentialId, EnvironmentId, EventId, GroupId, NodeId, SessionId, ShardId, VaultId,
@@ -174,6 +175,21 @@ impl GroupState {
 
     pub(crate) fn api_key(&self, key_id: ApiKeyId) -> Result<Option<ApiKeyRecord>, Error> {
         self.get(&keys::api_key_key(self.group, key_id), || format!("API key {key_id}"))
+    }
+
+    /// The approval policy of `workspace`: the empty one (version 0) until
+    /// one is set.
+    pub(crate) fn approval_policy(&self, workspace: &str) -> Result<ApprovalPolicy, Error> {
+        let stored: Option<ApprovalPolicy> =
+            self.get(&keys::approval_policy_key(self.group, workspace), || format!("approval policy of {workspace}"))?;
+        match stored {
+            Some(policy) if policy.workspace == workspace => Ok(policy),
+            Some(policy) => Err(self.corrupt(
+                "approval policies",
+                format!("workspaces {workspace:?} and {:?} share a key", policy.workspace),
+            )),
+            None => Ok(ApprovalPolicy::empty(workspace)),
+        }
     }
 
     /// Every API key of the group, by id.
@@ -423,6 +439,7 @@ fn legacy_vault(vault: SealedVault) -> Resource {
             created_at_ms: 0,
             updated_at_ms: 0,
             archived_at_ms: None,
+            mcp: None,
         })
         .collect();
     let version = ResourceVersion {

@@ -116,6 +116,11 @@ impl StateReader {
         self.state.api_key(key_id)
     }
 
+    /// A workspace's approval policy (metadata group); version 0 when none was set.
+    pub fn approval_policy(&self, workspace: &str) -> Result<agentd_protocol::approval::ApprovalPolicy, Error> {
+        self.state.approval_policy(workspace)
+    }
+
     /// Every API key (metadata group), by id.
     pub fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, Error> {
         self.state.api_keys()

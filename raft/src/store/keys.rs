@@ -69,6 +69,8 @@ const SESSION_USAGE_TAG: u8 = 18;
 const SESSION_INDEX_TAG: u8 = 19;
 /// Node ids removed from the cluster for good (`agentd node remove`).
 const REMOVED_NODE_TAG: u8 = 20;
+/// Workspace approval policies, by workspace hash (metadata group).
+const APPROVAL_POLICY_TAG: u8 = 21;
 
 fn key(group: GroupId, parts: &[&[u8]]) -> Vec<u8> {
     let mut key = Vec::with_capacity(GROUP_BYTES + SUFFIX_BYTES_MAX);
@@ -316,6 +318,12 @@ impl Index {
     pub(crate) fn position(&self, group: GroupId, key: &[u8]) -> Option<CreationCursor> {
         index_position(group, self.tag, key)
     }
+}
+
+/// A workspace's approval policy. The record holds the workspace's name, so a
+/// hash shared by two names is noticed, not mixed up.
+pub(crate) fn approval_policy_key(group: GroupId, workspace: &str) -> Vec<u8> {
+    key(group, &[&[APPROVAL_POLICY_TAG], &workspace_hash(workspace)])
 }
 
 pub(crate) fn api_key_key(group: GroupId, key_id: ApiKeyId) -> Vec<u8> {

@@ -165,6 +165,8 @@ async fn set_up_agent(world: &World, client: &Client, rng: &mut StdRng) -> (Agen
         tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
         custom_tools: Vec::new(),
         max_model_calls_per_turn: 10,
+        mcp_servers: vec![],
+        mcp_toolsets: vec![],
     };
     retry_setup(world, AGENTS, || client.put_agent(Some(agent_id), agent.clone())).await;
     world.trace(format!("{AGENTS}: agent, environment and vault ready"));

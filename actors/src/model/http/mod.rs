@@ -5,7 +5,7 @@ mod client;
 mod sse_decoder;
 
 pub use client::{
-    HttpClient, HttpResponse, HttpStream, TlsConnector, CONNECT_TIMEOUT_MS, REQUEST_TIMEOUT_MS_DEFAULT,
+    HttpClient, HttpResponse, HttpStream, RawResponse, TlsConnector, CONNECT_TIMEOUT_MS, REQUEST_TIMEOUT_MS_DEFAULT,
     RESPONSE_BODY_BYTES_MAX,
 };
 pub use sse_decoder::{SseDecoder, SSE_LINE_BYTES_MAX};

@@ -42,6 +42,8 @@ pub async fn run(bench: FirstModelRequestBench) -> Result<Vec<FirstModelRequestR
                 tools: vec![BuiltInTool { name: "bash".into(), policy: PermissionPolicy::AlwaysAllow }],
                 custom_tools: vec![],
                 max_model_calls_per_turn: 5,
+                mcp_servers: vec![],
+                mcp_toolsets: vec![],
             },
         )
         .await?;

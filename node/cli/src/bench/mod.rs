@@ -2,7 +2,8 @@
 //! (`append.rs`), the time from a message to the first model request
 //! (`first_model_request.rs`), a flood of silent connections (`flood.rs`),
 //! the HTTP API against QUIC (`http.rs`), admission past a node's capacity
-//! (`overload.rs`), shard moves under load (`moves.rs`), and sandbox
+//! (`overload.rs`), shard moves under load (`moves.rs`), MCP calls through the
+//! runtime against direct ones (`mcp.rs`), and sandbox
 //! starts and calls on this host
 //! (`sandbox.rs`). Each prints progress to stderr and returns a report.
 
@@ -10,6 +11,7 @@ pub mod append;
 pub mod first_model_request;
 pub mod flood;
 pub mod http;
+pub mod mcp;
 pub mod moves;
 pub mod overload;
 pub mod sandbox;

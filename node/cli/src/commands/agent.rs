@@ -74,6 +74,8 @@ pub async fn run(command: AgentCommand) -> Result<()> {
                 tools: built_in,
                 custom_tools,
                 max_model_calls_per_turn: max_model_calls,
+                mcp_servers: vec![],
+                mcp_toolsets: vec![],
             };
             let agent = target.client()?.put_agent(id, spec).await?;
             if target.json {

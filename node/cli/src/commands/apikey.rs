@@ -15,6 +15,9 @@ pub enum RoleArg {
     Member,
     /// Also manages the keys of every workspace.
     Admin,
+    /// A member that may also answer tool uses a workspace approval policy
+    /// reserves for approvers (`agentd policy set --approver-only`).
+    Approver,
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +56,7 @@ pub async fn run(command: ApiKeyCommand) -> Result<()> {
             let role = match role {
                 RoleArg::Member => Role::Member,
                 RoleArg::Admin => Role::Admin,
+                RoleArg::Approver => Role::Approver,
             };
             let (key, info) = target.client()?.create_api_key(workspace, name, role).await?;
             if target.json {

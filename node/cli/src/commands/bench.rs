@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 
 use super::Target;
-use crate::bench::{append, first_model_request, flood, http, moves, overload, sandbox};
+use crate::bench::{append, first_model_request, flood, http, mcp, moves, overload, sandbox};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -86,6 +86,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         moves: u32,
     },
+    /// MCP tool calls through the runtime against direct calls to the same
+    /// server (`tests/mcp/server.py`): per-call latency and the overhead.
+    Mcp {
+        #[command(flatten)]
+        target: Target,
+        /// The MCP server's endpoint (it must serve `add`).
+        #[arg(long)]
+        mcp_url: String,
+        /// The server's bearer token (stored in a vault for the session).
+        #[arg(long, env = "AGENTD_BENCH_MCP_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The nodes' --scripts-dir, where the model's script is written.
+        #[arg(long)]
+        scripts_dir: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        calls: u32,
+    },
     /// The Managed Agents HTTP API against native QUIC: appends, session reads, SSE fan-out.
     Http {
         #[command(subcommand)]
@@ -102,6 +119,20 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         }
         BenchCommand::Http { command } => run_http(command).await,
         BenchCommand::Move { target, moves } => run_moves(target, moves).await,
+        BenchCommand::Mcp { target, mcp_url, token, scripts_dir, calls } => {
+            let json = target.json;
+            let report = mcp::run(mcp::McpBench { target, url: mcp_url, token, scripts_dir, calls }).await?;
+            if json {
+                outln!("{}", serde_json::to_string(&report)?);
+            } else {
+                outln!(
+                    "{} MCP calls: through the runtime p50 {:.2} ms p99 {:.2} ms; direct p50 {:.2} ms p99 {:.2} ms; overhead p50 {:.2} ms p99 {:.2} ms",
+                    report.calls, report.runtime_p50_ms, report.runtime_p99_ms, report.direct_p50_ms,
+                    report.direct_p99_ms, report.overhead_p50_ms, report.overhead_p99_ms
+                );
+            }
+            Ok(())
+        }
         BenchCommand::Overload { target, steps, factor, seconds, connections, node_pid } => {
             let json = target.json;
             let bench = overload::OverloadBench { target, steps, factor, seconds, connections, node_pid };

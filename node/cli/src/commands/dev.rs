@@ -167,6 +167,8 @@ async fn run_sample_session(client: &Client) -> Result<SessionId> {
                     .collect(),
                 custom_tools: vec![],
                 max_model_calls_per_turn: agentd_protocol::limits::MODEL_CALLS_PER_TURN_DEFAULT,
+                mcp_servers: vec![],
+                mcp_toolsets: vec![],
             },
         )
         .await?;

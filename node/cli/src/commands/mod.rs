@@ -10,6 +10,7 @@ pub mod environment;
 pub mod hands;
 pub mod moves;
 pub mod node;
+pub mod policy;
 pub mod rebalance;
 pub mod session;
 pub mod shard;

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use agentd_protocol::agent::{AgentSpec, EnvironmentSpec, PermissionPolicy};
+use agentd_protocol::approval::{ApprovalPolicy, ApprovalRule};
 use agentd_protocol::command::CommandResponse;
 use agentd_protocol::ids::{ApiKeyId, CredentialId, NodeId, ShardId, VaultId};
 use agentd_protocol::limits::VAULT_CREDENTIALS_MAX;
@@ -266,6 +267,7 @@ impl ApplyBatch<'_> {
             created_at_ms: 0,
             updated_at_ms: 0,
             archived_at_ms: None,
+            mcp: None,
         };
         match self.put_credential(vault_id, DEFAULT_WORKSPACE, credential_id, Some(credential), 0)? {
             CommandResponse::Resource(resource) => {
@@ -299,6 +301,36 @@ impl ApplyBatch<'_> {
             self.api_keys.insert(key_id, record.clone());
         }
         Ok(CommandResponse::ApiKey(record.info()))
+    }
+
+    pub(super) fn put_approval_policy(
+        &mut self,
+        workspace: String,
+        rules: Vec<ApprovalRule>,
+        expected_version: Option<u64>,
+        at_ms: u64,
+    ) -> Result<CommandResponse, Error> {
+        let current = match self.approval_policies.get(&workspace) {
+            Some(policy) => policy.clone(),
+            None => self.state.approval_policy(&workspace)?,
+        };
+        if expected_version.is_some_and(|expected| expected != current.version) {
+            return rejected(ApiError::Conflict {
+                message: format!(
+                    "the approval policy of {workspace} is at version {}, not {}",
+                    current.version,
+                    expected_version.unwrap_or_default()
+                ),
+            });
+        }
+        if let Err(error) = ApprovalPolicy::validate_rules(&rules) {
+            return rejected(error);
+        }
+        let policy =
+            ApprovalPolicy { workspace: workspace.clone(), version: current.version + 1, rules, updated_at_ms: at_ms };
+        self.put(keys::approval_policy_key(self.state.group(), &workspace), &policy)?;
+        self.approval_policies.insert(workspace, policy.clone());
+        Ok(CommandResponse::ApprovalPolicy(policy))
     }
 
     fn api_key(&self, key_id: ApiKeyId) -> Result<Option<ApiKeyRecord>, Error> {

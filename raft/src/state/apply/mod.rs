@@ -46,6 +46,7 @@ pub(crate) struct ApplyBatch<'a> {
     /// Resources written (`Some`) or deleted (`None`) by this batch.
     resources: HashMap<ResourceId, Option<Resource>>,
     api_keys: HashMap<ApiKeyId, ApiKeyRecord>,
+    approval_policies: HashMap<String, agentd_protocol::approval::ApprovalPolicy>,
     session_details: HashMap<SessionId, SessionDetails>,
     session_usage: HashMap<SessionId, SessionUsageTotals>,
     events: Vec<Event>,
@@ -75,6 +76,7 @@ impl<'a> ApplyBatch<'a> {
             cluster_config: None,
             resources: HashMap::new(),
             api_keys: HashMap::new(),
+            approval_policies: HashMap::new(),
             session_details: HashMap::new(),
             session_usage: HashMap::new(),
             events: Vec::new(),
@@ -164,6 +166,9 @@ impl<'a> ApplyBatch<'a> {
             }
             (GroupId::Metadata, Command::PutApiKey(record)) => self.put_api_key(record),
             (GroupId::Metadata, Command::RevokeApiKey { key_id, at_ms }) => self.revoke_api_key(key_id, at_ms),
+            (GroupId::Metadata, Command::PutApprovalPolicy { workspace, rules, expected_version, at_ms }) => {
+                self.put_approval_policy(workspace, rules, expected_version, at_ms)
+            }
             (
                 GroupId::Shard(this_shard),
                 Command::CreateSessionIn { session_id, shard, created_at_ms, agent, environment, details },

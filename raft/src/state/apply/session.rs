@@ -3,8 +3,9 @@
 //! events must answer what is pending; nothing follows a termination).
 
 use agentd_protocol::api::SessionStatus;
+use agentd_protocol::approval::Decider;
 use agentd_protocol::command::CommandResponse;
-use agentd_protocol::event::{Event, EventPayload, StopReason};
+use agentd_protocol::event::{Confirmation, Event, EventPayload, StopReason};
 use agentd_protocol::ids::{EventId, SessionId};
 use agentd_protocol::resource::SessionUsageTotals;
 use agentd_protocol::ApiError;
@@ -118,6 +119,13 @@ impl ApplyBatch<'_> {
         if let Some(seq) = self.event_seq(session_id, event_id)? {
             return Ok(CommandResponse::Appended { seq, duplicate: true });
         }
+        let payload = match epoch {
+            None => match self.check_answer(session_id, &record, payload)? {
+                Ok(payload) => payload,
+                Err(error) => return Ok(CommandResponse::Rejected(error)),
+            },
+            Some(_) => payload,
+        };
         let verdict = match epoch {
             None => admit_user_event(&mut record, &payload),
             Some(epoch) => admit_runtime_event(&mut record, &payload, epoch, self.state.db().bugs().skip_epoch_fence),
@@ -154,6 +162,104 @@ impl ApplyBatch<'_> {
         self.put_session(session_id, record)?;
         self.events.push(event);
         Ok(seq)
+    }
+
+    /// The committed event at `seq`: from this batch if it was applied in it.
+    fn event_at(&self, session_id: SessionId, seq: u64) -> Result<Option<Event>, Error> {
+        let in_batch = self.events.iter().find(|event| event.session_id == session_id && event.seq == seq);
+        match in_batch {
+            Some(event) => Ok(Some(event.clone())),
+            None => self.state.event(session_id, seq),
+        }
+    }
+
+    /// Checks a client's answer to a tool use against what the workspace's
+    /// approval policy decided about it (recorded in the tool use), and
+    /// records the policy version in a confirmation: a use reserved for
+    /// approvers is answered only by a key with the approver role, and a
+    /// flagged custom tool's result is taken only once it was allowed.
+    fn check_answer(
+        &self,
+        session_id: SessionId,
+        record: &SessionRecord,
+        payload: EventPayload,
+    ) -> Result<Result<EventPayload, ApiError>, Error> {
+        let answered = match &payload {
+            EventPayload::UserToolConfirmation { tool_use_id, .. }
+            | EventPayload::UserToolDecision { tool_use_id, .. } => *tool_use_id,
+            EventPayload::UserCustomToolResult { custom_tool_use_id, .. } => *custom_tool_use_id,
+            _ => return Ok(Ok(payload)),
+        };
+        let Some(seq) = self.event_seq(session_id, answered)? else { return Ok(Ok(payload)) };
+        let gate = match self.event_at(session_id, seq)?.map(|event| event.payload) {
+            Some(EventPayload::AgentMcpToolUse { gate, .. }) => gate,
+            Some(EventPayload::AgentGatedToolUse { gate, custom, .. }) => {
+                if custom && matches!(payload, EventPayload::UserCustomToolResult { .. }) {
+                    return Ok(self
+                        .allowed_since(session_id, answered, seq, record.last_seq)?
+                        .then_some(payload)
+                        .ok_or(ApiError::InvalidRequest {
+                            message: format!(
+                                "custom tool use {answered} waits for the confirmation the workspace's approval policy \
+                                 asks for (version {}) before its result",
+                                gate.policy_version
+                            ),
+                        }));
+                }
+                Some(gate)
+            }
+            _ => None,
+        };
+        let (result, deny_message, decided_by) = match payload {
+            EventPayload::UserToolConfirmation { result, deny_message, .. } => (result, deny_message, None),
+            EventPayload::UserToolDecision { result, deny_message, decided_by, .. } => {
+                (result, deny_message, decided_by)
+            }
+            other => return Ok(Ok(other)),
+        };
+        if let Some(gate) = &gate {
+            if !Decider::may_answer(decided_by.as_ref(), gate) {
+                let who = decided_by.as_ref().map_or("a node's own caller".to_string(), |decider| {
+                    format!("key {:?} ({}) has the {} role", decider.key_name, decider.key_id, decider.role.name())
+                });
+                return Ok(Err(ApiError::PermissionDenied {
+                    message: format!(
+                        "tool use {answered} is reserved for approvers by the workspace's approval policy \
+                         (version {}, rule {:?}); {who}",
+                        gate.policy_version, gate.rule
+                    ),
+                }));
+            }
+        }
+        let policy_version = gate.map(|gate| gate.policy_version);
+        Ok(Ok(EventPayload::UserToolDecision {
+            tool_use_id: answered,
+            result,
+            deny_message,
+            decided_by,
+            policy_version,
+        }))
+    }
+
+    /// Whether a confirmation allowed tool use `tool_use_id` (at `seq`)
+    /// among the session's events up to `last_seq`.
+    fn allowed_since(
+        &self,
+        session_id: SessionId,
+        tool_use_id: EventId,
+        seq: u64,
+        last_seq: u64,
+    ) -> Result<bool, Error> {
+        for later in seq + 1..=last_seq {
+            let Some(event) = self.event_at(session_id, later)? else { continue };
+            let confirmation = event.payload.confirmation();
+            if confirmation
+                .is_some_and(|(answered, result, _)| answered == tool_use_id && result == Confirmation::Allow)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// When the session's last event was stamped: from this batch if it
